@@ -1,0 +1,430 @@
+//! Settings: built-in defaults, then an optional TOML file (`--config.file`), then `TALLYD_…`
+//! environment variables, then command-line flags named as statsd_exporter names them, merged
+//! with the `config` crate. Every field is documented where it is declared; the commented file
+//! `config/tallyd.toml` repeats the defaults and a test keeps the two equal.
+//!
+//! A bad file, variable or flag fails start-up with a message naming its source (file and line,
+//! variable or flag) and the field.
+
+use clap::{Parser, ValueEnum};
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Command-line flags. Every flag overrides the file and the environment.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "tallyd",
+    version,
+    about = "StatsD/DogStatsD to Prometheus, one actor per metric family."
+)]
+pub struct Cli {
+    /// TOML settings file (see config/tallyd.toml); without it, built-in defaults apply.
+    #[arg(long = "config.file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// UDP address to receive StatsD on ("" disables UDP).
+    #[arg(long = "statsd.listen-udp", value_name = "ADDR")]
+    pub listen_udp: Option<String>,
+    /// TCP address to receive StatsD on, one line per "\n" ("" disables TCP).
+    #[arg(long = "statsd.listen-tcp", value_name = "ADDR")]
+    pub listen_tcp: Option<String>,
+    /// Address of the HTTP server (/metrics, /-/healthy, /-/ready).
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    pub web_listen_address: Option<String>,
+    /// Path of the metrics exposition.
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    pub web_telemetry_path: Option<String>,
+    /// Enable POST /-/fault?family=NAME, which makes a family actor fail (chaos drills).
+    #[arg(long = "web.enable-fault-injection")]
+    pub web_enable_fault_injection: bool,
+    /// Log level.
+    #[arg(long = "log.level", value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+    /// Log format.
+    #[arg(long = "log.format", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Every setting of tallyd.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// StatsD listeners.
+    pub statsd: StatsdSettings,
+    /// HTTP server.
+    pub web: WebSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// How timers, histograms and distributions are exposed.
+    pub observer: ObserverSettings,
+    /// Family actors.
+    pub actors: ActorSettings,
+}
+
+/// `[statsd]`: where StatsD arrives.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsdSettings {
+    /// UDP listen address; empty disables UDP. Default `127.0.0.1:9125`.
+    pub listen_udp: String,
+    /// TCP listen address; empty disables TCP. Default `127.0.0.1:9125`.
+    pub listen_tcp: String,
+    /// Longest TCP line in bytes; a longer one is counted and its connection closed.
+    pub tcp_max_line_bytes: usize,
+    /// Datagrams read before the batch is handed to the family actors (at most).
+    pub receive_batch: usize,
+}
+
+impl Default for StatsdSettings {
+    fn default() -> Self {
+        StatsdSettings {
+            listen_udp: "127.0.0.1:9125".into(),
+            listen_tcp: "127.0.0.1:9125".into(),
+            tcp_max_line_bytes: 65_536,
+            receive_batch: 64,
+        }
+    }
+}
+
+/// `[web]`: the HTTP server.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSettings {
+    /// Listen address; `:9102` means every interface. Default `:9102`.
+    pub listen_address: String,
+    /// Path of the exposition. Default `/metrics`.
+    pub telemetry_path: String,
+    /// Serve `POST /-/fault?family=NAME`, which makes that family actor fail. Default off.
+    pub enable_fault_injection: bool,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            listen_address: ":9102".into(),
+            telemetry_path: "/metrics".into(),
+            enable_fault_injection: false,
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `error`, `warn`, `info` (default), `debug` or `trace`.
+    pub level: LogLevel,
+    /// `logfmt` (default, human-readable) or `json`.
+    pub format: LogFormat,
+}
+
+/// Log levels, as statsd_exporter's `--log.level` takes them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Start-up, shutdown and problems.
+    #[default]
+    Info,
+    /// Also every rejected line (rate-limited).
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Log formats.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event with `key=value` fields.
+    #[default]
+    Logfmt,
+    /// One JSON object per event.
+    Json,
+}
+
+/// `[observer]`: timers (`ms`), histograms (`h`) and distributions (`d`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObserverSettings {
+    /// `summary` (default, like statsd_exporter) or `histogram`.
+    pub observer_type: ObserverType,
+    /// Histogram upper bounds, ascending; `+Inf` is implied.
+    pub buckets: Vec<f64>,
+    /// Summary quantiles.
+    pub quantiles: Vec<QuantileSetting>,
+}
+
+impl Default for ObserverSettings {
+    fn default() -> Self {
+        ObserverSettings {
+            observer_type: ObserverType::Summary,
+            buckets: vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+            quantiles: [(0.5, 0.05), (0.9, 0.01), (0.99, 0.001)]
+                .map(|(quantile, error)| QuantileSetting { quantile, error })
+                .to_vec(),
+        }
+    }
+}
+
+/// How observers are exposed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ObserverType {
+    /// A Prometheus summary with quantiles.
+    #[default]
+    Summary,
+    /// A Prometheus histogram with fixed buckets.
+    Histogram,
+}
+
+/// One summary quantile. `error` is statsd_exporter's allowed rank error; tallyd's sketch
+/// guarantees a 1% relative value error instead and keeps the field for compatibility.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantileSetting {
+    /// The quantile, in (0, 1).
+    pub quantile: f64,
+    /// Allowed error, in (0, 1).
+    pub error: f64,
+}
+
+/// `[actors]`: the family actors.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActorSettings {
+    /// Longest time from a line arriving to its value being on /metrics. Default `20ms`.
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: Duration,
+}
+
+impl Default for ActorSettings {
+    fn default() -> Self {
+        ActorSettings {
+            publish_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad or unknown field.
+    #[error("invalid config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message: line, column, field and problem.
+        message: String,
+    },
+    /// A merged value (from the file, the environment or a flag) is of the wrong type.
+    #[error("invalid settings: {0}")]
+    Merge(#[from] config::ConfigError),
+    /// A value parses but makes no sense.
+    #[error("invalid value for `{key}` from {source_name}: {message}")]
+    Invalid {
+        /// The dotted field name.
+        key: String,
+        /// File and line, environment variable or flag.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Environment variables: `TALLYD_<SECTION>__<FIELD>`, e.g. `TALLYD_STATSD__LISTEN_UDP`.
+fn environment() -> Environment {
+    Environment::with_prefix("TALLYD")
+        .prefix_separator("_")
+        .separator("__")
+        .list_separator(",")
+        .with_list_parse_key("observer.buckets")
+        .try_parsing(true)
+}
+
+impl Settings {
+    /// Loads defaults, the file named by `--config.file`, the environment, then the flags.
+    pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
+        Self::load_from(cli, environment())
+    }
+
+    fn load_from(cli: &Cli, env: Environment) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder();
+        let mut file_text = None;
+        if let Some(path) = &cli.config_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            // The `config` crate loses line numbers; check the file alone first so a mistake
+            // in it is reported with its line, column and field.
+            toml::from_str::<Settings>(&text).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string().trim_end().to_owned(),
+            })?;
+            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+            file_text = Some((path.as_path(), text));
+        }
+        let env_keys: Vec<String> = config::Source::collect(&env)?.into_keys().collect();
+        builder = builder.add_source(env);
+        let flags: [(&str, Option<&str>); 6] = [
+            ("statsd.listen_udp", cli.listen_udp.as_deref()),
+            ("statsd.listen_tcp", cli.listen_tcp.as_deref()),
+            ("web.listen_address", cli.web_listen_address.as_deref()),
+            ("web.telemetry_path", cli.web_telemetry_path.as_deref()),
+            ("log.level", cli.log_level.map(LogLevel::as_str)),
+            (
+                "log.format",
+                cli.log_format.map(|f| match f {
+                    LogFormat::Logfmt => "logfmt",
+                    LogFormat::Json => "json",
+                }),
+            ),
+        ];
+        let mut flags_given = Vec::new();
+        for (key, value) in flags {
+            if let Some(value) = value {
+                builder = builder.set_override(key, value)?;
+                flags_given.push(key);
+            }
+        }
+        if cli.web_enable_fault_injection {
+            builder = builder.set_override("web.enable_fault_injection", true)?;
+        }
+        let merged = builder.build()?;
+        let settings: Settings = merged.try_deserialize()?;
+        settings
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                source_name: source_of(&flags_given, &env_keys, key, file_text.as_ref()),
+                key: key.to_owned(),
+                message,
+            })?;
+        Ok(settings)
+    }
+
+    /// Checks what types cannot: returns the offending key and what is wrong with it.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, addr, may_be_empty) in [
+            ("statsd.listen_udp", &self.statsd.listen_udp, true),
+            ("statsd.listen_tcp", &self.statsd.listen_tcp, true),
+            ("web.listen_address", &self.web.listen_address, false),
+        ] {
+            if !(may_be_empty && addr.is_empty()) {
+                resolve(addr).map_err(|e| (key, e))?;
+            }
+        }
+        if !self.web.telemetry_path.starts_with('/') || self.web.telemetry_path.starts_with("/-/") {
+            return Err((
+                "web.telemetry_path",
+                "must start with / and not with /-/".into(),
+            ));
+        }
+        let b = &self.observer.buckets;
+        if b.is_empty() || b.iter().any(|v| !v.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
+            return Err((
+                "observer.buckets",
+                "must be finite, strictly ascending and not empty".into(),
+            ));
+        }
+        for q in &self.observer.quantiles {
+            if !(q.quantile > 0.0 && q.quantile < 1.0 && q.error > 0.0 && q.error < 1.0) {
+                return Err((
+                    "observer.quantiles",
+                    format!(
+                        "quantile {} error {}: both must be in (0, 1)",
+                        q.quantile, q.error
+                    ),
+                ));
+            }
+        }
+        if self.statsd.tcp_max_line_bytes == 0 || self.statsd.receive_batch == 0 {
+            let key = if self.statsd.receive_batch == 0 {
+                "statsd.receive_batch"
+            } else {
+                "statsd.tcp_max_line_bytes"
+            };
+            return Err((key, "must be at least 1".into()));
+        }
+        let p = self.actors.publish_interval;
+        if p.is_zero() || p > Duration::from_secs(10) {
+            return Err((
+                "actors.publish_interval",
+                "must be more than 0 and at most 10s".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Names where the value of `key` came from, following the precedence flag > environment >
+/// file > default: the flag, the variable, or the file and line.
+fn source_of(
+    flags_given: &[&str],
+    env_keys: &[String],
+    key: &str,
+    file: Option<&(&Path, String)>,
+) -> String {
+    if flags_given.contains(&key) {
+        return format!("flag --{}", key.replace('_', "-"));
+    }
+    if env_keys.iter().any(|k| k == key) {
+        let var = format!("TALLYD_{}", key.replace('.', "__").to_uppercase());
+        return format!("environment variable {var}");
+    }
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    if let Some((path, text)) = file {
+        let line = text.lines().position(|l| {
+            l.trim_start()
+                .strip_prefix(leaf)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+        if let Some(line) = line {
+            return format!("{}:{}", path.display(), line + 1);
+        }
+    }
+    "the built-in defaults".into()
+}
+
+/// Resolves a listen address: `host:port`, `ip:port`, or `:port` for every interface.
+pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    let full = match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_owned(),
+    };
+    full.to_socket_addrs()
+        .map_err(|e| format!("{addr:?} is not a usable address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests;

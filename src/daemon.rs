@@ -1,0 +1,165 @@
+//! Wiring: binds the sockets, starts the actor tree (aggregator, registry and its family
+//! actors), the listeners and the HTTP server, and shuts them down in order: stop reading,
+//! deliver and apply what was read, publish final snapshots, stop serving.
+
+use anyhow::Context as _;
+use ractor::Actor;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::aggregator::AggregatorActor;
+use crate::config::{self, Settings};
+use crate::family::FamilyContext;
+use crate::http::{self, HttpContext};
+use crate::registry::RegistryActor;
+use crate::statsd::listener::{self, ListenerContext};
+use crate::telemetry::Telemetry;
+
+/// How long each shutdown step may take before tallyd moves on.
+const STEP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The sockets tallyd serves, bound before [`run`] so callers (and tests) can bind port 0 and
+/// read the real addresses.
+#[derive(Debug)]
+pub struct Sockets {
+    /// StatsD over UDP, unless disabled.
+    pub udp: Option<UdpSocket>,
+    /// StatsD over TCP, unless disabled.
+    pub tcp: Option<TcpListener>,
+    /// The HTTP server.
+    pub http: TcpListener,
+}
+
+impl Sockets {
+    /// Binds every socket the settings ask for; an error names the setting.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Sockets> {
+        let addr = |key: &str, value: &str| {
+            config::resolve(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+        };
+        let udp = match settings.statsd.listen_udp.as_str() {
+            "" => None,
+            a => Some(
+                UdpSocket::bind(addr("statsd.listen_udp", a)?)
+                    .await
+                    .with_context(|| format!("cannot bind StatsD UDP on {a}"))?,
+            ),
+        };
+        let tcp = match settings.statsd.listen_tcp.as_str() {
+            "" => None,
+            a => Some(
+                TcpListener::bind(addr("statsd.listen_tcp", a)?)
+                    .await
+                    .with_context(|| format!("cannot bind StatsD TCP on {a}"))?,
+            ),
+        };
+        let web = &settings.web.listen_address;
+        let http = TcpListener::bind(addr("web.listen_address", web)?)
+            .await
+            .with_context(|| format!("cannot bind HTTP on {web}"))?;
+        Ok(Sockets { udp, tcp, http })
+    }
+
+    fn describe(&self) -> [String; 3] {
+        let udp = self.udp.as_ref().and_then(|s| s.local_addr().ok());
+        let tcp = self.tcp.as_ref().and_then(|s| s.local_addr().ok());
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+        [show(udp), show(tcp), show(self.http.local_addr().ok())]
+    }
+}
+
+/// Runs tallyd on bound sockets until `shutdown` completes, then shuts down in order.
+pub async fn run(
+    settings: Settings,
+    sockets: Sockets,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let telemetry = Arc::new(Telemetry::new());
+    let (aggregator, aggregator_task) = Actor::spawn(None, AggregatorActor, ())
+        .await
+        .context("cannot start the aggregator")?;
+    let family_ctx = Arc::new(FamilyContext {
+        aggregator: aggregator.clone(),
+        telemetry: telemetry.clone(),
+        observer: settings.observer.clone(),
+        publish_interval: settings.actors.publish_interval,
+    });
+    let (registry, registry_task) = Actor::spawn(None, RegistryActor, family_ctx)
+        .await
+        .context("cannot start the registry")?;
+
+    let [udp_addr, tcp_addr, http_addr] = sockets.describe();
+    let stop_reading = CancellationToken::new();
+    let stop_serving = CancellationToken::new();
+    let listener_ctx = ListenerContext {
+        registry: registry.clone(),
+        telemetry: telemetry.clone(),
+        receive_batch: settings.statsd.receive_batch,
+        tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
+    };
+    let mut listeners = JoinSet::new();
+    if let Some(udp) = sockets.udp {
+        listeners.spawn(listener::serve_udp(
+            udp,
+            listener_ctx.clone(),
+            stop_reading.clone(),
+        ));
+    }
+    if let Some(tcp) = sockets.tcp {
+        listeners.spawn(listener::serve_tcp(tcp, listener_ctx, stop_reading.clone()));
+    }
+    let http_ctx = Arc::new(HttpContext {
+        aggregator: aggregator.clone(),
+        registry: registry.clone(),
+        telemetry,
+        telemetry_path: settings.web.telemetry_path.clone(),
+        fault_injection: settings.web.enable_fault_injection,
+        ready: AtomicBool::new(true),
+    });
+    let http_task = tokio::spawn(http::serve(
+        sockets.http,
+        http_ctx.clone(),
+        stop_serving.clone(),
+    ));
+    info!(
+        udp = %udp_addr,
+        tcp = %tcp_addr,
+        http = %http_addr,
+        telemetry_path = %settings.web.telemetry_path,
+        "tallyd listening"
+    );
+
+    shutdown.await;
+    info!("shutting down: stop reading, apply what was received, publish, stop serving");
+    http_ctx.ready.store(false, Ordering::Relaxed);
+    stop_reading.cancel();
+    let drained = tokio::time::timeout(STEP_TIMEOUT, async {
+        while listeners.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        warn!("listeners did not stop in time");
+        listeners.abort_all();
+    }
+    // Families apply every batch already in their mailboxes, then publish in post_stop.
+    registry
+        .get_cell()
+        .drain_children_and_wait(Some(STEP_TIMEOUT))
+        .await;
+    registry.stop(None);
+    stop_serving.cancel();
+    if let Err(e) = http_task.await {
+        warn!(error = %e, "HTTP server task failed");
+    }
+    if aggregator.drain_and_wait(Some(STEP_TIMEOUT)).await.is_err() {
+        warn!("aggregator did not stop in time");
+    }
+    let _ = registry_task.await;
+    let _ = aggregator_task.await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! # tallyd
+//!
+//! A StatsD / DogStatsD to Prometheus daemon, built to run next to an application: lines come
+//! in over UDP or TCP, each metric family is owned by its own actor, and Prometheus scrapes the
+//! result on `/metrics`.
+//!
+//! ## Layout
+//! - [`config`]: settings: defaults, TOML file, `TALLYD_…` environment, statsd_exporter flags.
+//! - [`statsd::parse`]: the line protocol, zero-copy, one line at a time.
+//! - [`statsd::listener`]: the UDP and TCP sockets, batching receives.
+//! - [`ingest`]: received bytes → per-family batches of [`update::Update`]s (names escaped by
+//!   [`names`], tags turned into labels).
+//! - [`router`]: each batch → its family actor, through a per-listener cache.
+//! - [`registry`]: spawns, finds and supervises the family actors.
+//! - [`family`]: one actor per family: type, series, values, observations, update rate.
+//! - [`aggregator`]: the latest snapshot of every family, for scrapes.
+//! - [`exposition`]: the Prometheus text format, assembled per scrape.
+//! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`.
+//! - [`telemetry`]: tallyd's own metrics; [`rate`]: update rates.
+//! - [`daemon`]: binds, starts, and shuts everything down in order.
+//!
+//! ## The actor tree
+//! ```text
+//!  UDP/TCP listener tasks ──Apply(batch)──▶ FamilyActor "checkout_requests" ─┐
+//!        │ (cache miss)                     FamilyActor "db_query"          ├─Publish(snapshot)─▶ AggregatorActor
+//!        └──Lookup──▶ RegistryActor ─supervises─▶ every FamilyActor          ┘                        ▲
+//!                                                                              HTTP /metrics ──Scrape─┘
+//! ```
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod aggregator;
+pub mod config;
+pub mod daemon;
+pub mod exposition;
+pub mod family;
+pub mod http;
+pub mod ingest;
+pub mod names;
+pub mod rate;
+pub mod registry;
+pub mod router;
+pub mod statsd;
+pub mod telemetry;
+pub mod update;

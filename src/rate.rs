@@ -1,0 +1,102 @@
+//! Update rates: a family's updates per second over a recent window, kept by the family actor
+//! that counts them and read by whoever renders them, at any later instant.
+
+use std::time::{Duration, Instant};
+
+/// Width of one bucket; the window is [`BUCKETS`] of them.
+const BUCKET: Duration = Duration::from_secs(1);
+const BUCKETS: usize = 10;
+
+/// Counts in one-second buckets over the last ten seconds.
+///
+/// The rate is the count in the window divided by the time the window covers, which is shorter
+/// than ten seconds while the family is young, so a burst sent a moment ago reads as the rate it
+/// was sent at rather than a tenth of it.
+#[derive(Clone, Debug)]
+pub struct RateWindow {
+    born: Instant,
+    /// Index (seconds since `born`) of the newest bucket.
+    head: u64,
+    counts: [u32; BUCKETS],
+}
+
+impl RateWindow {
+    /// An empty window starting at `now`.
+    pub fn new(now: Instant) -> Self {
+        RateWindow {
+            born: now,
+            head: 0,
+            counts: [0; BUCKETS],
+        }
+    }
+
+    fn slot(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.born).as_nanos() / BUCKET.as_nanos()) as u64
+    }
+
+    /// Records `n` updates at `now`.
+    pub fn record(&mut self, now: Instant, n: u32) {
+        let slot = self.slot(now);
+        if slot > self.head {
+            let stale = (slot - self.head).min(BUCKETS as u64);
+            for i in 0..stale {
+                self.counts[((self.head + 1 + i) % BUCKETS as u64) as usize] = 0;
+            }
+            self.head = slot;
+        }
+        let bucket = &mut self.counts[(self.head % BUCKETS as u64) as usize];
+        *bucket = bucket.saturating_add(n);
+    }
+
+    /// Updates per second at `now`, over the last ten seconds (or the family's life if shorter).
+    pub fn per_second(&self, now: Instant) -> f64 {
+        let slot = self.slot(now);
+        let oldest_live = slot.saturating_sub(BUCKETS as u64 - 1);
+        let total: u64 = (oldest_live..=self.head.min(slot))
+            .filter(|s| self.head - s < BUCKETS as u64)
+            .map(|s| u64::from(self.counts[(s % BUCKETS as u64) as usize]))
+            .sum();
+        let window_start = self.born + BUCKET * oldest_live as u32;
+        let span = now.saturating_duration_since(window_start).as_secs_f64();
+        // Never divide by less than a millisecond: a burst this instant is not infinitely fast.
+        total as f64 / span.max(0.001)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn young_window_divides_by_its_age() {
+        let t0 = Instant::now();
+        let mut w = RateWindow::new(t0);
+        w.record(t0, 50);
+        let rate = w.per_second(t0 + Duration::from_millis(500));
+        assert!((rate - 100.0).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn old_counts_leave_the_window() {
+        let t0 = Instant::now();
+        let mut w = RateWindow::new(t0);
+        w.record(t0, 100);
+        w.record(t0 + Duration::from_secs(12), 20);
+        // Window now covers seconds 3..=12 of life: only the 20 updates, over 9.5 s.
+        let rate = w.per_second(t0 + Duration::from_millis(12_500));
+        assert!((rate - 20.0 / 9.5).abs() < 1e-9, "{rate}");
+        // Long idle: rate decays to zero.
+        assert_eq!(w.per_second(t0 + Duration::from_secs(60)), 0.0);
+    }
+
+    #[test]
+    fn steady_rate_reads_steady() {
+        let t0 = Instant::now();
+        let mut w = RateWindow::new(t0);
+        for ms in (0..30_000).step_by(100) {
+            w.record(t0 + Duration::from_millis(ms), 10);
+        }
+        let rate = w.per_second(t0 + Duration::from_secs(30));
+        assert!((rate - 100.0).abs() < 1e-6, "{rate}");
+    }
+}

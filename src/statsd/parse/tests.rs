@@ -1,0 +1,175 @@
+use super::*;
+use proptest::prelude::*;
+
+fn samples(line: &str) -> Vec<Result<Sample, RejectReason>> {
+    parse_line(line.as_bytes()).unwrap().samples().collect()
+}
+
+fn one(line: &str) -> Sample {
+    match samples(line).as_slice() {
+        [Ok(sample)] => *sample,
+        other => panic!("{line:?} gave {other:?}"),
+    }
+}
+
+fn sample(metric_type: MetricType, value: f64, relative: bool, sample_rate: f64) -> Sample {
+    Sample {
+        metric_type,
+        value,
+        relative,
+        sample_rate,
+    }
+}
+
+#[test]
+fn every_type() {
+    use MetricType::*;
+    assert_eq!(one("a:1|c"), sample(Counter, 1.0, false, 1.0));
+    assert_eq!(one("a:42|g"), sample(Gauge, 42.0, false, 1.0));
+    assert_eq!(one("a:12.5|ms"), sample(Timer, 12.5, false, 1.0));
+    assert_eq!(one("a:3|h"), sample(Histogram, 3.0, false, 1.0));
+    assert_eq!(one("a:0.25|d"), sample(Distribution, 0.25, false, 1.0));
+}
+
+#[test]
+fn gauge_sign_means_relative() {
+    assert_eq!(one("q:+3|g"), sample(MetricType::Gauge, 3.0, true, 1.0));
+    assert_eq!(one("q:-3|g"), sample(MetricType::Gauge, -3.0, true, 1.0));
+    // A sign on a timer is just a sign.
+    assert_eq!(one("t:-3|ms"), sample(MetricType::Timer, -3.0, false, 1.0));
+}
+
+#[test]
+fn sample_rate_and_tags_in_any_order() {
+    let line = parse_line(b"req:2|c|#region:eu,tier:web|@0.5").unwrap();
+    assert_eq!(line.name, "req");
+    assert_eq!(line.tags, Some("region:eu,tier:web"));
+    assert_eq!(
+        line.samples().collect::<Vec<_>>(),
+        [Ok(sample(MetricType::Counter, 2.0, false, 0.5))]
+    );
+}
+
+#[test]
+fn dogstatsd_container_and_timestamp_fields_are_ignored() {
+    assert_eq!(
+        one("a:1|c|c:abc123|T1656581400|@1"),
+        sample(MetricType::Counter, 1.0, false, 1.0)
+    );
+}
+
+#[test]
+fn packed_values_share_type_and_rate() {
+    assert_eq!(
+        samples("lat:1:2:3|d|@0.5|#k:v"),
+        [1.0, 2.0, 3.0].map(|v| Ok(sample(MetricType::Distribution, v, false, 0.5)))
+    );
+}
+
+#[test]
+fn legacy_groups_each_have_a_type() {
+    assert_eq!(
+        samples("a:1|c:2|ms|@0.1:x|g"),
+        [
+            Ok(sample(MetricType::Counter, 1.0, false, 1.0)),
+            Ok(sample(MetricType::Timer, 2.0, false, 0.1)),
+            Err(RejectReason::BadValue),
+        ]
+    );
+    assert_eq!(
+        samples("a:1|c:2"),
+        [Ok(one("a:1|c")), Err(RejectReason::MalformedLine)]
+    );
+}
+
+#[test]
+fn rejections_have_reasons() {
+    let cases: &[(&[u8], RejectReason)] = &[
+        (b"no_colon", RejectReason::MalformedLine),
+        (b":1|c", RejectReason::MalformedLine),
+        (b"a:", RejectReason::MalformedLine),
+        (b"a:1", RejectReason::MalformedLine),
+        (b"a:1|", RejectReason::MalformedLine),
+        (b"a:1|x", RejectReason::BadType),
+        (b"a:1|s", RejectReason::UnsupportedType),
+        (b"a:1|c|@0", RejectReason::BadSampleRate),
+        (b"a:1|c|@1.5", RejectReason::BadSampleRate),
+        (b"a:1|c|@-1", RejectReason::BadSampleRate),
+        (b"a:1|c|@abc", RejectReason::BadSampleRate),
+        (b"a:\xff|c", RejectReason::InvalidUtf8),
+    ];
+    for (line, reason) in cases {
+        assert_eq!(
+            parse_line(line).err(),
+            Some(*reason),
+            "{:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    let sample_cases = [
+        ("a:abc|c", RejectReason::BadValue),
+        ("a:|c", RejectReason::BadValue),
+        ("a:NaN|g", RejectReason::BadValue),
+        ("a:inf|ms", RejectReason::BadValue),
+        ("a:-1|c", RejectReason::NegativeCounter),
+    ];
+    for (line, reason) in sample_cases {
+        assert_eq!(samples(line), [Err(reason)], "{line}");
+    }
+}
+
+#[test]
+fn lines_split_on_newlines_and_skip_empty_ones() {
+    let got: Vec<&[u8]> = lines(b"a:1|c\r\n\nb:2|g\n").collect();
+    assert_eq!(got, [&b"a:1|c"[..], &b"b:2|g"[..]]);
+}
+
+#[test]
+fn tags_without_values_are_errors() {
+    let got: Vec<_> = tags("a:1,flag,:x,b:c:d,").collect();
+    assert_eq!(
+        got,
+        [
+            Ok(("a", "1")),
+            Err(TagError),
+            Err(TagError),
+            Ok(("b", "c:d"))
+        ]
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        for line in lines(&bytes) {
+            if let Ok(parsed) = parse_line(line) {
+                for sample in parsed.samples().flatten() {
+                    prop_assert!(sample.value.is_finite());
+                    prop_assert!(sample.sample_rate > 0.0 && sample.sample_rate <= 1.0);
+                }
+                if let Some(raw) = parsed.tags {
+                    prop_assert!(tags(raw).count() <= raw.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn line_shaped_input_never_panics(line in "[a-z.]{0,8}(:[-+0-9.e]{0,6}){0,3}(\\|[a-z@#:,.0-9]{0,8}){0,4}") {
+        if let Ok(parsed) = parse_line(line.as_bytes()) {
+            for sample in parsed.samples().flatten() {
+                prop_assert!(sample.metric_type != MetricType::Counter || sample.value >= 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn well_formed_counters_round_trip(name in "[a-z][a-z0-9._]{0,20}", value in 0u32..1_000_000, rate in 1u32..=100) {
+        let rate = f64::from(rate) / 100.0;
+        let line = format!("{name}:{value}|c|@{rate}");
+        let parsed = parse_line(line.as_bytes()).unwrap();
+        prop_assert_eq!(parsed.name, name.as_str());
+        let got: Vec<_> = parsed.samples().collect();
+        prop_assert_eq!(got, vec![Ok(sample(MetricType::Counter, f64::from(value), false, rate))]);
+    }
+}

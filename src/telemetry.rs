@@ -1,0 +1,283 @@
+//! tallyd's own metrics (`tallyd_*` and the process collector's `process_*`), kept in a
+//! `prometheus::Registry` of their own, and the rate limiter for per-line log messages.
+//!
+//! Per-family figures (updates, rates, series) are not here: the aggregator owns them and the
+//! exposition renders them from its snapshot.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::statsd::parse::RejectReason;
+
+/// Prefix of every tallyd self-metric; user metrics that escape to a name with it are refused.
+pub const PREFIX: &str = "tallyd_";
+
+/// The listeners whose packets are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// UDP datagrams.
+    Udp,
+    /// TCP reads.
+    Tcp,
+}
+
+impl ListenerKind {
+    /// The `listener` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Udp => "udp",
+            ListenerKind::Tcp => "tcp",
+        }
+    }
+}
+
+/// Every self-metric, registered once at start-up and shared by all tasks and actors.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Registry,
+    /// `tallyd_lines_total`: lines received, accepted or not.
+    pub lines: IntCounter,
+    /// `tallyd_samples_total`: samples accepted and sent to a family actor.
+    pub samples: IntCounter,
+    packets: IntCounterVec,
+    rejected: Vec<IntCounter>,
+    /// `tallyd_tag_errors_total`: tags dropped because they cannot become labels.
+    pub tag_errors: IntCounter,
+    /// `tallyd_family_restarts_total`: family actors restarted after a failure.
+    pub family_restarts: IntCounter,
+    /// `tallyd_metric_actors`: live family actors.
+    pub metric_actors: IntGauge,
+    type_conflicts: IntCounterVec,
+    /// `tallyd_updates_dropped_total`: updates that could not reach a family actor.
+    pub updates_dropped: IntCounter,
+    /// `tallyd_tcp_connections_total`: StatsD TCP connections accepted.
+    pub tcp_connections: IntCounter,
+    /// `tallyd_tcp_connection_errors_total`: StatsD TCP connections ended by a read error.
+    pub tcp_connection_errors: IntCounter,
+    /// `tallyd_tcp_too_long_lines_total`: TCP connections closed for an over-long line.
+    pub tcp_too_long_lines: IntCounter,
+    /// Names of the families registered here that do not start with [`PREFIX`] (the process
+    /// collector's), which user metrics must not take either.
+    foreign_names: Vec<String>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid static metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique static metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid static metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique static metric");
+    c
+}
+
+impl Telemetry {
+    /// Registers every self-metric, and the process collector where the platform has one.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registers once");
+        let rejected_vec = counter_vec(
+            &registry,
+            "tallyd_lines_rejected_total",
+            "StatsD lines (or samples of a multi-value line) rejected, by reason.",
+            &["reason"],
+        );
+        let rejected = RejectReason::ALL
+            .iter()
+            .map(|r| rejected_vec.with_label_values(&[r.as_str()]))
+            .collect();
+        let packets = counter_vec(
+            &registry,
+            "tallyd_packets_total",
+            "UDP datagrams and TCP reads received, by listener.",
+            &["listener"],
+        );
+        for kind in [ListenerKind::Udp, ListenerKind::Tcp] {
+            packets.with_label_values(&[kind.as_str()]);
+        }
+        let metric_actors = IntGauge::new("tallyd_metric_actors", "Live family actors.")
+            .expect("valid static metric");
+        registry
+            .register(Box::new(metric_actors.clone()))
+            .expect("unique static metric");
+        Telemetry {
+            lines: counter(&registry, "tallyd_lines_total", "StatsD lines received."),
+            samples: counter(
+                &registry,
+                "tallyd_samples_total",
+                "StatsD samples accepted and routed to their family actor.",
+            ),
+            packets,
+            rejected,
+            tag_errors: counter(
+                &registry,
+                "tallyd_tag_errors_total",
+                "DogStatsD tags dropped because they have no value or no name.",
+            ),
+            family_restarts: counter(
+                &registry,
+                "tallyd_family_restarts_total",
+                "Family actors restarted by the registry after a failure.",
+            ),
+            metric_actors,
+            type_conflicts: counter_vec(
+                &registry,
+                "tallyd_type_conflicts_total",
+                "Samples rejected because their family already has another type.",
+                &["metric", "type"],
+            ),
+            updates_dropped: counter(
+                &registry,
+                "tallyd_updates_dropped_total",
+                "Accepted updates that could not be delivered to a family actor (shutdown).",
+            ),
+            tcp_connections: counter(
+                &registry,
+                "tallyd_tcp_connections_total",
+                "StatsD TCP connections accepted.",
+            ),
+            tcp_connection_errors: counter(
+                &registry,
+                "tallyd_tcp_connection_errors_total",
+                "StatsD TCP connections ended by a read error.",
+            ),
+            tcp_too_long_lines: counter(
+                &registry,
+                "tallyd_tcp_too_long_lines_total",
+                "StatsD TCP connections closed because a line exceeded the length limit.",
+            ),
+            foreign_names: Vec::new(),
+            registry,
+        }
+        .with_foreign_names()
+    }
+
+    fn with_foreign_names(mut self) -> Self {
+        self.foreign_names = self
+            .registry
+            .gather()
+            .into_iter()
+            .map(|f| f.name().to_owned())
+            .filter(|name| !name.starts_with(PREFIX))
+            .collect();
+        self
+    }
+
+    /// Counts packets received by a listener.
+    pub fn packets(&self, kind: ListenerKind, n: u64) {
+        self.packets.with_label_values(&[kind.as_str()]).inc_by(n);
+    }
+
+    /// Counts rejected lines for one reason.
+    pub fn rejected(&self, reason: RejectReason, n: u64) {
+        self.rejected[reason.index()].inc_by(n);
+    }
+
+    /// Counts samples refused by a family of another type.
+    pub fn type_conflict(&self, metric: &str, sample_kind: &str, n: u64) {
+        self.type_conflicts
+            .with_label_values(&[metric, sample_kind])
+            .inc_by(n);
+    }
+
+    /// Every self-metric family, for the exposition.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// True when a user metric named `name` would collide with a self-metric.
+    pub fn is_reserved(&self, name: &str) -> bool {
+        name.starts_with(PREFIX) || self.foreign_names.iter().any(|n| n == name)
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Lets through at most `per_second` events each second, and says how many it held back, so a
+/// flood of bad lines produces a readable trickle of debug logs rather than a log storm.
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_second: u64,
+    epoch: Instant,
+    window: AtomicU64,
+    seen: AtomicU64,
+}
+
+impl LogLimiter {
+    /// A limiter letting `per_second` events through each second.
+    pub fn new(per_second: u64) -> Self {
+        LogLimiter {
+            per_second,
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(suppressed)` when this event may be logged, with how many were held back in the
+    /// previous second; `None` when it must not be.
+    pub fn allow(&self) -> Option<u64> {
+        let now = self.epoch.elapsed().as_secs();
+        let window = self.window.load(Ordering::Relaxed);
+        let mut suppressed = 0;
+        if now != window
+            && self
+                .window
+                .compare_exchange(window, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            suppressed = self
+                .seen
+                .swap(0, Ordering::Relaxed)
+                .saturating_sub(self.per_second);
+        }
+        let seen = self.seen.fetch_add(1, Ordering::Relaxed);
+        (seen < self.per_second).then_some(suppressed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_caps_events_per_second() {
+        let limiter = LogLimiter::new(3);
+        let allowed = (0..100).filter(|_| limiter.allow().is_some()).count();
+        assert_eq!(allowed, 3);
+    }
+
+    #[test]
+    fn every_reject_reason_is_exported_at_zero() {
+        let t = Telemetry::new();
+        t.rejected(RejectReason::BadValue, 2);
+        let families = t.gather();
+        let rejected = families
+            .iter()
+            .find(|f| f.name() == "tallyd_lines_rejected_total")
+            .unwrap();
+        assert_eq!(rejected.get_metric().len(), RejectReason::ALL.len());
+        let bad_value = rejected
+            .get_metric()
+            .iter()
+            .find(|m| m.get_label()[0].value() == "bad_value")
+            .unwrap();
+        assert_eq!(bad_value.get_counter().get_value(), 2.0);
+    }
+}

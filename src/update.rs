@@ -1,0 +1,172 @@
+//! What one accepted sample becomes on its way to its family actor: an [`Update`] of one
+//! series, named by its [`LabelSet`], with an [`Op`] that already carries the StatsD semantics
+//! (sample-rate scaling, timer units, relative gauges).
+
+use crate::statsd::parse::{MetricType, Sample};
+
+/// The label pairs of one series, sorted by label name, each name at most once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+
+impl LabelSet {
+    /// Builds a label set from pairs in the order they were sent; when a name repeats, the last
+    /// value wins (as a later DogStatsD tag overrides an earlier one in statsd_exporter).
+    pub fn from_pairs(mut pairs: Vec<(Box<str>, Box<str>)>) -> Self {
+        if pairs.len() > 1 {
+            // Reverse, then a stable sort keeps the last-sent value first within equal names,
+            // and dedup keeps the first of each run.
+            pairs.reverse();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            pairs.dedup_by(|later, earlier| later.0 == earlier.0);
+        }
+        LabelSet(pairs.into_boxed_slice())
+    }
+
+    /// The `(name, value)` pairs, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// True when the series has no labels.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The Prometheus type of a family, fixed by the first update it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// From StatsD counters.
+    Counter,
+    /// From StatsD gauges.
+    Gauge,
+    /// From timers, histograms and distributions: a summary or a histogram.
+    Observer,
+}
+
+impl Kind {
+    /// The lower-case name used in labels and messages.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Observer => "observer",
+        }
+    }
+}
+
+/// What an update does to its series.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// Add to a counter (already divided by the sample rate).
+    Add(f64),
+    /// Set a gauge.
+    Set(f64),
+    /// Change a gauge by this amount.
+    Shift(f64),
+    /// Record `value` `count` times (a timer's value already in seconds).
+    Observe {
+        /// The observed value.
+        value: f64,
+        /// How many observations it stands for: `floor(1 / sample rate)`.
+        count: u64,
+    },
+}
+
+impl Op {
+    /// Applies statsd_exporter's semantics to a parsed sample: counters are divided by the
+    /// sample rate, timers go from milliseconds to seconds, observations are counted
+    /// `floor(1/rate)` times, gauges ignore the rate.
+    pub fn from_sample(sample: &Sample) -> Op {
+        match sample.metric_type {
+            MetricType::Counter => Op::Add(sample.value / sample.sample_rate),
+            MetricType::Gauge if sample.relative => Op::Shift(sample.value),
+            MetricType::Gauge => Op::Set(sample.value),
+            MetricType::Timer | MetricType::Histogram | MetricType::Distribution => {
+                let value = if sample.metric_type == MetricType::Timer {
+                    sample.value / 1000.0
+                } else {
+                    sample.value
+                };
+                // Saturating float-to-int cast; the rate is in (0, 1] so this is >= 1.
+                let count = (1.0 / sample.sample_rate).floor() as u64;
+                Op::Observe { value, count }
+            }
+        }
+    }
+
+    /// The family type this update needs.
+    pub const fn kind(&self) -> Kind {
+        match self {
+            Op::Add(_) => Kind::Counter,
+            Op::Set(_) | Op::Shift(_) => Kind::Gauge,
+            Op::Observe { .. } => Kind::Observer,
+        }
+    }
+}
+
+/// One update of one series of a family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    /// The series.
+    pub labels: LabelSet,
+    /// What to do to it.
+    pub op: Op,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> LabelSet {
+        LabelSet::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn label_sets_are_sorted_and_last_value_wins() {
+        let set = labels(&[("z", "1"), ("a", "2"), ("z", "3")]);
+        assert_eq!(set.iter().collect::<Vec<_>>(), [("a", "2"), ("z", "3")]);
+        assert_eq!(set, labels(&[("a", "2"), ("z", "3")]));
+    }
+
+    #[test]
+    fn statsd_semantics() {
+        let s = |metric_type, value, relative, sample_rate| Sample {
+            metric_type,
+            value,
+            relative,
+            sample_rate,
+        };
+        assert_eq!(
+            Op::from_sample(&s(MetricType::Counter, 1.0, false, 0.1)),
+            Op::Add(10.0)
+        );
+        assert_eq!(
+            Op::from_sample(&s(MetricType::Gauge, 5.0, false, 0.5)),
+            Op::Set(5.0)
+        );
+        assert_eq!(
+            Op::from_sample(&s(MetricType::Gauge, -2.0, true, 1.0)),
+            Op::Shift(-2.0)
+        );
+        assert_eq!(
+            Op::from_sample(&s(MetricType::Timer, 250.0, false, 0.3)),
+            Op::Observe {
+                value: 0.25,
+                count: 3
+            }
+        );
+        assert_eq!(
+            Op::from_sample(&s(MetricType::Histogram, 250.0, false, 1.0)),
+            Op::Observe {
+                value: 250.0,
+                count: 1
+            }
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! The real binary, real sockets, the real endpoint: every StatsD type with exact values,
+//! sample rates, relative gauges, tags, multi-line datagrams, every rejection reason, TCP,
+//! type conflicts, the HTTP routes, and promtool's verdict on the exposition.
+
+mod common;
+
+use common::{assert_close, promtool_check, Tallyd};
+
+#[test]
+fn every_type_lands_with_exact_values() {
+    let t = Tallyd::start(&[]);
+    t.send_udp(
+        b"checkout.requests:1|c|#region:eu\n\
+          checkout.requests:2|c|#region:eu\r\n\
+          checkout.requests:1|c|@0.1|#region:us\n\
+          \n\
+          queue.depth:42|g\n\
+          queue.depth:+8|g\n\
+          queue.depth:-5|g\n\
+          db.query:12.5|ms\n\
+          db.query:250|ms|@0.5\n\
+          payload.size:300|h\n\
+          render.time:1:2:3|d|#page:home\n\
+          9lives-total:7|c",
+    );
+    // All six families came in one datagram; once all six have published, every value is in.
+    let e = t.wait_value("tallyd_metric_families", &[], 6.0);
+    assert_eq!(e.value("_9lives_total", &[]), Some(7.0));
+    assert_eq!(e.value("checkout_requests", &[("region", "eu")]), Some(3.0));
+    assert_eq!(
+        e.value("checkout_requests", &[("region", "us")]),
+        Some(10.0)
+    );
+    assert_eq!(e.type_of("checkout_requests"), Some("counter"));
+    assert_eq!(e.value("queue_depth", &[]), Some(45.0));
+    assert_eq!(e.type_of("queue_depth"), Some("gauge"));
+    // Timers in seconds; @0.5 counts the observation twice.
+    assert_eq!(e.type_of("db_query"), Some("summary"));
+    assert_eq!(e.value("db_query_count", &[]), Some(3.0));
+    assert_eq!(e.value("db_query_sum", &[]), Some(0.0125 + 2.0 * 0.25));
+    assert_close(e.quantile("db_query", &[], 0.99), 0.25);
+    // Histograms and distributions are not scaled.
+    assert_eq!(e.value("payload_size_sum", &[]), Some(300.0));
+    assert_eq!(e.quantile("payload_size", &[], 0.5), Some(300.0));
+    assert_eq!(e.value("render_time_count", &[("page", "home")]), Some(3.0));
+    assert_eq!(e.value("render_time_sum", &[("page", "home")]), Some(6.0));
+    assert_close(e.quantile("render_time", &[("page", "home")], 0.5), 2.0);
+    // What the aggregator says about the families.
+    assert_eq!(
+        e.value("tallyd_lines_total", &[]),
+        Some(11.0),
+        "the empty line is not a line"
+    );
+    assert_eq!(e.value("tallyd_samples_total", &[]), Some(13.0));
+    assert_eq!(
+        e.value(
+            "tallyd_metric_updates_total",
+            &[("metric", "checkout_requests")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        e.value("tallyd_metric_updates_total", &[("metric", "render_time")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        e.value("tallyd_metric_series", &[("metric", "checkout_requests")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        e.value("tallyd_metric_value", &[("metric", "checkout_requests")]),
+        Some(13.0)
+    );
+    assert_eq!(e.value("tallyd_metric_actors", &[]), Some(6.0));
+    assert_eq!(e.value("tallyd_updates_total", &[]), Some(13.0));
+    let rate = e
+        .value("tallyd_metric_update_rate", &[("metric", "queue_depth")])
+        .unwrap();
+    assert!(
+        rate > 0.0,
+        "a family just updated has a positive rate: {rate}"
+    );
+    assert_eq!(
+        e.value("tallyd_packets_total", &[("listener", "udp")]),
+        Some(1.0)
+    );
+    promtool_check(&e.text);
+}
+
+#[test]
+fn histograms_when_configured() {
+    let t = Tallyd::start_with_env(&[], &[("TALLYD_OBSERVER__OBSERVER_TYPE", "histogram")]);
+    t.send_udp(b"api.latency:4|ms\napi.latency:30|ms|@0.25\napi.latency:20000|ms");
+    let e = t.wait_value("api_latency_count", &[], 6.0);
+    assert_eq!(e.type_of("api_latency"), Some("histogram"));
+    assert_eq!(
+        e.value("api_latency_sum", &[]),
+        Some(0.004 + 4.0 * 0.03 + 20.0)
+    );
+    assert_eq!(e.bucket("api_latency", &[], 0.005), Some(1.0));
+    assert_eq!(e.bucket("api_latency", &[], 0.025), Some(1.0));
+    assert_eq!(e.bucket("api_latency", &[], 0.05), Some(5.0));
+    assert_eq!(e.bucket("api_latency", &[], 10.0), Some(5.0));
+    assert_eq!(e.bucket("api_latency", &[], f64::INFINITY), Some(6.0));
+    promtool_check(&e.text);
+}
+
+#[test]
+fn every_rejection_is_counted_and_the_rest_of_the_datagram_lands() {
+    let t = Tallyd::start(&[]);
+    let mut datagram = Vec::new();
+    for line in [
+        &b"no_value_at_all"[..],
+        b"bad.value:abc|c",
+        b"bad.type:1|x",
+        b"a.set:1|s",
+        b"bad.rate:1|c|@2",
+        b"negative:-1|c",
+        b"tallyd.lines.total:1|c",
+        b"utf8:\xff\xfe|c",
+        b"good:5|c|#flag,k:v",
+    ] {
+        datagram.extend_from_slice(line);
+        datagram.push(b'\n');
+    }
+    t.send_udp(&datagram);
+    let e = t.wait_value("good", &[("k", "v")], 5.0);
+    for reason in [
+        "malformed_line",
+        "bad_value",
+        "bad_type",
+        "unsupported_type",
+        "bad_sample_rate",
+        "negative_counter",
+        "reserved_name",
+        "invalid_utf8",
+    ] {
+        assert_eq!(e.rejected(reason), 1.0, "{reason}");
+    }
+    assert_eq!(e.rejected("line_too_long"), 0.0);
+    assert_eq!(e.value("tallyd_tag_errors_total", &[]), Some(1.0));
+    assert_eq!(e.value("tallyd_lines_total", &[]), Some(9.0));
+    // Nothing rejected became a family.
+    assert_eq!(e.value("tallyd_metric_families", &[]), Some(1.0));
+    assert!(
+        t.logs()
+            .iter()
+            .any(|l| l.contains("rejected StatsD line") && l.contains("bad_sample_rate")),
+        "rejections are logged at debug"
+    );
+    promtool_check(&e.text);
+}
+
+#[test]
+fn tcp_lines_and_over_long_lines() {
+    let t = Tallyd::start(&[
+        "--config.file",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/short-tcp-lines.toml"
+        ),
+    ]);
+    // A line split across writes, and a last line without a newline.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(t.tcp).unwrap();
+        s.write_all(b"tcp.count:1|c\ntcp.co").unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.write_all(b"unt:2|c\ntcp.gauge:7|g").unwrap();
+    }
+    let e = t.wait_value("tcp_gauge", &[], 7.0);
+    assert_eq!(e.value("tcp_count", &[]), Some(3.0));
+    // The limit in that file is 64 bytes: the line before lands, the connection is closed.
+    let long = format!("tcp.count:1|c\n{}:1|c\ntcp.after:1|c\n", "x".repeat(100));
+    t.send_tcp(long.as_bytes());
+    t.wait_value("tallyd_tcp_too_long_lines_total", &[], 1.0);
+    let e = t.wait_value("tcp_count", &[], 4.0);
+    assert_eq!(e.value("tcp_after", &[]), None);
+    assert_eq!(e.rejected("line_too_long"), 1.0);
+    assert_eq!(e.value("tallyd_tcp_connections_total", &[]), Some(2.0));
+}
+
+#[test]
+fn a_type_conflict_is_refused_and_counted() {
+    let t = Tallyd::start(&[]);
+    t.send_udp(b"jobs:1|c\njobs:5|g\njobs:3|ms\njobs:2|c");
+    let e = t.wait_value("jobs", &[], 3.0);
+    assert_eq!(e.type_of("jobs"), Some("counter"));
+    assert_eq!(
+        e.value(
+            "tallyd_type_conflicts_total",
+            &[("metric", "jobs"), ("type", "gauge")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        e.value(
+            "tallyd_type_conflicts_total",
+            &[("metric", "jobs"), ("type", "observer")]
+        ),
+        Some(1.0)
+    );
+    promtool_check(&e.text);
+}
+
+#[test]
+fn http_routes() {
+    let t = Tallyd::start(&[]);
+    assert_eq!(t.get("/-/healthy").0, 200);
+    assert_eq!(t.get("/-/ready").0, 200);
+    let (status, index) = t.get("/");
+    assert_eq!(status, 200);
+    assert!(index.contains("href=\"/metrics\""), "{index}");
+    assert_eq!(t.get("/nope").0, 404);
+    assert_eq!(t.post("/metrics"), 405);
+    assert_eq!(
+        t.post("/-/fault?family=x"),
+        403,
+        "fault injection is off by default"
+    );
+
+    // gzip when accepted (ureq asks for it and decodes it).
+    t.send_udp(b"zipped:1|c");
+    t.wait_value("zipped", &[], 1.0);
+    let mut raw = std::net::TcpStream::connect(t.http).unwrap();
+    use std::io::{Read, Write};
+    raw.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    raw.read_to_end(&mut response).unwrap();
+    let head = String::from_utf8_lossy(&response[..response.len().min(400)]).to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+}
+
+#[test]
+fn custom_telemetry_path() {
+    let t = Tallyd::start(&["--web.telemetry-path=/stats"]);
+    assert_eq!(t.get("/metrics").0, 404);
+    let (status, body) = t.get("/stats");
+    assert_eq!(status, 200);
+    assert!(body.contains("tallyd_lines_total 0"), "{body}");
+}

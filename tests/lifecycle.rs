@@ -1,0 +1,113 @@
+//! The daemon's life: supervision restarts a failed family while the others keep their
+//! values, SIGTERM and SIGINT exit 0 promptly, bad settings fail start-up naming their source.
+
+mod common;
+
+use common::Tallyd;
+use nix::sys::signal::Signal;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn a_failed_family_is_restarted_and_the_others_keep_running() {
+    let t = Tallyd::start(&["--web.enable-fault-injection"]);
+    t.send_udp(b"steady:5|c\nfragile:3|c\nlevel:9|g");
+    t.wait_value("tallyd_metric_families", &[], 3.0);
+    assert_eq!(t.post("/-/fault?family=fragile"), 200);
+    let e = t.wait_value("tallyd_family_restarts_total", &[], 1.0);
+    // The failed family's state is gone with it; its siblings are untouched.
+    assert_eq!(e.value("steady", &[]), Some(5.0));
+    assert_eq!(e.value("level", &[]), Some(9.0));
+    assert_eq!(e.value("fragile", &[]), None);
+    assert_eq!(
+        e.value("tallyd_metric_actors", &[]),
+        Some(3.0),
+        "restarted, not removed"
+    );
+    // The restarted family takes new updates; listeners find it again through the registry.
+    t.send_udp(b"fragile:2|c\nsteady:1|c");
+    let e = t.wait_value("fragile", &[], 2.0);
+    t.wait_value("steady", &[], 6.0);
+    assert_eq!(e.value("tallyd_updates_dropped_total", &[]), Some(0.0));
+    assert!(t
+        .logs()
+        .iter()
+        .any(|l| l.contains("family actor failed") && l.contains("fragile")));
+    assert_eq!(t.post("/-/fault?family=unknown"), 404);
+}
+
+#[test]
+fn sigterm_exits_zero_promptly_after_applying_what_was_received() {
+    let mut t = Tallyd::start(&[]);
+    t.send_udp(b"before.stop:1|c");
+    t.wait_value("before_stop", &[], 1.0);
+    for _ in 0..50 {
+        t.send_udp(b"late:1|c");
+    }
+    let (status, took) = t.signal_and_wait(Signal::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let logs = t.logs();
+    assert!(logs.iter().any(|l| l.contains("shutting down")), "{logs:?}");
+    assert!(
+        logs.last().is_some_and(|l| l.contains("stopped")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn sigint_exits_zero() {
+    let mut t = Tallyd::start(&[]);
+    let (status, _) = t.signal_and_wait(Signal::SIGINT);
+    assert!(status.success(), "{status:?}");
+}
+
+fn start_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "start-up must fail: {out:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn a_bad_config_file_names_file_line_and_field() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bad-type.toml");
+    let msg = start_fails(&["--config.file", file]);
+    assert!(
+        msg.contains(file) && msg.contains("line 4") && msg.contains("receive_batch"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_bad_flag_names_the_flag() {
+    let msg = start_fails(&["--log.level=loud"]);
+    assert!(msg.contains("--log.level"), "{msg}");
+    let msg = start_fails(&["--web.telemetry-path=metrics"]);
+    assert!(
+        msg.contains("web.telemetry_path") && msg.contains("--web.telemetry-path"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_busy_port_fails_start_up_with_its_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--statsd.listen-udp=127.0.0.1:0",
+            "--statsd.listen-tcp=127.0.0.1:0",
+            &format!("--web.listen-address={addr}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("cannot bind HTTP") && msg.contains(&addr),
+        "{msg}"
+    );
+}
