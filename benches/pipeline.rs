@@ -1,1 +1,134 @@
-fn main() {}
+//! The in-process pipeline from datagram to family state.
+//!
+//! - `pipeline/inline/*`: one thread: batch a datagram (parse, escape, labels, group by family)
+//!   and apply each family's batch to its state, as a family actor does, without the mailbox.
+//! - `pipeline/actors/*`: the real path: batcher and router as a UDP listener runs them under
+//!   full load (one dispatch per receive batch of 64 datagrams), casts to real family actors
+//!   under a real registry; timed until the aggregator has seen every update.
+//!
+//! `cargo bench --bench pipeline`
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ractor::rpc::CallResult;
+use ractor::Actor;
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tallyd::aggregator::{AggregatorActor, AggregatorMsg};
+use tallyd::config::ObserverSettings;
+use tallyd::family::{FamilyContext, FamilyState};
+use tallyd::ingest::Batcher;
+use tallyd::registry::RegistryActor;
+use tallyd::router::Router;
+use tallyd::telemetry::Telemetry;
+
+const DATAGRAMS: usize = 256;
+/// Datagrams per dispatch, as `statsd.receive_batch` defaults.
+const RECEIVE_BATCH: usize = 64;
+
+fn context(rt: &tokio::runtime::Runtime, telemetry: Arc<Telemetry>) -> Arc<FamilyContext> {
+    let (aggregator, _) = rt
+        .block_on(Actor::spawn(None, AggregatorActor, ()))
+        .expect("aggregator starts");
+    Arc::new(FamilyContext {
+        aggregator,
+        telemetry,
+        observer: ObserverSettings::default(),
+        publish_interval: Duration::from_millis(1),
+    })
+}
+
+fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("pipeline/inline");
+    for (name, datagrams) in [
+        ("counter", common::counters(1000, DATAGRAMS)),
+        ("timer", common::timers(1000, DATAGRAMS)),
+        ("dogstatsd_tagged", common::tagged(1000, DATAGRAMS)),
+    ] {
+        let telemetry = Arc::new(Telemetry::new());
+        let ctx = context(rt, telemetry.clone());
+        let mut batcher = Batcher::new(telemetry);
+        let mut families: FxHashMap<Arc<str>, FamilyState> = FxHashMap::default();
+        let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
+        group.throughput(Throughput::Elements(lines));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let now = Instant::now();
+                for datagram in &datagrams {
+                    batcher.ingest(datagram);
+                    for (family, updates) in batcher.take() {
+                        families
+                            .entry(family.clone())
+                            .or_insert_with(|| FamilyState::new(family, ctx.clone()))
+                            .apply(updates, now);
+                    }
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("pipeline/actors");
+    group.sample_size(10);
+    for (name, datagrams) in [
+        ("counter", common::counters(1000, DATAGRAMS)),
+        ("timer", common::timers(1000, DATAGRAMS)),
+    ] {
+        let telemetry = Arc::new(Telemetry::new());
+        let ctx = context(rt, telemetry.clone());
+        let aggregator = ctx.aggregator.clone();
+        let (registry, _) = rt
+            .block_on(Actor::spawn(None, RegistryActor, ctx))
+            .expect("registry starts");
+        let mut batcher = Batcher::new(telemetry.clone());
+        let mut router = Router::new(registry, telemetry);
+        let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
+        let mut sent = 0u64;
+        group.throughput(Throughput::Elements(lines));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        for batch in datagrams.chunks(RECEIVE_BATCH) {
+                            for datagram in batch {
+                                batcher.ingest(datagram);
+                            }
+                            router.dispatch(&mut batcher).await;
+                        }
+                        sent += lines;
+                    }
+                    // Done when every update is in the aggregator's view.
+                    loop {
+                        let view = aggregator
+                            .call(AggregatorMsg::Scrape, None)
+                            .await
+                            .expect("aggregator answers");
+                        let CallResult::Success(view) = view else {
+                            panic!("aggregator failed")
+                        };
+                        if view.iter().map(|s| s.updates).sum::<u64>() >= sent {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    inline(c, &rt);
+    actors(c, &rt);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -98,12 +98,6 @@ fn aggregates(view: &ScrapeView, now: Instant) -> Vec<MetricFamily> {
     let rates: Vec<f64> = view.iter().map(|s| s.rate.per_second(now)).collect();
     let mut families = vec![
         single(
-            "tallyd_updates_total",
-            "Updates applied by all family actors.",
-            MetricType::COUNTER,
-            view.iter().map(|s| s.updates as f64).sum(),
-        ),
-        single(
             "tallyd_update_rate",
             "Updates per second applied by all family actors, over the last 10 seconds.",
             MetricType::GAUGE,

@@ -162,6 +162,7 @@ impl FamilyState {
             }
         }
         if applied > 0 {
+            self.ctx.telemetry.updates.inc_by(u64::from(applied));
             self.updates += u64::from(applied);
             self.rate.record(now, applied);
             self.dirty = true;

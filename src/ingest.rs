@@ -81,7 +81,10 @@ impl Batcher {
         let Some(family) = self.family_name(line.name) else {
             return self.counts.reject(RejectReason::ReservedName, raw);
         };
-        let mut labels = line.tags.map(|t| self.labels(t)).unwrap_or_default();
+        let mut labels = line
+            .tags
+            .map(|t| self.labels(t, line.observes()))
+            .unwrap_or_default();
         let updates = self.pending.entry(family).or_default();
         let mut samples = line.samples().peekable();
         while let Some(sample) = samples.next() {
@@ -117,12 +120,21 @@ impl Batcher {
         family
     }
 
-    fn labels(&mut self, raw: &str) -> LabelSet {
+    /// Labels from DogStatsD tags. A tag that cannot be a label is dropped and counted: no
+    /// value, no name, a name Prometheus reserves (`__…`), or on an observer the `quantile` or
+    /// `le` label its summary or histogram series carry.
+    fn labels(&mut self, raw: &str, observer: bool) -> LabelSet {
         let mut pairs = Vec::new();
         for tag in parse::tags(raw) {
-            match tag {
-                Ok((key, value)) => pairs.push((names::escape(key).into(), value.into())),
-                Err(parse::TagError) => self.counts.tag_errors += 1,
+            let label = tag.ok().map(|(key, value)| (names::escape(key), value));
+            match label {
+                Some((key, value))
+                    if !key.starts_with("__")
+                        && !(observer && (key == "quantile" || key == "le")) =>
+                {
+                    pairs.push((key.into(), value.into()));
+                }
+                _ => self.counts.tag_errors += 1,
             }
         }
         LabelSet::from_pairs(pairs)
@@ -198,6 +210,16 @@ mod tests {
             [0.001, 0.002, 0.003].map(|value| Op::Observe { value, count: 1 })
         );
         assert!(got[0].1.iter().all(|u| u.labels.iter().eq([("k", "v")])));
+    }
+
+    #[test]
+    fn tags_that_cannot_be_labels_are_dropped_and_counted() {
+        let (got, t) = batches(b"t:1|ms|#quantile:x,le:1,__name__:y,ok:1\nc:1|c|#quantile:x,le:1");
+        let labels = |i: usize| got[i].1[0].labels.iter().collect::<Vec<_>>();
+        assert_eq!(got[0].0, "c");
+        assert_eq!(labels(0), [("le", "1"), ("quantile", "x")]);
+        assert_eq!(labels(1), [("ok", "1")]);
+        assert_eq!(t.tag_errors.get(), 3);
     }
 
     #[test]

@@ -24,8 +24,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // Handlers go in before the sockets are bound, so a signal sent as soon as tallyd
+        // says it is listening is never met by the default action (death by signal).
+        let shutdown = shutdown_signal()?;
         let sockets = Sockets::bind(&settings).await?;
-        daemon::run(settings, sockets, shutdown_signal()).await
+        daemon::run(settings, sockets, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,19 +51,15 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs SIGINT and SIGTERM handlers now; the future completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops tallyd");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

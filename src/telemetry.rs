@@ -40,6 +40,9 @@ pub struct Telemetry {
     pub lines: IntCounter,
     /// `tallyd_samples_total`: samples accepted and sent to a family actor.
     pub samples: IntCounter,
+    /// `tallyd_updates_total`: updates applied by family actors (never goes down, unlike the
+    /// per-family counts, which restart with their actor).
+    pub updates: IntCounter,
     packets: IntCounterVec,
     rejected: Vec<IntCounter>,
     /// `tallyd_tag_errors_total`: tags dropped because they cannot become labels.
@@ -101,7 +104,7 @@ impl Telemetry {
         let packets = counter_vec(
             &registry,
             "tallyd_packets_total",
-            "UDP datagrams and TCP reads received, by listener.",
+            "UDP datagrams and non-empty TCP reads received, by listener.",
             &["listener"],
         );
         for kind in [ListenerKind::Udp, ListenerKind::Tcp] {
@@ -118,6 +121,11 @@ impl Telemetry {
                 &registry,
                 "tallyd_samples_total",
                 "StatsD samples accepted and routed to their family actor.",
+            ),
+            updates: counter(
+                &registry,
+                "tallyd_updates_total",
+                "Updates applied by all family actors.",
             ),
             packets,
             rejected,
@@ -141,7 +149,7 @@ impl Telemetry {
             updates_dropped: counter(
                 &registry,
                 "tallyd_updates_dropped_total",
-                "Accepted updates that could not be delivered to a family actor (shutdown).",
+                "Accepted updates that could not be delivered to a family actor.",
             ),
             tcp_connections: counter(
                 &registry,

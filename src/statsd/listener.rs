@@ -123,7 +123,9 @@ async fn serve_connection(
                 break;
             }
         };
-        ctx.telemetry.packets(ListenerKind::Tcp, 1);
+        if n > 0 {
+            ctx.telemetry.packets(ListenerKind::Tcp, 1);
+        }
         // At end of stream the last line needs no newline.
         let complete = if n == 0 {
             buf.len()

@@ -240,6 +240,18 @@ fn parse_sample(
 }
 
 impl<'a> Line<'a> {
+    /// True when the line's values are observations (timers, histograms, distributions),
+    /// whose series get `quantile` or `le` labels of their own.
+    pub fn observes(&self) -> bool {
+        matches!(
+            self.body,
+            Body::Packed {
+                metric_type: MetricType::Timer | MetricType::Histogram | MetricType::Distribution,
+                ..
+            }
+        )
+    }
+
     /// The samples of the line, each valid or rejected on its own: a bad value in a packed line
     /// rejects that value, not its neighbours.
     pub fn samples(&self) -> Samples<'a> {
