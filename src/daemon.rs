@@ -116,7 +116,7 @@ pub async fn run(
     let http_ctx = Arc::new(HttpContext {
         aggregator: aggregator.clone(),
         registry: registry.clone(),
-        telemetry,
+        telemetry: telemetry.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),
         fault_injection: settings.web.enable_fault_injection,
         ready: AtomicBool::new(true),
@@ -160,6 +160,11 @@ pub async fn run(
     }
     let _ = registry_task.await;
     let _ = aggregator_task.await;
-    info!("stopped");
+    info!(
+        lines = telemetry.lines.get(),
+        updates = telemetry.updates.get(),
+        dropped = telemetry.updates_dropped.get(),
+        "stopped"
+    );
     Ok(())
 }

@@ -18,8 +18,7 @@ use crate::update::{LabelSet, Op, Update};
 const NAME_CACHE_LIMIT: usize = 100_000;
 
 /// Rejected lines logged per second, per process.
-static REJECT_LOG: std::sync::LazyLock<LogLimiter> =
-    std::sync::LazyLock::new(|| LogLimiter::new(10));
+static REJECT_LOG: LogLimiter = LogLimiter::new(10);
 
 /// Accumulates the updates of one receive batch (one or more datagrams, or one TCP read).
 #[derive(Debug)]

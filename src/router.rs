@@ -12,11 +12,13 @@ use tracing::warn;
 use crate::family::FamilyMsg;
 use crate::ingest::Batcher;
 use crate::registry::RegistryMsg;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{LogLimiter, Telemetry};
 use crate::update::Update;
 
 /// Entries past which the cache starts over, so it stays bounded with endless new names.
 const CACHE_LIMIT: usize = 100_000;
+/// Delivery failures logged per second, across listeners.
+static DROP_LOG: LogLimiter = LogLimiter::new(10);
 /// How long a look-up may take before the batch is counted as dropped.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,7 +65,9 @@ impl Router {
             }
         }
         self.telemetry.updates_dropped.inc_by(n);
-        warn!(metric = %family, updates = n, "could not deliver updates to the family actor");
+        if let Some(suppressed) = DROP_LOG.allow() {
+            warn!(metric = %family, updates = n, suppressed, "could not deliver updates to the family actor");
+        }
     }
 
     async fn actor(&mut self, family: &Arc<str>) -> Option<ActorRef<FamilyMsg>> {

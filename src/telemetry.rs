@@ -6,6 +6,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use crate::statsd::parse::RejectReason;
@@ -218,21 +219,23 @@ impl Default for Telemetry {
 }
 
 /// Lets through at most `per_second` events each second, and says how many it held back, so a
-/// flood of bad lines produces a readable trickle of debug logs rather than a log storm.
+/// flood of bad input produces a readable trickle of log lines rather than a log storm.
+/// `const`-constructible, so each kind of message has its own `static` limiter.
 #[derive(Debug)]
 pub struct LogLimiter {
     per_second: u64,
-    epoch: Instant,
     window: AtomicU64,
     seen: AtomicU64,
 }
 
+/// The process-wide clock the limiters count seconds on.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 impl LogLimiter {
     /// A limiter letting `per_second` events through each second.
-    pub fn new(per_second: u64) -> Self {
+    pub const fn new(per_second: u64) -> Self {
         LogLimiter {
             per_second,
-            epoch: Instant::now(),
             window: AtomicU64::new(0),
             seen: AtomicU64::new(0),
         }
@@ -241,7 +244,7 @@ impl LogLimiter {
     /// `Some(suppressed)` when this event may be logged, with how many were held back in the
     /// previous second; `None` when it must not be.
     pub fn allow(&self) -> Option<u64> {
-        let now = self.epoch.elapsed().as_secs();
+        let now = EPOCH.elapsed().as_secs();
         let window = self.window.load(Ordering::Relaxed);
         let mut suppressed = 0;
         if now != window

@@ -45,7 +45,8 @@ impl ListenerContext {
 }
 
 /// Reads datagrams until `shutdown`: waits for one, takes every further datagram already
-/// queued (up to `receive_batch`), then sends each touched family one message.
+/// queued (up to `receive_batch`), then sends each touched family one message. At shutdown it
+/// also applies what the socket buffer still holds.
 pub async fn serve_udp(socket: UdpSocket, ctx: ListenerContext, shutdown: CancellationToken) {
     let (mut batcher, mut router) = ctx.pipeline();
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -55,26 +56,50 @@ pub async fn serve_udp(socket: UdpSocket, ctx: ListenerContext, shutdown: Cancel
             () = shutdown.cancelled() => break,
             got = socket.recv(&mut buf) => got,
         };
-        let mut packets = 0;
-        let mut next = first;
-        loop {
-            match next {
-                Ok(n) => {
-                    packets += 1;
-                    batcher.ingest(&buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors and the like concern one peer, not the socket: keep reading.
-                Err(e) => debug!(error = %e, "UDP receive error"),
-            }
-            if packets >= ctx.receive_batch {
-                break;
-            }
-            next = socket.try_recv(&mut buf);
-        }
-        ctx.telemetry.packets(ListenerKind::Udp, packets as u64);
+        let packets = read_batch(&socket, &mut buf, &mut batcher, first, ctx.receive_batch);
+        ctx.telemetry.packets(ListenerKind::Udp, packets);
         router.dispatch(&mut batcher).await;
     }
+    // What the kernel already holds was sent before shutdown: apply it too (bounded, in case
+    // a sender keeps sending).
+    let rest = socket.try_recv(&mut buf);
+    let packets = read_batch(
+        &socket,
+        &mut buf,
+        &mut batcher,
+        rest,
+        ctx.receive_batch * 1024,
+    );
+    ctx.telemetry.packets(ListenerKind::Udp, packets);
+    router.dispatch(&mut batcher).await;
+}
+
+/// Ingests `first` and then every datagram already queued, up to `limit`; returns how many.
+fn read_batch(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    batcher: &mut Batcher,
+    first: io::Result<usize>,
+    limit: usize,
+) -> u64 {
+    let mut packets = 0;
+    let mut next = first;
+    loop {
+        match next {
+            Ok(n) => {
+                packets += 1;
+                batcher.ingest(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // ICMP errors and the like concern one peer, not the socket: keep reading.
+            Err(e) => debug!(error = %e, "UDP receive error"),
+        }
+        if packets >= limit {
+            break;
+        }
+        next = socket.try_recv(buf);
+    }
+    packets as u64
 }
 
 /// Accepts StatsD TCP connections until `shutdown`, each served by its own task; waits for
