@@ -12,13 +12,11 @@ use tallyd::statsd::parse;
 fn parse_all(datagram: &[u8]) -> usize {
     let mut n = 0;
     for line in parse::lines(datagram) {
-        if let Ok(line) = parse::parse_line(line) {
+        if let Ok(parse::Datum::Metric(line)) = parse::parse_line(line) {
             for sample in line.samples().flatten() {
                 n += black_box(sample).value as usize;
             }
-            if let Some(tags) = line.tags {
-                n += parse::tags(tags).count();
-            }
+            n += line.tags.iter().count();
         }
     }
     n

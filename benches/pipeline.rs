@@ -22,6 +22,7 @@ use tallyd::family::{FamilyContext, FamilyState};
 use tallyd::ingest::Batcher;
 use tallyd::registry::RegistryActor;
 use tallyd::router::Router;
+use tallyd::statsd::parse::TagStyles;
 use tallyd::telemetry::Telemetry;
 
 const DATAGRAMS: usize = 256;
@@ -37,6 +38,7 @@ fn context(rt: &tokio::runtime::Runtime, telemetry: Arc<Telemetry>) -> Arc<Famil
         telemetry,
         observer: ObserverSettings::default(),
         publish_interval: Duration::from_millis(1),
+        set_window: Duration::from_secs(60),
     })
 }
 
@@ -49,7 +51,7 @@ fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     ] {
         let telemetry = Arc::new(Telemetry::new());
         let ctx = context(rt, telemetry.clone());
-        let mut batcher = Batcher::new(telemetry);
+        let mut batcher = Batcher::new(telemetry, TagStyles::ALL);
         let mut families: FxHashMap<Arc<str>, FamilyState> = FxHashMap::default();
         let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
         group.throughput(Throughput::Elements(lines));
@@ -84,7 +86,7 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let (registry, _) = rt
             .block_on(Actor::spawn(None, RegistryActor, ctx))
             .expect("registry starts");
-        let mut batcher = Batcher::new(telemetry.clone());
+        let mut batcher = Batcher::new(telemetry.clone(), TagStyles::ALL);
         let mut router = Router::new(registry, telemetry);
         let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
         let mut sent = 0u64;

@@ -7,6 +7,8 @@
 //! variable or flag) and the field.
 
 use clap::{Parser, ValueEnum};
+
+use crate::statsd::parse::TagStyles;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -30,6 +32,42 @@ pub struct Cli {
     /// TCP address to receive StatsD on, one line per "\n" ("" disables TCP).
     #[arg(long = "statsd.listen-tcp", value_name = "ADDR")]
     pub listen_tcp: Option<String>,
+    /// Unix datagram socket path to receive StatsD on ("" disables it).
+    #[arg(long = "statsd.listen-unixgram", value_name = "PATH")]
+    pub listen_unixgram: Option<String>,
+    /// Permissions of the Unix datagram socket, in octal.
+    #[arg(long = "statsd.unixsocket-mode", value_name = "MODE")]
+    pub unixsocket_mode: Option<String>,
+    /// statsd_exporter mapping file (YAML).
+    #[arg(long = "statsd.mapping-config", value_name = "FILE")]
+    pub mapping_config: Option<String>,
+    /// Parse DogStatsD tags (`|#k:v`); `--no-statsd.parse-dogstatsd-tags` turns it off.
+    #[arg(long = "statsd.parse-dogstatsd-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub parse_dogstatsd_tags: Option<bool>,
+    #[arg(long = "no-statsd.parse-dogstatsd-tags", hide = true)]
+    #[doc(hidden)]
+    pub no_parse_dogstatsd_tags: bool,
+    /// Parse InfluxDB tags (`name,k=v`); `--no-statsd.parse-influxdb-tags` turns it off.
+    #[arg(long = "statsd.parse-influxdb-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub parse_influxdb_tags: Option<bool>,
+    #[arg(long = "no-statsd.parse-influxdb-tags", hide = true)]
+    #[doc(hidden)]
+    pub no_parse_influxdb_tags: bool,
+    /// Parse Librato tags (`name#k=v`); `--no-statsd.parse-librato-tags` turns it off.
+    #[arg(long = "statsd.parse-librato-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub parse_librato_tags: Option<bool>,
+    #[arg(long = "no-statsd.parse-librato-tags", hide = true)]
+    #[doc(hidden)]
+    pub no_parse_librato_tags: bool,
+    /// Parse SignalFX tags (`name[k=v]`); `--no-statsd.parse-signalfx-tags` turns it off.
+    #[arg(long = "statsd.parse-signalfx-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub parse_signalfx_tags: Option<bool>,
+    #[arg(long = "no-statsd.parse-signalfx-tags", hide = true)]
+    #[doc(hidden)]
+    pub no_parse_signalfx_tags: bool,
+    /// Check the settings and the mapping file, then exit (0 when valid).
+    #[arg(long = "check-config")]
+    pub check_config: bool,
     /// Address of the HTTP server (/metrics, /-/healthy, /-/ready).
     #[arg(long = "web.listen-address", value_name = "ADDR")]
     pub web_listen_address: Option<String>,
@@ -75,6 +113,35 @@ pub struct StatsdSettings {
     pub tcp_max_line_bytes: usize,
     /// Datagrams read before the batch is handed to the family actors (at most).
     pub receive_batch: usize,
+    /// Unix datagram socket path; empty disables it. Default empty.
+    pub listen_unixgram: String,
+    /// Permissions of the Unix datagram socket, octal. Default `755`.
+    pub unixsocket_mode: String,
+    /// statsd_exporter mapping file (YAML); empty means no mapping. Default empty.
+    pub mapping_config: String,
+    /// Parse DogStatsD tags `|#k:v`. Default true.
+    pub parse_dogstatsd_tags: bool,
+    /// Parse InfluxDB tags `name,k=v`. Default true.
+    pub parse_influxdb_tags: bool,
+    /// Parse Librato tags `name#k=v`. Default true.
+    pub parse_librato_tags: bool,
+    /// Parse SignalFX tags `name[k=v]`. Default true.
+    pub parse_signalfx_tags: bool,
+    /// Window over which a set (`s`) counts distinct members. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub set_window: Duration,
+}
+
+impl StatsdSettings {
+    /// The tag styles to parse.
+    pub fn tag_styles(&self) -> TagStyles {
+        TagStyles {
+            dogstatsd: self.parse_dogstatsd_tags,
+            influxdb: self.parse_influxdb_tags,
+            librato: self.parse_librato_tags,
+            signalfx: self.parse_signalfx_tags,
+        }
+    }
 }
 
 impl Default for StatsdSettings {
@@ -84,6 +151,14 @@ impl Default for StatsdSettings {
             listen_tcp: "127.0.0.1:9125".into(),
             tcp_max_line_bytes: 65_536,
             receive_batch: 64,
+            listen_unixgram: String::new(),
+            unixsocket_mode: "755".into(),
+            mapping_config: String::new(),
+            parse_dogstatsd_tags: true,
+            parse_influxdb_tags: true,
+            parse_librato_tags: true,
+            parse_signalfx_tags: true,
+            set_window: Duration::from_secs(60),
         }
     }
 }
@@ -295,9 +370,33 @@ impl Settings {
         }
         let env_keys: Vec<String> = config::Source::collect(&env)?.into_keys().collect();
         builder = builder.add_source(env);
-        let flags: [(&str, Option<&str>); 6] = [
+        let tag_flag = |on: Option<bool>, off: bool| match (on, off) {
+            (_, true) | (Some(false), _) => Some("false"),
+            (Some(true), false) => Some("true"),
+            (None, false) => None,
+        };
+        let flags: [(&str, Option<&str>); 13] = [
             ("statsd.listen_udp", cli.listen_udp.as_deref()),
             ("statsd.listen_tcp", cli.listen_tcp.as_deref()),
+            ("statsd.listen_unixgram", cli.listen_unixgram.as_deref()),
+            ("statsd.unixsocket_mode", cli.unixsocket_mode.as_deref()),
+            ("statsd.mapping_config", cli.mapping_config.as_deref()),
+            (
+                "statsd.parse_dogstatsd_tags",
+                tag_flag(cli.parse_dogstatsd_tags, cli.no_parse_dogstatsd_tags),
+            ),
+            (
+                "statsd.parse_influxdb_tags",
+                tag_flag(cli.parse_influxdb_tags, cli.no_parse_influxdb_tags),
+            ),
+            (
+                "statsd.parse_librato_tags",
+                tag_flag(cli.parse_librato_tags, cli.no_parse_librato_tags),
+            ),
+            (
+                "statsd.parse_signalfx_tags",
+                tag_flag(cli.parse_signalfx_tags, cli.no_parse_signalfx_tags),
+            ),
             ("web.listen_address", cli.web_listen_address.as_deref()),
             ("web.telemetry_path", cli.web_telemetry_path.as_deref()),
             ("log.level", cli.log_level.map(LogLevel::as_str)),
@@ -373,6 +472,16 @@ impl Settings {
                 "statsd.tcp_max_line_bytes"
             };
             return Err((key, "must be at least 1".into()));
+        }
+        let mode = &self.statsd.unixsocket_mode;
+        if u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o777) {
+            return Err((
+                "statsd.unixsocket_mode",
+                format!("{mode:?} is not an octal mode like 755"),
+            ));
+        }
+        if self.statsd.set_window < Duration::from_millis(4) {
+            return Err(("statsd.set_window", "must be at least 4ms".into()));
         }
         let p = self.actors.publish_interval;
         if p.is_zero() || p > Duration::from_secs(10) {

@@ -5,10 +5,11 @@
 use anyhow::Context as _;
 use ractor::Actor;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket, UnixDatagram};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -18,7 +19,7 @@ use crate::config::{self, Settings};
 use crate::family::FamilyContext;
 use crate::http::{self, HttpContext};
 use crate::registry::RegistryActor;
-use crate::statsd::listener::{self, ListenerContext};
+use crate::statsd::listener::{self, DatagramSocket, ListenerContext};
 use crate::telemetry::Telemetry;
 
 /// How long each shutdown step may take before tallyd moves on.
@@ -32,6 +33,8 @@ pub struct Sockets {
     pub udp: Option<UdpSocket>,
     /// StatsD over TCP, unless disabled.
     pub tcp: Option<TcpListener>,
+    /// StatsD over a Unix datagram socket, if configured, with its path (removed at exit).
+    pub unixgram: Option<(UnixDatagram, PathBuf)>,
     /// The HTTP server.
     pub http: TcpListener,
 }
@@ -58,19 +61,61 @@ impl Sockets {
                     .with_context(|| format!("cannot bind StatsD TCP on {a}"))?,
             ),
         };
+        let unixgram = match settings.statsd.listen_unixgram.as_str() {
+            "" => None,
+            path => Some(bind_unixgram(
+                Path::new(path),
+                &settings.statsd.unixsocket_mode,
+            )?),
+        };
         let web = &settings.web.listen_address;
         let http = TcpListener::bind(addr("web.listen_address", web)?)
             .await
             .with_context(|| format!("cannot bind HTTP on {web}"))?;
-        Ok(Sockets { udp, tcp, http })
+        Ok(Sockets {
+            udp,
+            tcp,
+            unixgram,
+            http,
+        })
     }
 
-    fn describe(&self) -> [String; 3] {
+    fn describe(&self) -> [String; 4] {
         let udp = self.udp.as_ref().and_then(|s| s.local_addr().ok());
         let tcp = self.tcp.as_ref().and_then(|s| s.local_addr().ok());
         let show = |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
-        [show(udp), show(tcp), show(self.http.local_addr().ok())]
+        let unixgram = self
+            .unixgram
+            .as_ref()
+            .map_or("off".into(), |(_, path)| path.display().to_string());
+        [
+            show(udp),
+            show(tcp),
+            unixgram,
+            show(self.http.local_addr().ok()),
+        ]
     }
+}
+
+/// Binds a Unix datagram socket at `path` with permissions `mode` (octal), replacing a stale
+/// socket file left by an earlier run but never another kind of file.
+fn bind_unixgram(path: &Path, mode: &str) -> anyhow::Result<(UnixDatagram, PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "statsd.listen_unixgram: {} exists and is not a socket",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let socket = UnixDatagram::bind(path)
+        .with_context(|| format!("cannot bind StatsD Unix datagram socket {}", path.display()))?;
+    let mode = u32::from_str_radix(mode, 8).context("statsd.unixsocket_mode")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    Ok((socket, path.to_owned()))
 }
 
 /// Runs tallyd on bound sockets until `shutdown` completes, then shuts down in order.
@@ -88,12 +133,13 @@ pub async fn run(
         telemetry: telemetry.clone(),
         observer: settings.observer.clone(),
         publish_interval: settings.actors.publish_interval,
+        set_window: settings.statsd.set_window,
     });
     let (registry, registry_task) = Actor::spawn(None, RegistryActor, family_ctx)
         .await
         .context("cannot start the registry")?;
 
-    let [udp_addr, tcp_addr, http_addr] = sockets.describe();
+    let [udp_addr, tcp_addr, unixgram_addr, http_addr] = sockets.describe();
     let stop_reading = CancellationToken::new();
     let stop_serving = CancellationToken::new();
     let listener_ctx = ListenerContext {
@@ -101,11 +147,22 @@ pub async fn run(
         telemetry: telemetry.clone(),
         receive_batch: settings.statsd.receive_batch,
         tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
+        tag_styles: settings.statsd.tag_styles(),
     };
     let mut listeners = JoinSet::new();
     if let Some(udp) = sockets.udp {
-        listeners.spawn(listener::serve_udp(
-            udp,
+        let socket = DatagramSocket::Udp(udp);
+        listeners.spawn(listener::serve_datagrams(
+            socket,
+            listener_ctx.clone(),
+            stop_reading.clone(),
+        ));
+    }
+    let unixgram_path = sockets.unixgram.as_ref().map(|(_, path)| path.clone());
+    if let Some((unix, _)) = sockets.unixgram {
+        let socket = DatagramSocket::Unix(unix);
+        listeners.spawn(listener::serve_datagrams(
+            socket,
             listener_ctx.clone(),
             stop_reading.clone(),
         ));
@@ -129,6 +186,7 @@ pub async fn run(
     info!(
         udp = %udp_addr,
         tcp = %tcp_addr,
+        unixgram = %unixgram_addr,
         http = %http_addr,
         telemetry_path = %settings.web.telemetry_path,
         "tallyd listening"
@@ -157,6 +215,9 @@ pub async fn run(
     }
     if aggregator.drain_and_wait(Some(STEP_TIMEOUT)).await.is_err() {
         warn!("aggregator did not stop in time");
+    }
+    if let Some(path) = unixgram_path {
+        let _ = std::fs::remove_file(path);
     }
     let _ = registry_task.await;
     let _ = aggregator_task.await;

@@ -5,6 +5,7 @@
 //! once per publish interval, so scrapes never wait for it.
 
 pub mod observer;
+pub mod set;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rustc_hash::FxHashMap;
@@ -20,6 +21,7 @@ use crate::telemetry::{LogLimiter, Telemetry};
 use crate::update::{Kind, LabelSet, Op, Update};
 use observer::Observer;
 use prometheus::proto;
+use set::SetSeries;
 
 /// Type-conflict warnings logged per second, across families.
 static CONFLICT_LOG: LogLimiter = LogLimiter::new(10);
@@ -38,6 +40,8 @@ pub struct FamilyContext {
     pub observer: ObserverSettings,
     /// Longest time between an update and its snapshot reaching the aggregator.
     pub publish_interval: Duration,
+    /// The window over which a set counts distinct members.
+    pub set_window: Duration,
 }
 
 /// Messages a family actor handles.
@@ -74,32 +78,38 @@ pub enum Series {
     Gauge(f64),
     /// A summary's or histogram's observations.
     Observer(Observer),
+    /// A set's members over a sliding window.
+    Set(SetSeries),
 }
 
 impl Series {
-    fn new(kind: Kind, settings: &ObserverSettings) -> Self {
+    fn new(kind: Kind, ctx: &FamilyContext, now: Instant) -> Self {
         match kind {
             Kind::Counter => Series::Counter(0.0),
             Kind::Gauge => Series::Gauge(0.0),
-            Kind::Observer => Series::Observer(Observer::new(settings)),
+            Kind::Observer => Series::Observer(Observer::new(&ctx.observer)),
+            Kind::Set => Series::Set(SetSeries::new(ctx.set_window, now)),
         }
     }
 
     /// Applies one operation of this series' kind; the caller has checked the kind.
-    fn apply(&mut self, op: Op, buckets: &[f64]) {
+    fn apply(&mut self, op: Op, buckets: &[f64], now: Instant) {
         match (self, op) {
             (Series::Counter(total), Op::Add(v)) => *total += v,
             (Series::Gauge(value), Op::Set(v)) => *value = v,
             (Series::Gauge(value), Op::Shift(v)) => *value += v,
             (Series::Observer(o), Op::Observe { value, count }) => o.observe(value, count, buckets),
+            (Series::Set(set), Op::Insert(hash)) => set.insert(hash, now),
             (series, op) => unreachable!("{op:?} applied to {series:?} after the kind check"),
         }
     }
 
-    fn value_sum(&self) -> f64 {
+    /// The series' value as a gauge or counter would show it, or its observations' sum.
+    fn value_sum(&self, now: Instant) -> f64 {
         match self {
             Series::Counter(v) | Series::Gauge(v) => *v,
             Series::Observer(o) => o.sum(),
+            Series::Set(set) => set.distinct(now) as f64,
         }
     }
 }
@@ -135,7 +145,7 @@ impl FamilyState {
     /// Applies a batch; updates of another type than the family's are refused and counted.
     pub fn apply(&mut self, updates: Vec<Update>, now: Instant) {
         let mut applied = 0u32;
-        let mut conflicts = [0u64; 3];
+        let mut conflicts = [0u64; 4];
         for update in updates {
             let kind = update.op.kind();
             match self.kind {
@@ -149,11 +159,11 @@ impl FamilyState {
             let ctx = &self.ctx;
             self.series
                 .entry(update.labels)
-                .or_insert_with(|| Series::new(kind, &ctx.observer))
-                .apply(update.op, &ctx.observer.buckets);
+                .or_insert_with(|| Series::new(kind, ctx, now))
+                .apply(update.op, &ctx.observer.buckets, now);
             applied += 1;
         }
-        for kind in [Kind::Counter, Kind::Gauge, Kind::Observer] {
+        for kind in [Kind::Counter, Kind::Gauge, Kind::Observer, Kind::Set] {
             let n = conflicts[kind as usize];
             if n > 0 {
                 self.ctx
@@ -179,15 +189,15 @@ impl FamilyState {
         }
     }
 
-    /// Renders the family as it is now.
-    pub fn snapshot(&self) -> Option<FamilySnapshot> {
+    /// Renders the family as it is at `now`.
+    pub fn snapshot(&self, now: Instant) -> Option<FamilySnapshot> {
         let kind = self.kind?;
         let mut family = proto::MetricFamily::default();
         family.set_name(self.name.to_string());
         family.set_help(DEFAULT_HELP.to_owned());
         family.set_field_type(match (kind, self.ctx.observer.observer_type) {
             (Kind::Counter, _) => proto::MetricType::COUNTER,
-            (Kind::Gauge, _) => proto::MetricType::GAUGE,
+            (Kind::Gauge | Kind::Set, _) => proto::MetricType::GAUGE,
             (Kind::Observer, ObserverType::Summary) => proto::MetricType::SUMMARY,
             (Kind::Observer, ObserverType::Histogram) => proto::MetricType::HISTOGRAM,
         });
@@ -203,9 +213,9 @@ impl FamilyState {
                         c.set_value(*v);
                         metric.set_counter(c);
                     }
-                    Series::Gauge(v) => {
+                    Series::Gauge(_) | Series::Set(_) => {
                         let mut g = proto::Gauge::default();
-                        g.set_value(*v);
+                        g.set_value(value.value_sum(now));
                         metric.set_gauge(g);
                     }
                     Series::Observer(o) => o.fill(&self.ctx.observer, &mut metric),
@@ -219,23 +229,40 @@ impl FamilyState {
             text: exposition::encode(&[family]),
             updates: self.updates,
             series: self.series.len(),
-            value_sum: self.series.values().map(Series::value_sum).sum(),
+            value_sum: self.series.values().map(|s| s.value_sum(now)).sum(),
             rate: self.rate.clone(),
         })
     }
 
-    fn publish(&mut self) {
+    fn publish(&mut self, now: Instant) {
         if !self.dirty {
             return;
         }
         self.dirty = false;
-        if let Some(snapshot) = self.snapshot() {
+        if let Some(snapshot) = self.snapshot(now) {
             // The aggregator only stops after every family: a failed cast means shutdown.
             let _ = self
                 .ctx
                 .aggregator
                 .cast(AggregatorMsg::Publish(Arc::new(snapshot)));
         }
+    }
+}
+
+impl FamilyState {
+    fn schedule_publish(&mut self, myself: &ActorRef<FamilyMsg>, after: Duration) {
+        if !self.publish_scheduled {
+            self.publish_scheduled = true;
+            myself.send_after(after, || FamilyMsg::Publish);
+        }
+    }
+
+    /// For a set family with members still in its window: how often to republish.
+    fn live_set_slot(&self, now: Instant) -> Option<Duration> {
+        self.series.values().find_map(|series| match series {
+            Series::Set(set) if set.is_live(now) => Some(set.slot()),
+            _ => None,
+        })
     }
 }
 
@@ -261,14 +288,19 @@ impl Actor for FamilyActor {
         match message {
             FamilyMsg::Apply(updates) => {
                 state.apply(updates, Instant::now());
-                if state.dirty && !state.publish_scheduled {
-                    state.publish_scheduled = true;
-                    myself.send_after(state.ctx.publish_interval, || FamilyMsg::Publish);
+                if state.dirty {
+                    state.schedule_publish(&myself, state.ctx.publish_interval);
                 }
             }
             FamilyMsg::Publish => {
                 state.publish_scheduled = false;
-                state.publish();
+                let now = Instant::now();
+                state.publish(now);
+                // A set's count falls as members age out, with no update to say so.
+                if let Some(slot) = state.live_set_slot(now) {
+                    state.dirty = true;
+                    state.schedule_publish(&myself, slot);
+                }
             }
             FamilyMsg::Fail => {
                 return Err(format!("fault injected into family {}", state.name).into());
@@ -283,7 +315,7 @@ impl Actor for FamilyActor {
         state: &mut FamilyState,
     ) -> Result<(), ActorProcessingErr> {
         // A drained family publishes what it applied since its last snapshot.
-        state.publish();
+        state.publish(Instant::now());
         Ok(())
     }
 }

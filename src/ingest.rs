@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tracing::debug;
 
 use crate::names;
-use crate::statsd::parse::{self, RejectReason};
+use crate::statsd::parse::{self, Datum, RejectReason, TagStyles, Tags};
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::update::{LabelSet, Op, Update};
 
@@ -24,6 +24,7 @@ static REJECT_LOG: LogLimiter = LogLimiter::new(10);
 #[derive(Debug)]
 pub struct Batcher {
     telemetry: Arc<Telemetry>,
+    styles: TagStyles,
     /// Raw StatsD name → family name, or `None` for a name that escapes to a reserved one.
     names: FxHashMap<Box<str>, Option<Arc<str>>>,
     pending: FxHashMap<Arc<str>, Vec<Update>>,
@@ -35,6 +36,8 @@ struct Counts {
     lines: u64,
     samples: u64,
     tag_errors: u64,
+    /// DogStatsD events, then service checks.
+    events: [u64; 2],
     rejected: [u64; RejectReason::ALL.len()],
 }
 
@@ -53,10 +56,11 @@ impl Counts {
 }
 
 impl Batcher {
-    /// An empty batcher reporting to `telemetry`.
-    pub fn new(telemetry: Arc<Telemetry>) -> Self {
+    /// An empty batcher parsing the given tag styles and reporting to `telemetry`.
+    pub fn new(telemetry: Arc<Telemetry>, styles: TagStyles) -> Self {
         Batcher {
             telemetry,
+            styles,
             names: FxHashMap::default(),
             pending: FxHashMap::default(),
             counts: Counts::default(),
@@ -73,17 +77,16 @@ impl Batcher {
     /// Adds one line (without its newline).
     pub fn ingest_line(&mut self, raw: &[u8]) {
         self.counts.lines += 1;
-        let line = match parse::parse_line(raw) {
-            Ok(line) => line,
+        let line = match parse::parse(raw, self.styles) {
+            Ok(Datum::Metric(line)) => line,
+            Ok(Datum::Event) => return self.counts.events[0] += 1,
+            Ok(Datum::ServiceCheck) => return self.counts.events[1] += 1,
             Err(reason) => return self.counts.reject(reason, raw),
         };
-        let Some(family) = self.family_name(line.name) else {
+        let Some(family) = self.family_name(&line.name) else {
             return self.counts.reject(RejectReason::ReservedName, raw);
         };
-        let mut labels = line
-            .tags
-            .map(|t| self.labels(t, line.observes()))
-            .unwrap_or_default();
+        let mut labels = self.labels(line.tags, line.observes());
         let updates = self.pending.entry(family).or_default();
         let mut samples = line.samples().peekable();
         while let Some(sample) = samples.next() {
@@ -119,12 +122,15 @@ impl Batcher {
         family
     }
 
-    /// Labels from DogStatsD tags. A tag that cannot be a label is dropped and counted: no
-    /// value, no name, a name Prometheus reserves (`__…`), or on an observer the `quantile` or
-    /// `le` label its summary or histogram series carry.
-    fn labels(&mut self, raw: &str, observer: bool) -> LabelSet {
+    /// Labels from tags. A tag that cannot be a label is dropped and counted: no value, no
+    /// name, a name Prometheus reserves (`__…`), or on an observer the `quantile` or `le`
+    /// label its summary or histogram series carry.
+    fn labels(&mut self, tags: Tags<'_>, observer: bool) -> LabelSet {
+        if tags == Tags::None {
+            return LabelSet::default();
+        }
         let mut pairs = Vec::new();
-        for tag in parse::tags(raw) {
+        for tag in tags.iter() {
             let label = tag.ok().map(|(key, value)| (names::escape(key), value));
             match label {
                 Some((key, value))
@@ -165,6 +171,7 @@ impl Batcher {
         t.lines.inc_by(counts.lines);
         t.samples.inc_by(counts.samples);
         t.tag_errors.inc_by(counts.tag_errors);
+        t.events(counts.events[0], counts.events[1]);
         for (reason, n) in RejectReason::ALL.iter().zip(counts.rejected) {
             if n > 0 {
                 t.rejected(*reason, n);
@@ -179,7 +186,7 @@ mod tests {
 
     fn batches(input: &[u8]) -> (Vec<(String, Vec<Update>)>, Arc<Telemetry>) {
         let telemetry = Arc::new(Telemetry::new());
-        let mut b = Batcher::new(telemetry.clone());
+        let mut b = Batcher::new(telemetry.clone(), TagStyles::ALL);
         b.ingest(input);
         let mut out: Vec<_> = b.take().map(|(k, v)| (k.to_string(), v)).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));

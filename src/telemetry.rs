@@ -21,6 +21,8 @@ pub enum ListenerKind {
     Udp,
     /// TCP reads.
     Tcp,
+    /// Unix datagrams.
+    Unixgram,
 }
 
 impl ListenerKind {
@@ -29,6 +31,7 @@ impl ListenerKind {
         match self {
             ListenerKind::Udp => "udp",
             ListenerKind::Tcp => "tcp",
+            ListenerKind::Unixgram => "unixgram",
         }
     }
 }
@@ -48,6 +51,7 @@ pub struct Telemetry {
     rejected: Vec<IntCounter>,
     /// `tallyd_tag_errors_total`: tags dropped because they cannot become labels.
     pub tag_errors: IntCounter,
+    events: IntCounterVec,
     /// `tallyd_family_restarts_total`: family actors restarted after a failure.
     pub family_restarts: IntCounter,
     /// `tallyd_metric_actors`: live family actors.
@@ -105,10 +109,10 @@ impl Telemetry {
         let packets = counter_vec(
             &registry,
             "tallyd_packets_total",
-            "UDP datagrams and non-empty TCP reads received, by listener.",
+            "UDP and Unix datagrams and non-empty TCP reads received, by listener.",
             &["listener"],
         );
-        for kind in [ListenerKind::Udp, ListenerKind::Tcp] {
+        for kind in [ListenerKind::Udp, ListenerKind::Tcp, ListenerKind::Unixgram] {
             packets.with_label_values(&[kind.as_str()]);
         }
         let metric_actors = IntGauge::new("tallyd_metric_actors", "Live family actors.")
@@ -133,8 +137,20 @@ impl Telemetry {
             tag_errors: counter(
                 &registry,
                 "tallyd_tag_errors_total",
-                "DogStatsD tags dropped because they have no value or no name.",
+                "Tags dropped because they cannot become labels.",
             ),
+            events: {
+                let events = counter_vec(
+                    &registry,
+                    "tallyd_events_total",
+                    "DogStatsD events and service checks received (not metrics; not exported).",
+                    &["type"],
+                );
+                for kind in ["event", "service_check"] {
+                    events.with_label_values(&[kind]);
+                }
+                events
+            },
             family_restarts: counter(
                 &registry,
                 "tallyd_family_restarts_total",
@@ -187,6 +203,18 @@ impl Telemetry {
     /// Counts packets received by a listener.
     pub fn packets(&self, kind: ListenerKind, n: u64) {
         self.packets.with_label_values(&[kind.as_str()]).inc_by(n);
+    }
+
+    /// Counts DogStatsD events and service checks.
+    pub fn events(&self, events: u64, service_checks: u64) {
+        if events > 0 {
+            self.events.with_label_values(&["event"]).inc_by(events);
+        }
+        if service_checks > 0 {
+            self.events
+                .with_label_values(&["service_check"])
+                .inc_by(service_checks);
+        }
     }
 
     /// Counts rejected lines for one reason.

@@ -42,6 +42,8 @@ pub enum Kind {
     Gauge,
     /// From timers, histograms and distributions: a summary or a histogram.
     Observer,
+    /// From sets: a gauge of distinct values over a window.
+    Set,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Observer => "observer",
+            Kind::Set => "set",
         }
     }
 }
@@ -71,14 +74,22 @@ pub enum Op {
         /// How many observations it stands for: `floor(1 / sample rate)`.
         count: u64,
     },
+    /// Add a member, by its 64-bit hash, to a set.
+    Insert(u64),
 }
 
 impl Op {
     /// Applies statsd_exporter's semantics to a parsed sample: counters are divided by the
     /// sample rate, timers go from milliseconds to seconds, observations are counted
     /// `floor(1/rate)` times, gauges ignore the rate.
-    pub fn from_sample(sample: &Sample) -> Op {
+    pub fn from_sample(sample: &Sample<'_>) -> Op {
         match sample.metric_type {
+            MetricType::Set => {
+                // SipHash with fixed keys: well mixed, as the HyperLogLog needs, and stable.
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(sample.text, &mut hasher);
+                Op::Insert(std::hash::Hasher::finish(&hasher))
+            }
             MetricType::Counter => Op::Add(sample.value / sample.sample_rate),
             MetricType::Gauge if sample.relative => Op::Shift(sample.value),
             MetricType::Gauge => Op::Set(sample.value),
@@ -101,6 +112,7 @@ impl Op {
             Op::Add(_) => Kind::Counter,
             Op::Set(_) | Op::Shift(_) => Kind::Gauge,
             Op::Observe { .. } => Kind::Observer,
+            Op::Insert(_) => Kind::Set,
         }
     }
 }
@@ -139,6 +151,7 @@ mod tests {
         let s = |metric_type, value, relative, sample_rate| Sample {
             metric_type,
             value,
+            text: "",
             relative,
             sample_rate,
         };

@@ -1,5 +1,5 @@
-//! The StatsD sockets: a UDP reader that batches up to `receive_batch` ready datagrams before
-//! dispatching, and a TCP acceptor with one task per connection reading newline-separated lines.
+//! The StatsD sockets: a UDP or Unix datagram reader that batches up to `receive_batch` ready
+//! datagrams before dispatching, and a TCP acceptor with one task per connection reading newline-separated lines.
 //! Each task owns its [`Batcher`] and [`Router`]; nothing is shared on the hot path but the
 //! telemetry counters. Both stop reading when the shutdown token fires, after dispatching what
 //! they have.
@@ -7,7 +7,7 @@
 use std::io;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::ingest::Batcher;
 use crate::registry::RegistryMsg;
 use crate::router::Router;
-use crate::statsd::parse::RejectReason;
+use crate::statsd::parse::{RejectReason, TagStyles};
 use crate::telemetry::{ListenerKind, Telemetry};
 use ractor::ActorRef;
 
@@ -33,23 +33,62 @@ pub struct ListenerContext {
     pub receive_batch: usize,
     /// Longest TCP line.
     pub tcp_max_line_bytes: usize,
+    /// Tag styles to parse.
+    pub tag_styles: TagStyles,
 }
 
 impl ListenerContext {
     fn pipeline(&self) -> (Batcher, Router) {
         (
-            Batcher::new(self.telemetry.clone()),
+            Batcher::new(self.telemetry.clone(), self.tag_styles),
             Router::new(self.registry.clone(), self.telemetry.clone()),
         )
+    }
+}
+
+/// A datagram socket: UDP, or a Unix datagram socket.
+#[derive(Debug)]
+pub enum DatagramSocket {
+    /// StatsD over UDP.
+    Udp(UdpSocket),
+    /// StatsD over a Unix datagram socket.
+    Unix(UnixDatagram),
+}
+
+impl DatagramSocket {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            DatagramSocket::Udp(s) => s.recv(buf).await,
+            DatagramSocket::Unix(s) => s.recv(buf).await,
+        }
+    }
+
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            DatagramSocket::Udp(s) => s.try_recv(buf),
+            DatagramSocket::Unix(s) => s.try_recv(buf),
+        }
+    }
+
+    fn kind(&self) -> ListenerKind {
+        match self {
+            DatagramSocket::Udp(_) => ListenerKind::Udp,
+            DatagramSocket::Unix(_) => ListenerKind::Unixgram,
+        }
     }
 }
 
 /// Reads datagrams until `shutdown`: waits for one, takes every further datagram already
 /// queued (up to `receive_batch`), then sends each touched family one message. At shutdown it
 /// also applies what the socket buffer still holds.
-pub async fn serve_udp(socket: UdpSocket, ctx: ListenerContext, shutdown: CancellationToken) {
+pub async fn serve_datagrams(
+    socket: DatagramSocket,
+    ctx: ListenerContext,
+    shutdown: CancellationToken,
+) {
     let (mut batcher, mut router) = ctx.pipeline();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let kind = socket.kind();
     loop {
         let first = tokio::select! {
             biased;
@@ -57,7 +96,7 @@ pub async fn serve_udp(socket: UdpSocket, ctx: ListenerContext, shutdown: Cancel
             got = socket.recv(&mut buf) => got,
         };
         let packets = read_batch(&socket, &mut buf, &mut batcher, first, ctx.receive_batch);
-        ctx.telemetry.packets(ListenerKind::Udp, packets);
+        ctx.telemetry.packets(kind, packets);
         router.dispatch(&mut batcher).await;
     }
     // What the kernel already holds was sent before shutdown: apply it too (bounded, in case
@@ -70,13 +109,13 @@ pub async fn serve_udp(socket: UdpSocket, ctx: ListenerContext, shutdown: Cancel
         rest,
         ctx.receive_batch * 1024,
     );
-    ctx.telemetry.packets(ListenerKind::Udp, packets);
+    ctx.telemetry.packets(kind, packets);
     router.dispatch(&mut batcher).await;
 }
 
 /// Ingests `first` and then every datagram already queued, up to `limit`; returns how many.
 fn read_batch(
-    socket: &UdpSocket,
+    socket: &DatagramSocket,
     buf: &mut [u8],
     batcher: &mut Batcher,
     first: io::Result<usize>,
@@ -92,7 +131,7 @@ fn read_batch(
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             // ICMP errors and the like concern one peer, not the socket: keep reading.
-            Err(e) => debug!(error = %e, "UDP receive error"),
+            Err(e) => debug!(error = %e, "datagram receive error"),
         }
         if packets >= limit {
             break;

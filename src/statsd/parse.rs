@@ -6,6 +6,13 @@
 //! legacy `name:1|c:2|ms` form (several `value|type` groups) and DogStatsD v1.1 packing
 //! `name:1:2:3|d` (several values sharing one type). Unknown `|` fields are ignored, as
 //! DogStatsD servers do; the container id and timestamp fields are accepted and ignored.
+//!
+//! Tags come in four styles, each of which can be switched off ([`TagStyles`]): DogStatsD
+//! `name:1|c|#k:v,k2:v2`, InfluxDB `name,k=v,k2=v2:1|c`, Librato `name#k=v,k2=v2:1|c` and
+//! SignalFX `name[k=v,k2=v2]:1|c`. A line using two styles is rejected. DogStatsD events
+//! (`_e{…}`) and service checks (`_sc|…`) are recognised as such, not as metrics.
+
+use std::borrow::Cow;
 
 /// The StatsD metric types tallyd accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,15 +27,19 @@ pub enum MetricType {
     Histogram,
     /// `d`: a DogStatsD distribution, recorded like `h`.
     Distribution,
+    /// `s`: a set; the number of distinct values over a window becomes a gauge.
+    Set,
 }
 
 /// One value of a line with everything needed to apply it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Sample {
+pub struct Sample<'a> {
     /// The StatsD type of the value.
     pub metric_type: MetricType,
-    /// The value as sent (a timer's value is still in milliseconds).
+    /// The value as sent (a timer's value is still in milliseconds); 0 for a set.
     pub value: f64,
+    /// The value's text: a set's member.
+    pub text: &'a str,
     /// A gauge value with a leading `+` or `-`: a change, not a new value.
     pub relative: bool,
     /// The `@rate` field, in `(0, 1]`; 1 when absent.
@@ -47,8 +58,8 @@ pub enum RejectReason {
     BadValue,
     /// The type is not one StatsD defines.
     BadType,
-    /// A valid StatsD type that tallyd does not support (yet): sets, `s`.
-    UnsupportedType,
+    /// Tags in more than one style on one line.
+    MixedTaggingStyles,
     /// The `@rate` field is not a number in `(0, 1]`.
     BadSampleRate,
     /// A counter increment below zero: Prometheus counters never go down.
@@ -66,7 +77,7 @@ impl RejectReason {
         RejectReason::MalformedLine,
         RejectReason::BadValue,
         RejectReason::BadType,
-        RejectReason::UnsupportedType,
+        RejectReason::MixedTaggingStyles,
         RejectReason::BadSampleRate,
         RejectReason::NegativeCounter,
         RejectReason::ReservedName,
@@ -80,7 +91,7 @@ impl RejectReason {
             RejectReason::MalformedLine => "malformed_line",
             RejectReason::BadValue => "bad_value",
             RejectReason::BadType => "bad_type",
-            RejectReason::UnsupportedType => "unsupported_type",
+            RejectReason::MixedTaggingStyles => "mixed_tagging_styles",
             RejectReason::BadSampleRate => "bad_sample_rate",
             RejectReason::NegativeCounter => "negative_counter",
             RejectReason::ReservedName => "reserved_name",
@@ -109,13 +120,66 @@ pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|line| !line.is_empty())
 }
 
-/// A parsed line: its name, its DogStatsD tags and its samples, all borrowed from the input.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Which tag styles are parsed; a style switched off leaves its text in the metric name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagStyles {
+    /// `name:1|c|#k:v`
+    pub dogstatsd: bool,
+    /// `name,k=v:1|c`
+    pub influxdb: bool,
+    /// `name#k=v:1|c`
+    pub librato: bool,
+    /// `name[k=v]:1|c`
+    pub signalfx: bool,
+}
+
+impl TagStyles {
+    /// Every style on, as statsd_exporter's defaults.
+    pub const ALL: TagStyles = TagStyles {
+        dogstatsd: true,
+        influxdb: true,
+        librato: true,
+        signalfx: true,
+    };
+}
+
+impl Default for TagStyles {
+    fn default() -> Self {
+        TagStyles::ALL
+    }
+}
+
+/// What a line is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Datum<'a> {
+    /// A metric line.
+    Metric(Line<'a>),
+    /// A DogStatsD event, `_e{…}`.
+    Event,
+    /// A DogStatsD service check, `_sc|…`.
+    ServiceCheck,
+}
+
+/// The tags of a line, in the one style it used; see [`Tags::iter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tags<'a> {
+    /// No tags.
+    #[default]
+    None,
+    /// `k:v,k2:v2` from a `|#` field.
+    DogStatsd(&'a str),
+    /// `k=v,k2=v2` from the name (InfluxDB, Librato or SignalFX style).
+    Named(&'a str),
+}
+
+/// A parsed metric line: its name, its tags and its samples, borrowed from the input.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Line<'a> {
-    /// The metric name as sent, not yet escaped.
-    pub name: &'a str,
-    /// The raw DogStatsD tag list (the text after `|#`), if any; see [`tags`].
-    pub tags: Option<&'a str>,
+    /// The metric name as sent without its tags, not yet escaped. Borrowed, except for a
+    /// SignalFX name with text after its `[…]`.
+    pub name: Cow<'a, str>,
+    /// The line's tags.
+    pub tags: Tags<'a>,
     body: Body<'a>,
 }
 
@@ -131,32 +195,106 @@ enum Body<'a> {
     Legacy { groups: &'a str },
 }
 
-/// Parses one line (without its `\n`).
-pub fn parse_line(line: &[u8]) -> Result<Line<'_>, RejectReason> {
+/// Parses one line (without its `\n`), with every tag style on.
+pub fn parse_line(line: &[u8]) -> Result<Datum<'_>, RejectReason> {
+    parse(line, TagStyles::ALL)
+}
+
+/// Parses one line (without its `\n`), with the given tag styles.
+pub fn parse(line: &[u8], styles: TagStyles) -> Result<Datum<'_>, RejectReason> {
     let line = std::str::from_utf8(line).map_err(|_| RejectReason::InvalidUtf8)?;
+    if let Some(event) = line.strip_prefix("_e{") {
+        return is_event(event)
+            .then_some(Datum::Event)
+            .ok_or(RejectReason::MalformedLine);
+    }
+    if line.starts_with("_sc|") {
+        return Ok(Datum::ServiceCheck);
+    }
     let (name, body) = line.split_once(':').ok_or(RejectReason::MalformedLine)?;
     if name.is_empty() || body.is_empty() {
         return Err(RejectReason::MalformedLine);
     }
     let (values, fields) = body.split_once('|').ok_or(RejectReason::MalformedLine)?;
+    let (name, named_tags) = split_name_tags(name, styles)?;
+    if name.is_empty() {
+        return Err(RejectReason::MalformedLine);
+    }
     if !values.contains(':') && is_legacy(fields) {
         // Each group carries its own type; validate them lazily in `samples()`.
-        return Ok(Line {
+        return Ok(Datum::Metric(Line {
             name,
-            tags: None,
+            tags: named_tags,
             body: Body::Legacy { groups: body },
-        });
+        }));
     }
     let parsed = parse_fields(fields)?;
-    Ok(Line {
+    let tags = match (named_tags, parsed.tags) {
+        (named, None) => named,
+        (Tags::None, Some(dog)) if styles.dogstatsd => Tags::DogStatsd(dog),
+        (named, Some(_)) if !styles.dogstatsd => named,
+        (_, Some(_)) => return Err(RejectReason::MixedTaggingStyles),
+    };
+    Ok(Datum::Metric(Line {
         name,
-        tags: parsed.tags,
+        tags,
         body: Body::Packed {
             values,
             metric_type: parsed.metric_type,
             sample_rate: parsed.sample_rate,
         },
-    })
+    }))
+}
+
+/// `_e{<title length>,<text length>}:<title>|<text>…`: checks the header's shape only.
+fn is_event(rest: &str) -> bool {
+    let Some((lengths, body)) = rest.split_once("}:") else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    lengths
+        .split_once(',')
+        .is_some_and(|(title, text)| digits(title) && digits(text))
+        && !body.is_empty()
+}
+
+/// Takes InfluxDB, Librato or SignalFX tags out of a name, in statsd_exporter's order
+/// (SignalFX, Librato, InfluxDB); a second style on the same name is an error.
+fn split_name_tags(
+    name: &str,
+    styles: TagStyles,
+) -> Result<(Cow<'_, str>, Tags<'_>), RejectReason> {
+    let influx = |n: &str| styles.influxdb && n.contains(',');
+    let librato = |n: &str| styles.librato && n.contains('#');
+    if styles.signalfx {
+        if let Some((before, rest)) = name.split_once('[') {
+            if let Some((tags, after)) = rest.split_once(']') {
+                if influx(before) || influx(after) || librato(before) || librato(after) {
+                    return Err(RejectReason::MixedTaggingStyles);
+                }
+                let name = if after.is_empty() {
+                    Cow::Borrowed(before)
+                } else {
+                    Cow::Owned(format!("{before}{after}"))
+                };
+                return Ok((name, Tags::Named(tags)));
+            }
+        }
+    }
+    if styles.librato {
+        if let Some((name, tags)) = name.split_once('#') {
+            if influx(name) {
+                return Err(RejectReason::MixedTaggingStyles);
+            }
+            return Ok((Cow::Borrowed(name), Tags::Named(tags)));
+        }
+    }
+    if styles.influxdb {
+        if let Some((name, tags)) = name.split_once(',') {
+            return Ok((Cow::Borrowed(name), Tags::Named(tags)));
+        }
+    }
+    Ok((Cow::Borrowed(name), Tags::None))
 }
 
 /// The legacy multi-sample form puts a `:` in a field other than tags or the container id
@@ -205,7 +343,7 @@ fn parse_type(field: &str) -> Result<MetricType, RejectReason> {
         "ms" => Ok(MetricType::Timer),
         "h" => Ok(MetricType::Histogram),
         "d" => Ok(MetricType::Distribution),
-        "s" => Err(RejectReason::UnsupportedType),
+        "s" => Ok(MetricType::Set),
         "" => Err(RejectReason::MalformedLine),
         _ => Err(RejectReason::BadType),
     }
@@ -219,11 +357,24 @@ fn parse_rate(text: &str) -> Result<f64, RejectReason> {
 }
 
 fn parse_sample(
-    value: &str,
+    text: &str,
     metric_type: MetricType,
     sample_rate: f64,
-) -> Result<Sample, RejectReason> {
-    let number = value
+) -> Result<Sample<'_>, RejectReason> {
+    if metric_type == MetricType::Set {
+        // A set member is any non-empty text; it is counted, never added.
+        if text.is_empty() {
+            return Err(RejectReason::BadValue);
+        }
+        return Ok(Sample {
+            metric_type,
+            value: 0.0,
+            text,
+            relative: false,
+            sample_rate,
+        });
+    }
+    let number = text
         .parse::<f64>()
         .ok()
         .filter(|v| v.is_finite())
@@ -234,7 +385,8 @@ fn parse_sample(
     Ok(Sample {
         metric_type,
         value: number,
-        relative: metric_type == MetricType::Gauge && value.starts_with(['+', '-']),
+        text,
+        relative: metric_type == MetricType::Gauge && text.starts_with(['+', '-']),
         sample_rate,
     })
 }
@@ -273,8 +425,8 @@ pub struct Samples<'a> {
     body: Body<'a>,
 }
 
-impl Iterator for Samples<'_> {
-    type Item = Result<Sample, RejectReason>;
+impl<'a> Iterator for Samples<'a> {
+    type Item = Result<Sample<'a>, RejectReason>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let part = self.parts.next()?;
@@ -297,14 +449,24 @@ impl Iterator for Samples<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TagError;
 
-/// Iterates the `k:v` pairs of a DogStatsD tag list (`k:v,k2:v2`). A tag without a value or
-/// with an empty key cannot become a label and yields [`TagError`], as statsd_exporter drops it.
-pub fn tags(raw: &str) -> impl Iterator<Item = Result<(&str, &str), TagError>> {
-    raw.split(',').filter(|tag| !tag.is_empty()).map(|tag| {
-        tag.split_once(':')
-            .filter(|(key, _)| !key.is_empty())
-            .ok_or(TagError)
-    })
+impl<'a> Tags<'a> {
+    /// The `(name, value)` pairs: `k:v` for DogStatsD, `k=v` for the other styles. A tag
+    /// without a value or with an empty name cannot become a label and yields [`TagError`], as
+    /// statsd_exporter drops it.
+    pub fn iter(self) -> impl Iterator<Item = Result<(&'a str, &'a str), TagError>> {
+        let (raw, separator) = match self {
+            Tags::None => ("", ':'),
+            Tags::DogStatsd(raw) => (raw, ':'),
+            Tags::Named(raw) => (raw, '='),
+        };
+        raw.split(',')
+            .filter(|tag| !tag.is_empty())
+            .map(move |tag| {
+                tag.split_once(separator)
+                    .filter(|(key, _)| !key.is_empty())
+                    .ok_or(TagError)
+            })
+    }
 }
 
 #[cfg(test)]

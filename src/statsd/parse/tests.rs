@@ -1,24 +1,59 @@
 use super::*;
 use proptest::prelude::*;
 
-fn samples(line: &str) -> Vec<Result<Sample, RejectReason>> {
-    parse_line(line.as_bytes()).unwrap().samples().collect()
+fn metric(line: &[u8]) -> Result<Line<'_>, RejectReason> {
+    match parse_line(line)? {
+        Datum::Metric(line) => Ok(line),
+        other => panic!("{other:?}"),
+    }
 }
 
-fn one(line: &str) -> Sample {
+fn samples(line: &str) -> Vec<Result<Sample<'_>, RejectReason>> {
+    metric(line.as_bytes()).unwrap().samples().collect()
+}
+
+fn one(line: &str) -> Sample<'static> {
     match samples(line).as_slice() {
-        [Ok(sample)] => *sample,
+        [Ok(sample)] => Sample {
+            text: "",
+            ..*sample
+        },
         other => panic!("{line:?} gave {other:?}"),
     }
 }
 
-fn sample(metric_type: MetricType, value: f64, relative: bool, sample_rate: f64) -> Sample {
+fn sample(
+    metric_type: MetricType,
+    value: f64,
+    relative: bool,
+    sample_rate: f64,
+) -> Sample<'static> {
     Sample {
         metric_type,
         value,
+        text: "",
         relative,
         sample_rate,
     }
+}
+
+/// Compares everything but the value's text.
+fn same(a: &Sample<'_>, b: &Sample<'_>) -> bool {
+    Sample { text: "", ..*a } == Sample { text: "", ..*b }
+}
+
+macro_rules! assert_samples {
+    ($got:expr, $want:expr) => {{
+        let got: Vec<Result<Sample<'_>, RejectReason>> = $got;
+        let want: Vec<Result<Sample<'_>, RejectReason>> = $want.into_iter().collect();
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (g, w) in got.iter().zip(&want) {
+            match (g, w) {
+                (Ok(g), Ok(w)) => assert!(same(g, w), "{g:?} vs {w:?}"),
+                _ => assert_eq!(g, w),
+            }
+        }
+    }};
 }
 
 #[test]
@@ -41,11 +76,11 @@ fn gauge_sign_means_relative() {
 
 #[test]
 fn sample_rate_and_tags_in_any_order() {
-    let line = parse_line(b"req:2|c|#region:eu,tier:web|@0.5").unwrap();
+    let line = metric(b"req:2|c|#region:eu,tier:web|@0.5").unwrap();
     assert_eq!(line.name, "req");
-    assert_eq!(line.tags, Some("region:eu,tier:web"));
-    assert_eq!(
-        line.samples().collect::<Vec<_>>(),
+    assert_eq!(line.tags, Tags::DogStatsd("region:eu,tier:web"));
+    assert_samples!(
+        line.samples().collect(),
         [Ok(sample(MetricType::Counter, 2.0, false, 0.5))]
     );
 }
@@ -60,7 +95,7 @@ fn dogstatsd_container_and_timestamp_fields_are_ignored() {
 
 #[test]
 fn packed_values_share_type_and_rate() {
-    assert_eq!(
+    assert_samples!(
         samples("lat:1:2:3|d|@0.5|#k:v"),
         [1.0, 2.0, 3.0].map(|v| Ok(sample(MetricType::Distribution, v, false, 0.5)))
     );
@@ -68,7 +103,7 @@ fn packed_values_share_type_and_rate() {
 
 #[test]
 fn legacy_groups_each_have_a_type() {
-    assert_eq!(
+    assert_samples!(
         samples("a:1|c:2|ms|@0.1:x|g"),
         [
             Ok(sample(MetricType::Counter, 1.0, false, 1.0)),
@@ -76,7 +111,7 @@ fn legacy_groups_each_have_a_type() {
             Err(RejectReason::BadValue),
         ]
     );
-    assert_eq!(
+    assert_samples!(
         samples("a:1|c:2"),
         [Ok(one("a:1|c")), Err(RejectReason::MalformedLine)]
     );
@@ -91,7 +126,11 @@ fn rejections_have_reasons() {
         (b"a:1", RejectReason::MalformedLine),
         (b"a:1|", RejectReason::MalformedLine),
         (b"a:1|x", RejectReason::BadType),
-        (b"a:1|s", RejectReason::UnsupportedType),
+        (b"a,k=v:1|c|#x:y", RejectReason::MixedTaggingStyles),
+        (b"a#k=v,x=y[z=1]:1|c", RejectReason::MixedTaggingStyles),
+        (b"a,k=v#x=y:1|c", RejectReason::MixedTaggingStyles),
+        (b"[k=v]:1|c", RejectReason::MalformedLine),
+        (b"_e{5,x}:title|text", RejectReason::MalformedLine),
         (b"a:1|c|@0", RejectReason::BadSampleRate),
         (b"a:1|c|@1.5", RejectReason::BadSampleRate),
         (b"a:1|c|@-1", RejectReason::BadSampleRate),
@@ -116,6 +155,7 @@ fn rejections_have_reasons() {
     for (line, reason) in sample_cases {
         assert_eq!(samples(line), [Err(reason)], "{line}");
     }
+    assert_eq!(samples("a:|s"), [Err(RejectReason::BadValue)]);
 }
 
 #[test]
@@ -126,7 +166,7 @@ fn lines_split_on_newlines_and_skip_empty_ones() {
 
 #[test]
 fn tags_without_values_are_errors() {
-    let got: Vec<_> = tags("a:1,flag,:x,b:c:d,").collect();
+    let got: Vec<_> = Tags::DogStatsd("a:1,flag,:x,b:c:d,").iter().collect();
     assert_eq!(
         got,
         [
@@ -136,27 +176,88 @@ fn tags_without_values_are_errors() {
             Ok(("b", "c:d"))
         ]
     );
+    let got: Vec<_> = Tags::Named("a=1,flag,b=c=d").iter().collect();
+    assert_eq!(got, [Ok(("a", "1")), Err(TagError), Ok(("b", "c=d"))]);
+}
+
+#[test]
+fn every_tag_style() {
+    let cases: [(&[u8], &str, Tags<'_>); 6] = [
+        (b"req:1|c|#k:v", "req", Tags::DogStatsd("k:v")),
+        (b"req,k=v,k2=v2:1|c", "req", Tags::Named("k=v,k2=v2")),
+        (b"req#k=v,k2=v2:1|c", "req", Tags::Named("k=v,k2=v2")),
+        (b"req[k=v,k2=v2]:1|c", "req", Tags::Named("k=v,k2=v2")),
+        (b"req[k=v].total:1|c", "req.total", Tags::Named("k=v")),
+        (b"req:1|c", "req", Tags::None),
+    ];
+    for (input, name, tags) in cases {
+        let line = metric(input).unwrap();
+        assert_eq!((&*line.name, line.tags), (name, tags));
+    }
+}
+
+#[test]
+fn switched_off_styles_stay_in_the_name() {
+    let none = TagStyles {
+        dogstatsd: false,
+        influxdb: false,
+        librato: false,
+        signalfx: false,
+    };
+    for input in [&b"req,k=v:1|c"[..], b"req#k=v:1|c", b"req[k=v]:1|c"] {
+        let Ok(Datum::Metric(line)) = parse(input, none) else {
+            panic!("{input:?}")
+        };
+        assert_eq!(line.tags, Tags::None);
+        assert_eq!(
+            Some(line.name.as_bytes()),
+            input.split(|&b| b == b':').next()
+        );
+    }
+    let no_dogstatsd = TagStyles {
+        dogstatsd: false,
+        ..TagStyles::ALL
+    };
+    let Ok(Datum::Metric(line)) = parse(b"req,k=v:1|c|#x:y", no_dogstatsd) else {
+        panic!()
+    };
+    assert_eq!(line.tags, Tags::Named("k=v"), "the |# field is ignored");
+}
+
+#[test]
+fn events_and_service_checks_are_not_metrics() {
+    assert_eq!(parse_line(b"_e{5,4}:title|text|#k:v"), Ok(Datum::Event));
+    assert_eq!(parse_line(b"_sc|db.up|0|#k:v"), Ok(Datum::ServiceCheck));
+}
+
+#[test]
+fn sets_keep_the_member_text() {
+    let got = samples("users:alice|s|#k:v");
+    let member = got[0].unwrap();
+    assert_eq!(
+        (member.metric_type, member.text),
+        (MetricType::Set, "alice")
+    );
 }
 
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         for line in lines(&bytes) {
-            if let Ok(parsed) = parse_line(line) {
+            if let Ok(Datum::Metric(parsed)) = parse_line(line) {
                 for sample in parsed.samples().flatten() {
                     prop_assert!(sample.value.is_finite());
                     prop_assert!(sample.sample_rate > 0.0 && sample.sample_rate <= 1.0);
                 }
-                if let Some(raw) = parsed.tags {
-                    prop_assert!(tags(raw).count() <= raw.len());
-                }
+                let raw_len = line.len();
+                prop_assert!(parsed.tags.iter().count() <= raw_len);
             }
         }
     }
 
     #[test]
     fn line_shaped_input_never_panics(line in "[a-z.]{0,8}(:[-+0-9.e]{0,6}){0,3}(\\|[a-z@#:,.0-9]{0,8}){0,4}") {
-        if let Ok(parsed) = parse_line(line.as_bytes()) {
+        if let Ok(Datum::Metric(parsed)) = parse_line(line.as_bytes()) {
             for sample in parsed.samples().flatten() {
                 prop_assert!(sample.metric_type != MetricType::Counter || sample.value >= 0.0);
             }
@@ -167,9 +268,9 @@ proptest! {
     fn well_formed_counters_round_trip(name in "[a-z][a-z0-9._]{0,20}", value in 0u32..1_000_000, rate in 1u32..=100) {
         let rate = f64::from(rate) / 100.0;
         let line = format!("{name}:{value}|c|@{rate}");
-        let parsed = parse_line(line.as_bytes()).unwrap();
-        prop_assert_eq!(parsed.name, name.as_str());
-        let got: Vec<_> = parsed.samples().collect();
+        let parsed = metric(line.as_bytes()).unwrap();
+        prop_assert_eq!(&*parsed.name, name.as_str());
+        let got: Vec<_> = parsed.samples().map(|s| s.map(|s| Sample { text: "", ..s })).collect();
         prop_assert_eq!(got, vec![Ok(sample(MetricType::Counter, f64::from(value), false, rate))]);
     }
 }
