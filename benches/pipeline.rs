@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tallyd::aggregator::{AggregatorActor, AggregatorMsg};
 use tallyd::config::ObserverSettings;
-use tallyd::family::{FamilyContext, FamilyState};
-use tallyd::ingest::Batcher;
+use tallyd::family::{FamilyContext, FamilySpec, FamilyState};
+use tallyd::ingest::{Batcher, IngestConfig};
 use tallyd::registry::RegistryActor;
 use tallyd::router::Router;
 use tallyd::statsd::parse::TagStyles;
@@ -36,10 +36,16 @@ fn context(rt: &tokio::runtime::Runtime, telemetry: Arc<Telemetry>) -> Arc<Famil
     Arc::new(FamilyContext {
         aggregator,
         telemetry,
-        observer: ObserverSettings::default(),
         publish_interval: Duration::from_millis(1),
         set_window: Duration::from_secs(60),
     })
+}
+
+fn ingest_config() -> Arc<IngestConfig> {
+    Arc::new(IngestConfig::new(
+        TagStyles::ALL,
+        ObserverSettings::default(),
+    ))
 }
 
 fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
@@ -51,7 +57,7 @@ fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     ] {
         let telemetry = Arc::new(Telemetry::new());
         let ctx = context(rt, telemetry.clone());
-        let mut batcher = Batcher::new(telemetry, TagStyles::ALL);
+        let mut batcher = Batcher::new(telemetry, ingest_config());
         let mut families: FxHashMap<Arc<str>, FamilyState> = FxHashMap::default();
         let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
         group.throughput(Throughput::Elements(lines));
@@ -60,11 +66,18 @@ fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                 let now = Instant::now();
                 for datagram in &datagrams {
                     batcher.ingest(datagram);
-                    for (family, updates) in batcher.take() {
+                    for (family, batch) in batcher.take() {
                         families
                             .entry(family.clone())
-                            .or_insert_with(|| FamilyState::new(family, ctx.clone()))
-                            .apply(updates, now);
+                            .or_insert_with(|| {
+                                let spec = FamilySpec {
+                                    name: family,
+                                    kind: batch.updates[0].op.kind(),
+                                    meta: batch.meta,
+                                };
+                                FamilyState::new(spec, ctx.clone())
+                            })
+                            .apply(batch.updates, now);
                     }
                 }
             })
@@ -86,7 +99,7 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let (registry, _) = rt
             .block_on(Actor::spawn(None, RegistryActor, ctx))
             .expect("registry starts");
-        let mut batcher = Batcher::new(telemetry.clone(), TagStyles::ALL);
+        let mut batcher = Batcher::new(telemetry.clone(), ingest_config());
         let mut router = Router::new(registry, telemetry);
         let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
         let mut sent = 0u64;

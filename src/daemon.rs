@@ -18,6 +18,7 @@ use crate::aggregator::AggregatorActor;
 use crate::config::{self, Settings};
 use crate::family::FamilyContext;
 use crate::http::{self, HttpContext};
+use crate::ingest::IngestConfig;
 use crate::registry::RegistryActor;
 use crate::statsd::listener::{self, DatagramSocket, ListenerContext};
 use crate::telemetry::Telemetry;
@@ -131,7 +132,6 @@ pub async fn run(
     let family_ctx = Arc::new(FamilyContext {
         aggregator: aggregator.clone(),
         telemetry: telemetry.clone(),
-        observer: settings.observer.clone(),
         publish_interval: settings.actors.publish_interval,
         set_window: settings.statsd.set_window,
     });
@@ -147,7 +147,10 @@ pub async fn run(
         telemetry: telemetry.clone(),
         receive_batch: settings.statsd.receive_batch,
         tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
-        tag_styles: settings.statsd.tag_styles(),
+        ingest: Arc::new(IngestConfig::new(
+            settings.statsd.tag_styles(),
+            settings.observer.clone(),
+        )),
     };
     let mut listeners = JoinSet::new();
     if let Some(udp) = sockets.udp {

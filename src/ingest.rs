@@ -8,6 +8,8 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use tracing::debug;
 
+use crate::config::ObserverSettings;
+use crate::family::{FamilyMeta, DEFAULT_HELP};
 use crate::names;
 use crate::statsd::parse::{self, Datum, RejectReason, TagStyles, Tags};
 use crate::telemetry::{LogLimiter, Telemetry};
@@ -20,14 +22,45 @@ const NAME_CACHE_LIMIT: usize = 100_000;
 /// Rejected lines logged per second, per process.
 static REJECT_LOG: LogLimiter = LogLimiter::new(10);
 
+/// How lines become updates: shared by every listener.
+#[derive(Debug)]
+pub struct IngestConfig {
+    /// Tag styles to parse.
+    pub styles: TagStyles,
+    /// Help and observer settings of families without a mapping.
+    pub default_meta: Arc<FamilyMeta>,
+}
+
+impl IngestConfig {
+    /// Parses `styles`; families without a mapping get the default help and `observer`.
+    pub fn new(styles: TagStyles, observer: ObserverSettings) -> Self {
+        IngestConfig {
+            styles,
+            default_meta: Arc::new(FamilyMeta {
+                help: DEFAULT_HELP.into(),
+                observer,
+            }),
+        }
+    }
+}
+
+/// The updates of one family in one receive batch, with what the family is born with.
+#[derive(Debug)]
+pub struct Batch {
+    /// Help and observer settings, used if the family does not exist yet.
+    pub meta: Arc<FamilyMeta>,
+    /// The updates, in arrival order.
+    pub updates: Vec<Update>,
+}
+
 /// Accumulates the updates of one receive batch (one or more datagrams, or one TCP read).
 #[derive(Debug)]
 pub struct Batcher {
     telemetry: Arc<Telemetry>,
-    styles: TagStyles,
+    config: Arc<IngestConfig>,
     /// Raw StatsD name → family name, or `None` for a name that escapes to a reserved one.
     names: FxHashMap<Box<str>, Option<Arc<str>>>,
-    pending: FxHashMap<Arc<str>, Vec<Update>>,
+    pending: FxHashMap<Arc<str>, Batch>,
     counts: Counts,
 }
 
@@ -56,11 +89,11 @@ impl Counts {
 }
 
 impl Batcher {
-    /// An empty batcher parsing the given tag styles and reporting to `telemetry`.
-    pub fn new(telemetry: Arc<Telemetry>, styles: TagStyles) -> Self {
+    /// An empty batcher reporting to `telemetry`.
+    pub fn new(telemetry: Arc<Telemetry>, config: Arc<IngestConfig>) -> Self {
         Batcher {
             telemetry,
-            styles,
+            config,
             names: FxHashMap::default(),
             pending: FxHashMap::default(),
             counts: Counts::default(),
@@ -77,7 +110,7 @@ impl Batcher {
     /// Adds one line (without its newline).
     pub fn ingest_line(&mut self, raw: &[u8]) {
         self.counts.lines += 1;
-        let line = match parse::parse(raw, self.styles) {
+        let line = match parse::parse(raw, self.config.styles) {
             Ok(Datum::Metric(line)) => line,
             Ok(Datum::Event) => return self.counts.events[0] += 1,
             Ok(Datum::ServiceCheck) => return self.counts.events[1] += 1,
@@ -87,7 +120,15 @@ impl Batcher {
             return self.counts.reject(RejectReason::ReservedName, raw);
         };
         let mut labels = self.labels(line.tags, line.observes());
-        let updates = self.pending.entry(family).or_default();
+        let meta = &self.config.default_meta;
+        let updates = &mut self
+            .pending
+            .entry(family)
+            .or_insert_with(|| Batch {
+                meta: meta.clone(),
+                updates: Vec::new(),
+            })
+            .updates;
         let mut samples = line.samples().peekable();
         while let Some(sample) = samples.next() {
             match sample {
@@ -158,11 +199,11 @@ impl Batcher {
 
     /// Takes the batches gathered so far, one per family, and adds the batch's counts to the
     /// shared telemetry.
-    pub fn take(&mut self) -> impl Iterator<Item = (Arc<str>, Vec<Update>)> + '_ {
+    pub fn take(&mut self) -> impl Iterator<Item = (Arc<str>, Batch)> + '_ {
         self.flush_counts();
         self.pending
             .drain()
-            .filter(|(_, updates)| !updates.is_empty())
+            .filter(|(_, batch)| !batch.updates.is_empty())
     }
 
     fn flush_counts(&mut self) {
@@ -186,9 +227,10 @@ mod tests {
 
     fn batches(input: &[u8]) -> (Vec<(String, Vec<Update>)>, Arc<Telemetry>) {
         let telemetry = Arc::new(Telemetry::new());
-        let mut b = Batcher::new(telemetry.clone(), TagStyles::ALL);
+        let config = IngestConfig::new(TagStyles::ALL, ObserverSettings::default());
+        let mut b = Batcher::new(telemetry.clone(), Arc::new(config));
         b.ingest(input);
-        let mut out: Vec<_> = b.take().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut out: Vec<_> = b.take().map(|(k, v)| (k.to_string(), v.updates)).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         (out, telemetry)
     }

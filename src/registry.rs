@@ -1,6 +1,10 @@
 //! The registry actor: spawns the family actor for each family name on first use, answers the
 //! listeners' look-ups (they cache the answer), and supervises every family actor: a failed one
 //! is restarted empty and the restart counted, while the others keep running.
+//!
+//! It also keeps every metric name each family's exposition uses (`x`, and `x_sum`, `x_count`,
+//! `x_bucket` for observers), so that a new family whose names would collide with another's,
+//! such as a counter `x_count` beside a summary `x`, is refused before it exists.
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rustc_hash::FxHashMap;
@@ -8,13 +12,23 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::aggregator::AggregatorMsg;
-use crate::family::{FamilyActor, FamilyArgs, FamilyContext, FamilyMsg};
+use crate::family::{FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec};
+
+/// A new family refused because one of its exposed names belongs to another family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Clash {
+    /// The family that owns the name.
+    pub owner: Arc<str>,
+}
+
+/// The answer to a look-up.
+pub type Lookup = Result<ActorRef<FamilyMsg>, Clash>;
 
 /// Messages the registry handles.
 #[derive(Debug)]
 pub enum RegistryMsg {
-    /// The family actor for a name, spawned if there is none.
-    Lookup(Arc<str>, RpcReplyPort<ActorRef<FamilyMsg>>),
+    /// The family actor for a name, spawned from the spec if there is none.
+    Lookup(FamilySpec, RpcReplyPort<Lookup>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
 }
@@ -23,27 +37,41 @@ pub enum RegistryMsg {
 #[derive(Debug)]
 pub struct RegistryActor;
 
-/// Live family actors by name, and names by actor id for supervision events.
+/// Live family actors by name, names by actor id, and who owns each exposed name.
 #[derive(Debug)]
 pub struct RegistryState {
     ctx: Arc<FamilyContext>,
-    families: FxHashMap<Arc<str>, ActorRef<FamilyMsg>>,
+    families: FxHashMap<Arc<str>, (ActorRef<FamilyMsg>, FamilySpec)>,
     names: FxHashMap<ActorId, Arc<str>>,
+    claims: FxHashMap<String, Arc<str>>,
 }
 
 impl RegistryState {
+    fn clash(&self, spec: &FamilySpec) -> Option<Clash> {
+        spec.exposed_names().iter().find_map(|name| {
+            let owner = self.claims.get(name)?;
+            Some(Clash {
+                owner: owner.clone(),
+            })
+        })
+    }
+
     async fn spawn(
         &mut self,
         myself: &ActorRef<RegistryMsg>,
-        name: Arc<str>,
+        spec: FamilySpec,
     ) -> Result<ActorRef<FamilyMsg>, ActorProcessingErr> {
         let args = FamilyArgs {
-            name: name.clone(),
+            spec: spec.clone(),
             ctx: self.ctx.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, FamilyActor, args, myself.get_cell()).await?;
-        self.names.insert(actor.get_id(), name.clone());
-        self.families.insert(name, actor.clone());
+        for name in spec.exposed_names() {
+            self.claims.insert(name, spec.name.clone());
+        }
+        self.names.insert(actor.get_id(), spec.name.clone());
+        self.families
+            .insert(spec.name.clone(), (actor.clone(), spec));
         self.ctx
             .telemetry
             .metric_actors
@@ -51,14 +79,18 @@ impl RegistryState {
         Ok(actor)
     }
 
-    fn forget(&mut self, id: ActorId) -> Option<Arc<str>> {
+    /// Forgets a stopped actor; returns its spec.
+    fn forget(&mut self, id: ActorId) -> Option<FamilySpec> {
         let name = self.names.remove(&id)?;
-        self.families.remove(&name);
+        let (_, spec) = self.families.remove(&name)?;
+        for exposed in spec.exposed_names() {
+            self.claims.remove(&exposed);
+        }
         self.ctx
             .telemetry
             .metric_actors
             .set(self.families.len() as i64);
-        Some(name)
+        Some(spec)
     }
 }
 
@@ -76,6 +108,7 @@ impl Actor for RegistryActor {
             ctx,
             families: FxHashMap::default(),
             names: FxHashMap::default(),
+            claims: FxHashMap::default(),
         })
     }
 
@@ -86,16 +119,19 @@ impl Actor for RegistryActor {
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RegistryMsg::Lookup(name, reply) => {
-                let actor = match state.families.get(&name) {
-                    Some(actor) => actor.clone(),
-                    None => state.spawn(&myself, name).await?,
+            RegistryMsg::Lookup(spec, reply) => {
+                let answer = match state.families.get(&spec.name) {
+                    Some((actor, _)) => Ok(actor.clone()),
+                    None => match state.clash(&spec) {
+                        Some(clash) => Err(clash),
+                        None => Ok(state.spawn(&myself, spec).await?),
+                    },
                 };
-                let _ = reply.send(actor);
+                let _ = reply.send(answer);
             }
             RegistryMsg::InjectFault(name, reply) => {
                 let found = state.families.get(&name);
-                if let Some(actor) = found {
+                if let Some((actor, _)) = found {
                     warn!(metric = %name, "injecting a fault into the family actor");
                     let _ = actor.cast(FamilyMsg::Fail);
                 }
@@ -113,19 +149,19 @@ impl Actor for RegistryActor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(name) = state.forget(cell.get_id()) {
-                    warn!(metric = %name, %error, "family actor failed; restarting it empty");
+                if let Some(spec) = state.forget(cell.get_id()) {
+                    warn!(metric = %spec.name, %error, "family actor failed; restarting it empty");
                     state.ctx.telemetry.family_restarts.inc();
                     let _ = state
                         .ctx
                         .aggregator
-                        .cast(AggregatorMsg::Remove(name.clone()));
-                    state.spawn(&myself, name).await?;
+                        .cast(AggregatorMsg::Remove(spec.name.clone()));
+                    state.spawn(&myself, spec).await?;
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if let Some(name) = state.forget(cell.get_id()) {
-                    debug!(metric = %name, ?reason, "family actor stopped");
+                if let Some(spec) = state.forget(cell.get_id()) {
+                    debug!(metric = %spec.name, ?reason, "family actor stopped");
                 }
             }
             _ => {}

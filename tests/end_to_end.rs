@@ -169,8 +169,8 @@ fn tcp_lines_and_over_long_lines() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         s.write_all(b"unt:2|c\ntcp.gauge:7|g").unwrap();
     }
-    let e = t.wait_value("tcp_gauge", &[], 7.0);
-    assert_eq!(e.value("tcp_count", &[]), Some(3.0));
+    t.wait_value("tcp_gauge", &[], 7.0);
+    t.wait_value("tcp_count", &[], 3.0);
     // The limit in that file is 64 bytes: the line before lands, the connection is closed.
     let long = format!("tcp.count:1|c\n{}:1|c\ntcp.after:1|c\n", "x".repeat(100));
     t.send_tcp(long.as_bytes());
@@ -201,6 +201,34 @@ fn a_type_conflict_is_refused_and_counted() {
         ),
         Some(1.0)
     );
+    promtool_check(&e.text);
+}
+
+#[test]
+fn names_that_collide_across_families_are_refused() {
+    let t = Tallyd::start(&[]);
+    // A summary `db_query` owns db_query_sum and db_query_count; a counter `jobs_count` owns
+    // that name, so a later observer `jobs` cannot exist.
+    t.send_udp(b"db.query:5|ms\njobs.count:1|c");
+    t.wait_value("tallyd_metric_families", &[], 2.0);
+    t.send_udp(b"db.query.count:1|c\ndb.query.sum:2|g\njobs:3|h\nok:1|c");
+    let e = t.wait_value("ok", &[], 1.0);
+    let conflict = |metric, kind| {
+        e.value(
+            "tallyd_type_conflicts_total",
+            &[("metric", metric), ("type", kind)],
+        )
+    };
+    assert_eq!(conflict("db_query_count", "counter"), Some(1.0));
+    assert_eq!(conflict("db_query_sum", "gauge"), Some(1.0));
+    assert_eq!(conflict("jobs", "observer"), Some(1.0));
+    assert_eq!(
+        e.value("db_query_count", &[]),
+        Some(1.0),
+        "the summary's own count"
+    );
+    assert_eq!(e.value("jobs_count", &[]), Some(1.0));
+    assert_eq!(e.value("tallyd_metric_families", &[]), Some(3.0));
     promtool_check(&e.text);
 }
 

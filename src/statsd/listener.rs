@@ -12,10 +12,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::ingest::Batcher;
+use crate::ingest::{Batcher, IngestConfig};
 use crate::registry::RegistryMsg;
 use crate::router::Router;
-use crate::statsd::parse::{RejectReason, TagStyles};
+use crate::statsd::parse::RejectReason;
 use crate::telemetry::{ListenerKind, Telemetry};
 use ractor::ActorRef;
 
@@ -33,14 +33,14 @@ pub struct ListenerContext {
     pub receive_batch: usize,
     /// Longest TCP line.
     pub tcp_max_line_bytes: usize,
-    /// Tag styles to parse.
-    pub tag_styles: TagStyles,
+    /// How lines become updates.
+    pub ingest: Arc<IngestConfig>,
 }
 
 impl ListenerContext {
     fn pipeline(&self) -> (Batcher, Router) {
         (
-            Batcher::new(self.telemetry.clone(), self.tag_styles),
+            Batcher::new(self.telemetry.clone(), self.ingest.clone()),
             Router::new(self.registry.clone(), self.telemetry.clone()),
         )
     }

@@ -1,0 +1,185 @@
+//! `$1`, `${1}` and `$0` in a mapping's `name` and label values, parsed once when the file is
+//! loaded and filled in per metric name.
+//!
+//! The syntax is that of Go's `regexp.Expand`, which statsd_exporter uses for regex rules:
+//! `$name` takes the longest run of letters, digits and `_` (so `$1_total` refers to a group
+//! named `1_total`, which never exists, and expands to nothing: write `${1}_total`), `${name}`
+//! is braced, `$$` is a literal `$`, and a `$` not followed by a name is kept as it is. A
+//! reference to a group that does not exist, or did not take part in the match, expands to
+//! nothing. Glob rules number their `*`s from 1, and `$0` is the whole StatsD name.
+
+/// A parsed template: literal text and group references, resolved to group indexes.
+#[derive(Clone, Debug)]
+pub(super) struct Template {
+    pieces: Box<[Piece]>,
+}
+
+#[derive(Clone, Debug)]
+enum Piece {
+    Literal(Box<str>),
+    Group(usize),
+}
+
+/// One lexical element of a template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Token<'a> {
+    /// Text copied as it is (including a `$` that starts no reference).
+    Literal(&'a str),
+    /// `$$`.
+    Dollar,
+    /// `$7` or `${7}`: a group number, as Go reads one (no leading zero, below 10^8).
+    Number(usize),
+    /// `$name` or `${name}` that is not a number.
+    Name(&'a str),
+}
+
+/// Splits a template into tokens, the way Go's `regexp.Expand` reads it.
+pub(super) fn tokens(src: &str) -> Vec<Token<'_>> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(dollar) = rest.find('$') {
+        if dollar > 0 {
+            out.push(Token::Literal(&rest[..dollar]));
+        }
+        let after = &rest[dollar + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push(Token::Dollar);
+            rest = tail;
+            continue;
+        }
+        match reference(after) {
+            Some((name, tail)) => {
+                out.push(match group_number(name) {
+                    Some(n) => Token::Number(n),
+                    None => Token::Name(name),
+                });
+                rest = tail;
+            }
+            None => {
+                out.push(Token::Literal("$"));
+                rest = after;
+            }
+        }
+    }
+    if !rest.is_empty() {
+        out.push(Token::Literal(rest));
+    }
+    out
+}
+
+/// The name after a `$` (bare or braced) and the text after it, or `None` when malformed.
+fn reference(s: &str) -> Option<(&str, &str)> {
+    let (braced, body) = match s.strip_prefix('{') {
+        Some(body) => (true, body),
+        None => (false, s),
+    };
+    let len = body
+        .char_indices()
+        .find(|&(_, c)| !(c.is_alphanumeric() || c == '_'))
+        .map_or(body.len(), |(i, _)| i);
+    if len == 0 {
+        return None;
+    }
+    let (name, tail) = body.split_at(len);
+    if braced {
+        tail.strip_prefix('}').map(|tail| (name, tail))
+    } else {
+        Some((name, tail))
+    }
+}
+
+/// A reference name read as a group number: ASCII digits, no leading zero, below 10^8.
+fn group_number(name: &str) -> Option<usize> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 8 || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if bytes.len() > 1 && bytes[0] == b'0' {
+        return None;
+    }
+    name.parse().ok()
+}
+
+impl Template {
+    /// Parses `src`; `resolve` turns a reference into a group index, or `None` for a group that
+    /// cannot exist (which then always expands to nothing).
+    pub(super) fn parse(src: &str, resolve: impl Fn(Token<'_>) -> Option<usize>) -> Template {
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut literal = String::new();
+        for token in tokens(src) {
+            match token {
+                Token::Literal(text) => literal.push_str(text),
+                Token::Dollar => literal.push('$'),
+                Token::Number(_) | Token::Name(_) => {
+                    if let Some(group) = resolve(token) {
+                        if !literal.is_empty() {
+                            pieces.push(Piece::Literal(std::mem::take(&mut literal).into()));
+                        }
+                        pieces.push(Piece::Group(group));
+                    }
+                }
+            }
+        }
+        if !literal.is_empty() {
+            pieces.push(Piece::Literal(literal.into()));
+        }
+        Template {
+            pieces: pieces.into(),
+        }
+    }
+
+    /// Appends the expansion to `out`; `group(i)` is the text of group `i` (empty when it did
+    /// not take part in the match).
+    pub(super) fn render<'a>(&self, out: &mut String, group: impl Fn(usize) -> &'a str) {
+        for piece in &*self.pieces {
+            match piece {
+                Piece::Literal(text) => out.push_str(text),
+                Piece::Group(i) => out.push_str(group(*i)),
+            }
+        }
+    }
+
+    /// The expansion as a new string.
+    pub(super) fn expand<'a>(&self, group: impl Fn(usize) -> &'a str) -> String {
+        let mut out = String::new();
+        self.render(&mut out, group);
+        out
+    }
+}
+
+/// Checks a `name` template the way statsd_exporter does (its `metricNameRE`): letters, digits,
+/// `_` and numbered references (`$1`, `${1}`), not starting with a digit.
+pub(super) fn check_name(src: &str) -> Result<(), String> {
+    const HINT: &str = "a name may hold letters, digits, `_` and `$1`/`${1}` references, \
+                        and may not start with a digit";
+    if src.is_empty() {
+        return Err("the name is empty".to_owned());
+    }
+    for (i, token) in tokens(src).into_iter().enumerate() {
+        match token {
+            Token::Literal(text) => {
+                if let Some(c) = text
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+                {
+                    return Err(format!("`{src}` is not a valid metric name: `{c}` is not allowed; {HINT}"));
+                }
+                if i == 0 && text.as_bytes()[0].is_ascii_digit() {
+                    return Err(format!("`{src}` is not a valid metric name: it starts with a digit; {HINT}"));
+                }
+            }
+            Token::Number(_) => {}
+            // statsd_exporter's check accepts `$01` (which then expands to nothing); so do we.
+            Token::Name(name) if name.bytes().all(|b| b.is_ascii_digit()) => {}
+            Token::Name(name) => {
+                return Err(format!(
+                    "`{src}` is not a valid metric name: `${name}` is not a numbered reference; {HINT}"
+                ));
+            }
+            Token::Dollar => {
+                return Err(format!("`{src}` is not a valid metric name: `$$` is not allowed; {HINT}"));
+            }
+        }
+    }
+    Ok(())
+}
