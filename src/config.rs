@@ -336,19 +336,30 @@ pub enum ConfigError {
 }
 
 /// Environment variables: `TALLYD_<SECTION>__<FIELD>`, e.g. `TALLYD_STATSD__LISTEN_UDP`.
-fn environment() -> Environment {
+///
+/// Only variables of that shape are read. Others that merely start with `TALLYD_`, such as
+/// the `TALLYD_PORT` and `TALLYD_SERVICE_HOST` Kubernetes injects for a Service named
+/// `tallyd`, are not settings and must not fail start-up.
+fn environment(vars: impl Iterator<Item = (String, String)>) -> Environment {
+    let settings = vars
+        .filter(|(key, _)| {
+            key.strip_prefix("TALLYD_")
+                .is_some_and(|rest| rest.contains("__"))
+        })
+        .collect();
     Environment::with_prefix("TALLYD")
         .prefix_separator("_")
         .separator("__")
         .list_separator(",")
         .with_list_parse_key("observer.buckets")
         .try_parsing(true)
+        .source(Some(settings))
 }
 
 impl Settings {
     /// Loads defaults, the file named by `--config.file`, the environment, then the flags.
     pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
-        Self::load_from(cli, environment())
+        Self::load_from(cli, environment(std::env::vars()))
     }
 
     fn load_from(cli: &Cli, env: Environment) -> Result<Settings, ConfigError> {

@@ -1,11 +1,8 @@
 use super::*;
 
 fn load(cli: &Cli, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-    let vars = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Settings::load_from(cli, environment().source(Some(vars)))
+    let vars = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    Settings::load_from(cli, environment(vars))
 }
 
 fn write(text: &str) -> (tempfile_path::TempPath, Cli) {
@@ -79,6 +76,18 @@ fn flags_beat_environment_beats_file() {
     assert_eq!(s.statsd.listen_tcp, "127.0.0.1:5");
     assert_eq!(s.web.telemetry_path, "/file");
     assert_eq!(s.observer.buckets, [0.1, 1.0, 10.0]);
+}
+
+#[test]
+fn other_tallyd_variables_are_not_settings() {
+    // What Kubernetes injects for a Service named "tallyd".
+    let vars = [
+        ("TALLYD_PORT", "tcp://10.0.0.1:9102"),
+        ("TALLYD_SERVICE_HOST", "10.0.0.1"),
+    ];
+    assert_eq!(load(&Cli::default(), &vars).unwrap(), Settings::default());
+    let typo = load(&Cli::default(), &[("TALLYD_STATSD__LISTEN_UPD", "x")]).unwrap_err();
+    assert!(typo.to_string().contains("listen_upd"), "{typo}");
 }
 
 #[test]

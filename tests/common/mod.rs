@@ -220,6 +220,21 @@ impl Exposition {
         }
     }
 
+    /// The sum of every counter, gauge or untyped sample named `metric`, whatever its labels
+    /// (0 when there is none).
+    pub fn sum(&self, metric: &str) -> f64 {
+        use prometheus_parse::Value;
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric)
+            .map(|s| match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
     /// A summary's quantile.
     pub fn quantile(&self, metric: &str, labels: &[(&str, &str)], q: f64) -> Option<f64> {
         match &self.find(metric, labels)?.value {
