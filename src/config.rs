@@ -65,6 +65,9 @@ pub struct Cli {
     #[arg(long = "no-statsd.parse-signalfx-tags", hide = true)]
     #[doc(hidden)]
     pub no_parse_signalfx_tags: bool,
+    /// After SIGTERM, keep serving the final values this long (e.g. 10s).
+    #[arg(long = "shutdown.grace-period", value_name = "DURATION")]
+    pub shutdown_grace_period: Option<String>,
     /// Check the settings and the mapping file, then exit (0 when valid).
     #[arg(long = "check-config")]
     pub check_config: bool,
@@ -99,6 +102,18 @@ pub struct Settings {
     pub observer: ObserverSettings,
     /// Family actors.
     pub actors: ActorSettings,
+    /// What happens on SIGTERM.
+    pub shutdown: ShutdownSettings,
+}
+
+/// `[shutdown]`: SIGTERM and SIGINT.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// After the last update is applied, keep serving /metrics (with `/-/ready` at 503) this
+    /// long, so a last scrape sees the final values. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
 }
 
 /// `[statsd]`: where StatsD arrives.
@@ -386,7 +401,11 @@ impl Settings {
             (Some(true), false) => Some("true"),
             (None, false) => None,
         };
-        let flags: [(&str, Option<&str>); 13] = [
+        let flags: [(&str, Option<&str>); 14] = [
+            (
+                "shutdown.grace_period",
+                cli.shutdown_grace_period.as_deref(),
+            ),
             ("statsd.listen_udp", cli.listen_udp.as_deref()),
             ("statsd.listen_tcp", cli.listen_tcp.as_deref()),
             ("statsd.listen_unixgram", cli.listen_unixgram.as_deref()),
@@ -493,6 +512,9 @@ impl Settings {
         }
         if self.statsd.set_window < Duration::from_millis(4) {
             return Err(("statsd.set_window", "must be at least 4ms".into()));
+        }
+        if self.shutdown.grace_period > Duration::from_secs(600) {
+            return Err(("shutdown.grace_period", "must be at most 10m".into()));
         }
         let p = self.actors.publish_interval;
         if p.is_zero() || p > Duration::from_secs(10) {

@@ -196,7 +196,7 @@ pub async fn run(
     );
 
     shutdown.await;
-    info!("shutting down: stop reading, apply what was received, publish, stop serving");
+    info!("shutting down: stop reading, apply what was received, publish, serve the grace period, stop");
     http_ctx.ready.store(false, Ordering::Relaxed);
     stop_reading.cancel();
     let drained = tokio::time::timeout(STEP_TIMEOUT, async {
@@ -212,6 +212,14 @@ pub async fn run(
         .drain_children_and_wait(Some(STEP_TIMEOUT))
         .await;
     registry.stop(None);
+    let grace = settings.shutdown.grace_period;
+    if !grace.is_zero() {
+        info!(
+            ?grace,
+            "serving the final values until the grace period ends"
+        );
+        tokio::time::sleep(grace).await;
+    }
     stop_serving.cancel();
     if let Err(e) = http_task.await {
         warn!(error = %e, "HTTP server task failed");

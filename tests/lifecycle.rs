@@ -56,6 +56,29 @@ fn sigterm_exits_zero_promptly_after_applying_what_was_received() {
 }
 
 #[test]
+fn the_grace_period_serves_the_final_values() {
+    let mut t = Tallyd::start(&["--shutdown.grace-period=3s"]);
+    t.send_udp(b"final:1|c");
+    t.wait_value("final", &[], 1.0);
+    for _ in 0..20 {
+        t.send_udp(b"final:1|c");
+    }
+    let pid = nix::unistd::Pid::from_raw(t.pid() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    // During the grace period: not ready, and every datagram sent before the signal is in.
+    let start = std::time::Instant::now();
+    while t.get("/-/ready").0 != 503 {
+        assert!(start.elapsed() < common::DEADLINE, "never became unready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = t.wait_value("final", &[], 21.0);
+    assert_eq!(e.value("tallyd_updates_dropped_total", &[]), Some(0.0));
+    let (status, took) = t.signal_and_wait(Signal::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
 fn sigint_exits_zero() {
     let mut t = Tallyd::start(&[]);
     let (status, _) = t.signal_and_wait(Signal::SIGINT);
