@@ -22,7 +22,11 @@ target/release/tallyd --statsd.listen-udp=127.0.0.1:$udp_port --statsd.listen-tc
   --web.listen-address=127.0.0.1:$http_port --log.level=warn &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
-until curl -sf "127.0.0.1:$http_port/-/ready" >/dev/null; do sleep 0.05; done
+for _ in $(seq 200); do
+  curl -sf "127.0.0.1:$http_port/-/ready" >/dev/null && break
+  kill -0 $pid 2>/dev/null || { echo "tallyd did not start" >&2; exit 1; }
+  sleep 0.05
+done
 
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }   # utime + stime, in clock ticks
 ticks=$(getconf CLK_TCK)

@@ -32,6 +32,12 @@ pub struct Cli {
     /// TCP address to receive StatsD on, one line per "\n" ("" disables TCP).
     #[arg(long = "statsd.listen-tcp", value_name = "ADDR")]
     pub listen_tcp: Option<String>,
+    /// UDP receive buffer size in bytes (SO_RCVBUF; 0 = system default).
+    #[arg(long = "statsd.read-buffer", value_name = "BYTES")]
+    pub read_buffer: Option<String>,
+    /// Tasks reading the UDP socket in parallel (0 = one per CPU; more than one may reorder datagrams).
+    #[arg(long = "statsd.udp-readers", value_name = "N")]
+    pub udp_readers: Option<String>,
     /// Unix datagram socket path to receive StatsD on ("" disables it).
     #[arg(long = "statsd.listen-unixgram", value_name = "PATH")]
     pub listen_unixgram: Option<String>,
@@ -128,6 +134,13 @@ pub struct StatsdSettings {
     pub tcp_max_line_bytes: usize,
     /// Datagrams read before the batch is handed to the family actors (at most).
     pub receive_batch: usize,
+    /// UDP socket receive buffer in bytes (`SO_RCVBUF`); 0 keeps the system default. The
+    /// kernel caps it at `net.core.rmem_max` unless raised. Default 0.
+    pub read_buffer: usize,
+    /// Tasks reading the UDP socket in parallel; 0 means one per CPU. More than one reads
+    /// faster but may apply two datagrams in another order than they arrived, which matters
+    /// for absolute gauges sent in separate datagrams. Default 1.
+    pub udp_readers: usize,
     /// Unix datagram socket path; empty disables it. Default empty.
     pub listen_unixgram: String,
     /// Permissions of the Unix datagram socket, octal. Default `755`.
@@ -166,6 +179,8 @@ impl Default for StatsdSettings {
             listen_tcp: "127.0.0.1:9125".into(),
             tcp_max_line_bytes: 65_536,
             receive_batch: 64,
+            read_buffer: 0,
+            udp_readers: 1,
             listen_unixgram: String::new(),
             unixsocket_mode: "755".into(),
             mapping_config: String::new(),
@@ -401,7 +416,9 @@ impl Settings {
             (Some(true), false) => Some("true"),
             (None, false) => None,
         };
-        let flags: [(&str, Option<&str>); 14] = [
+        let flags: [(&str, Option<&str>); 16] = [
+            ("statsd.read_buffer", cli.read_buffer.as_deref()),
+            ("statsd.udp_readers", cli.udp_readers.as_deref()),
             (
                 "shutdown.grace_period",
                 cli.shutdown_grace_period.as_deref(),

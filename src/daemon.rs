@@ -49,8 +49,7 @@ impl Sockets {
         let udp = match settings.statsd.listen_udp.as_str() {
             "" => None,
             a => Some(
-                UdpSocket::bind(addr("statsd.listen_udp", a)?)
-                    .await
+                bind_udp(addr("statsd.listen_udp", a)?, settings.statsd.read_buffer)
                     .with_context(|| format!("cannot bind StatsD UDP on {a}"))?,
             ),
         };
@@ -96,6 +95,26 @@ impl Sockets {
             show(self.http.local_addr().ok()),
         ]
     }
+}
+
+/// Binds the StatsD UDP socket with the requested receive buffer.
+fn bind_udp(addr: std::net::SocketAddr, read_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if read_buffer > 0 {
+        socket.set_recv_buffer_size(read_buffer)?;
+        let got = socket.recv_buffer_size()?;
+        // Linux doubles the request for its own bookkeeping and caps it at rmem_max.
+        if got < read_buffer {
+            warn!(
+                requested = read_buffer,
+                got, "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+            );
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Binds a Unix datagram socket at `path` with permissions `mode` (octal), replacing a stale
@@ -154,16 +173,23 @@ pub async fn run(
     };
     let mut listeners = JoinSet::new();
     if let Some(udp) = sockets.udp {
-        let socket = DatagramSocket::Udp(udp);
-        listeners.spawn(listener::serve_datagrams(
-            socket,
-            listener_ctx.clone(),
-            stop_reading.clone(),
-        ));
+        telemetry.udp_drops.watch(&udp);
+        let readers = match settings.statsd.udp_readers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let socket = Arc::new(DatagramSocket::Udp(udp));
+        for _ in 0..readers {
+            listeners.spawn(listener::serve_datagrams(
+                socket.clone(),
+                listener_ctx.clone(),
+                stop_reading.clone(),
+            ));
+        }
     }
     let unixgram_path = sockets.unixgram.as_ref().map(|(_, path)| path.clone());
     if let Some((unix, _)) = sockets.unixgram {
-        let socket = DatagramSocket::Unix(unix);
+        let socket = Arc::new(DatagramSocket::Unix(unix));
         listeners.spawn(listener::serve_datagrams(
             socket,
             listener_ctx.clone(),

@@ -8,6 +8,7 @@
 //! - [`config`]: settings: defaults, TOML file, `TALLYD_…` environment, statsd_exporter flags.
 //! - [`statsd::parse`]: the line protocol, zero-copy, one line at a time.
 //! - [`statsd::listener`]: the UDP and TCP sockets, batching receives.
+//! - [`mapping`]: statsd_exporter's YAML mapping file: StatsD names → Prometheus names and labels.
 //! - [`ingest`]: received bytes → per-family batches of [`update::Update`]s (names escaped by
 //!   [`names`], tags turned into labels).
 //! - [`router`]: each batch → its family actor, through a per-listener cache.
@@ -16,7 +17,8 @@
 //! - [`aggregator`]: the latest snapshot of every family, for scrapes.
 //! - [`exposition`]: the Prometheus text format, assembled per scrape.
 //! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`.
-//! - [`telemetry`]: tallyd's own metrics; [`rate`]: update rates.
+//! - [`telemetry`]: tallyd's own metrics; [`rate`]: update rates; [`kernel`]: the kernel's
+//!   UDP drop counts for tallyd's sockets.
 //! - [`daemon`]: binds, starts, and shuts everything down in order.
 //!
 //! ## The actor tree
@@ -35,6 +37,8 @@ pub mod exposition;
 pub mod family;
 pub mod http;
 pub mod ingest;
+pub mod kernel;
+pub mod mapping;
 pub mod names;
 pub mod rate;
 pub mod registry;

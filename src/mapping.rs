@@ -24,6 +24,25 @@
 //!   `buckets` and `quantiles` outside `*_options`). Every error names the file, the line and
 //!   column when known, and the key (`mappings[2].timer_type`).
 //!
+//! ## Where tallyd differs
+//! - A `*` may also sit inside a component (`req_*`, `*_ms`, `a*b*c`) and is captured like a
+//!   whole-component `*`; statsd_exporter rejects such globs (its issue #481).
+//! - A glob that is a prefix of an earlier, longer one (`a.b` after `a.b.c`) matches;
+//!   statsd_exporter's FSM only sets a rule on a state it creates, so it never matches there.
+//! - With `glob_disable_ordering: true` the search always backtracks instead of relying on
+//!   statsd_exporter's `TestIfNeedBacktracking` heuristic.
+//! - Load-time checks statsd_exporter lacks: `$1_total` in a `name` (a group named `1_total`,
+//!   always empty: write `${1}_total`), a duration without a unit (`ttl: 60`, which Go reads as
+//!   nanoseconds), `histogram_options` when no `observer_type` is set anywhere (statsd_exporter
+//!   ignores them and makes a summary), buckets not finite and strictly ascending, quantiles
+//!   outside (0, 1) or listed twice, `scale` 0 or not finite, label names starting with `__`.
+//! - Accepted where statsd_exporter refuses: one-letter label names, `action: drop` without a
+//!   `name`; `match_metric_type: timer` is read as `observer`.
+//! - Regexes use Rust's engine: `\w`, `\d`, `\s` and `\b` are Unicode-aware, where Go's are
+//!   ASCII-only; this matters only for non-ASCII names.
+//! - Glob rules expand `$n` with the same Go rules as regex rules; statsd_exporter's glob
+//!   formatter differs only for oddities such as `$$` or an unclosed `${1`.
+//!
 //! ## Usage
 //! ```
 //! use std::path::Path;
@@ -79,7 +98,11 @@ pub enum MetricClass {
 
 impl MetricClass {
     /// Every class, in [`MetricClass::index`] order.
-    pub const ALL: [MetricClass; 3] = [MetricClass::Counter, MetricClass::Gauge, MetricClass::Observer];
+    pub const ALL: [MetricClass; 3] = [
+        MetricClass::Counter,
+        MetricClass::Gauge,
+        MetricClass::Observer,
+    ];
 
     /// A dense index, 0 to 2.
     pub const fn index(self) -> usize {
@@ -253,15 +276,14 @@ pub struct Mapper {
     id: u64,
     rules: Vec<Rule>,
     globs: GlobSet,
-    /// Indexes into `rules` of the regex rules, in file order.
-    regexes: Vec<usize>,
+    /// The regex rules, in file order, with their index in `rules`.
+    regexes: Vec<(usize, regex::Regex)>,
     defaults: Arc<Settings>,
 }
 
 #[derive(Debug)]
 struct Rule {
     class: Option<MetricClass>,
-    regex: Option<regex::Regex>,
     action: Action,
     settings: Arc<Settings>,
 }
@@ -304,14 +326,14 @@ impl Default for Mapper {
     /// [`Outcome::Unmapped`], summaries use statsd_exporter's default quantiles and series
     /// never expire.
     fn default() -> Self {
-        config::Compiled::default().into_mapper()
+        config::empty()
     }
 }
 
 impl Mapper {
     /// Compiles a mapping file's text; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &Path) -> Result<Mapper, MappingError> {
-        Ok(config::compile(text, origin)?.into_mapper())
+        config::compile(text, origin)
     }
 
     /// Reads and compiles a mapping file.
@@ -341,18 +363,17 @@ impl Mapper {
     /// Maps one StatsD name for a sample of `class`. Allocates the expanded name and labels;
     /// callers on a hot path should go through a [`MapCache`].
     pub fn map(&self, name: &str, class: MetricClass) -> Outcome {
-        if let Some((rule, stars)) = self.globs.find(name, class) {
-            let rule = rule as usize;
-            return self.apply(rule, &Groups::Glob { name, stars });
+        if !self.globs.is_empty() {
+            if let Some((rule, stars)) = self.globs.find(name, class) {
+                return self.apply(rule as usize, &Groups::Glob { name, stars });
+            }
         }
-        for &rule in &self.regexes {
-            let r = &self.rules[rule];
-            if r.class.is_some_and(|only| only != class) {
+        for (rule, regex) in &self.regexes {
+            if self.rules[*rule].class.is_some_and(|only| only != class) {
                 continue;
             }
-            let regex = r.regex.as_ref().expect("regex rules have a regex");
             if let Some(captures) = regex.captures(name) {
-                return self.apply(rule, &Groups::Regex(captures));
+                return self.apply(*rule, &Groups::Regex(captures));
             }
         }
         Outcome::Unmapped

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use crate::kernel::UdpDrops;
 use crate::statsd::parse::RejectReason;
 
 /// Prefix of every tallyd self-metric; user metrics that escape to a name with it are refused.
@@ -65,6 +66,8 @@ pub struct Telemetry {
     pub tcp_connection_errors: IntCounter,
     /// `tallyd_tcp_too_long_lines_total`: TCP connections closed for an over-long line.
     pub tcp_too_long_lines: IntCounter,
+    /// `tallyd_udp_kernel_drops_total`, read from /proc at each scrape.
+    pub udp_drops: UdpDrops,
     /// Names of the families registered here that do not start with [`PREFIX`] (the process
     /// collector's), which user metrics must not take either.
     foreign_names: Vec<String>,
@@ -184,6 +187,13 @@ impl Telemetry {
                 "StatsD TCP connections closed because a line exceeded the length limit.",
             ),
             foreign_names: Vec::new(),
+            udp_drops: {
+                let drops = UdpDrops::new();
+                registry
+                    .register(Box::new(drops.clone()))
+                    .expect("unique static metric");
+                drops
+            },
             registry,
         }
         .with_foreign_names()

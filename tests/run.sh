@@ -14,4 +14,34 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 promtool --version 2>&1 | head -n 1
 
+# Third-party StatsD clients for tests/clients.rs, at the versions pinned in tests/clients/.
+# Each is (re)installed only when missing or when its pin file changed since the last install.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "tests/run.sh: installing python3-venv, nodejs and npm (Debian packages)" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    python3 python3-venv nodejs npm >/dev/null
+fi
+venv=target/test-env/venv
+requirements=tests/clients/requirements.txt
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.installed-requirements.txt"; then
+  echo "tests/run.sh: installing the Python StatsD clients into $venv" >&2
+  python3 -m venv --clear "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+    --requirement "$requirements"
+  cp "$requirements" "$venv/.installed-requirements.txt"
+fi
+"$venv/bin/python" -c 'import importlib.metadata as m; print("statsd", m.version("statsd"), "datadog", m.version("datadog"))'
+lock=tests/clients/package-lock.json
+node_modules=tests/clients/node_modules
+if [ ! -f "$node_modules/hot-shots/package.json" ] || ! cmp -s "$lock" "$node_modules/.installed-package-lock.json"; then
+  echo "tests/run.sh: installing hot-shots into $node_modules" >&2
+  # unix-dgram, hot-shots' optional dependency for Unix sockets, is a native build: not needed.
+  (cd tests/clients && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
+  cp "$lock" "$node_modules/.installed-package-lock.json"
+fi
+echo "node $(node --version), hot-shots $(node -p 'require("./tests/clients/node_modules/hot-shots/package.json").version')"
+
 cargo test --all-targets

@@ -31,6 +31,20 @@ pub enum Observer {
     },
 }
 
+/// The quantile to ask the sketch for so that it answers with the observation of rank
+/// `ceil(q * n)` (1-based), as Prometheus client summaries do, rather than the sketch's own
+/// `floor(q * (n - 1))` (0-based), which for few observations reads low: the 0.99 quantile of
+/// two observations is then the larger one, not the smaller.
+fn sketch_rank(q: f64, n: u64) -> f64 {
+    if n <= 1 {
+        return q;
+    }
+    let n = n as f64;
+    let index = ((q * n).ceil() - 1.0).max(0.0);
+    // Half a rank up, so that the sketch's floor lands on `index` despite rounding.
+    ((index + 0.5) / (n - 1.0)).min(1.0)
+}
+
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The sketch has no Debug; its count and sum say enough.
@@ -106,7 +120,7 @@ impl Observer {
                         // A bin's value may lie just outside what was observed; clamping to
                         // the exact min and max makes one observation read as itself.
                         let value = sketch
-                            .quantile(q.quantile)
+                            .quantile(sketch_rank(q.quantile, *count))
                             .ok()
                             .flatten()
                             .zip(sketch.min().zip(sketch.max()))
@@ -172,6 +186,36 @@ mod tests {
             .collect();
         // .005 | .01 .025 .05 .1 .25 .5 1 2.5 5 | 10; the +Inf bucket is implied by _count.
         assert_eq!(counts, [2, 4, 4, 4, 4, 4, 4, 4, 4, 4, 6]);
+    }
+
+    #[test]
+    fn few_observations_read_like_a_prometheus_summary() {
+        let settings = ObserverSettings::default();
+        let quantiles = |values: &[f64]| {
+            let mut s = Observer::new(&settings);
+            for v in values {
+                s.observe(*v, 1, &[]);
+            }
+            let mut metric = proto::Metric::default();
+            s.fill(&settings, &mut metric);
+            let got: Vec<f64> = metric
+                .get_summary()
+                .get_quantile()
+                .iter()
+                .map(|q| q.value())
+                .collect();
+            got
+        };
+        let two = quantiles(&[300.0, 500.0]);
+        assert!((two[0] - 300.0).abs() <= 3.0, "{two:?}");
+        assert_eq!(two[1..], [500.0, 500.0]);
+        let one_to_ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        let got = quantiles(&one_to_ten);
+        assert_eq!(got[2], 10.0, "p99 of ten is the largest");
+        assert!(
+            (got[0] - 5.0).abs() <= 0.05 && (got[1] - 9.0).abs() <= 0.09,
+            "{got:?}"
+        );
     }
 
     #[test]

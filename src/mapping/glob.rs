@@ -26,7 +26,7 @@ pub(super) struct Glob {
     pub(super) stars: usize,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Component {
     /// Matches exactly this text.
     Exact(Box<str>),
@@ -37,13 +37,13 @@ enum Component {
 }
 
 /// A component with `*` inside it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Partial {
     source: Box<str>,
     shape: Shape,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Shape {
     /// One `*` between a (possibly empty) prefix and suffix: no regex needed.
     One { prefix: Box<str>, suffix: Box<str> },
@@ -65,18 +65,17 @@ impl Partial {
                 }
                 fits
             }
-            Shape::Many(regex) => match regex.captures(text) {
-                Some(found) => {
-                    captures.extend(
-                        found
-                            .iter()
-                            .skip(1)
-                            .map(|m| m.map_or(start..start, |m| start + m.start()..start + m.end())),
-                    );
-                    true
+            Shape::Many(regex) => {
+                match regex.captures(text) {
+                    Some(found) => {
+                        captures.extend(found.iter().skip(1).map(|m| {
+                            m.map_or(start..start, |m| start + m.start()..start + m.end())
+                        }));
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
+            }
         }
     }
 }
@@ -184,6 +183,8 @@ pub(super) struct GlobSet {
     /// In effect `glob_disable_ordering: false`.
     ordered: bool,
     rules: usize,
+    /// Components in the longest glob: a name with more cannot match.
+    max_components: usize,
 }
 
 /// The roots are the first three nodes, one per [`MetricClass`].
@@ -195,6 +196,7 @@ impl GlobSet {
             nodes: (0..ROOTS).map(|_| Node::new(0, u32::MAX)).collect(),
             ordered,
             rules: 0,
+            max_components: 0,
         }
     }
 
@@ -206,32 +208,24 @@ impl GlobSet {
     /// Adds rule number `rule`; rules must be added in file order.
     pub(super) fn insert(&mut self, glob: Glob, rule: u32, class: Option<MetricClass>) {
         self.rules += 1;
-        let mut components: Vec<Option<Component>> =
-            glob.components.into_iter().map(Some).collect();
-        let roots: Vec<NodeId> = match class {
-            Some(class) => vec![class.index()],
-            None => (0..ROOTS).collect(),
+        self.max_components = self.max_components.max(glob.components.len());
+        let roots = match class {
+            Some(class) => class.index()..class.index() + 1,
+            None => 0..ROOTS,
         };
-        let len = components.len();
-        for (r, root) in roots.iter().enumerate() {
-            let last_root = r + 1 == roots.len();
-            let mut node = *root;
-            for i in 0..len {
+        let len = glob.components.len();
+        for root in roots {
+            let mut node = root;
+            for (i, component) in glob.components.iter().enumerate() {
                 let rest = len - i - 1;
-                // The last root may take the components; the others need copies.
-                let component = if last_root {
-                    components[i].take().expect("each component is taken once")
-                } else {
-                    copy(components[i].as_ref().expect("not taken yet"))
-                };
-                node = self.child(node, component, rest, rule);
+                node = self.child(node, component.clone(), rest, rule);
                 let child = &mut self.nodes[node];
                 child.min_rest = child.min_rest.min(rest);
                 child.max_rest = child.max_rest.max(rest);
                 child.first_rule = child.first_rule.min(rule);
             }
-            let end = &mut self.nodes[node];
-            end.rule.get_or_insert(rule);
+            // Rules come in file order, so an earlier rule with the same glob keeps the node.
+            self.nodes[node].rule.get_or_insert(rule);
         }
     }
 
@@ -269,6 +263,10 @@ impl GlobSet {
         let mut start = 0;
         for (i, b) in name.bytes().enumerate() {
             if b == b'.' {
+                // This component and at least one more: too many for any glob?
+                if components.len() + 2 > self.max_components {
+                    return None;
+                }
                 components.push(start..i);
                 start = i + 1;
             }
@@ -283,23 +281,6 @@ impl GlobSet {
         };
         search.visit(class.index(), 0);
         search.best
-    }
-}
-
-fn copy(component: &Component) -> Component {
-    match component {
-        Component::Exact(text) => Component::Exact(text.clone()),
-        Component::Star => Component::Star,
-        Component::Partial(p) => Component::Partial(Partial {
-            source: p.source.clone(),
-            shape: match &p.shape {
-                Shape::One { prefix, suffix } => Shape::One {
-                    prefix: prefix.clone(),
-                    suffix: suffix.clone(),
-                },
-                Shape::Many(regex) => Shape::Many(regex.clone()),
-            },
-        }),
     }
 }
 

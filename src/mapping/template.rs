@@ -162,22 +162,39 @@ pub(super) fn check_name(src: &str) -> Result<(), String> {
                     .chars()
                     .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
                 {
-                    return Err(format!("`{src}` is not a valid metric name: `{c}` is not allowed; {HINT}"));
+                    return Err(format!(
+                        "`{src}` is not a valid metric name: `{c}` is not allowed; {HINT}"
+                    ));
                 }
                 if i == 0 && text.as_bytes()[0].is_ascii_digit() {
-                    return Err(format!("`{src}` is not a valid metric name: it starts with a digit; {HINT}"));
+                    return Err(format!(
+                        "`{src}` is not a valid metric name: it starts with a digit; {HINT}"
+                    ));
                 }
             }
             Token::Number(_) => {}
             // statsd_exporter's check accepts `$01` (which then expands to nothing); so do we.
             Token::Name(name) if name.bytes().all(|b| b.is_ascii_digit()) => {}
             Token::Name(name) => {
-                return Err(format!(
-                    "`{src}` is not a valid metric name: `${name}` is not a numbered reference; {HINT}"
-                ));
+                let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+                // `$1_total` names a group `1_total` (Go's rule), which always expands to
+                // nothing: statsd_exporter loads it and then drops every sample.
+                let why = if digits > 0 {
+                    format!(
+                        "`${name}` refers to a group named `{name}`, not to group {}; write `${{{}}}{}`",
+                        &name[..digits],
+                        &name[..digits],
+                        &name[digits..]
+                    )
+                } else {
+                    format!("`${name}` is not a numbered reference")
+                };
+                return Err(format!("`{src}` is not a valid metric name: {why}; {HINT}"));
             }
             Token::Dollar => {
-                return Err(format!("`{src}` is not a valid metric name: `$$` is not allowed; {HINT}"));
+                return Err(format!(
+                    "`{src}` is not a valid metric name: `$$` is not allowed; {HINT}"
+                ));
             }
         }
     }

@@ -78,11 +78,11 @@ impl DatagramSocket {
     }
 }
 
-/// Reads datagrams until `shutdown`: waits for one, takes every further datagram already
+/// Reads datagrams until `shutdown` (several tasks may read one socket): waits for one, takes every further datagram already
 /// queued (up to `receive_batch`), then sends each touched family one message. At shutdown it
 /// also applies what the socket buffer still holds.
 pub async fn serve_datagrams(
-    socket: DatagramSocket,
+    socket: Arc<DatagramSocket>,
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {

@@ -297,9 +297,10 @@ fn split_name_tags(
     Ok((Cow::Borrowed(name), Tags::None))
 }
 
-/// The legacy multi-sample form puts a `:` in a field other than tags or the container id
-/// (`1|c:2|ms`, `1|c|@0.1:2|ms`). A line with DogStatsD tags is never legacy, as in
-/// statsd_exporter, because tag values may hold `:`.
+/// The legacy multi-sample form puts the `:` that starts the next group in the type field or
+/// in a sample-rate field (`1|c:2|ms`, `1|c|@0.1:2|ms`). DogStatsD extension fields hold `:`
+/// of their own (`|c:<container>`, `|card:low`, `|e:<external env>`) and do not make a line
+/// legacy; nor do tags, as in statsd_exporter, because tag values may hold `:`.
 fn is_legacy(fields: &str) -> bool {
     if fields.contains("|#") || fields.starts_with('#') {
         return false;
@@ -307,7 +308,7 @@ fn is_legacy(fields: &str) -> bool {
     fields
         .split('|')
         .enumerate()
-        .any(|(i, field)| field.contains(':') && (i == 0 || !field.starts_with("c:")))
+        .any(|(i, field)| field.contains(':') && (i == 0 || field.starts_with('@')))
 }
 
 struct Fields<'a> {
@@ -331,7 +332,8 @@ fn parse_fields(fields: &str) -> Result<Fields<'_>, RejectReason> {
         } else if let Some(tags) = field.strip_prefix('#') {
             out.tags = Some(tags);
         }
-        // `c:<container id>`, `T<timestamp>` and unknown fields are ignored, as DogStatsD does.
+        // `c:<container id>`, `T<timestamp>`, `card:`, `e:` and unknown fields are ignored, as
+        // DogStatsD does.
     }
     Ok(out)
 }

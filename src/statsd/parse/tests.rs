@@ -87,6 +87,17 @@ fn sample_rate_and_tags_in_any_order() {
 
 #[test]
 fn dogstatsd_container_and_timestamp_fields_are_ignored() {
+    for line in [
+        "a:1|c|card:low",
+        "a:1|c|e:it-false,cn-app|card:high",
+        "a:1|c|c:abc|@1",
+    ] {
+        assert_eq!(
+            one(line),
+            sample(MetricType::Counter, 1.0, false, 1.0),
+            "{line}"
+        );
+    }
     assert_eq!(
         one("a:1|c|c:abc123|T1656581400|@1"),
         sample(MetricType::Counter, 1.0, false, 1.0)
