@@ -20,6 +20,7 @@ use tallyd::aggregator::{AggregatorActor, AggregatorMsg};
 use tallyd::config::ObserverSettings;
 use tallyd::family::{FamilyContext, FamilySpec, FamilyState};
 use tallyd::ingest::{Batcher, IngestConfig};
+use tallyd::mapping::Mapper;
 use tallyd::registry::RegistryActor;
 use tallyd::router::Router;
 use tallyd::statsd::parse::TagStyles;
@@ -45,6 +46,7 @@ fn ingest_config() -> Arc<IngestConfig> {
     Arc::new(IngestConfig::new(
         TagStyles::ALL,
         ObserverSettings::default(),
+        Mapper::default(),
     ))
 }
 

@@ -83,6 +83,9 @@ pub struct Cli {
     /// Path of the metrics exposition.
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub web_telemetry_path: Option<String>,
+    /// Enable POST /-/reload, which reloads the mapping file.
+    #[arg(long = "web.enable-lifecycle")]
+    pub web_enable_lifecycle: bool,
     /// Enable POST /-/fault?family=NAME, which makes a family actor fail (chaos drills).
     #[arg(long = "web.enable-fault-injection")]
     pub web_enable_fault_injection: bool,
@@ -203,6 +206,8 @@ pub struct WebSettings {
     pub telemetry_path: String,
     /// Serve `POST /-/fault?family=NAME`, which makes that family actor fail. Default off.
     pub enable_fault_injection: bool,
+    /// Serve `POST /-/reload`, which reloads the mapping file. Default off.
+    pub enable_lifecycle: bool,
 }
 
 impl Default for WebSettings {
@@ -211,6 +216,7 @@ impl Default for WebSettings {
             listen_address: ":9102".into(),
             telemetry_path: "/metrics".into(),
             enable_fault_injection: false,
+            enable_lifecycle: false,
         }
     }
 }
@@ -461,6 +467,9 @@ impl Settings {
                 builder = builder.set_override(key, value)?;
                 flags_given.push(key);
             }
+        }
+        if cli.web_enable_lifecycle {
+            builder = builder.set_override("web.enable_lifecycle", true)?;
         }
         if cli.web_enable_fault_injection {
             builder = builder.set_override("web.enable_fault_injection", true)?;

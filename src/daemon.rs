@@ -19,7 +19,9 @@ use crate::config::{self, Settings};
 use crate::family::FamilyContext;
 use crate::http::{self, HttpContext};
 use crate::ingest::IngestConfig;
+use crate::mapping::Mapper;
 use crate::registry::RegistryActor;
+use crate::reload::Reloader;
 use crate::statsd::listener::{self, DatagramSocket, ListenerContext};
 use crate::telemetry::Telemetry;
 
@@ -139,12 +141,19 @@ fn bind_unixgram(path: &Path, mode: &str) -> anyhow::Result<(UnixDatagram, PathB
 }
 
 /// Runs tallyd on bound sockets until `shutdown` completes, then shuts down in order.
+/// `mapper` holds the rules of the mapping file the settings name (loaded by the caller, so a
+/// bad file fails start-up before anything is bound).
 pub async fn run(
     settings: Settings,
+    mapper: Mapper,
     sockets: Sockets,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // SIGHUP reloads the mapping; its handler goes in before anything can send one.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
     let telemetry = Arc::new(Telemetry::new());
+    telemetry.mapping_loaded.set(mapper.len() as i64);
     let (aggregator, aggregator_task) = Actor::spawn(None, AggregatorActor, ())
         .await
         .context("cannot start the aggregator")?;
@@ -169,8 +178,21 @@ pub async fn run(
         ingest: Arc::new(IngestConfig::new(
             settings.statsd.tag_styles(),
             settings.observer.clone(),
+            mapper,
         )),
     };
+    let reloader = Arc::new(Reloader::new(
+        settings.statsd.mapping_config.clone().into(),
+        listener_ctx.ingest.clone(),
+        telemetry.clone(),
+    ));
+    let on_hangup = reloader.clone();
+    let hangup_task = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            // The outcome is counted and logged by the reloader.
+            let _ = on_hangup.reload();
+        }
+    });
     let mut listeners = JoinSet::new();
     if let Some(udp) = sockets.udp {
         telemetry.udp_drops.watch(&udp);
@@ -205,6 +227,7 @@ pub async fn run(
         telemetry: telemetry.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),
         fault_injection: settings.web.enable_fault_injection,
+        reloader: settings.web.enable_lifecycle.then_some(reloader),
         ready: AtomicBool::new(true),
     });
     let http_task = tokio::spawn(http::serve(
@@ -253,6 +276,7 @@ pub async fn run(
     if aggregator.drain_and_wait(Some(STEP_TIMEOUT)).await.is_err() {
         warn!("aggregator did not stop in time");
     }
+    hangup_task.abort();
     if let Some(path) = unixgram_path {
         let _ = std::fs::remove_file(path);
     }

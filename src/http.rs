@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::aggregator::AggregatorMsg;
 use crate::exposition;
 use crate::registry::RegistryMsg;
+use crate::reload::Reloader;
 use crate::telemetry::Telemetry;
 
 /// How long a scrape waits for the aggregator's reply.
@@ -43,6 +44,8 @@ pub struct HttpContext {
     pub telemetry_path: String,
     /// Whether `POST /-/fault` is served.
     pub fault_injection: bool,
+    /// Reloads the mapping file on `POST /-/reload`; `None` unless `--web.enable-lifecycle`.
+    pub reloader: Option<Arc<Reloader>>,
     /// False once shutdown has begun: `/-/ready` then answers 503.
     pub ready: AtomicBool,
 }
@@ -111,6 +114,8 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
         }
         "/" | "/-/healthy" | "/-/ready" => not_allowed("GET, HEAD"),
         "/-/fault" if method == Method::POST => fault(ctx, req.uri().query()).await,
+        "/-/reload" if method == Method::POST || method == Method::PUT => reload(ctx),
+        "/-/reload" => not_allowed("POST, PUT"),
         "/-/fault" if ctx.fault_injection => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
     }
@@ -147,6 +152,33 @@ async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
         builder.body(Full::new(Bytes::from(body)))
     };
     response.unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Bad response.\n"))
+}
+
+fn reload(ctx: &HttpContext) -> Reply {
+    let Some(reloader) = &ctx.reloader else {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Lifecycle APIs are not enabled (--web.enable-lifecycle).\n",
+        );
+    };
+    match reloader.reload() {
+        Ok(rules) => {
+            let body = format!("Mapping reloaded: {rules} rules.\n");
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        }
+        Err(e) => {
+            let mut response = Response::new(Full::new(Bytes::from(format!(
+                "Reload failed, previous mapping kept: {e}\n"
+            ))));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
 }
 
 async fn fault(ctx: &HttpContext, query: Option<&str>) -> Reply {

@@ -1,22 +1,25 @@
-//! From received bytes to per-family batches: splits lines, parses them, escapes each metric
-//! name once (cached by the raw name), turns tags into labels and groups the updates by family,
-//! so that each family actor gets one message per receive batch, never one per line.
+//! From received bytes to per-family batches: splits lines, parses them, routes each name
+//! through the mapping rules (or escapes it when none applies), turns tags into labels and
+//! groups the updates by family, so that each family actor gets one message per receive batch,
+//! never one per line. Routes are cached per batcher by raw name.
 //!
 //! Counting happens here too, locally, and is added to the shared telemetry once per batch.
 
+use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use tracing::debug;
 
-use crate::config::ObserverSettings;
+use crate::config::{ObserverSettings, ObserverType, QuantileSetting};
 use crate::family::{FamilyMeta, DEFAULT_HELP};
+use crate::mapping::{self, MapCache, Mapped, Mapper, MetricClass, ObserverChoice, Outcome};
 use crate::names;
-use crate::statsd::parse::{self, Datum, RejectReason, TagStyles, Tags};
+use crate::statsd::parse::{self, Datum, MetricType, RejectReason, TagStyles, Tags};
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::update::{LabelSet, Op, Update};
 
-/// How many raw names a batcher remembers; past this the cache starts over, which keeps memory
-/// bounded when an application sends endless distinct names.
+/// How many raw names a batcher remembers, per cache; past this a cache starts over, which
+/// keeps memory bounded when an application sends endless distinct names.
 const NAME_CACHE_LIMIT: usize = 100_000;
 
 /// Rejected lines logged per second, per process.
@@ -27,19 +30,24 @@ static REJECT_LOG: LogLimiter = LogLimiter::new(10);
 pub struct IngestConfig {
     /// Tag styles to parse.
     pub styles: TagStyles,
-    /// Help and observer settings of families without a mapping.
+    /// Help and observer settings of unmapped families when there is no mapping file.
     pub default_meta: Arc<FamilyMeta>,
+    /// The mapping rules; a reload swaps them whole, and each batcher picks the new ones up at
+    /// its next receive.
+    pub mapper: ArcSwap<Mapper>,
 }
 
 impl IngestConfig {
-    /// Parses `styles`; families without a mapping get the default help and `observer`.
-    pub fn new(styles: TagStyles, observer: ObserverSettings) -> Self {
+    /// Parses `styles`; maps names with `mapper`; families without a mapping file get the
+    /// default help and `observer`.
+    pub fn new(styles: TagStyles, observer: ObserverSettings, mapper: Mapper) -> Self {
         IngestConfig {
             styles,
             default_meta: Arc::new(FamilyMeta {
                 help: DEFAULT_HELP.into(),
                 observer,
             }),
+            mapper: ArcSwap::from_pointee(mapper),
         }
     }
 }
@@ -53,15 +61,37 @@ pub struct Batch {
     pub updates: Vec<Update>,
 }
 
+/// Where the samples of one name and class go.
+#[derive(Clone, Debug)]
+enum Routing {
+    /// To this family, with the rule that mapped it, if any.
+    To {
+        family: Arc<str>,
+        meta: Arc<FamilyMeta>,
+        mapped: Option<Arc<Mapped>>,
+    },
+    /// Dropped by an `action: drop` rule.
+    Drop,
+    /// Refused.
+    Reject(RejectReason),
+}
+
 /// Accumulates the updates of one receive batch (one or more datagrams, or one TCP read).
 #[derive(Debug)]
 pub struct Batcher {
     telemetry: Arc<Telemetry>,
     config: Arc<IngestConfig>,
-    /// Raw StatsD name → family name, or `None` for a name that escapes to a reserved one.
+    /// The rules in force, refreshed from `config` at each receive.
+    mapper: Arc<Mapper>,
+    map_cache: MapCache,
+    /// Unmapped raw name → family name, or `None` for a name that escapes to a reserved one.
     names: FxHashMap<Box<str>, Option<Arc<str>>>,
+    /// Family settings per mapping rule (by the address of the rule's settings).
+    metas: FxHashMap<usize, Arc<FamilyMeta>>,
     pending: FxHashMap<Arc<str>, Batch>,
     counts: Counts,
+    /// The map cache's hit and miss counts already added to the telemetry.
+    reported_cache: (u64, u64),
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +101,8 @@ struct Counts {
     tag_errors: u64,
     /// DogStatsD events, then service checks.
     events: [u64; 2],
+    unmapped: u64,
+    dropped: u64,
     rejected: [u64; RejectReason::ALL.len()],
 }
 
@@ -88,20 +120,74 @@ impl Counts {
     }
 }
 
+/// The class a mapping rule's `match_metric_type` sees; sets are exposed as gauges.
+fn class_of(metric_type: MetricType) -> MetricClass {
+    match metric_type {
+        MetricType::Counter => MetricClass::Counter,
+        MetricType::Gauge | MetricType::Set => MetricClass::Gauge,
+        MetricType::Timer | MetricType::Histogram | MetricType::Distribution => {
+            MetricClass::Observer
+        }
+    }
+}
+
+/// A family's settings from a mapping rule's (or the mapping defaults').
+fn meta_from(settings: &mapping::Settings) -> FamilyMeta {
+    let observer = match &*settings.observer {
+        ObserverChoice::Summary(summary) => ObserverSettings {
+            observer_type: ObserverType::Summary,
+            quantiles: summary
+                .quantiles
+                .iter()
+                .map(|q| QuantileSetting {
+                    quantile: q.quantile,
+                    error: q.error,
+                })
+                .collect(),
+            ..ObserverSettings::default()
+        },
+        ObserverChoice::Histogram(histogram) => ObserverSettings {
+            observer_type: ObserverType::Histogram,
+            buckets: histogram.buckets.clone(),
+            ..ObserverSettings::default()
+        },
+    };
+    FamilyMeta {
+        help: settings.help.clone().unwrap_or_else(|| DEFAULT_HELP.into()),
+        observer,
+    }
+}
+
+/// True for a label an observer's series carry themselves.
+fn observer_label(name: &str) -> bool {
+    name == "quantile" || name == "le"
+}
+
 impl Batcher {
     /// An empty batcher reporting to `telemetry`.
     pub fn new(telemetry: Arc<Telemetry>, config: Arc<IngestConfig>) -> Self {
         Batcher {
             telemetry,
+            mapper: config.mapper.load_full(),
             config,
+            map_cache: MapCache::new(NAME_CACHE_LIMIT),
             names: FxHashMap::default(),
+            metas: FxHashMap::default(),
             pending: FxHashMap::default(),
             counts: Counts::default(),
+            reported_cache: (0, 0),
         }
     }
 
     /// Adds every line of a datagram (or of a chunk of complete TCP lines).
     pub fn ingest(&mut self, datagram: &[u8]) {
+        let current = self.config.mapper.load();
+        if !Arc::ptr_eq(&current, &self.mapper) {
+            // A reload: rule settings are new objects, so forget the ones seen.
+            self.mapper = current.clone();
+            self.metas.clear();
+        }
+        drop(current);
         for line in parse::lines(datagram) {
             self.ingest_line(line);
         }
@@ -116,41 +202,102 @@ impl Batcher {
             Ok(Datum::ServiceCheck) => return self.counts.events[1] += 1,
             Err(reason) => return self.counts.reject(reason, raw),
         };
-        let Some(family) = self.family_name(&line.name) else {
-            return self.counts.reject(RejectReason::ReservedName, raw);
-        };
-        let mut labels = self.labels(line.tags, line.observes());
-        let meta = &self.config.default_meta;
-        let updates = &mut self
-            .pending
-            .entry(family)
-            .or_insert_with(|| Batch {
-                meta: meta.clone(),
-                updates: Vec::new(),
-            })
-            .updates;
-        let mut samples = line.samples().peekable();
-        while let Some(sample) = samples.next() {
-            match sample {
-                Ok(sample) => {
-                    // Packed values share the line's labels; only the last one takes them.
-                    let labels = if samples.peek().is_some() {
-                        labels.clone()
-                    } else {
-                        std::mem::take(&mut labels)
-                    };
-                    updates.push(Update {
-                        labels,
-                        op: Op::from_sample(&sample),
-                    });
+        let tags = self.tag_pairs(line.tags, line.observes());
+        // Samples of one line share a class, except in the legacy multi-type form: route and
+        // label once per class.
+        let mut routed: Option<(MetricClass, Routing, LabelSet)> = None;
+        for sample in line.samples() {
+            let sample = match sample {
+                Ok(sample) => sample,
+                Err(reason) => {
+                    self.counts.reject(reason, raw);
+                    continue;
+                }
+            };
+            let class = class_of(sample.metric_type);
+            if routed.as_ref().is_none_or(|(c, _, _)| *c != class) {
+                let routing = self.route(&line.name, class);
+                let labels = match &routing {
+                    Routing::To { mapped, .. } => self.labels(&tags, mapped.as_deref(), class),
+                    _ => LabelSet::default(),
+                };
+                routed = Some((class, routing, labels));
+            }
+            let Some((_, routing, labels)) = &routed else {
+                continue;
+            };
+            match routing {
+                Routing::Reject(reason) => self.counts.reject(*reason, raw),
+                Routing::Drop => self.counts.dropped += 1,
+                Routing::To {
+                    family,
+                    meta,
+                    mapped,
+                } => {
+                    let mut op = Op::from_sample(&sample);
+                    if let Some(scale) = mapped.as_ref().and_then(|m| m.settings.scale) {
+                        op = op.scaled(scale);
+                    }
+                    self.pending
+                        .entry(family.clone())
+                        .or_insert_with(|| Batch {
+                            meta: meta.clone(),
+                            updates: Vec::new(),
+                        })
+                        .updates
+                        .push(Update {
+                            labels: labels.clone(),
+                            op,
+                        });
                     self.counts.samples += 1;
                 }
-                Err(reason) => self.counts.reject(reason, raw),
             }
         }
     }
 
-    fn family_name(&mut self, raw: &str) -> Option<Arc<str>> {
+    /// Where samples of `name` and `class` go: the mapping rule's family, or the escaped name.
+    fn route(&mut self, name: &str, class: MetricClass) -> Routing {
+        let outcome = self.map_cache.get_or_map(&self.mapper, name, class);
+        let (family, meta, mapped) = match outcome {
+            Outcome::Drop => return Routing::Drop,
+            Outcome::EmptyName => return Routing::Reject(RejectReason::EmptyName),
+            Outcome::Unmapped => {
+                let Some(family) = self.escaped(name) else {
+                    return Routing::Reject(RejectReason::ReservedName);
+                };
+                let meta = if self.mapper.is_empty() {
+                    self.config.default_meta.clone()
+                } else {
+                    self.counts.unmapped += 1;
+                    let defaults = self.mapper.defaults().clone();
+                    self.meta_for(&defaults)
+                };
+                (family, meta, None)
+            }
+            Outcome::Mapped(mapped) => {
+                if self.telemetry.is_reserved(&mapped.name) {
+                    return Routing::Reject(RejectReason::ReservedName);
+                }
+                let meta = self.meta_for(&mapped.settings);
+                (mapped.name.clone(), meta, Some(mapped))
+            }
+        };
+        Routing::To {
+            family,
+            meta,
+            mapped,
+        }
+    }
+
+    fn meta_for(&mut self, settings: &Arc<mapping::Settings>) -> Arc<FamilyMeta> {
+        self.metas
+            .entry(Arc::as_ptr(settings) as usize)
+            .or_insert_with(|| Arc::new(meta_from(settings)))
+            .clone()
+    }
+
+    /// The family name of an unmapped StatsD name: escaped, cached, `None` when reserved.
+    fn escaped(&mut self, raw: &str) -> Option<Arc<str>> {
         if let Some(found) = self.names.get(raw) {
             return found.clone();
         }
@@ -163,25 +310,44 @@ impl Batcher {
         family
     }
 
-    /// Labels from tags. A tag that cannot be a label is dropped and counted: no value, no
-    /// name, a name Prometheus reserves (`__…`), or on an observer the `quantile` or `le`
+    /// Label pairs from tags. A tag that cannot be a label is dropped and counted: no value,
+    /// no name, a name Prometheus reserves (`__…`), or on an observer the `quantile` or `le`
     /// label its summary or histogram series carry.
-    fn labels(&mut self, tags: Tags<'_>, observer: bool) -> LabelSet {
+    fn tag_pairs(&mut self, tags: Tags<'_>, observer: bool) -> Vec<(Box<str>, Box<str>)> {
         if tags == Tags::None {
-            return LabelSet::default();
+            return Vec::new();
         }
         let mut pairs = Vec::new();
         for tag in tags.iter() {
             let label = tag.ok().map(|(key, value)| (names::escape(key), value));
             match label {
                 Some((key, value))
-                    if !key.starts_with("__")
-                        && !(observer && (key == "quantile" || key == "le")) =>
+                    if !(key.starts_with("__") || observer && observer_label(&key)) =>
                 {
                     pairs.push((key.into(), value.into()));
                 }
                 _ => self.counts.tag_errors += 1,
             }
+        }
+        pairs
+    }
+
+    /// The series' labels: the tags, with the mapping rule's labels merged in.
+    fn labels(
+        &mut self,
+        tags: &[(Box<str>, Box<str>)],
+        mapped: Option<&Mapped>,
+        class: MetricClass,
+    ) -> LabelSet {
+        let Some(mapped) = mapped.filter(|m| !m.labels.is_empty()) else {
+            return LabelSet::from_pairs(tags.to_vec());
+        };
+        let mut pairs = tags.to_vec();
+        mapped.merge_labels(&mut pairs);
+        if class == MetricClass::Observer {
+            let before = pairs.len();
+            pairs.retain(|(name, _)| !observer_label(name));
+            self.counts.tag_errors += (before - pairs.len()) as u64;
         }
         LabelSet::from_pairs(pairs)
     }
@@ -190,11 +356,6 @@ impl Batcher {
     pub fn reject_unparsed(&mut self, reason: RejectReason, raw: &[u8]) {
         self.counts.lines += 1;
         self.counts.reject(reason, raw);
-    }
-
-    /// True when no update is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
     }
 
     /// Takes the batches gathered so far, one per family, and adds the batch's counts to the
@@ -208,11 +369,20 @@ impl Batcher {
 
     fn flush_counts(&mut self) {
         let counts = std::mem::take(&mut self.counts);
+        // The map cache counts since it was made; report what is new.
+        let cache = (self.map_cache.hits(), self.map_cache.misses());
+        let (hits, misses) = self.reported_cache;
+        self.reported_cache = cache;
         let t = &self.telemetry;
+        t.mapping_cache_hits.inc_by(cache.0.saturating_sub(hits));
+        t.mapping_cache_misses
+            .inc_by(cache.1.saturating_sub(misses));
         t.lines.inc_by(counts.lines);
         t.samples.inc_by(counts.samples);
         t.tag_errors.inc_by(counts.tag_errors);
         t.events(counts.events[0], counts.events[1]);
+        t.mapping_unmapped.inc_by(counts.unmapped);
+        t.mapping_dropped.inc_by(counts.dropped);
         for (reason, n) in RejectReason::ALL.iter().zip(counts.rejected) {
             if n > 0 {
                 t.rejected(*reason, n);
@@ -227,7 +397,11 @@ mod tests {
 
     fn batches(input: &[u8]) -> (Vec<(String, Vec<Update>)>, Arc<Telemetry>) {
         let telemetry = Arc::new(Telemetry::new());
-        let config = IngestConfig::new(TagStyles::ALL, ObserverSettings::default());
+        let config = IngestConfig::new(
+            TagStyles::ALL,
+            ObserverSettings::default(),
+            Mapper::default(),
+        );
         let mut b = Batcher::new(telemetry.clone(), Arc::new(config));
         b.ingest(input);
         let mut out: Vec<_> = b.take().map(|(k, v)| (k.to_string(), v.updates)).collect();

@@ -19,6 +19,7 @@
 //! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`.
 //! - [`telemetry`]: tallyd's own metrics; [`rate`]: update rates; [`kernel`]: the kernel's
 //!   UDP drop counts for tallyd's sockets.
+//! - [`reload`]: reloading the mapping file on SIGHUP or `POST /-/reload`.
 //! - [`daemon`]: binds, starts, and shuts everything down in order.
 //!
 //! ## The actor tree
@@ -42,6 +43,7 @@ pub mod mapping;
 pub mod names;
 pub mod rate;
 pub mod registry;
+pub mod reload;
 pub mod router;
 pub mod statsd;
 pub mod telemetry;

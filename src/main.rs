@@ -15,6 +15,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mapper = match tallyd::reload::load(&settings.statsd.mapping_config) {
+        Ok(mapper) => mapper,
+        Err(error) => {
+            eprintln!("tallyd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!(
+            "tallyd: configuration valid; mapping file: {} rules",
+            mapper.len()
+        );
+        return ExitCode::SUCCESS;
+    }
     init_logging(&settings);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -28,7 +42,7 @@ fn main() -> ExitCode {
         // says it is listening is never met by the default action (death by signal).
         let shutdown = shutdown_signal()?;
         let sockets = Sockets::bind(&settings).await?;
-        daemon::run(settings, sockets, shutdown).await
+        daemon::run(settings, mapper, sockets, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,6 +66,17 @@ pub struct Telemetry {
     pub tcp_connection_errors: IntCounter,
     /// `tallyd_tcp_too_long_lines_total`: TCP connections closed for an over-long line.
     pub tcp_too_long_lines: IntCounter,
+    /// `tallyd_mapping_loaded`: rules in the mapping file in force.
+    pub mapping_loaded: IntGauge,
+    /// `tallyd_mapping_cache_hits_total`.
+    pub mapping_cache_hits: IntCounter,
+    /// `tallyd_mapping_cache_misses_total`.
+    pub mapping_cache_misses: IntCounter,
+    /// `tallyd_mapping_unmapped_total`: samples no rule matched (with a mapping file).
+    pub mapping_unmapped: IntCounter,
+    /// `tallyd_mapping_dropped_total`: samples dropped by an `action: drop` rule.
+    pub mapping_dropped: IntCounter,
+    reloads: IntCounterVec,
     /// `tallyd_udp_kernel_drops_total`, read from /proc at each scrape.
     pub udp_drops: UdpDrops,
     /// Names of the families registered here that do not start with [`PREFIX`] (the process
@@ -187,6 +198,49 @@ impl Telemetry {
                 "StatsD TCP connections closed because a line exceeded the length limit.",
             ),
             foreign_names: Vec::new(),
+            mapping_loaded: {
+                let g = IntGauge::new(
+                    "tallyd_mapping_loaded",
+                    "Rules in the mapping file in force.",
+                )
+                .expect("valid static metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique static metric");
+                g
+            },
+            mapping_cache_hits: counter(
+                &registry,
+                "tallyd_mapping_cache_hits_total",
+                "Mapping look-ups answered from the listeners' caches.",
+            ),
+            mapping_cache_misses: counter(
+                &registry,
+                "tallyd_mapping_cache_misses_total",
+                "Mapping look-ups that ran the rules.",
+            ),
+            mapping_unmapped: counter(
+                &registry,
+                "tallyd_mapping_unmapped_total",
+                "Samples whose name no mapping rule matched (only counted with a mapping file).",
+            ),
+            mapping_dropped: counter(
+                &registry,
+                "tallyd_mapping_dropped_total",
+                "Samples dropped by a mapping rule with action: drop.",
+            ),
+            reloads: {
+                let reloads = counter_vec(
+                    &registry,
+                    "tallyd_config_reloads_total",
+                    "Mapping file reloads, by outcome.",
+                    &["outcome"],
+                );
+                for outcome in ["success", "failure"] {
+                    reloads.with_label_values(&[outcome]);
+                }
+                reloads
+            },
             udp_drops: {
                 let drops = UdpDrops::new();
                 registry
@@ -225,6 +279,12 @@ impl Telemetry {
                 .with_label_values(&["service_check"])
                 .inc_by(service_checks);
         }
+    }
+
+    /// Counts a mapping file reload.
+    pub fn reload(&self, success: bool) {
+        let outcome = if success { "success" } else { "failure" };
+        self.reloads.with_label_values(&[outcome]).inc();
     }
 
     /// Counts rejected lines for one reason.

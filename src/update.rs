@@ -106,6 +106,21 @@ impl Op {
         }
     }
 
+    /// The operation with its value multiplied by `factor` (a mapping rule's `scale`); a set
+    /// member is not a quantity and stays as it is.
+    pub fn scaled(self, factor: f64) -> Op {
+        match self {
+            Op::Add(v) => Op::Add(v * factor),
+            Op::Set(v) => Op::Set(v * factor),
+            Op::Shift(v) => Op::Shift(v * factor),
+            Op::Observe { value, count } => Op::Observe {
+                value: value * factor,
+                count,
+            },
+            Op::Insert(hash) => Op::Insert(hash),
+        }
+    }
+
     /// The family type this update needs.
     pub const fn kind(&self) -> Kind {
         match self {

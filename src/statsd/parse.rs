@@ -68,11 +68,13 @@ pub enum RejectReason {
     ReservedName,
     /// A TCP line longer than the configured limit.
     LineTooLong,
+    /// A mapping rule turned the name into an empty one.
+    EmptyName,
 }
 
 impl RejectReason {
     /// Every reason, in the order they are exported.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::InvalidUtf8,
         RejectReason::MalformedLine,
         RejectReason::BadValue,
@@ -82,6 +84,7 @@ impl RejectReason {
         RejectReason::NegativeCounter,
         RejectReason::ReservedName,
         RejectReason::LineTooLong,
+        RejectReason::EmptyName,
     ];
 
     /// The `reason` label value.
@@ -96,6 +99,7 @@ impl RejectReason {
             RejectReason::NegativeCounter => "negative_counter",
             RejectReason::ReservedName => "reserved_name",
             RejectReason::LineTooLong => "line_too_long",
+            RejectReason::EmptyName => "empty_name",
         }
     }
 

@@ -1,0 +1,64 @@
+//! Reloading the mapping file, on SIGHUP or `POST /-/reload` (with `--web.enable-lifecycle`):
+//! the file is read and checked whole; only a valid one replaces the rules in force, which the
+//! listeners pick up at their next receive. Every attempt is counted by outcome and logged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::{error, info};
+
+use crate::ingest::IngestConfig;
+use crate::mapping::{Mapper, MappingError};
+use crate::telemetry::Telemetry;
+
+/// Loads the mapping file named by the settings, or no rules when none is named.
+pub fn load(path: &str) -> Result<Mapper, MappingError> {
+    if path.is_empty() {
+        Ok(Mapper::default())
+    } else {
+        Mapper::load(path.as_ref())
+    }
+}
+
+/// What a reload needs.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    ingest: Arc<IngestConfig>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Reloader {
+    /// Reloads `path` into `ingest` when asked.
+    pub fn new(path: PathBuf, ingest: Arc<IngestConfig>, telemetry: Arc<Telemetry>) -> Self {
+        Reloader {
+            path,
+            ingest,
+            telemetry,
+        }
+    }
+
+    /// Loads the file again; on success the new rules replace the old and the number of rules
+    /// is returned, on failure the old rules stay in force and the error is returned.
+    pub fn reload(&self) -> Result<usize, MappingError> {
+        if self.path.as_os_str().is_empty() {
+            // No mapping file: nothing to reload, and nothing wrong.
+            self.telemetry.reload(true);
+            return Ok(0);
+        }
+        match Mapper::load(&self.path) {
+            Ok(mapper) => {
+                let rules = mapper.len();
+                self.ingest.mapper.store(Arc::new(mapper));
+                self.telemetry.mapping_loaded.set(rules as i64);
+                self.telemetry.reload(true);
+                info!(path = %self.path.display(), rules, "mapping file reloaded");
+                Ok(rules)
+            }
+            Err(e) => {
+                self.telemetry.reload(false);
+                error!(error = %e, "mapping file reload failed; the previous rules stay in force");
+                Err(e)
+            }
+        }
+    }
+}

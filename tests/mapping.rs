@@ -1,0 +1,200 @@
+//! statsd_exporter's mapping file through the real binary: names, labels, help, per-rule
+//! observers, drop, match_metric_type, honor_labels, scale; `--check-config`; reloads by SIGHUP
+//! and `POST /-/reload`, where a bad file keeps the old rules.
+
+mod common;
+
+use common::{promtool_check, Tallyd, DEADLINE};
+use nix::sys::signal::Signal;
+use std::process::Command;
+
+const VALID: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mapping/valid.yml");
+const INVALID: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/mapping/invalid.yml"
+);
+
+fn mapping_flag(path: &str) -> String {
+    format!("--statsd.mapping-config={path}")
+}
+
+#[test]
+fn names_labels_help_and_observers_come_from_the_rules() {
+    let t = Tallyd::start(&[&mapping_flag(VALID)]);
+    t.send_udp(
+        b"web.checkout.cart.get.latency:120|ms\n\
+          web.checkout.cart.get.status_200:1|c\n\
+          web.checkout.cart.get.status_200:2|c\n\
+          jobs.email.done:3|c\n\
+          jobs.email.duration:2|h\n\
+          db.users.query_time:50|h\n\
+          queue.orders.depth:7|g|#env:staging\n\
+          app.debug.noise:1|c\n\
+          legacy.shop.visits:4|c\n\
+          unmatched.name:1|c",
+    );
+    let e = t.wait_value("tallyd_metric_families", &[], 8.0);
+    let web = [
+        ("endpoint", "cart"),
+        ("method", "get"),
+        ("service", "checkout"),
+    ];
+    assert_eq!(
+        e.type_of("http_request_duration_seconds"),
+        Some("histogram"),
+        "defaults: histogram"
+    );
+    assert_eq!(
+        e.value("http_request_duration_seconds_sum", &web),
+        Some(0.12)
+    );
+    assert_eq!(
+        e.bucket("http_request_duration_seconds", &web, 0.5),
+        Some(1.0)
+    );
+    assert!(e.text.contains("# HELP http_request_duration_seconds HTTP request latency by service, endpoint and method."));
+    let status = [
+        ("code", "200"),
+        ("endpoint", "cart"),
+        ("method", "get"),
+        ("service", "checkout"),
+    ];
+    assert_eq!(e.value("http_responses_total", &status), Some(3.0));
+    assert_eq!(e.value("jobs_done_total", &[("kind", "email")]), Some(3.0));
+    assert!(e.text.contains("# HELP jobs_done_total Jobs finished"));
+    assert_eq!(
+        e.type_of("job_duration_seconds"),
+        Some("summary"),
+        "a rule's own observer_type"
+    );
+    assert_eq!(
+        e.quantile("job_duration_seconds", &[("kind", "email")], 0.9),
+        Some(2.0)
+    );
+    // scale 0.001 on an unscaled histogram value: 50 -> 0.05, into the rule's own buckets.
+    assert_eq!(
+        e.value("db_query_seconds_sum", &[("database", "users")]),
+        Some(0.05)
+    );
+    assert_eq!(
+        e.bucket("db_query_seconds", &[("database", "users")], 0.1),
+        Some(1.0)
+    );
+    // honor_labels: the tag wins over the rule's env label.
+    assert_eq!(
+        e.value("queue_depth", &[("env", "staging"), ("queue", "orders")]),
+        Some(7.0)
+    );
+    assert_eq!(
+        e.value(
+            "legacy_visits",
+            &[("app", "shop"), ("original", "legacy.shop.visits")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(e.value("unmatched_name", &[]), Some(1.0));
+    assert!(!e.text.contains("noise"), "dropped by action: drop");
+    assert_eq!(e.value("tallyd_mapping_loaded", &[]), Some(8.0));
+    assert_eq!(e.value("tallyd_mapping_dropped_total", &[]), Some(1.0));
+    assert_eq!(e.value("tallyd_mapping_unmapped_total", &[]), Some(1.0));
+    assert_eq!(e.value("tallyd_mapping_cache_misses_total", &[]), Some(9.0));
+    assert_eq!(e.value("tallyd_mapping_cache_hits_total", &[]), Some(1.0));
+    promtool_check(&e.text);
+}
+
+#[test]
+fn match_metric_type_limits_a_rule() {
+    let t = Tallyd::start(&[&mapping_flag(VALID)]);
+    // "web.*.*.*.status_*" only maps counters: a gauge of that name is left unmapped.
+    t.send_udp(b"web.a.b.c.status_500:3|g");
+    let e = t.wait_value("web_a_b_c_status_500", &[], 3.0);
+    assert_eq!(e.value("tallyd_mapping_unmapped_total", &[]), Some(1.0));
+}
+
+#[test]
+fn check_config_validates_and_exits() {
+    let ok = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(["--check-config", &mapping_flag(VALID)])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("8 rules"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(["--check-config", &mapping_flag(INVALID)])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        msg.contains("invalid.yml:12") && msg.contains("mappings[1].timer_type"),
+        "{msg}"
+    );
+}
+
+fn write(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn sighup_and_post_reload_swap_the_rules_and_a_bad_file_keeps_the_old_ones() {
+    let dir = std::env::temp_dir().join(format!("tallyd-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mapping.yml");
+    write(
+        &file,
+        "mappings:\n  - match: \"a.*\"\n    name: \"first_$1\"\n",
+    );
+    let t = Tallyd::start(&[
+        &mapping_flag(file.to_str().unwrap()),
+        "--web.enable-lifecycle",
+    ]);
+    t.send_udp(b"a.x:1|c");
+    t.wait_value("first_x", &[], 1.0);
+
+    // SIGHUP with a new file.
+    write(&file, "mappings:\n  - match: \"a.*\"\n    name: \"second_$1\"\n  - match: \"b.*\"\n    name: \"bee\"\n");
+    let pid = nix::unistd::Pid::from_raw(t.pid() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    t.wait_value(
+        "tallyd_config_reloads_total",
+        &[("outcome", "success")],
+        1.0,
+    );
+    t.send_udp(b"a.x:2|c");
+    let e = t.wait_value("second_x", &[], 2.0);
+    assert_eq!(e.value("tallyd_mapping_loaded", &[]), Some(2.0));
+
+    // A broken file: refused, counted, the rules in force stay.
+    write(&file, "mappings:\n  - match: \"a.*\"\n    nmae: \"oops\"\n");
+    assert_eq!(t.post("/-/reload"), 500);
+    let start = std::time::Instant::now();
+    t.send_udp(b"a.x:3|c");
+    let e = t.wait_value("second_x", &[], 5.0);
+    assert!(start.elapsed() < DEADLINE);
+    assert_eq!(
+        e.value("tallyd_config_reloads_total", &[("outcome", "failure")]),
+        Some(1.0)
+    );
+    assert_eq!(e.value("tallyd_mapping_loaded", &[]), Some(2.0));
+    assert!(t
+        .logs()
+        .iter()
+        .any(|l| l.contains("reload failed") && l.contains("nmae")));
+
+    // Fixed again, through the HTTP API.
+    write(
+        &file,
+        "mappings:\n  - match: \"a.*\"\n    name: \"third_$1\"\n",
+    );
+    assert_eq!(t.post("/-/reload"), 200);
+    t.send_udp(b"a.x:4|c");
+    t.wait_value("third_x", &[], 4.0);
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reload_over_http_needs_the_lifecycle_flag() {
+    let t = Tallyd::start(&[]);
+    assert_eq!(t.post("/-/reload"), 403);
+}
