@@ -19,6 +19,8 @@ pub struct Tallyd {
     pub tcp: SocketAddr,
     pub http: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The last exposition scraped, checked with promtool when the test ends.
+    last_scrape: Mutex<Option<String>>,
 }
 
 fn field(line: &str, key: &str) -> Option<SocketAddr> {
@@ -78,6 +80,7 @@ impl Tallyd {
             http: field(&line, "http").expect("http address in start line"),
             child,
             logs,
+            last_scrape: Mutex::new(None),
         }
     }
 
@@ -124,6 +127,7 @@ impl Tallyd {
     pub fn scrape_text(&self) -> String {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "{body}");
+        *self.last_scrape.lock().unwrap() = Some(body.clone());
         body
     }
 
@@ -186,9 +190,17 @@ impl Tallyd {
 }
 
 impl Drop for Tallyd {
+    /// Kills tallyd; then, unless the test already failed, checks the last exposition it
+    /// scraped with promtool, so that every test's exposition is checked.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(text) = self.last_scrape.lock().unwrap().take() {
+            promtool_check(&text);
+        }
     }
 }
 
