@@ -17,13 +17,13 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tallyd::aggregator::{AggregatorActor, AggregatorMsg};
-use tallyd::config::ObserverSettings;
+use tallyd::config::Settings;
 use tallyd::family::{FamilyContext, FamilySpec, FamilyState};
 use tallyd::ingest::{Batcher, IngestConfig};
+use tallyd::limits::SeriesBudget;
 use tallyd::mapping::Mapper;
 use tallyd::registry::RegistryActor;
 use tallyd::router::Router;
-use tallyd::statsd::parse::TagStyles;
 use tallyd::telemetry::Telemetry;
 
 const DATAGRAMS: usize = 256;
@@ -39,15 +39,12 @@ fn context(rt: &tokio::runtime::Runtime, telemetry: Arc<Telemetry>) -> Arc<Famil
         telemetry,
         publish_interval: Duration::from_millis(1),
         set_window: Duration::from_secs(60),
+        budget: Arc::new(SeriesBudget::new(usize::MAX, usize::MAX)),
     })
 }
 
 fn ingest_config() -> Arc<IngestConfig> {
-    Arc::new(IngestConfig::new(
-        TagStyles::ALL,
-        ObserverSettings::default(),
-        Mapper::default(),
-    ))
+    Arc::new(IngestConfig::new(&Settings::default(), Mapper::default()))
 }
 
 fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {

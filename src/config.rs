@@ -71,6 +71,15 @@ pub struct Cli {
     #[arg(long = "no-statsd.parse-signalfx-tags", hide = true)]
     #[doc(hidden)]
     pub no_parse_signalfx_tags: bool,
+    /// Series idle this long leave /metrics (0s = never), unless a mapping sets a ttl.
+    #[arg(long = "statsd.default-ttl", value_name = "DURATION")]
+    pub default_ttl: Option<String>,
+    /// Most series in all families together; new series past it are refused and counted.
+    #[arg(long = "limits.max-series", value_name = "N")]
+    pub max_series: Option<String>,
+    /// Most series in one family.
+    #[arg(long = "limits.max-series-per-family", value_name = "N")]
+    pub max_series_per_family: Option<String>,
     /// After SIGTERM, keep serving the final values this long (e.g. 10s).
     #[arg(long = "shutdown.grace-period", value_name = "DURATION")]
     pub shutdown_grace_period: Option<String>,
@@ -113,6 +122,40 @@ pub struct Settings {
     pub actors: ActorSettings,
     /// What happens on SIGTERM.
     pub shutdown: ShutdownSettings,
+    /// Bounds on what applications can make tallyd hold.
+    pub limits: LimitSettings,
+}
+
+/// `[limits]`: every bound has a counted outcome on /metrics when it is hit.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Series in all families together; past it new series are refused
+    /// (`tallyd_series_refused_total{limit="max_series"}`), existing ones keep updating.
+    /// Default 1,000,000.
+    pub max_series: usize,
+    /// Series in one family (`limit="max_series_per_family"`). Default 100,000.
+    pub max_series_per_family: usize,
+    /// Tags on one line; a line with more is rejected (`too_many_tags`). Default 64.
+    pub max_tags_per_line: usize,
+    /// Bytes in a label name or value; a longer one rejects its line (`label_too_long`).
+    /// Default 1024.
+    pub max_label_bytes: usize,
+    /// Bytes in a UDP or Unix datagram; a longer one is rejected whole and counted once
+    /// (`datagram_too_large`). At most 65,535. Default 65,535.
+    pub max_datagram_bytes: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_series: 1_000_000,
+            max_series_per_family: 100_000,
+            max_tags_per_line: 64,
+            max_label_bytes: 1024,
+            max_datagram_bytes: 65_535,
+        }
+    }
 }
 
 /// `[shutdown]`: SIGTERM and SIGINT.
@@ -158,6 +201,10 @@ pub struct StatsdSettings {
     pub parse_librato_tags: bool,
     /// Parse SignalFX tags `name[k=v]`. Default true.
     pub parse_signalfx_tags: bool,
+    /// Series idle this long disappear from /metrics, unless their mapping rule (or the
+    /// mapping file's defaults) sets a `ttl`; `0s` keeps them forever. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
     /// Window over which a set (`s`) counts distinct members. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub set_window: Duration,
@@ -191,6 +238,7 @@ impl Default for StatsdSettings {
             parse_influxdb_tags: true,
             parse_librato_tags: true,
             parse_signalfx_tags: true,
+            default_ttl: Duration::ZERO,
             set_window: Duration::from_secs(60),
         }
     }
@@ -422,7 +470,13 @@ impl Settings {
             (Some(true), false) => Some("true"),
             (None, false) => None,
         };
-        let flags: [(&str, Option<&str>); 16] = [
+        let flags: [(&str, Option<&str>); 19] = [
+            ("statsd.default_ttl", cli.default_ttl.as_deref()),
+            ("limits.max_series", cli.max_series.as_deref()),
+            (
+                "limits.max_series_per_family",
+                cli.max_series_per_family.as_deref(),
+            ),
             ("statsd.read_buffer", cli.read_buffer.as_deref()),
             ("statsd.udp_readers", cli.udp_readers.as_deref()),
             (
@@ -538,6 +592,23 @@ impl Settings {
         }
         if self.statsd.set_window < Duration::from_millis(4) {
             return Err(("statsd.set_window", "must be at least 4ms".into()));
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_series", l.max_series),
+            ("limits.max_series_per_family", l.max_series_per_family),
+            ("limits.max_tags_per_line", l.max_tags_per_line),
+            ("limits.max_label_bytes", l.max_label_bytes),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if !(64..=65_535).contains(&l.max_datagram_bytes) {
+            return Err((
+                "limits.max_datagram_bytes",
+                "must be between 64 and 65535".into(),
+            ));
         }
         if self.shutdown.grace_period > Duration::from_secs(600) {
             return Err(("shutdown.grace_period", "must be at most 10m".into()));

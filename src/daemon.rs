@@ -19,6 +19,7 @@ use crate::config::{self, Settings};
 use crate::family::FamilyContext;
 use crate::http::{self, HttpContext};
 use crate::ingest::IngestConfig;
+use crate::limits::SeriesBudget;
 use crate::mapping::Mapper;
 use crate::registry::RegistryActor;
 use crate::reload::Reloader;
@@ -162,6 +163,10 @@ pub async fn run(
         telemetry: telemetry.clone(),
         publish_interval: settings.actors.publish_interval,
         set_window: settings.statsd.set_window,
+        budget: Arc::new(SeriesBudget::new(
+            settings.limits.max_series,
+            settings.limits.max_series_per_family,
+        )),
     });
     let (registry, registry_task) = Actor::spawn(None, RegistryActor, family_ctx)
         .await
@@ -175,11 +180,8 @@ pub async fn run(
         telemetry: telemetry.clone(),
         receive_batch: settings.statsd.receive_batch,
         tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
-        ingest: Arc::new(IngestConfig::new(
-            settings.statsd.tag_styles(),
-            settings.observer.clone(),
-            mapper,
-        )),
+        max_datagram_bytes: settings.limits.max_datagram_bytes,
+        ingest: Arc::new(IngestConfig::new(&settings, mapper)),
     };
     let reloader = Arc::new(Reloader::new(
         settings.statsd.mapping_config.clone().into(),

@@ -8,15 +8,16 @@
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::debug;
 
-use crate::config::{ObserverSettings, ObserverType, QuantileSetting};
+use crate::config::{ObserverSettings, ObserverType, QuantileSetting, Settings};
 use crate::family::{FamilyMeta, DEFAULT_HELP};
 use crate::mapping::{self, MapCache, Mapped, Mapper, MetricClass, ObserverChoice, Outcome};
 use crate::names;
 use crate::statsd::parse::{self, Datum, MetricType, RejectReason, TagStyles, Tags};
 use crate::telemetry::{LogLimiter, Telemetry};
-use crate::update::{LabelSet, Op, Update};
+use crate::update::{LabelPairs, LabelSet, Op, Update};
 
 /// How many raw names a batcher remembers, per cache; past this a cache starts over, which
 /// keeps memory bounded when an application sends endless distinct names.
@@ -30,23 +31,33 @@ static REJECT_LOG: LogLimiter = LogLimiter::new(10);
 pub struct IngestConfig {
     /// Tag styles to parse.
     pub styles: TagStyles,
-    /// Help and observer settings of unmapped families when there is no mapping file.
+    /// Help, observer settings and TTL of unmapped families when there is no mapping file.
     pub default_meta: Arc<FamilyMeta>,
+    /// The TTL of series whose mapping sets none; `None`: forever.
+    pub default_ttl: Option<Duration>,
+    /// Most tags on one line.
+    pub max_tags: usize,
+    /// Most bytes in a label name or value.
+    pub max_label_bytes: usize,
     /// The mapping rules; a reload swaps them whole, and each batcher picks the new ones up at
     /// its next receive.
     pub mapper: ArcSwap<Mapper>,
 }
 
 impl IngestConfig {
-    /// Parses `styles`; maps names with `mapper`; families without a mapping file get the
-    /// default help and `observer`.
-    pub fn new(styles: TagStyles, observer: ObserverSettings, mapper: Mapper) -> Self {
+    /// Lines parsed and limited as `settings` say, names mapped with `mapper`.
+    pub fn new(settings: &Settings, mapper: Mapper) -> Self {
+        let default_ttl = Some(settings.statsd.default_ttl).filter(|ttl| !ttl.is_zero());
         IngestConfig {
-            styles,
+            styles: settings.statsd.tag_styles(),
             default_meta: Arc::new(FamilyMeta {
                 help: DEFAULT_HELP.into(),
-                observer,
+                observer: settings.observer.clone(),
+                ttl: default_ttl,
             }),
+            default_ttl,
+            max_tags: settings.limits.max_tags_per_line,
+            max_label_bytes: settings.limits.max_label_bytes,
             mapper: ArcSwap::from_pointee(mapper),
         }
     }
@@ -131,8 +142,9 @@ fn class_of(metric_type: MetricType) -> MetricClass {
     }
 }
 
-/// A family's settings from a mapping rule's (or the mapping defaults').
-fn meta_from(settings: &mapping::Settings) -> FamilyMeta {
+/// A family's settings from a mapping rule's (or the mapping defaults'); `default_ttl` where
+/// the mapping sets no TTL.
+fn meta_from(settings: &mapping::Settings, default_ttl: Option<Duration>) -> FamilyMeta {
     let observer = match &*settings.observer {
         ObserverChoice::Summary(summary) => ObserverSettings {
             observer_type: ObserverType::Summary,
@@ -155,6 +167,7 @@ fn meta_from(settings: &mapping::Settings) -> FamilyMeta {
     FamilyMeta {
         help: settings.help.clone().unwrap_or_else(|| DEFAULT_HELP.into()),
         observer,
+        ttl: settings.ttl.filter(|ttl| !ttl.is_zero()).or(default_ttl),
     }
 }
 
@@ -202,7 +215,10 @@ impl Batcher {
             Ok(Datum::ServiceCheck) => return self.counts.events[1] += 1,
             Err(reason) => return self.counts.reject(reason, raw),
         };
-        let tags = self.tag_pairs(line.tags, line.observes());
+        let tags = match self.tag_pairs(line.tags, line.observes()) {
+            Ok(tags) => tags,
+            Err(reason) => return self.counts.reject(reason, raw),
+        };
         // Samples of one line share a class, except in the legacy multi-type form: route and
         // label once per class.
         let mut routed: Option<(MetricClass, Routing, LabelSet)> = None;
@@ -292,7 +308,7 @@ impl Batcher {
     fn meta_for(&mut self, settings: &Arc<mapping::Settings>) -> Arc<FamilyMeta> {
         self.metas
             .entry(Arc::as_ptr(settings) as usize)
-            .or_insert_with(|| Arc::new(meta_from(settings)))
+            .or_insert_with(|| Arc::new(meta_from(settings, self.config.default_ttl)))
             .clone()
     }
 
@@ -312,13 +328,22 @@ impl Batcher {
 
     /// Label pairs from tags. A tag that cannot be a label is dropped and counted: no value,
     /// no name, a name Prometheus reserves (`__…`), or on an observer the `quantile` or `le`
-    /// label its summary or histogram series carry.
-    fn tag_pairs(&mut self, tags: Tags<'_>, observer: bool) -> Vec<(Box<str>, Box<str>)> {
+    /// label its summary or histogram series carry. Too many tags, or one too long, reject
+    /// the line.
+    fn tag_pairs(&mut self, tags: Tags<'_>, observer: bool) -> Result<LabelPairs, RejectReason> {
         if tags == Tags::None {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut pairs = Vec::new();
-        for tag in tags.iter() {
+        for (i, tag) in tags.iter().enumerate() {
+            if i >= self.config.max_tags {
+                return Err(RejectReason::TooManyTags);
+            }
+            if let Ok((key, value)) = tag {
+                if key.len().max(value.len()) > self.config.max_label_bytes {
+                    return Err(RejectReason::LabelTooLong);
+                }
+            }
             let label = tag.ok().map(|(key, value)| (names::escape(key), value));
             match label {
                 Some((key, value))
@@ -329,7 +354,7 @@ impl Batcher {
                 _ => self.counts.tag_errors += 1,
             }
         }
-        pairs
+        Ok(pairs)
     }
 
     /// The series' labels: the tags, with the mapping rule's labels merged in.
@@ -350,6 +375,11 @@ impl Batcher {
             self.counts.tag_errors += (before - pairs.len()) as u64;
         }
         LabelSet::from_pairs(pairs)
+    }
+
+    /// Counts a datagram the listener refused whole (over `limits.max_datagram_bytes`).
+    pub fn reject_datagram(&mut self, raw: &[u8]) {
+        self.counts.reject(RejectReason::DatagramTooLarge, raw);
     }
 
     /// Counts a line the listener refused before parsing (e.g. over-long on TCP).
@@ -397,11 +427,7 @@ mod tests {
 
     fn batches(input: &[u8]) -> (Vec<(String, Vec<Update>)>, Arc<Telemetry>) {
         let telemetry = Arc::new(Telemetry::new());
-        let config = IngestConfig::new(
-            TagStyles::ALL,
-            ObserverSettings::default(),
-            Mapper::default(),
-        );
+        let config = IngestConfig::new(&Settings::default(), Mapper::default());
         let mut b = Batcher::new(telemetry.clone(), Arc::new(config));
         b.ingest(input);
         let mut out: Vec<_> = b.take().map(|(k, v)| (k.to_string(), v.updates)).collect();

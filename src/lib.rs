@@ -14,6 +14,7 @@
 //! - [`router`]: each batch → its family actor, through a per-listener cache.
 //! - [`registry`]: spawns, finds and supervises the family actors.
 //! - [`family`]: one actor per family: type, series, values, observations, update rate.
+//! - [`limits`]: the series budget shared by the family actors.
 //! - [`aggregator`]: the latest snapshot of every family, for scrapes.
 //! - [`exposition`]: the Prometheus text format, assembled per scrape.
 //! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`.
@@ -39,6 +40,7 @@ pub mod family;
 pub mod http;
 pub mod ingest;
 pub mod kernel;
+pub mod limits;
 pub mod mapping;
 pub mod names;
 pub mod rate;

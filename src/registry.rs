@@ -5,6 +5,12 @@
 //! It also keeps every metric name each family's exposition uses (`x`, and `x_sum`, `x_count`,
 //! `x_bucket` for observers), so that a new family whose names would collide with another's,
 //! such as a counter `x_count` beside a summary `x`, is refused before it exists.
+//!
+//! A family whose series have all expired asks to retire. The registry forgets its actor, so
+//! that no new look-up finds it, and drains it: what is already in its mailbox is applied,
+//! anything sent later fails and is looked up again. Look-ups of the name meanwhile wait. When
+//! the actor has stopped, a family that received updates while retiring is restarted with its
+//! state, and the waiting look-ups get the new actor; otherwise the family is gone.
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rustc_hash::FxHashMap;
@@ -12,7 +18,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::aggregator::AggregatorMsg;
-use crate::family::{FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec};
+use crate::family::{FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState};
 
 /// A new family refused because one of its exposed names belongs to another family.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +37,8 @@ pub enum RegistryMsg {
     Lookup(FamilySpec, RpcReplyPort<Lookup>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
+    /// A family actor with no series left asks to stop.
+    Retire(Arc<str>, ActorId),
 }
 
 /// The actor; its state is [`RegistryState`].
@@ -44,6 +52,15 @@ pub struct RegistryState {
     families: FxHashMap<Arc<str>, (ActorRef<FamilyMsg>, FamilySpec)>,
     names: FxHashMap<ActorId, Arc<str>>,
     claims: FxHashMap<String, Arc<str>>,
+    /// Families being drained before they stop, with the look-ups waiting for them.
+    retiring: FxHashMap<Arc<str>, Retiring>,
+}
+
+/// A family on its way out.
+#[derive(Debug)]
+struct Retiring {
+    spec: FamilySpec,
+    waiting: Vec<RpcReplyPort<Lookup>>,
 }
 
 impl RegistryState {
@@ -60,12 +77,17 @@ impl RegistryState {
         &mut self,
         myself: &ActorRef<RegistryMsg>,
         spec: FamilySpec,
+        restore: Option<Box<FamilyState>>,
     ) -> Result<ActorRef<FamilyMsg>, ActorProcessingErr> {
         let args = FamilyArgs {
             spec: spec.clone(),
             ctx: self.ctx.clone(),
+            restore,
         };
-        let (actor, _) = Actor::spawn_linked(None, FamilyActor, args, myself.get_cell()).await?;
+        let handler = FamilyActor {
+            registry: myself.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, handler, args, myself.get_cell()).await?;
         for name in spec.exposed_names() {
             self.claims.insert(name, spec.name.clone());
         }
@@ -83,14 +105,45 @@ impl RegistryState {
     fn forget(&mut self, id: ActorId) -> Option<FamilySpec> {
         let name = self.names.remove(&id)?;
         let (_, spec) = self.families.remove(&name)?;
+        self.release(&spec);
+        Some(spec)
+    }
+
+    fn release(&mut self, spec: &FamilySpec) {
         for exposed in spec.exposed_names() {
             self.claims.remove(&exposed);
         }
         self.ctx
             .telemetry
             .metric_actors
-            .set(self.families.len() as i64);
-        Some(spec)
+            .set((self.families.len() + self.retiring.len()) as i64);
+    }
+
+    /// A retiring actor has stopped: restart it with its state if updates reached it while it
+    /// retired, or fresh if look-ups are waiting; otherwise let the family go.
+    async fn retired(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: Arc<str>,
+        state: Option<Box<FamilyState>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(retiring) = self.retiring.remove(&name) else {
+            return Ok(());
+        };
+        let revived = state.filter(|s| !s.is_empty());
+        if revived.is_none() && retiring.waiting.is_empty() {
+            self.release(&retiring.spec);
+            self.ctx.telemetry.family_retirements.inc();
+            debug!(metric = %name, "family retired: every series expired");
+            return Ok(());
+        }
+        let spec = retiring.spec;
+        self.release(&spec);
+        let actor = self.spawn(myself, spec, revived).await?;
+        for reply in retiring.waiting {
+            let _ = reply.send(Ok(actor.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -109,6 +162,7 @@ impl Actor for RegistryActor {
             families: FxHashMap::default(),
             names: FxHashMap::default(),
             claims: FxHashMap::default(),
+            retiring: FxHashMap::default(),
         })
     }
 
@@ -120,14 +174,34 @@ impl Actor for RegistryActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RegistryMsg::Lookup(spec, reply) => {
+                if let Some(retiring) = state.retiring.get_mut(&spec.name) {
+                    retiring.waiting.push(reply);
+                    return Ok(());
+                }
                 let answer = match state.families.get(&spec.name) {
                     Some((actor, _)) => Ok(actor.clone()),
                     None => match state.clash(&spec) {
                         Some(clash) => Err(clash),
-                        None => Ok(state.spawn(&myself, spec).await?),
+                        None => Ok(state.spawn(&myself, spec, None).await?),
                     },
                 };
                 let _ = reply.send(answer);
+            }
+            RegistryMsg::Retire(name, id) => {
+                let current = state.families.get(&name);
+                if current.is_some_and(|(actor, _)| actor.get_id() == id) {
+                    if let Some((actor, spec)) = state.families.remove(&name) {
+                        state.retiring.insert(
+                            name,
+                            Retiring {
+                                spec,
+                                waiting: Vec::new(),
+                            },
+                        );
+                        // Applies what is queued, refuses what comes after; then stops.
+                        let _ = actor.drain();
+                    }
+                }
             }
             RegistryMsg::InjectFault(name, reply) => {
                 let found = state.families.get(&name);
@@ -149,18 +223,40 @@ impl Actor for RegistryActor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(spec) = state.forget(cell.get_id()) {
+                let id = cell.get_id();
+                let retiring = state
+                    .names
+                    .get(&id)
+                    .filter(|name| state.retiring.contains_key(*name))
+                    .cloned();
+                if let Some(name) = retiring {
+                    // Failed while draining: its state is gone, as with any failure.
+                    warn!(metric = %name, %error, "retiring family actor failed");
+                    state.ctx.telemetry.family_restarts.inc();
+                    state.names.remove(&id);
+                    state.retired(&myself, name, None).await?;
+                } else if let Some(spec) = state.forget(id) {
                     warn!(metric = %spec.name, %error, "family actor failed; restarting it empty");
                     state.ctx.telemetry.family_restarts.inc();
                     let _ = state
                         .ctx
                         .aggregator
                         .cast(AggregatorMsg::Remove(spec.name.clone()));
-                    state.spawn(&myself, spec).await?;
+                    state.spawn(&myself, spec, None).await?;
                 }
             }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if let Some(spec) = state.forget(cell.get_id()) {
+            SupervisionEvent::ActorTerminated(cell, boxed, reason) => {
+                let id = cell.get_id();
+                let retiring = state
+                    .names
+                    .get(&id)
+                    .filter(|name| state.retiring.contains_key(*name))
+                    .cloned();
+                if let Some(name) = retiring {
+                    state.names.remove(&id);
+                    let family = boxed.and_then(|mut b| b.take::<FamilyState>().ok());
+                    state.retired(&myself, name, family.map(Box::new)).await?;
+                } else if let Some(spec) = state.forget(id) {
                     debug!(metric = %spec.name, ?reason, "family actor stopped");
                 }
             }

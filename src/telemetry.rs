@@ -4,7 +4,7 @@
 //! Per-family figures (updates, rates, series) are not here: the aggregator owns them and the
 //! exposition renders them from its snapshot.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -57,6 +57,12 @@ pub struct Telemetry {
     pub family_restarts: IntCounter,
     /// `tallyd_metric_actors`: live family actors.
     pub metric_actors: IntGauge,
+    series: IntGaugeVec,
+    series_refused: IntCounterVec,
+    /// `tallyd_series_expired_total`: series removed after their TTL.
+    pub series_expired: IntCounter,
+    /// `tallyd_family_retirements_total`: family actors that stopped with no series left.
+    pub family_retirements: IntCounter,
     type_conflicts: IntCounterVec,
     /// `tallyd_updates_dropped_total`: updates that could not reach a family actor.
     pub updates_dropped: IntCounter,
@@ -77,6 +83,13 @@ pub struct Telemetry {
     /// `tallyd_mapping_dropped_total`: samples dropped by an `action: drop` rule.
     pub mapping_dropped: IntCounter,
     reloads: IntCounterVec,
+    /// `tallyd_http_connections_rejected_total`: HTTP connections closed unserved because
+    /// `web.max_connections` were open.
+    pub http_connections_rejected: IntCounter,
+    /// `tallyd_http_auth_failures_total`: HTTP requests refused (401) for missing or wrong
+    /// basic-auth credentials.
+    pub http_auth_failures: IntCounter,
+    http_requests: IntCounterVec,
     /// `tallyd_udp_kernel_drops_total`, read from /proc at each scrape.
     pub udp_drops: UdpDrops,
     /// Names of the families registered here that do not start with [`PREFIX`] (the process
@@ -134,7 +147,39 @@ impl Telemetry {
         registry
             .register(Box::new(metric_actors.clone()))
             .expect("unique static metric");
+        let series = IntGaugeVec::new(
+            Opts::new("tallyd_series", "Series on /metrics now, by family type."),
+            &["type"],
+        )
+        .expect("valid static metric");
+        registry
+            .register(Box::new(series.clone()))
+            .expect("unique static metric");
+        for kind in ["counter", "gauge", "observer", "set"] {
+            series.with_label_values(&[kind]);
+        }
+        let series_refused = counter_vec(
+            &registry,
+            "tallyd_series_refused_total",
+            "Updates refused because they would create a series past a limit, by limit.",
+            &["limit"],
+        );
+        for limit in ["max_series", "max_series_per_family"] {
+            series_refused.with_label_values(&[limit]);
+        }
         Telemetry {
+            series,
+            series_refused,
+            series_expired: counter(
+                &registry,
+                "tallyd_series_expired_total",
+                "Series removed from /metrics after their TTL without updates.",
+            ),
+            family_retirements: counter(
+                &registry,
+                "tallyd_family_retirements_total",
+                "Family actors that stopped because every series expired.",
+            ),
             lines: counter(&registry, "tallyd_lines_total", "StatsD lines received."),
             samples: counter(
                 &registry,
@@ -241,6 +286,22 @@ impl Telemetry {
                 }
                 reloads
             },
+            http_connections_rejected: counter(
+                &registry,
+                "tallyd_http_connections_rejected_total",
+                "HTTP connections closed unserved because web.max_connections were open.",
+            ),
+            http_auth_failures: counter(
+                &registry,
+                "tallyd_http_auth_failures_total",
+                "HTTP requests refused for missing or wrong basic-auth credentials.",
+            ),
+            http_requests: counter_vec(
+                &registry,
+                "tallyd_http_requests_total",
+                "HTTP requests answered by tallyd's handlers, by status code.",
+                &["code"],
+            ),
             udp_drops: {
                 let drops = UdpDrops::new();
                 registry
@@ -269,6 +330,16 @@ impl Telemetry {
         self.packets.with_label_values(&[kind.as_str()]).inc_by(n);
     }
 
+    /// The `tallyd_series{type}` gauge of one family type.
+    pub fn series_gauge(&self, kind: &str) -> IntGauge {
+        self.series.with_label_values(&[kind])
+    }
+
+    /// Counts updates refused by a series limit (`max_series` or `max_series_per_family`).
+    pub fn series_refused(&self, limit: &str, n: u64) {
+        self.series_refused.with_label_values(&[limit]).inc_by(n);
+    }
+
     /// Counts DogStatsD events and service checks.
     pub fn events(&self, events: u64, service_checks: u64) {
         if events > 0 {
@@ -285,6 +356,11 @@ impl Telemetry {
     pub fn reload(&self, success: bool) {
         let outcome = if success { "success" } else { "failure" };
         self.reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts an HTTP response by its status code.
+    pub fn http_request(&self, code: hyper::StatusCode) {
+        self.http_requests.with_label_values(&[code.as_str()]).inc();
     }
 
     /// Counts rejected lines for one reason.

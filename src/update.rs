@@ -4,6 +4,9 @@
 
 use crate::statsd::parse::{MetricType, Sample};
 
+/// Label pairs as they arrive, unsorted: `(name, value)`.
+pub type LabelPairs = Vec<(Box<str>, Box<str>)>;
+
 /// The label pairs of one series, sorted by label name, each name at most once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
@@ -11,7 +14,7 @@ pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
 impl LabelSet {
     /// Builds a label set from pairs in the order they were sent; when a name repeats, the last
     /// value wins (as a later DogStatsD tag overrides an earlier one in statsd_exporter).
-    pub fn from_pairs(mut pairs: Vec<(Box<str>, Box<str>)>) -> Self {
+    pub fn from_pairs(mut pairs: LabelPairs) -> Self {
         if pairs.len() > 1 {
             // Reverse, then a stable sort keeps the last-sent value first within equal names,
             // and dedup keeps the first of each run.

@@ -33,6 +33,8 @@ pub struct ListenerContext {
     pub receive_batch: usize,
     /// Longest TCP line.
     pub tcp_max_line_bytes: usize,
+    /// Longest datagram accepted.
+    pub max_datagram_bytes: usize,
     /// How lines become updates.
     pub ingest: Arc<IngestConfig>,
 }
@@ -87,7 +89,8 @@ pub async fn serve_datagrams(
     shutdown: CancellationToken,
 ) {
     let (mut batcher, mut router) = ctx.pipeline();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // One byte more than the limit, so that a datagram over it shows as such.
+    let mut buf = vec![0u8; ctx.max_datagram_bytes.min(MAX_DATAGRAM) + 1];
     let kind = socket.kind();
     loop {
         let first = tokio::select! {
@@ -125,6 +128,10 @@ fn read_batch(
     let mut next = first;
     loop {
         match next {
+            Ok(n) if n == buf.len() => {
+                packets += 1;
+                batcher.reject_datagram(&buf[..n]);
+            }
             Ok(n) => {
                 packets += 1;
                 batcher.ingest(&buf[..n]);

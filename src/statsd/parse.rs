@@ -70,11 +70,17 @@ pub enum RejectReason {
     LineTooLong,
     /// A mapping rule turned the name into an empty one.
     EmptyName,
+    /// More tags than `limits.max_tags_per_line`.
+    TooManyTags,
+    /// A label name or value longer than `limits.max_label_bytes`.
+    LabelTooLong,
+    /// A datagram longer than `limits.max_datagram_bytes` (counted once per datagram).
+    DatagramTooLarge,
 }
 
 impl RejectReason {
     /// Every reason, in the order they are exported.
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::InvalidUtf8,
         RejectReason::MalformedLine,
         RejectReason::BadValue,
@@ -85,6 +91,9 @@ impl RejectReason {
         RejectReason::ReservedName,
         RejectReason::LineTooLong,
         RejectReason::EmptyName,
+        RejectReason::TooManyTags,
+        RejectReason::LabelTooLong,
+        RejectReason::DatagramTooLarge,
     ];
 
     /// The `reason` label value.
@@ -100,6 +109,9 @@ impl RejectReason {
             RejectReason::ReservedName => "reserved_name",
             RejectReason::LineTooLong => "line_too_long",
             RejectReason::EmptyName => "empty_name",
+            RejectReason::TooManyTags => "too_many_tags",
+            RejectReason::LabelTooLong => "label_too_long",
+            RejectReason::DatagramTooLarge => "datagram_too_large",
         }
     }
 

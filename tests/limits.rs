@@ -1,0 +1,109 @@
+//! Never unbounded, never silent: TTL expiry (series leave /metrics, an empty family's actor
+//! retires and comes back on the next update), series limits, tag and label limits, oversized
+//! datagrams, and the series gauges going down as well as up.
+
+mod common;
+
+use common::Tallyd;
+
+#[test]
+fn idle_series_expire_and_an_empty_family_retires() {
+    let t = Tallyd::start(&["--statsd.default-ttl=300ms"]);
+    t.send_udp(b"ttl.req:1|c|#k:a\nttl.req:1|c|#k:b\nkept.gauge:5|g");
+    let e = t.wait_value("tallyd_metric_actors", &[], 2.0);
+    assert_eq!(e.value("tallyd_series", &[("type", "counter")]), Some(2.0));
+    // Keep one series alive while the others go idle.
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(600) {
+        t.send_udp(b"ttl.req:1|c|#k:a");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let e = t.wait_for("k=b and the gauge expired", |e| {
+        e.value("ttl_req", &[("k", "b")]).is_none() && e.value("kept_gauge", &[]).is_none()
+    });
+    assert!(e.value("ttl_req", &[("k", "a")]).is_some_and(|v| v > 1.0));
+    assert_eq!(e.value("tallyd_series", &[("type", "gauge")]), Some(0.0));
+    // The gauge family had no series left: its actor retired.
+    let e = t.wait_value("tallyd_family_retirements_total", &[], 1.0);
+    assert_eq!(e.value("tallyd_metric_actors", &[]), Some(1.0));
+    assert!(e
+        .value("tallyd_series_expired_total", &[])
+        .is_some_and(|v| v >= 2.0));
+    // An update brings the family back, through the registry, with nothing lost.
+    t.send_udp(b"kept.gauge:7|g");
+    let e = t.wait_value("kept_gauge", &[], 7.0);
+    assert_eq!(e.value("tallyd_updates_dropped_total", &[]), Some(0.0));
+}
+
+#[test]
+fn mapping_ttl_beats_the_default() {
+    let dir = std::env::temp_dir().join(format!("tallyd-ttl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mapping.yml");
+    std::fs::write(
+        &file,
+        "mappings:\n  - match: \"short.*\"\n    name: \"short_$1\"\n    ttl: 200ms\n",
+    )
+    .unwrap();
+    let t = Tallyd::start(&[&format!("--statsd.mapping-config={}", file.display())]);
+    t.send_udp(b"short.lived:1|c\nlong.lived:1|c");
+    t.wait_value("short_lived", &[], 1.0);
+    let e = t.wait_for("short_lived expired", |e| {
+        e.value("short_lived", &[]).is_none()
+    });
+    assert_eq!(
+        e.value("long_lived", &[]),
+        Some(1.0),
+        "no default TTL: kept"
+    );
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn series_limits_refuse_new_series_and_keep_old_ones() {
+    let t = Tallyd::start(&["--limits.max-series=5", "--limits.max-series-per-family=3"]);
+    t.send_udp(b"fam.a:1|c|#k:1\nfam.a:1|c|#k:2\nfam.a:1|c|#k:3\nfam.a:1|c|#k:4\nfam.b:1|c|#k:1");
+    let e = t.wait_value(
+        "tallyd_series_refused_total",
+        &[("limit", "max_series_per_family")],
+        1.0,
+    );
+    assert_eq!(e.value("fam_a", &[("k", "4")]), None);
+    t.wait_value("fam_b", &[("k", "1")], 1.0);
+    t.send_udp(b"fam.b:1|c|#k:2\nfam.b:1|c|#k:3\nfam.a:5|c|#k:1");
+    t.wait_value(
+        "tallyd_series_refused_total",
+        &[("limit", "max_series")],
+        1.0,
+    );
+    // Existing series keep updating.
+    t.wait_value("fam_a", &[("k", "1")], 6.0);
+    let e = t.wait_value("fam_b", &[("k", "2")], 1.0);
+    assert_eq!(e.value("fam_b", &[("k", "3")]), None);
+    assert_eq!(e.value("tallyd_series", &[("type", "counter")]), Some(5.0));
+}
+
+#[test]
+fn tag_label_and_datagram_limits() {
+    let t = Tallyd::start_with_env(
+        &[],
+        &[
+            ("TALLYD_LIMITS__MAX_TAGS_PER_LINE", "2"),
+            ("TALLYD_LIMITS__MAX_LABEL_BYTES", "8"),
+            ("TALLYD_LIMITS__MAX_DATAGRAM_BYTES", "100"),
+        ],
+    );
+    t.send_udp(b"many:1|c|#a:1,b:2,c:3\nlong:1|c|#k:123456789\nok:1|c|#a:1,b:2");
+    t.send_udp(format!("big:1|c|#pad:{}", "x".repeat(120)).as_bytes());
+    t.send_udp(b"after:1|c");
+    let e = t.wait_value("after", &[], 1.0);
+    assert_eq!(e.value("ok", &[("a", "1"), ("b", "2")]), Some(1.0));
+    assert_eq!(e.rejected("too_many_tags"), 1.0);
+    assert_eq!(e.rejected("label_too_long"), 1.0);
+    assert_eq!(e.rejected("datagram_too_large"), 1.0);
+    assert_eq!(
+        e.value("tallyd_packets_total", &[("listener", "udp")]),
+        Some(3.0)
+    );
+}
