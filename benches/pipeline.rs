@@ -20,7 +20,7 @@ use tallyd::aggregator::{AggregatorActor, AggregatorMsg};
 use tallyd::config::Settings;
 use tallyd::family::{FamilyContext, FamilySpec, FamilyState};
 use tallyd::ingest::{Batcher, IngestConfig};
-use tallyd::limits::SeriesBudget;
+use tallyd::limits::{QueueBound, SeriesBudget};
 use tallyd::mapping::Mapper;
 use tallyd::registry::RegistryActor;
 use tallyd::router::Router;
@@ -99,7 +99,8 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             .block_on(Actor::spawn(None, RegistryActor, ctx))
             .expect("registry starts");
         let mut batcher = Batcher::new(telemetry.clone(), ingest_config());
-        let mut router = Router::new(registry, telemetry);
+        let queue = Arc::new(QueueBound::new(usize::MAX));
+        let mut router = Router::new(registry, telemetry, queue);
         let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
         let mut sent = 0u64;
         group.throughput(Throughput::Elements(lines));

@@ -92,6 +92,9 @@ pub struct Cli {
     /// Path of the metrics exposition.
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub web_telemetry_path: Option<String>,
+    /// exporter-toolkit web config file (YAML): TLS, basic auth, response headers, rate limit.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<String>,
     /// Enable POST /-/reload, which reloads the mapping file.
     #[arg(long = "web.enable-lifecycle")]
     pub web_enable_lifecycle: bool,
@@ -144,6 +147,9 @@ pub struct LimitSettings {
     /// Bytes in a UDP or Unix datagram; a longer one is rejected whole and counted once
     /// (`datagram_too_large`). At most 65,535. Default 65,535.
     pub max_datagram_bytes: usize,
+    /// Updates waiting in family actors' mailboxes; a batch that would go past it is dropped
+    /// and counted (`tallyd_updates_dropped_total{stage="queue_full"}`). Default 1,000,000.
+    pub max_queued_updates: usize,
 }
 
 impl Default for LimitSettings {
@@ -154,6 +160,7 @@ impl Default for LimitSettings {
             max_tags_per_line: 64,
             max_label_bytes: 1024,
             max_datagram_bytes: 65_535,
+            max_queued_updates: 1_000_000,
         }
     }
 }
@@ -256,6 +263,30 @@ pub struct WebSettings {
     pub enable_fault_injection: bool,
     /// Serve `POST /-/reload`, which reloads the mapping file. Default off.
     pub enable_lifecycle: bool,
+    /// Prometheus exporter-toolkit's web configuration file (YAML): TLS, client
+    /// certificates, basic auth, extra response headers, rate limit. Empty: plain HTTP, no
+    /// authentication. Default empty.
+    pub config_file: String,
+    /// Connections served at once; past it a new connection is closed unserved (plain HTTP
+    /// gets a 503 first) and counted in `tallyd_http_connections_rejected_total`. Default 64.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, counted from the connection's start (or
+    /// the TLS handshake's) and, on a kept-alive connection, from the previous response; so it
+    /// is also how long an idle connection is kept. A client that is slower is disconnected.
+    /// Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time from a request's headers to the last byte of its response, handler included. A
+    /// handler that is slower answers 503; a client that reads the response slower is
+    /// disconnected. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; a larger one gets 431. At
+    /// least 8192. Default 16384.
+    pub max_header_bytes: usize,
+    /// Keep connections open between requests (HTTP keep-alive), for at most
+    /// `header_timeout` of idleness. Default on.
+    pub keep_alive: bool,
 }
 
 impl Default for WebSettings {
@@ -265,6 +296,12 @@ impl Default for WebSettings {
             telemetry_path: "/metrics".into(),
             enable_fault_injection: false,
             enable_lifecycle: false,
+            config_file: String::new(),
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_header_bytes: 16_384,
+            keep_alive: true,
         }
     }
 }
@@ -407,6 +444,9 @@ pub enum ConfigError {
     /// A merged value (from the file, the environment or a flag) is of the wrong type.
     #[error("invalid settings: {0}")]
     Merge(#[from] config::ConfigError),
+    /// The web configuration file (`web.config_file`) cannot be used.
+    #[error(transparent)]
+    WebConfig(#[from] crate::webconfig::WebConfigError),
     /// A value parses but makes no sense.
     #[error("invalid value for `{key}` from {source_name}: {message}")]
     Invalid {
@@ -528,6 +568,9 @@ impl Settings {
         if cli.web_enable_fault_injection {
             builder = builder.set_override("web.enable_fault_injection", true)?;
         }
+        if let Some(file) = &cli.web_config_file {
+            builder = builder.set_override("web.config_file", file.as_str())?;
+        }
         let merged = builder.build()?;
         let settings: Settings = merged.try_deserialize()?;
         settings
@@ -537,6 +580,9 @@ impl Settings {
                 key: key.to_owned(),
                 message,
             })?;
+        // Read now, so a bad web config file fails start-up (and --check-config) like a bad
+        // setting; the daemon reads it again when it starts the HTTP server.
+        crate::webconfig::WebConfig::from_settings(&settings.web)?;
         Ok(settings)
     }
 
@@ -556,6 +602,20 @@ impl Settings {
                 "web.telemetry_path",
                 "must start with / and not with /-/".into(),
             ));
+        }
+        if self.web.max_connections == 0 {
+            return Err(("web.max_connections", "must be at least 1".into()));
+        }
+        for (key, timeout) in [
+            ("web.header_timeout", self.web.header_timeout),
+            ("web.request_timeout", self.web.request_timeout),
+        ] {
+            if timeout < Duration::from_millis(1) {
+                return Err((key, "must be at least 1ms".into()));
+            }
+        }
+        if self.web.max_header_bytes < 8192 {
+            return Err(("web.max_header_bytes", "must be at least 8192".into()));
         }
         let b = &self.observer.buckets;
         if b.is_empty() || b.iter().any(|v| !v.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
@@ -599,6 +659,7 @@ impl Settings {
             ("limits.max_series_per_family", l.max_series_per_family),
             ("limits.max_tags_per_line", l.max_tags_per_line),
             ("limits.max_label_bytes", l.max_label_bytes),
+            ("limits.max_queued_updates", l.max_queued_updates),
         ] {
             if value == 0 {
                 return Err((key, "must be at least 1".into()));

@@ -19,7 +19,7 @@ use crate::config::{self, Settings};
 use crate::family::FamilyContext;
 use crate::http::{self, HttpContext};
 use crate::ingest::IngestConfig;
-use crate::limits::SeriesBudget;
+use crate::limits::{QueueBound, SeriesBudget};
 use crate::mapping::Mapper;
 use crate::registry::RegistryActor;
 use crate::reload::Reloader;
@@ -181,6 +181,7 @@ pub async fn run(
         receive_batch: settings.statsd.receive_batch,
         tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
         max_datagram_bytes: settings.limits.max_datagram_bytes,
+        queue: Arc::new(QueueBound::new(settings.limits.max_queued_updates)),
         ingest: Arc::new(IngestConfig::new(&settings, mapper)),
     };
     let reloader = Arc::new(Reloader::new(
@@ -231,6 +232,9 @@ pub async fn run(
         fault_injection: settings.web.enable_fault_injection,
         reloader: settings.web.enable_lifecycle.then_some(reloader),
         ready: AtomicBool::new(true),
+        limits: http::Limits::from(&settings.web),
+        // Already checked by Settings::load; read again here, where it is used.
+        web: crate::webconfig::WebConfig::from_settings(&settings.web)?,
     });
     let http_task = tokio::spawn(http::serve(
         sockets.http,
@@ -287,7 +291,7 @@ pub async fn run(
     info!(
         lines = telemetry.lines.get(),
         updates = telemetry.updates.get(),
-        dropped = telemetry.updates_dropped.get(),
+        dropped = telemetry.dropped_total(),
         "stopped"
     );
     Ok(())

@@ -23,7 +23,7 @@ use tracing::warn;
 use crate::aggregator::{AggregatorMsg, FamilySnapshot};
 use crate::config::{ObserverSettings, ObserverType};
 use crate::exposition;
-use crate::limits::SeriesBudget;
+use crate::limits::{Queued, SeriesBudget};
 use crate::rate::RateWindow;
 use crate::registry::RegistryMsg;
 use crate::telemetry::{LogLimiter, Telemetry};
@@ -59,7 +59,7 @@ pub struct FamilyContext {
 #[derive(Debug)]
 pub enum FamilyMsg {
     /// Apply every update of one receive batch, in order.
-    Apply(Vec<Update>),
+    Apply(Queued),
     /// Publish a snapshot now (sent by the actor to itself after an update).
     Publish,
     /// Remove the series past their TTL (sent by the actor to itself).
@@ -441,8 +441,8 @@ impl Actor for FamilyActor {
         state: &mut FamilyState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            FamilyMsg::Apply(updates) => {
-                state.apply(updates, Instant::now());
+            FamilyMsg::Apply(mut queued) => {
+                state.apply(queued.take(), Instant::now());
                 if state.dirty {
                     state.schedule_publish(&myself, state.ctx.publish_interval);
                 }

@@ -2,31 +2,54 @@
 //! format, gzipped when the client accepts it; `/-/healthy`, `/-/ready`; a small index page;
 //! `POST /-/fault?family=NAME` when fault injection is enabled. Anything else is 404, or 405
 //! for a known path with the wrong method.
+//!
+//! Hardening, all set in `[web]`: at most `max_connections` connections are served at once
+//! (past it a new one is closed unserved and counted); a client has `header_timeout` to send
+//! its headers (a slowloris client is cut then, holding one slot, never the accept loop);
+//! each request has `request_timeout` from its headers to the last byte of its response;
+//! request heads are capped at `max_header_bytes` (431). TLS handshakes run in the
+//! connection's own task, under `header_timeout` too.
+//!
+//! With `--web.config.file` ([`crate::webconfig`]), in this order: the rate limit (429), the
+//! extra headers (on every response), basic auth (401), then the route.
 
 use bytes::Bytes;
 use flate2::{write::GzEncoder, Compression};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+    WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use ractor::{rpc::CallResult, ActorRef};
+use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::aggregator::AggregatorMsg;
+use crate::config::WebSettings;
 use crate::exposition;
 use crate::registry::RegistryMsg;
 use crate::reload::Reloader;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{LogLimiter, Telemetry};
+use crate::webconfig::WebConfig;
 
 /// How long a scrape waits for the aggregator's reply.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,12 +71,61 @@ pub struct HttpContext {
     pub reloader: Option<Arc<Reloader>>,
     /// False once shutdown has begun: `/-/ready` then answers 503.
     pub ready: AtomicBool,
+    /// Timeouts and caps.
+    pub limits: Limits,
+    /// TLS, basic auth, extra headers and rate limit from `--web.config.file`.
+    pub web: WebConfig,
+}
+
+/// The server's timeouts and caps, from `[web]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to send a request's headers (and to finish a TLS handshake).
+    pub header_timeout: Duration,
+    /// Time from a request's headers to the end of its response.
+    pub request_timeout: Duration,
+    /// Largest request head, in bytes (hyper's read buffer; at least 8192).
+    pub max_header_bytes: usize,
+    /// HTTP keep-alive.
+    pub keep_alive: bool,
+}
+
+impl From<&WebSettings> for Limits {
+    fn from(web: &WebSettings) -> Limits {
+        Limits {
+            max_connections: web.max_connections,
+            header_timeout: web.header_timeout,
+            request_timeout: web.request_timeout,
+            max_header_bytes: web.max_header_bytes,
+            keep_alive: web.keep_alive,
+        }
+    }
 }
 
 type Reply = Response<Full<Bytes>>;
 
+/// At most one log line a second about refused connections: a flood must not flood the log.
+static REFUSED_LOG: LogLimiter = LogLimiter::new(1);
+
 /// Serves HTTP on `listener` until `shutdown`, then lets requests in flight finish.
 pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: CancellationToken) {
+    for warning in &ctx.web.warnings {
+        warn!(file = ?ctx.web.path, "web config: {warning}");
+    }
+    if let Some(path) = &ctx.web.path {
+        info!(
+            file = %path.display(),
+            tls = ctx.web.tls.is_some(),
+            client_auth = ctx.web.client_auth.as_str(),
+            basic_auth = ctx.web.basic_auth.is_some(),
+            rate_limit = ctx.web.rate_limit.is_some(),
+            "web config loaded"
+        );
+    }
+    let tls = ctx.web.tls.clone().map(TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -63,24 +135,20 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: Cance
                 Ok(accepted) => accepted,
                 Err(e) => {
                     warn!(error = %e, "HTTP accept failed");
+                    // Out of file descriptors, most likely: retrying at once would spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let ctx = ctx.clone();
-        let service = service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, std::convert::Infallible>(route(&ctx, req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refuse(stream, peer, tls.is_none(), &ctx);
+            continue;
+        };
+        let (ctx, tls, watcher) = (ctx.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "HTTP connection error");
-            }
+            connection(stream, peer, ctx, tls, watcher).await;
+            drop(slot);
         });
     }
     if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
@@ -88,6 +156,218 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: Cance
         .is_err()
     {
         warn!("HTTP connections still open after 5s; closing them");
+    }
+}
+
+/// Closes a connection over the cap without serving it. Plain HTTP clients get a 503 if the
+/// socket takes it at once; nothing here waits on the client.
+fn refuse(stream: TcpStream, peer: SocketAddr, plain: bool, ctx: &HttpContext) {
+    ctx.telemetry.http_connections_rejected.inc();
+    if let Some(suppressed) = REFUSED_LOG.allow() {
+        warn!(
+            %peer,
+            max_connections = ctx.limits.max_connections,
+            suppressed,
+            "HTTP connection refused: web.max_connections are open"
+        );
+    }
+    if plain {
+        const BODY: &str = "Too many connections.\n";
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = stream.try_write(response.as_bytes());
+    }
+}
+
+/// Serves one connection: the TLS handshake if configured, then HTTP/1.1 until the client
+/// leaves, a timeout strikes, or shutdown.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<HttpContext>,
+    tls: Option<TlsAcceptor>,
+    watcher: Watcher,
+) {
+    let deadline = Arc::new(Deadline::default());
+    let stream = Timed::new(stream, deadline.clone());
+    match tls {
+        None => http(TokioIo::new(stream), peer, ctx, deadline, watcher).await,
+        Some(acceptor) => {
+            let timeout = ctx.limits.header_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => http(TokioIo::new(stream), peer, ctx, deadline, watcher).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake not finished within web.header_timeout"),
+            }
+        }
+    }
+}
+
+async fn http<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    ctx: Arc<HttpContext>,
+    deadline: Arc<Deadline>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = ctx.limits;
+    let service = service_fn(move |req| {
+        // hyper calls this once the request's headers are in: the request's time starts.
+        let ends = tokio::time::Instant::now() + limits.request_timeout;
+        deadline.set(ends);
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&ctx, req, ends).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(limits.keep_alive)
+        .serve_connection(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        debug!(%peer, error = %e, "HTTP connection error");
+    }
+}
+
+/// Rate limit, basic auth and the route, within the request's time; the extra headers on
+/// whatever the answer is.
+async fn handle(ctx: &HttpContext, req: Request<Incoming>, ends: tokio::time::Instant) -> Reply {
+    let mut response = if ctx.web.rate_limit.as_ref().is_some_and(|l| !l.allow()) {
+        text(StatusCode::TOO_MANY_REQUESTS, "Too many requests.\n")
+    } else {
+        let answer = async {
+            if let Some(auth) = &ctx.web.basic_auth {
+                if !auth.check(req.headers().get(AUTHORIZATION)).await {
+                    ctx.telemetry.http_auth_failures.inc();
+                    return unauthorized();
+                }
+            }
+            route(ctx, req).await
+        };
+        tokio::time::timeout_at(ends, answer)
+            .await
+            .unwrap_or_else(|_| text(StatusCode::SERVICE_UNAVAILABLE, "Request timed out.\n"))
+    };
+    let headers = response.headers_mut();
+    for (name, value) in &ctx.web.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    ctx.telemetry.http_request(response.status());
+    response
+}
+
+fn unauthorized() -> Reply {
+    let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized.\n");
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+    response
+}
+
+/// When the response to the request being served must be written by, shared by the
+/// connection's service (which sets it when a request arrives) and its socket (which fails a
+/// write still blocked at that time). A std Mutex: held for a copy, never across an await.
+#[derive(Debug, Default)]
+struct Deadline(Mutex<Option<tokio::time::Instant>>);
+
+impl Deadline {
+    fn set(&self, at: tokio::time::Instant) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    fn get(&self) -> Option<tokio::time::Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connection's TCP stream whose writes fail once they have been blocked past the current
+/// request's deadline. Without it a client that stops reading its response (or reads a byte
+/// now and then) would hold its connection, and one of `max_connections`, for ever. Under
+/// TLS, so handshake and record writes are covered too.
+struct Timed {
+    inner: TcpStream,
+    deadline: Arc<Deadline>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timed {
+    fn new(inner: TcpStream, deadline: Arc<Deadline>) -> Self {
+        Timed {
+            inner,
+            deadline,
+            sleep: None,
+        }
+    }
+
+    /// Called when a write would block: pending until the deadline, then an error.
+    fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let Some(at) = self.deadline.get() else {
+            return Poll::Pending;
+        };
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.deadline() != at {
+            sleep.as_mut().reset(at);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "response not written within web.request_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Timed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Timed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.blocked(cx),
+            done => done,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.blocked(cx),
+            done => done,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

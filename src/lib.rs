@@ -17,7 +17,8 @@
 //! - [`limits`]: the series budget shared by the family actors.
 //! - [`aggregator`]: the latest snapshot of every family, for scrapes.
 //! - [`exposition`]: the Prometheus text format, assembled per scrape.
-//! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`.
+//! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`; timeouts and the connection cap.
+//! - [`webconfig`]: exporter-toolkit's `--web.config.file`: TLS, basic auth, headers, rate limit.
 //! - [`telemetry`]: tallyd's own metrics; [`rate`]: update rates; [`kernel`]: the kernel's
 //!   UDP drop counts for tallyd's sockets.
 //! - [`reload`]: reloading the mapping file on SIGHUP or `POST /-/reload`.
@@ -50,3 +51,4 @@ pub mod router;
 pub mod statsd;
 pub mod telemetry;
 pub mod update;
+pub mod webconfig;

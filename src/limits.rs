@@ -1,8 +1,16 @@
-//! The series budget: how many series all families together, and each family alone, may hold.
-//! A family asks for a unit before it creates a series and returns it when the series expires
-//! or the family's state is dropped, so the count is exact and goes down as well as up.
+//! Bounds shared across tasks and actors:
+//! - the series budget: how many series all families together, and each family alone, may
+//!   hold. A family asks for a unit before it creates a series and returns it when the series
+//!   expires or the family's state is dropped, so the count is exact and goes down as well as
+//!   up;
+//! - the queue bound: how many updates may wait in family actors' mailboxes (which ractor does
+//!   not bound). A router reserves room before it sends a batch and the batch gives it back
+//!   when it is dropped, applied or not, so the count cannot leak.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::update::Update;
 
 /// Series limits shared by every family actor.
 #[derive(Debug)]
@@ -43,6 +51,80 @@ impl SeriesBudget {
     }
 }
 
+/// How many updates may wait in family mailboxes at once.
+#[derive(Debug)]
+pub struct QueueBound {
+    max: usize,
+    queued: AtomicUsize,
+}
+
+impl QueueBound {
+    /// Room for `max` queued updates.
+    pub fn new(max: usize) -> Self {
+        QueueBound {
+            max,
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Updates waiting now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// A batch of updates on its way to a family actor, holding its room in the [`QueueBound`]
+/// until it is dropped.
+#[derive(Debug)]
+pub struct Queued {
+    updates: Vec<Update>,
+    reserved: usize,
+    bound: Arc<QueueBound>,
+}
+
+impl Queued {
+    /// Reserves room for `updates`; gives them back when the bound is full.
+    pub fn reserve(bound: &Arc<QueueBound>, updates: Vec<Update>) -> Result<Queued, Vec<Update>> {
+        let n = updates.len();
+        let reserved = bound
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q + n <= bound.max).then_some(q + n)
+            });
+        match reserved {
+            Ok(_) => Ok(Queued {
+                updates,
+                reserved: n,
+                bound: bound.clone(),
+            }),
+            Err(_) => Err(updates),
+        }
+    }
+
+    /// The updates, to apply; the room is given back when `self` is dropped.
+    pub fn take(&mut self) -> Vec<Update> {
+        std::mem::take(&mut self.updates)
+    }
+
+    /// How many updates the batch holds room for.
+    pub fn len(&self) -> usize {
+        self.reserved
+    }
+
+    /// True for a batch of no updates.
+    pub fn is_empty(&self) -> bool {
+        self.reserved == 0
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.bound
+            .queued
+            .fetch_sub(self.reserved, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +137,25 @@ mod tests {
         budget.give_back(1);
         assert!(budget.try_take());
         assert_eq!(budget.used(), 2);
+    }
+
+    #[test]
+    fn queued_batches_hold_room_until_dropped() {
+        let bound = Arc::new(QueueBound::new(3));
+        let update = || Update {
+            labels: Default::default(),
+            op: crate::update::Op::Add(1.0),
+        };
+        let mut first = Queued::reserve(&bound, vec![update(), update()]).unwrap();
+        assert!(Queued::reserve(&bound, vec![update(), update()]).is_err());
+        assert_eq!(first.take().len(), 2);
+        assert_eq!(
+            bound.queued(),
+            2,
+            "taking the updates keeps the room until the drop"
+        );
+        drop(first);
+        assert_eq!(bound.queued(), 0);
+        assert!(Queued::reserve(&bound, vec![update(), update(), update()]).is_ok());
     }
 }

@@ -27,14 +27,15 @@ pub struct Clash {
     pub owner: Arc<str>,
 }
 
-/// The answer to a look-up.
+/// The answer to a look-up of one family.
 pub type Lookup = Result<ActorRef<FamilyMsg>, Clash>;
 
 /// Messages the registry handles.
 #[derive(Debug)]
 pub enum RegistryMsg {
-    /// The family actor for a name, spawned from the spec if there is none.
-    Lookup(FamilySpec, RpcReplyPort<Lookup>),
+    /// The family actors for these specs, each spawned if there is none; one answer per spec,
+    /// in order. The reply waits for a family that is retiring.
+    Lookup(Vec<FamilySpec>, RpcReplyPort<Vec<Lookup>>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
     /// A family actor with no series left asks to stop.
@@ -60,7 +61,38 @@ pub struct RegistryState {
 #[derive(Debug)]
 struct Retiring {
     spec: FamilySpec,
-    waiting: Vec<RpcReplyPort<Lookup>>,
+    /// Look-ups that named it, each waiting for the new actor.
+    waiting: Vec<PendingLookup>,
+}
+
+/// A look-up with answers still missing: the reply, the answers so far (a `None` for each
+/// retiring family) and how many are missing.
+#[derive(Debug)]
+struct PendingLookup {
+    reply: Arc<std::sync::Mutex<PartialAnswer>>,
+    index: usize,
+}
+
+#[derive(Debug)]
+struct PartialAnswer {
+    reply: Option<RpcReplyPort<Vec<Lookup>>>,
+    answers: Vec<Option<Lookup>>,
+    missing: usize,
+}
+
+impl PendingLookup {
+    /// Fills in one answer; sends the reply once every answer is in.
+    fn answer(self, lookup: Lookup) {
+        let mut partial = self.reply.lock().unwrap_or_else(|e| e.into_inner());
+        partial.answers[self.index] = Some(lookup);
+        partial.missing -= 1;
+        if partial.missing == 0 {
+            if let Some(reply) = partial.reply.take() {
+                let answers = partial.answers.drain(..).flatten().collect();
+                let _ = reply.send(answers);
+            }
+        }
+    }
 }
 
 impl RegistryState {
@@ -140,8 +172,8 @@ impl RegistryState {
         let spec = retiring.spec;
         self.release(&spec);
         let actor = self.spawn(myself, spec, revived).await?;
-        for reply in retiring.waiting {
-            let _ = reply.send(Ok(actor.clone()));
+        for pending in retiring.waiting {
+            pending.answer(Ok(actor.clone()));
         }
         Ok(())
     }
@@ -173,19 +205,42 @@ impl Actor for RegistryActor {
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RegistryMsg::Lookup(spec, reply) => {
-                if let Some(retiring) = state.retiring.get_mut(&spec.name) {
-                    retiring.waiting.push(reply);
-                    return Ok(());
+            RegistryMsg::Lookup(specs, reply) => {
+                let mut answers = Vec::with_capacity(specs.len());
+                let mut retiring = Vec::new();
+                for (index, spec) in specs.into_iter().enumerate() {
+                    if state.retiring.contains_key(&spec.name) {
+                        retiring.push((index, spec.name));
+                        answers.push(None);
+                        continue;
+                    }
+                    let answer = match state.families.get(&spec.name) {
+                        Some((actor, _)) => Ok(actor.clone()),
+                        None => match state.clash(&spec) {
+                            Some(clash) => Err(clash),
+                            None => Ok(state.spawn(&myself, spec, None).await?),
+                        },
+                    };
+                    answers.push(Some(answer));
                 }
-                let answer = match state.families.get(&spec.name) {
-                    Some((actor, _)) => Ok(actor.clone()),
-                    None => match state.clash(&spec) {
-                        Some(clash) => Err(clash),
-                        None => Ok(state.spawn(&myself, spec, None).await?),
-                    },
-                };
-                let _ = reply.send(answer);
+                if retiring.is_empty() {
+                    let _ = reply.send(answers.into_iter().flatten().collect());
+                } else {
+                    // Answered when the retiring families are back (see `retired`).
+                    let partial = Arc::new(std::sync::Mutex::new(PartialAnswer {
+                        reply: Some(reply),
+                        missing: retiring.len(),
+                        answers,
+                    }));
+                    for (index, name) in retiring {
+                        if let Some(r) = state.retiring.get_mut(&name) {
+                            r.waiting.push(PendingLookup {
+                                reply: partial.clone(),
+                                index,
+                            });
+                        }
+                    }
+                }
             }
             RegistryMsg::Retire(name, id) => {
                 let current = state.families.get(&name);

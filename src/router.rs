@@ -12,8 +12,9 @@ use tracing::warn;
 
 use crate::family::{FamilyMsg, FamilySpec};
 use crate::ingest::{Batch, Batcher};
+use crate::limits::{QueueBound, Queued};
 use crate::registry::RegistryMsg;
-use crate::telemetry::{LogLimiter, Telemetry};
+use crate::telemetry::{DropStage, LogLimiter, Telemetry};
 use crate::update::Update;
 
 /// Entries past which the cache starts over, so it stays bounded with endless new names.
@@ -28,7 +29,17 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Router {
     registry: ActorRef<RegistryMsg>,
     telemetry: Arc<Telemetry>,
+    bound: Arc<QueueBound>,
     actors: FxHashMap<Arc<str>, Route>,
+}
+
+/// What a family's first batch says it is, in case it has to be born.
+fn spec(family: &Arc<str>, batch: &Batch) -> FamilySpec {
+    FamilySpec {
+        name: family.clone(),
+        kind: batch.updates[0].op.kind(),
+        meta: batch.meta.clone(),
+    }
 }
 
 /// What the cache knows about a family name.
@@ -45,90 +56,128 @@ enum Route {
 const CLASH_RECHECK: Duration = Duration::from_secs(5);
 
 impl Router {
-    /// A router with an empty cache.
-    pub fn new(registry: ActorRef<RegistryMsg>, telemetry: Arc<Telemetry>) -> Self {
+    /// A router with an empty cache, sending within `bound`.
+    pub fn new(
+        registry: ActorRef<RegistryMsg>,
+        telemetry: Arc<Telemetry>,
+        bound: Arc<QueueBound>,
+    ) -> Self {
         Router {
             registry,
             telemetry,
+            bound,
             actors: FxHashMap::default(),
         }
     }
 
-    /// Sends every batch the batcher holds to its family actor.
+    /// Sends every batch the batcher holds to its family actor. The families not in the cache
+    /// are looked up together, in one call to the registry.
     pub async fn dispatch(&mut self, batcher: &mut Batcher) {
-        for (family, batch) in batcher.take() {
+        let batches: Vec<(Arc<str>, Batch)> = batcher.take().collect();
+        let unknown: Vec<FamilySpec> = batches
+            .iter()
+            .filter(|(family, _)| self.cached(family).is_none())
+            .map(|(family, batch)| spec(family, batch))
+            .collect();
+        if !unknown.is_empty() {
+            self.look_up(unknown).await;
+        }
+        for (family, batch) in batches {
             self.send(family, batch).await;
         }
     }
 
     async fn send(&mut self, family: Arc<str>, batch: Batch) {
         let n = batch.updates.len() as u64;
-        let spec = FamilySpec {
-            name: family.clone(),
-            kind: batch.updates[0].op.kind(),
-            meta: batch.meta,
+        let spec = spec(&family, &batch);
+        let mut actor = match self.route(&spec).await {
+            Some(Route::Actor(actor)) => actor,
+            Some(Route::Clash(_)) => return self.count_clash(&family, &batch.updates),
+            None => return self.drop_batch(&family, DropStage::Undeliverable, n),
         };
-        let mut message = FamilyMsg::Apply(batch.updates);
-        // A cached actor may have failed and been replaced: one retry after a fresh look-up.
-        for _ in 0..2 {
-            let actor = match self.route(&spec).await {
-                Some(Route::Actor(actor)) => actor,
-                Some(Route::Clash(_)) => {
-                    if let FamilyMsg::Apply(updates) = &message {
-                        self.count_clash(&family, updates);
-                    }
-                    return;
-                }
-                None => break,
-            };
+        let queued = match Queued::reserve(&self.bound, batch.updates) {
+            Ok(queued) => queued,
+            Err(_) => return self.drop_batch(&family, DropStage::QueueFull, n),
+        };
+        let mut message = FamilyMsg::Apply(queued);
+        // A cached actor may have failed, retired or been replaced: one retry after a fresh
+        // look-up.
+        for attempt in 0..2 {
             match actor.cast(message) {
                 Ok(()) => return,
-                Err(MessagingErr::SendErr(returned)) => {
+                Err(MessagingErr::SendErr(returned)) if attempt == 0 => {
                     self.actors.remove(&family);
                     message = returned;
+                    match self.route(&spec).await {
+                        Some(Route::Actor(fresh)) => actor = fresh,
+                        _ => break,
+                    }
                 }
                 Err(_) => break,
             }
         }
-        self.telemetry.updates_dropped.inc_by(n);
+        self.drop_batch(&family, DropStage::Undeliverable, n);
+    }
+
+    fn drop_batch(&self, family: &str, stage: DropStage, n: u64) {
+        self.telemetry.dropped(stage, n);
         if let Some(suppressed) = DROP_LOG.allow() {
-            warn!(metric = %family, updates = n, suppressed, "could not deliver updates to the family actor");
+            warn!(
+                metric = family,
+                updates = n,
+                stage = stage.as_str(),
+                suppressed,
+                "updates dropped before reaching their family actor"
+            );
         }
     }
 
+    /// The cached route of a family, unless it is a refusal old enough to ask again.
+    fn cached(&self, family: &str) -> Option<&Route> {
+        self.actors.get(family).filter(|route| match route {
+            Route::Actor(_) => true,
+            Route::Clash(at) => at.elapsed() < CLASH_RECHECK,
+        })
+    }
+
     async fn route(&mut self, spec: &FamilySpec) -> Option<Route> {
-        match self.actors.get(&spec.name) {
-            Some(Route::Actor(actor)) => return Some(Route::Actor(actor.clone())),
-            Some(Route::Clash(at)) if at.elapsed() < CLASH_RECHECK => {
-                return Some(Route::Clash(*at));
-            }
-            _ => {}
+        if self.cached(&spec.name).is_none() {
+            self.look_up(vec![spec.clone()]).await;
         }
+        match self.cached(&spec.name)? {
+            Route::Actor(actor) => Some(Route::Actor(actor.clone())),
+            Route::Clash(at) => Some(Route::Clash(*at)),
+        }
+    }
+
+    /// Asks the registry for the actors of `specs` and caches the answers.
+    async fn look_up(&mut self, specs: Vec<FamilySpec>) {
         let asked = self
             .registry
             .call(
-                |reply| RegistryMsg::Lookup(spec.clone(), reply),
+                |reply| RegistryMsg::Lookup(specs.clone(), reply),
                 Some(LOOKUP_TIMEOUT),
             )
             .await;
-        let (cached, answer) = match asked {
-            Ok(CallResult::Success(Ok(actor))) => {
-                (Route::Actor(actor.clone()), Route::Actor(actor))
-            }
-            Ok(CallResult::Success(Err(clash))) => {
-                if let Some(suppressed) = DROP_LOG.allow() {
-                    warn!(metric = %spec.name, clashes_with = %clash.owner, suppressed, "metric names collide with another family; samples refused");
-                }
-                let now = Instant::now();
-                (Route::Clash(now), Route::Clash(now))
-            }
-            _ => return None,
+        let Ok(CallResult::Success(answers)) = asked else {
+            return;
         };
-        if self.actors.len() >= CACHE_LIMIT {
+        if self.actors.len() + answers.len() > CACHE_LIMIT {
             self.actors.clear();
         }
-        self.actors.insert(spec.name.clone(), cached);
-        Some(answer)
+        let now = Instant::now();
+        for (spec, answer) in specs.into_iter().zip(answers) {
+            let route = match answer {
+                Ok(actor) => Route::Actor(actor),
+                Err(clash) => {
+                    if let Some(suppressed) = DROP_LOG.allow() {
+                        warn!(metric = %spec.name, clashes_with = %clash.owner, suppressed, "metric names collide with another family; samples refused");
+                    }
+                    Route::Clash(now)
+                }
+            };
+            self.actors.insert(spec.name, route);
+        }
     }
 
     /// Counts a refused family's samples as type conflicts, by sample type.

@@ -37,6 +37,28 @@ impl ListenerKind {
     }
 }
 
+/// Where accepted updates can be dropped before a family actor applies them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropStage {
+    /// The family mailboxes already hold `limits.max_queued_updates`.
+    QueueFull,
+    /// The family actor could not be found or reached (shutdown, registry timeout).
+    Undeliverable,
+}
+
+impl DropStage {
+    /// Every stage, in export order.
+    pub const ALL: [DropStage; 2] = [DropStage::QueueFull, DropStage::Undeliverable];
+
+    /// The `stage` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropStage::QueueFull => "queue_full",
+            DropStage::Undeliverable => "undeliverable",
+        }
+    }
+}
+
 /// Every self-metric, registered once at start-up and shared by all tasks and actors.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -64,8 +86,7 @@ pub struct Telemetry {
     /// `tallyd_family_retirements_total`: family actors that stopped with no series left.
     pub family_retirements: IntCounter,
     type_conflicts: IntCounterVec,
-    /// `tallyd_updates_dropped_total`: updates that could not reach a family actor.
-    pub updates_dropped: IntCounter,
+    updates_dropped: IntCounterVec,
     /// `tallyd_tcp_connections_total`: StatsD TCP connections accepted.
     pub tcp_connections: IntCounter,
     /// `tallyd_tcp_connection_errors_total`: StatsD TCP connections ended by a read error.
@@ -222,11 +243,18 @@ impl Telemetry {
                 "Samples rejected because their family already has another type.",
                 &["metric", "type"],
             ),
-            updates_dropped: counter(
-                &registry,
-                "tallyd_updates_dropped_total",
-                "Accepted updates that could not be delivered to a family actor.",
-            ),
+            updates_dropped: {
+                let dropped = counter_vec(
+                    &registry,
+                    "tallyd_updates_dropped_total",
+                    "Accepted updates not delivered to their family actor, by where they were dropped.",
+                    &["stage"],
+                );
+                for stage in DropStage::ALL {
+                    dropped.with_label_values(&[stage.as_str()]);
+                }
+                dropped
+            },
             tcp_connections: counter(
                 &registry,
                 "tallyd_tcp_connections_total",
@@ -338,6 +366,21 @@ impl Telemetry {
     /// Counts updates refused by a series limit (`max_series` or `max_series_per_family`).
     pub fn series_refused(&self, limit: &str, n: u64) {
         self.series_refused.with_label_values(&[limit]).inc_by(n);
+    }
+
+    /// Counts updates dropped at `stage`.
+    pub fn dropped(&self, stage: DropStage, n: u64) {
+        self.updates_dropped
+            .with_label_values(&[stage.as_str()])
+            .inc_by(n);
+    }
+
+    /// Updates dropped so far, at every stage.
+    pub fn dropped_total(&self) -> u64 {
+        DropStage::ALL
+            .iter()
+            .map(|s| self.updates_dropped.with_label_values(&[s.as_str()]).get())
+            .sum()
     }
 
     /// Counts DogStatsD events and service checks.

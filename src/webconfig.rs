@@ -795,11 +795,10 @@ impl BasicAuth {
         let turn = self.bcrypt_turn.lock().await;
         let checked = password.clone();
         // bcrypt is deliberately slow; it runs off the async workers.
-        let matches = tokio::task::spawn_blocking(move || {
-            bcrypt::verify(&checked, &hash).unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let matches =
+            tokio::task::spawn_blocking(move || bcrypt::verify(&checked, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
         drop(turn);
         match found {
             Some(i) if matches => {

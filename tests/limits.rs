@@ -32,7 +32,7 @@ fn idle_series_expire_and_an_empty_family_retires() {
     // An update brings the family back, through the registry, with nothing lost.
     t.send_udp(b"kept.gauge:7|g");
     let e = t.wait_value("kept_gauge", &[], 7.0);
-    assert_eq!(e.value("tallyd_updates_dropped_total", &[]), Some(0.0));
+    assert_eq!(e.sum("tallyd_updates_dropped_total"), 0.0);
 }
 
 #[test]
@@ -105,5 +105,26 @@ fn tag_label_and_datagram_limits() {
     assert_eq!(
         e.value("tallyd_packets_total", &[("listener", "udp")]),
         Some(3.0)
+    );
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_whole_batches() {
+    let t = Tallyd::start_with_env(&[], &[("TALLYD_LIMITS__MAX_QUEUED_UPDATES", "3")]);
+    t.send_udp(b"big:1|c\nbig:1|c\nbig:1|c\nbig:1|c");
+    t.wait_value(
+        "tallyd_updates_dropped_total",
+        &[("stage", "queue_full")],
+        4.0,
+    );
+    t.send_udp(b"small:1|c\nsmall:1|c");
+    let e = t.wait_value("small", &[], 2.0);
+    assert_eq!(e.value("big", &[]), None);
+    assert_eq!(
+        e.value(
+            "tallyd_updates_dropped_total",
+            &[("stage", "undeliverable")]
+        ),
+        Some(0.0)
     );
 }

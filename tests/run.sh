@@ -44,4 +44,7 @@ if [ ! -f "$node_modules/hot-shots/package.json" ] || ! cmp -s "$lock" "$node_mo
 fi
 echo "node $(node --version), hot-shots $(node -p 'require("./tests/clients/node_modules/hot-shots/package.json").version')"
 
+# Schema validators for deploy/ (tests/deploy.rs) and the Prometheus server (tests/prometheus.rs).
+bash tests/setup/deploy-tools.sh
+
 cargo test --all-targets

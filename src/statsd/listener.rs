@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::ingest::{Batcher, IngestConfig};
+use crate::limits::QueueBound;
 use crate::registry::RegistryMsg;
 use crate::router::Router;
 use crate::statsd::parse::RejectReason;
@@ -35,6 +36,8 @@ pub struct ListenerContext {
     pub tcp_max_line_bytes: usize,
     /// Longest datagram accepted.
     pub max_datagram_bytes: usize,
+    /// Room for updates waiting in family mailboxes.
+    pub queue: Arc<QueueBound>,
     /// How lines become updates.
     pub ingest: Arc<IngestConfig>,
 }
@@ -43,7 +46,11 @@ impl ListenerContext {
     fn pipeline(&self) -> (Batcher, Router) {
         (
             Batcher::new(self.telemetry.clone(), self.ingest.clone()),
-            Router::new(self.registry.clone(), self.telemetry.clone()),
+            Router::new(
+                self.registry.clone(),
+                self.telemetry.clone(),
+                self.queue.clone(),
+            ),
         )
     }
 }
