@@ -86,7 +86,7 @@ pub struct Cli {
     /// Check the settings and the mapping file, then exit (0 when valid).
     #[arg(long = "check-config")]
     pub check_config: bool,
-    /// Address of the HTTP server (/metrics, /-/healthy, /-/ready).
+    /// Address of the HTTP server (/metrics, /-/healthy, /-/ready, /-/reload).
     #[arg(long = "web.listen-address", value_name = "ADDR")]
     pub web_listen_address: Option<String>,
     /// Path of the metrics exposition.
@@ -255,7 +255,7 @@ impl Default for StatsdSettings {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSettings {
-    /// Listen address; `:9102` means every interface. Default `:9102`.
+    /// Listen address; `:9102` means every IPv4 interface. Default `:9102`.
     pub listen_address: String,
     /// Path of the exposition. Default `/metrics`.
     pub telemetry_path: String,
@@ -714,7 +714,7 @@ fn source_of(
     "the built-in defaults".into()
 }
 
-/// Resolves a listen address: `host:port`, `ip:port`, or `:port` for every interface.
+/// Resolves a listen address: `host:port`, `ip:port`, or `:port` for every IPv4 interface.
 pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
     let full = match addr.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),

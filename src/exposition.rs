@@ -132,7 +132,7 @@ fn aggregates(view: &ScrapeView, now: Instant) -> Vec<MetricFamily> {
             ),
             per_family(
                 "tallyd_metric_value",
-                "Sum of the family's series values (counters, gauges) or observation sums.",
+                "Sum of the family's series values (counters, gauges, set sizes) or observation sums.",
                 MetricType::GAUGE,
                 view.iter().map(|s| (&*s.name, s.value_sum)),
             ),

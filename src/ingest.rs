@@ -39,6 +39,8 @@ pub struct IngestConfig {
     pub max_tags: usize,
     /// Most bytes in a label name or value.
     pub max_label_bytes: usize,
+    /// A mapping file is configured: unmapped names take its defaults and are counted.
+    pub mapping_file: bool,
     /// The mapping rules; a reload swaps them whole, and each batcher picks the new ones up at
     /// its next receive.
     pub mapper: ArcSwap<Mapper>,
@@ -58,6 +60,7 @@ impl IngestConfig {
             default_ttl,
             max_tags: settings.limits.max_tags_per_line,
             max_label_bytes: settings.limits.max_label_bytes,
+            mapping_file: !settings.statsd.mapping_config.is_empty(),
             mapper: ArcSwap::from_pointee(mapper),
         }
     }
@@ -232,11 +235,14 @@ impl Batcher {
             };
             let class = class_of(sample.metric_type);
             if routed.as_ref().is_none_or(|(c, _, _)| *c != class) {
-                let routing = self.route(&line.name, class);
-                let labels = match &routing {
-                    Routing::To { mapped, .. } => self.labels(&tags, mapped.as_deref(), class),
-                    _ => LabelSet::default(),
-                };
+                let mut routing = self.route(&line.name, class);
+                let mut labels = LabelSet::default();
+                if let Routing::To { mapped, .. } = &routing {
+                    match self.labels(&tags, mapped.as_deref(), class) {
+                        Ok(set) => labels = set,
+                        Err(reason) => routing = Routing::Reject(reason),
+                    }
+                }
                 routed = Some((class, routing, labels));
             }
             let Some((_, routing, labels)) = &routed else {
@@ -253,6 +259,11 @@ impl Batcher {
                     let mut op = Op::from_sample(&sample);
                     if let Some(scale) = mapped.as_ref().and_then(|m| m.settings.scale) {
                         op = op.scaled(scale);
+                        // A negative scale must not make a counter go down.
+                        if matches!(op, Op::Add(v) if v < 0.0) {
+                            self.counts.reject(RejectReason::NegativeCounter, raw);
+                            continue;
+                        }
                     }
                     self.pending
                         .entry(family.clone())
@@ -281,12 +292,13 @@ impl Batcher {
                 let Some(family) = self.escaped(name) else {
                     return Routing::Reject(RejectReason::ReservedName);
                 };
-                let meta = if self.mapper.is_empty() {
-                    self.config.default_meta.clone()
-                } else {
+                // With a mapping file, even one without rules, its defaults apply.
+                let meta = if self.config.mapping_file {
                     self.counts.unmapped += 1;
                     let defaults = self.mapper.defaults().clone();
                     self.meta_for(&defaults)
+                } else {
+                    self.config.default_meta.clone()
                 };
                 (family, meta, None)
             }
@@ -357,16 +369,25 @@ impl Batcher {
         Ok(pairs)
     }
 
-    /// The series' labels: the tags, with the mapping rule's labels merged in.
+    /// The series' labels: the tags, with the mapping rule's labels merged in (whose values,
+    /// expanded from the name, are held to the same length limit as tags).
     fn labels(
         &mut self,
         tags: &[(Box<str>, Box<str>)],
         mapped: Option<&Mapped>,
         class: MetricClass,
-    ) -> LabelSet {
+    ) -> Result<LabelSet, RejectReason> {
         let Some(mapped) = mapped.filter(|m| !m.labels.is_empty()) else {
-            return LabelSet::from_pairs(tags.to_vec());
+            return Ok(LabelSet::from_pairs(tags.to_vec()));
         };
+        let limit = self.config.max_label_bytes;
+        if mapped
+            .labels
+            .iter()
+            .any(|(k, v)| k.len().max(v.len()) > limit)
+        {
+            return Err(RejectReason::LabelTooLong);
+        }
         let mut pairs = tags.to_vec();
         mapped.merge_labels(&mut pairs);
         if class == MetricClass::Observer {
@@ -374,7 +395,7 @@ impl Batcher {
             pairs.retain(|(name, _)| !observer_label(name));
             self.counts.tag_errors += (before - pairs.len()) as u64;
         }
-        LabelSet::from_pairs(pairs)
+        Ok(LabelSet::from_pairs(pairs))
     }
 
     /// Counts a datagram the listener refused whole (over `limits.max_datagram_bytes`).
@@ -407,7 +428,6 @@ impl Batcher {
         t.mapping_cache_hits.inc_by(cache.0.saturating_sub(hits));
         t.mapping_cache_misses
             .inc_by(cache.1.saturating_sub(misses));
-        t.lines.inc_by(counts.lines);
         t.samples.inc_by(counts.samples);
         t.tag_errors.inc_by(counts.tag_errors);
         t.events(counts.events[0], counts.events[1]);
@@ -418,6 +438,8 @@ impl Batcher {
                 t.rejected(*reason, n);
             }
         }
+        // Lines last: a scrape that sees them sees what became of them too.
+        t.lines.inc_by(counts.lines);
     }
 }
 

@@ -41,8 +41,8 @@ impl Reloader {
     /// is returned, on failure the old rules stay in force and the error is returned.
     pub fn reload(&self) -> Result<usize, MappingError> {
         if self.path.as_os_str().is_empty() {
-            // No mapping file: nothing to reload, and nothing wrong.
-            self.telemetry.reload(true);
+            // No mapping file: nothing to reload, nothing to count (as statsd_exporter).
+            tracing::warn!("reload asked, but no mapping file is configured");
             return Ok(0);
         }
         match Mapper::load(&self.path) {

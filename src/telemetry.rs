@@ -240,7 +240,7 @@ impl Telemetry {
             type_conflicts: counter_vec(
                 &registry,
                 "tallyd_type_conflicts_total",
-                "Samples rejected because their family already has another type.",
+                "Samples refused because their family has another type, or because a new family's names would collide with another family's.",
                 &["metric", "type"],
             ),
             updates_dropped: {
@@ -295,7 +295,7 @@ impl Telemetry {
             mapping_unmapped: counter(
                 &registry,
                 "tallyd_mapping_unmapped_total",
-                "Samples whose name no mapping rule matched (only counted with a mapping file).",
+                "Samples whose name no mapping rule matched (counted when a mapping file is configured).",
             ),
             mapping_dropped: counter(
                 &registry,

@@ -63,13 +63,33 @@ fn run_case(dir: &Path) -> Result<(), String> {
     for datagram in input.split("\n\n").filter(|d| !d.trim().is_empty()) {
         lines += datagram.lines().filter(|l| !l.is_empty()).count() as f64;
         t.send_udp(datagram.trim_end_matches('\n').as_bytes());
-        e = t.wait_for("every line applied and published", |e| {
+        // Self-metrics are read one by one, not as a snapshot, so a scrape taken while a
+        // batch is being applied can mix before and after: settled means the condition
+        // holds on two scrapes in a row, more than a publish interval apart, with the same
+        // counts.
+        let settled = |e: &Exposition| {
             let applied = total(e, "tallyd_updates_total");
             e.value("tallyd_lines_total", &[]) == Some(lines)
                 && total(e, "tallyd_samples_total")
                     == applied + total(e, "tallyd_type_conflicts_total")
                 && total(e, "tallyd_metric_updates_total") == applied
-        });
+        };
+        let counts = |e: &Exposition| {
+            [
+                "tallyd_samples_total",
+                "tallyd_updates_total",
+                "tallyd_metric_updates_total",
+            ]
+            .map(|m| total(e, m))
+        };
+        loop {
+            let first = t.wait_for("every line applied and published", settled);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            e = t.scrape();
+            if settled(&e) && counts(&e) == counts(&first) {
+                break;
+            }
+        }
     }
     promtool_check(&e.text);
     let got = user_part(&e.text);

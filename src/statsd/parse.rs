@@ -469,8 +469,8 @@ pub struct TagError;
 
 impl<'a> Tags<'a> {
     /// The `(name, value)` pairs: `k:v` for DogStatsD, `k=v` for the other styles. A tag
-    /// without a value or with an empty name cannot become a label and yields [`TagError`], as
-    /// statsd_exporter drops it.
+    /// without a value (`k`, or `k:` with an empty one) or with an empty name cannot become a
+    /// label and yields [`TagError`], as statsd_exporter drops it.
     pub fn iter(self) -> impl Iterator<Item = Result<(&'a str, &'a str), TagError>> {
         let (raw, separator) = match self {
             Tags::None => ("", ':'),
@@ -481,7 +481,7 @@ impl<'a> Tags<'a> {
             .filter(|tag| !tag.is_empty())
             .map(move |tag| {
                 tag.split_once(separator)
-                    .filter(|(key, _)| !key.is_empty())
+                    .filter(|(key, value)| !key.is_empty() && !value.is_empty())
                     .ok_or(TagError)
             })
     }

@@ -177,14 +177,15 @@ fn lines_split_on_newlines_and_skip_empty_ones() {
 
 #[test]
 fn tags_without_values_are_errors() {
-    let got: Vec<_> = Tags::DogStatsd("a:1,flag,:x,b:c:d,").iter().collect();
+    let got: Vec<_> = Tags::DogStatsd("a:1,flag,:x,b:c:d,,e:").iter().collect();
     assert_eq!(
         got,
         [
             Ok(("a", "1")),
             Err(TagError),
             Err(TagError),
-            Ok(("b", "c:d"))
+            Ok(("b", "c:d")),
+            Err(TagError)
         ]
     );
     let got: Vec<_> = Tags::Named("a=1,flag,b=c=d").iter().collect();

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# The benchmark matrix of issue 4 against the release binary, as a markdown table (median
+# [range] over the runs) on stdout and in target/bench-results.md; every run's key=value
+# line goes to target/bench-runs.log, progress to stderr.
+#
+#   bash benches/run.sh            # 3 runs per row, ~5–10 minutes on 2 cores
+#   bash benches/run.sh --quick    # 1 run per row, fewer rates, ~2 minutes
+#   TALLYD_ARGS='--statsd.udp-readers=2' bash benches/run.sh
+#
+# Each run starts its own tallyd on free loopback ports (UDP and HTTP on port 0, read back
+# from its "tallyd listening" log line; TCP off), with $TALLYD_ARGS appended (not
+# --log.level, which this script sets). Rows:
+# - counter and timer lines/s with < 0.1% loss: the C load generator the targets were measured
+#   with (../shared/tools/statsd_loadgen.c, built into target/), 1,000 names, $secs s per run,
+#   rates tried upwards until the median loss reaches 0.1%; received, applied, loss read by
+#   examples/loadgen, which wraps the C tool;
+# - the rest with examples/loadgen: CPU per million counter lines at 100,000 lines/s; RSS and
+#   /metrics scrape time after 3 scrapes at 100,000 counter names and at 100,000 timer series
+#   (1,000 names x 100 tag values), each series sent twice at 25,000 lines/s so that a lost
+#   datagram leaves no series out; time from a line's send to /metrics showing it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+case "${1:-}" in
+  --quick) quick=1 ;;
+  "") ;;
+  *) echo "usage: bash benches/run.sh [--quick]" >&2; exit 2 ;;
+esac
+
+if ((quick)); then
+  runs=1 secs=2 cpu_lines=300000 probes=10
+  counter_rates=(800000 1600000 3200000)
+  timer_rates=(500000 1000000 2000000)
+else
+  runs=3 secs=3 cpu_lines=1000000 probes=20
+  counter_rates=(800000 1200000 1600000 2000000 2500000 3000000 4000000 5000000)
+  timer_rates=(500000 750000 1000000 1250000 1500000 2000000)
+fi
+
+cargo build --release -q --bin tallyd --example loadgen
+tallyd=target/release/tallyd
+loadgen=target/release/examples/loadgen
+cloadgen=target/statsd_loadgen
+csrc=../shared/tools/statsd_loadgen.c
+if [ ! -x "$cloadgen" ] || [ "$csrc" -nt "$cloadgen" ]; then
+  gcc -O2 -Wall -o "$cloadgen" "$csrc"
+fi
+
+tmp=$(mktemp -d)
+runlog=target/bench-runs.log
+: >"$runlog"
+# Runs happen in command substitutions (subshells): the pid of the tallyd running is also
+# kept in a file, for the clean-up.
+cleanup() {
+  if [ -s "$tmp/pid" ]; then kill -KILL "$(cat "$tmp/pid")" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# Starts tallyd; sets pid, udp and http.
+start() {
+  # shellcheck disable=SC2086 # TALLYD_ARGS is a list of flags
+  "$tallyd" --statsd.listen-udp=127.0.0.1:0 --statsd.listen-tcp= \
+    --web.listen-address=127.0.0.1:0 --log.level=info ${TALLYD_ARGS:-} 2>"$tmp/log" &
+  pid=$!
+  echo "$pid" >"$tmp/pid"
+  local addr='[0-9]+\.[0-9.]+:[0-9]+'
+  for _ in $(seq 200); do
+    if grep -q "tallyd listening" "$tmp/log"; then
+      # logfmt (udp=ADDR) or JSON ("udp":"ADDR").
+      udp=$(grep -oE "udp\"?[=:]\"?$addr" "$tmp/log" | grep -oE "$addr" | head -n1)
+      http=$(grep -oE "http\"?[=:]\"?$addr" "$tmp/log" | grep -oE "$addr" | head -n1)
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  cat "$tmp/log" >&2
+  echo "tallyd did not start" >&2
+  exit 1
+}
+
+# Stops tallyd: SIGTERM, then SIGKILL after 30 s.
+stop() {
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 600); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  : >"$tmp/pid"
+}
+
+# One run on a fresh tallyd: examples/loadgen with these arguments (@PORT@ replaced by
+# tallyd's UDP port); prints its report line.
+run() {
+  start
+  local out rc=0
+  out=$("$loadgen" --statsd "$udp" --http "$http" --pid "$pid" "${@//@PORT@/${udp##*:}}") || rc=$?
+  stop
+  echo "$*: $out" >>"$runlog"
+  if [ "$rc" -ne 0 ]; then
+    echo "loadgen failed ($rc): $*; tallyd's log ends:" >&2
+    tail -n 5 "$tmp/log" >&2
+    return "$rc"
+  fi
+  echo "$out"
+}
+
+# The value of KEY in a key=value line.
+kv() { sed -nE "s/(^|.* )$1=([^ ]*).*/\2/p" <<<"$2"; }
+
+# "median min max" of the arguments.
+stats() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+    END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m, v[1], v[NR] }'
+}
+
+# A number with a printf format (%d numbers get thousands separators).
+fmt() {
+  awk -v f="$1" -v n="$2" 'BEGIN {
+    if (f != "%d") { printf f, n; exit }
+    s = sprintf("%d", n + 0.5); r = ""
+    while (length(s) > 3) { r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3) }
+    printf "%s", s r }'
+}
+
+# "median [min–max]" of the arguments with a format and a unit; the median alone for one run.
+summary() {
+  local f=$1 unit=$2 med lo hi
+  shift 2
+  read -r med lo hi < <(stats "$@")
+  if [ $# -eq 1 ] || [ "$lo" = "$hi" ]; then
+    echo "$(fmt "$f" "$med")$unit"
+  else
+    echo "$(fmt "$f" "$med")$unit [$(fmt "$f" "$lo")–$(fmt "$f" "$hi")$unit]"
+  fi
+}
+
+# Values of KEY in the report lines given as the other arguments.
+values() {
+  local key=$1
+  shift
+  for line in "$@"; do kv "$key" "$line"; done
+}
+
+# Throughput search: TYPE (c or ms) and rates; sets found (the figure) and tried (the detail).
+search() {
+  local type=$1 rate out r passed=
+  shift
+  found= tried=
+  for rate in "$@"; do
+    local outs=()
+    for ((r = 1; r <= runs; r++)); do
+      echo "  $type at $(fmt %d "$rate") lines/s, run $r/$runs" >&2
+      out=$(run -- "$cloadgen" -p @PORT@ -t "$type" -r "$rate" -n $((rate * secs)) \
+        -k 1000 -T $((secs * 3)))
+      outs+=("$out")
+    done
+    local losses achieved med
+    mapfile -t losses < <(values loss_pct "${outs[@]}")
+    mapfile -t achieved < <(values rate "${outs[@]}")
+    read -r med _ _ < <(stats "${losses[@]}")
+    local cell
+    cell="loss $(summary %.3f % "${losses[@]}"), sent at $(summary %d /s "${achieved[@]}")"
+    if awk -v m="$med" 'BEGIN { exit !(m < 0.1) }'; then
+      found="**$(fmt %d "$rate")** ($cell)"
+      passed=1
+    else
+      tried="at $(fmt %d "$rate"): $cell"
+      [ -n "$passed" ] || found="< $(fmt %d "$rate")"
+      return
+    fi
+  done
+  tried="no loss at the highest rate tried"
+}
+
+started=$(date +%s)
+echo "counter throughput" >&2
+search c "${counter_rates[@]}"
+counter_found=$found counter_tried=$tried
+echo "timer throughput" >&2
+search ms "${timer_rates[@]}"
+timer_found=$found timer_tried=$tried
+
+echo "CPU per million counter lines at 100,000 lines/s" >&2
+cpu=()
+for ((r = 1; r <= runs; r++)); do
+  cpu+=("$(run --mode counter --rate 100000 --count "$cpu_lines")")
+done
+
+echo "100,000 counter names" >&2
+counters=()
+for ((r = 1; r <= runs; r++)); do
+  counters+=("$(run --mode counter --names 100000 --count 200000 --rate 25000 --scrapes 3)")
+done
+
+echo "100,000 timer series" >&2
+timers=()
+for ((r = 1; r <= runs; r++)); do
+  timers+=("$(run --mode timer --names 1000 --label-values 100 --count 200000 --rate 25000 \
+    --scrapes 3)")
+done
+
+echo "line to /metrics" >&2
+latency=()
+for ((r = 1; r <= runs; r++)); do
+  latency+=("$(run --mode latency --probes "$probes")")
+done
+
+mb() { summary %.0f " MB" $(values "$1" "${@:2}"); }
+ms() { summary "$1" " ms" $(values "$2" "${@:3}"); }
+series_note() {
+  echo "series on /metrics $(summary %d "" $(values series "$@")), loss $(summary %.2f % \
+    $(values loss_pct "$@")), peak RSS $(mb peak_rss_mb "$@")"
+}
+commit=$(git rev-parse --short HEAD)
+[ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock)" ] || commit="$commit + uncommitted changes"
+{
+  echo "## Benchmark matrix ($(date -u +%Y-%m-%d), \`benches/run.sh${1:+ $1}\`)"
+  echo
+  echo "Commit $commit; $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1));" \
+    "$runs run(s) per row, each on a fresh tallyd${TALLYD_ARGS:+ with \`$TALLYD_ARGS\`};" \
+    "median [range]. Runs: \`$runlog\`."
+  echo
+  echo "| figure | tallyd | target (issue 4) | how |"
+  echo "|---|---|---|---|"
+  echo "| counter lines/s with < 0.1% loss | $counter_found | ≥ 4,000,000 |" \
+    "C loadgen, 1,000 names, $secs s per rate; $counter_tried |"
+  echo "| timer lines/s with < 0.1% loss | $timer_found | ≥ 1,000,000 |" \
+    "C loadgen, 1,000 names, $secs s per rate; $timer_tried |"
+  echo "| CPU s per million counter lines at 100,000 lines/s |" \
+    "$(summary %.2f "" $(values cpu_s_per_million "${cpu[@]}")) | ≤ 0.1 |" \
+    "examples/loadgen, 1,000 names, $(fmt %d "$cpu_lines") lines; loss" \
+    "$(summary %.3f % $(values loss_pct "${cpu[@]}")) |"
+  echo "| RSS at 100,000 distinct counter names, after 3 scrapes | $(mb rss_mb "${counters[@]}") | — |" \
+    "each name sent twice at 25,000 lines/s; $(series_note "${counters[@]}") |"
+  echo "| RSS at 100,000 timer series, after 3 scrapes | $(mb rss_mb "${timers[@]}") | — |" \
+    "1,000 names × 100 values of a tag, each series sent twice at 25,000 lines/s;" \
+    "$(series_note "${timers[@]}") |"
+  echo "| one /metrics scrape at 100,000 counter series | $(ms %.0f scrape_ms "${counters[@]}") | — |" \
+    "median of the 3 scrapes per run, connect to last byte, no gzip;" \
+    "$(summary %.1f " MB" $(values scrape_bytes "${counters[@]}" | awk '{ print $1 / 1e6 }')) |"
+  echo "| one /metrics scrape at 100,000 timer series | $(ms %.0f scrape_ms "${timers[@]}") | — |" \
+    "same;" \
+    "$(summary %.1f " MB" $(values scrape_bytes "${timers[@]}" | awk '{ print $1 / 1e6 }')) |"
+  read -r _ fastest _ < <(stats $(values latency_ms_min "${latency[@]}"))
+  read -r _ _ slowest < <(stats $(values latency_ms_max "${latency[@]}"))
+  echo "| line sent → visible on /metrics | $(ms %.1f latency_ms_median "${latency[@]}") | — |" \
+    "a gauge line, then /metrics polled every 1 ms; median of $probes probes per run" \
+    "(fastest $(fmt %.1f "$fastest") ms, slowest $(fmt %.1f "$slowest") ms); a new family's" \
+    "first line: $(ms %.1f latency_first_ms "${latency[@]}") |"
+  echo
+  echo "Total $(($(date +%s) - started)) s."
+} | tee target/bench-results.md
