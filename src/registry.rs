@@ -12,6 +12,7 @@
 //! the actor has stopped, a family that received updates while retiring is restarted with its
 //! state, and the waiting look-ups get the new actor; otherwise the family is gone.
 
+use ractor::actor::ActorRuntime;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -105,7 +106,10 @@ impl RegistryState {
         })
     }
 
-    async fn spawn(
+    /// Spawns a family actor without waiting for it to start (its `pre_start` cannot fail):
+    /// a burst of new names then costs one task each, not one round trip each, and batches
+    /// sent meanwhile wait in its mailbox.
+    fn spawn(
         &mut self,
         myself: &ActorRef<RegistryMsg>,
         spec: FamilySpec,
@@ -119,7 +123,8 @@ impl RegistryState {
         let handler = FamilyActor {
             registry: myself.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, handler, args, myself.get_cell()).await?;
+        let (actor, _) =
+            ActorRuntime::spawn_linked_instant(None, handler, args, myself.get_cell())?;
         for name in spec.exposed_names() {
             self.claims.insert(name, spec.name.clone());
         }
@@ -171,7 +176,7 @@ impl RegistryState {
         }
         let spec = retiring.spec;
         self.release(&spec);
-        let actor = self.spawn(myself, spec, revived).await?;
+        let actor = self.spawn(myself, spec, revived)?;
         for pending in retiring.waiting {
             pending.answer(Ok(actor.clone()));
         }
@@ -218,7 +223,7 @@ impl Actor for RegistryActor {
                         Some((actor, _)) => Ok(actor.clone()),
                         None => match state.clash(&spec) {
                             Some(clash) => Err(clash),
-                            None => Ok(state.spawn(&myself, spec, None).await?),
+                            None => Ok(state.spawn(&myself, spec, None)?),
                         },
                     };
                     answers.push(Some(answer));
@@ -297,7 +302,7 @@ impl Actor for RegistryActor {
                         .ctx
                         .aggregator
                         .cast(AggregatorMsg::Remove(spec.name.clone()));
-                    state.spawn(&myself, spec, None).await?;
+                    state.spawn(&myself, spec, None)?;
                 }
             }
             SupervisionEvent::ActorTerminated(cell, boxed, reason) => {
