@@ -107,8 +107,8 @@ fn bind_udp(addr: std::net::SocketAddr, read_buffer: usize) -> std::io::Result<U
     if read_buffer > 0 {
         socket.set_recv_buffer_size(read_buffer)?;
         let got = socket.recv_buffer_size()?;
-        // Linux doubles the request for its own bookkeeping and caps it at rmem_max.
-        if got < read_buffer {
+        // Linux doubles the request for its own bookkeeping, after capping it at rmem_max.
+        if got < read_buffer.saturating_mul(2) {
             warn!(
                 requested = read_buffer,
                 got, "UDP receive buffer capped by the kernel (net.core.rmem_max)"

@@ -131,10 +131,7 @@ impl RegistryState {
         self.names.insert(actor.get_id(), spec.name.clone());
         self.families
             .insert(spec.name.clone(), (actor.clone(), spec));
-        self.ctx
-            .telemetry
-            .metric_actors
-            .set(self.families.len() as i64);
+        self.count_actors();
         Ok(actor)
     }
 
@@ -150,10 +147,13 @@ impl RegistryState {
         for exposed in spec.exposed_names() {
             self.claims.remove(&exposed);
         }
-        self.ctx
-            .telemetry
-            .metric_actors
-            .set((self.families.len() + self.retiring.len()) as i64);
+        self.count_actors();
+    }
+
+    /// `tallyd_metric_actors`: live family actors, retiring ones included.
+    fn count_actors(&self) {
+        let live = self.families.len() + self.retiring.len();
+        self.ctx.telemetry.metric_actors.set(live as i64);
     }
 
     /// A retiring actor has stopped: restart it with its state if updates reached it while it
