@@ -74,7 +74,7 @@ pub enum Op {
     Observe {
         /// The observed value.
         value: f64,
-        /// How many observations it stands for: `floor(1 / sample rate)`.
+        /// How many observations it stands for: `floor(1 / sample rate)`, at most 2^32 - 1.
         count: u64,
     },
     /// Add a member, by its 64-bit hash, to a set.
@@ -102,8 +102,10 @@ impl Op {
                 } else {
                     sample.value
                 };
-                // Saturating float-to-int cast; the rate is in (0, 1] so this is >= 1.
-                let count = (1.0 / sample.sample_rate).floor() as u64;
+                // The rate is in (0, 1], so this is at least 1. A tiny rate (`@1e-300`) would
+                // stand for more observations than any counter holds: capped at 2^32 - 1, which
+                // also keeps every sum of counts far from overflowing.
+                let count = (1.0 / sample.sample_rate).floor().min(f64::from(u32::MAX)) as u64;
                 Op::Observe { value, count }
             }
         }

@@ -82,7 +82,7 @@ impl Observer {
             Observer::Summary { sketch, sum, count } => {
                 sketch.add_with_count(value, n);
                 *sum += value * n as f64;
-                *count += n;
+                *count = count.saturating_add(n);
             }
             Observer::Histogram {
                 buckets,
@@ -90,9 +90,9 @@ impl Observer {
                 count,
             } => {
                 let i = bounds.partition_point(|&bound| bound < value);
-                buckets[i] += n;
+                buckets[i] = buckets[i].saturating_add(n);
                 *sum += value * n as f64;
-                *count += n;
+                *count = count.saturating_add(n);
             }
         }
     }
@@ -140,13 +140,13 @@ impl Observer {
                 let mut histogram = proto::Histogram::default();
                 histogram.set_sample_sum(*sum);
                 histogram.set_sample_count(*count);
-                let mut cumulative = 0;
+                let mut cumulative: u64 = 0;
                 let bounds = settings.buckets.iter().copied().chain([f64::INFINITY]);
                 let out = bounds
                     .zip(buckets.iter())
                     .filter(|(bound, _)| bound.is_finite())
                     .map(|(bound, n)| {
-                        cumulative += n;
+                        cumulative = cumulative.saturating_add(*n);
                         let mut bucket = proto::Bucket::default();
                         bucket.set_upper_bound(bound);
                         bucket.set_cumulative_count(cumulative);
