@@ -16,11 +16,11 @@ use ractor::Actor;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tallyd::aggregator::{AggregatorActor, AggregatorMsg};
+use tallyd::aggregator::AggregatorMsg;
 use tallyd::config::Settings;
-use tallyd::family::{FamilyContext, FamilySpec, FamilyState};
+use tallyd::family::{FamilySpec, FamilyState};
 use tallyd::ingest::{Batcher, IngestConfig};
-use tallyd::limits::{QueueBound, SeriesBudget};
+use tallyd::limits::QueueBound;
 use tallyd::mapping::Mapper;
 use tallyd::registry::RegistryActor;
 use tallyd::router::Router;
@@ -29,19 +29,6 @@ use tallyd::telemetry::Telemetry;
 const DATAGRAMS: usize = 256;
 /// Datagrams per dispatch, as `statsd.receive_batch` defaults.
 const RECEIVE_BATCH: usize = 64;
-
-fn context(rt: &tokio::runtime::Runtime, telemetry: Arc<Telemetry>) -> Arc<FamilyContext> {
-    let (aggregator, _) = rt
-        .block_on(Actor::spawn(None, AggregatorActor, ()))
-        .expect("aggregator starts");
-    Arc::new(FamilyContext {
-        aggregator,
-        telemetry,
-        publish_interval: Duration::from_millis(1),
-        set_window: Duration::from_secs(60),
-        budget: Arc::new(SeriesBudget::new(usize::MAX, usize::MAX)),
-    })
-}
 
 fn ingest_config() -> Arc<IngestConfig> {
     Arc::new(IngestConfig::new(&Settings::default(), Mapper::default()))
@@ -55,7 +42,7 @@ fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         ("dogstatsd_tagged", common::tagged(1000, DATAGRAMS)),
     ] {
         let telemetry = Arc::new(Telemetry::new());
-        let ctx = context(rt, telemetry.clone());
+        let ctx = common::family_context(rt, telemetry.clone(), Duration::from_millis(1));
         let mut batcher = Batcher::new(telemetry, ingest_config());
         let mut families: FxHashMap<Arc<str>, FamilyState> = FxHashMap::default();
         let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
@@ -93,7 +80,7 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         ("timer", common::timers(1000, DATAGRAMS)),
     ] {
         let telemetry = Arc::new(Telemetry::new());
-        let ctx = context(rt, telemetry.clone());
+        let ctx = common::family_context(rt, telemetry.clone(), Duration::from_millis(1));
         let aggregator = ctx.aggregator.clone();
         let (registry, _) = rt
             .block_on(Actor::spawn(None, RegistryActor, ctx))

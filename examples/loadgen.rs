@@ -125,6 +125,7 @@ struct Args {
 
 /// A value of the report.
 enum Val {
+    Bool(bool),
     Int(u64),
     Num(f64, usize),
     Text(String),
@@ -134,6 +135,9 @@ enum Val {
 struct Report(Vec<(&'static str, Val)>);
 
 impl Report {
+    fn bool(&mut self, key: &'static str, v: bool) {
+        self.0.push((key, Val::Bool(v)));
+    }
     fn int(&mut self, key: &'static str, v: u64) {
         self.0.push((key, Val::Int(v)));
     }
@@ -146,6 +150,7 @@ impl Report {
 
     fn print(&self, json: bool) {
         let fmt = |v: &Val, quote: bool| match v {
+            Val::Bool(b) => b.to_string(),
             Val::Int(n) => n.to_string(),
             Val::Num(x, _) if !x.is_finite() => if quote { "null" } else { "NaN" }.to_owned(),
             Val::Num(x, d) => format!("{x:.d$}"),
@@ -289,7 +294,7 @@ fn run(args: &Args) -> io::Result<Report> {
     report.num("kernel_drops", delta("tallyd_udp_kernel_drops_total"), 0);
     report.num("series", after.value("tallyd_series"), 0);
     report.num("families", after.value("tallyd_metric_families"), 0);
-    report.text("settled", settled.to_string());
+    report.bool("settled", settled);
     report.num("settle_ms", settle_ms, 0);
     if let (Some(p), Some(c0), Some(c1)) = (&proc_, cpu_before, cpu_at_last) {
         let cpu = c1 - c0;
@@ -393,6 +398,9 @@ impl Lines {
     }
 }
 
+/// Linux's "no buffer space available", which a full send buffer may also give.
+const ENOBUFS: i32 = 105;
+
 fn udp_socket(target: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(target), Type::DGRAM, None)?;
@@ -463,7 +471,7 @@ fn send(args: &Args, report: &mut Report) -> io::Result<u64> {
                     // The send buffer is full: wait for it, and send the same datagram.
                     Err(e)
                         if e.kind() == io::ErrorKind::WouldBlock
-                            || e.raw_os_error() == Some(105) =>
+                            || e.raw_os_error() == Some(ENOBUFS) =>
                     {
                         errors += 1;
                         std::thread::sleep(Duration::from_micros(50));

@@ -409,7 +409,9 @@ pub struct QuantileSetting {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ActorSettings {
-    /// Longest time from a line arriving to its value being on /metrics. Default `20ms`.
+    /// Longest time from a line arriving to its value being on /metrics, for a family that
+    /// renders in under a twentieth of it; a family of many series waits twenty times its
+    /// last render time instead, so rendering never takes over. Default `20ms`.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
 }

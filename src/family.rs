@@ -34,6 +34,9 @@ use set::SetSeries;
 
 /// Type-conflict warnings logged per second, across families.
 static CONFLICT_LOG: LogLimiter = LogLimiter::new(10);
+/// A family waits at least this many times its last render before rendering again.
+const RENDER_SHARE: u32 = 20;
+
 /// Series-limit warnings logged per second, across families.
 static LIMIT_LOG: LogLimiter = LogLimiter::new(10);
 
@@ -194,6 +197,8 @@ pub struct FamilyState {
     dirty: bool,
     publish_scheduled: bool,
     sweep_scheduled: bool,
+    /// How long the last snapshot took to render.
+    render_cost: Duration,
 }
 
 impl Drop for FamilyState {
@@ -219,6 +224,7 @@ impl FamilyState {
             dirty: false,
             publish_scheduled: false,
             sweep_scheduled: false,
+            render_cost: Duration::ZERO,
         }
     }
 
@@ -357,7 +363,10 @@ impl FamilyState {
         let message = if self.series.is_empty() {
             AggregatorMsg::Remove(self.name.clone())
         } else {
-            AggregatorMsg::Publish(Arc::new(self.snapshot(now)))
+            let started = Instant::now();
+            let snapshot = self.snapshot(now);
+            self.render_cost = started.elapsed();
+            AggregatorMsg::Publish(Arc::new(snapshot))
         };
         // The aggregator only stops after every family: a failed cast means shutdown.
         let _ = self.ctx.aggregator.cast(message);
@@ -365,9 +374,13 @@ impl FamilyState {
 }
 
 impl FamilyState {
+    /// Publishes after `after`, or later for a family whose rendering is costly: at most one
+    /// part in [`RENDER_SHARE`] of a family's time goes to rendering it, so a family of many
+    /// series under steady updates cannot starve ingestion.
     fn schedule_publish(&mut self, myself: &ActorRef<FamilyMsg>, after: Duration) {
         if !self.publish_scheduled {
             self.publish_scheduled = true;
+            let after = after.max(self.render_cost * RENDER_SHARE);
             myself.send_after(after, || FamilyMsg::Publish);
         }
     }

@@ -55,3 +55,62 @@ pub fn tagged(names: usize, count: usize) -> Vec<Vec<u8>> {
         count,
     )
 }
+
+// Family state for the benches that drive `FamilyState` directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tallyd::aggregator::AggregatorActor;
+use tallyd::config::{ObserverSettings, ObserverType};
+use tallyd::family::{FamilyContext, FamilyMeta, FamilySpec, FamilyState, DEFAULT_HELP};
+use tallyd::limits::SeriesBudget;
+use tallyd::telemetry::Telemetry;
+use tallyd::update::{Kind, LabelSet};
+
+/// What families share, with a real aggregator actor spawned on `rt` (publishing is not
+/// benched here, but the context needs one) and no series limits.
+pub fn family_context(
+    rt: &tokio::runtime::Runtime,
+    telemetry: Arc<Telemetry>,
+    publish_interval: Duration,
+) -> Arc<FamilyContext> {
+    let (aggregator, _) = rt
+        .block_on(ractor::Actor::spawn(None, AggregatorActor, ()))
+        .expect("aggregator starts");
+    Arc::new(FamilyContext {
+        aggregator,
+        telemetry,
+        publish_interval,
+        set_window: Duration::from_secs(60),
+        budget: Arc::new(SeriesBudget::new(usize::MAX, usize::MAX)),
+    })
+}
+
+/// An empty family; `observer` says how an observer family is exposed (default quantiles
+/// and buckets).
+pub fn family(
+    name: &str,
+    kind: Kind,
+    observer: ObserverType,
+    ctx: &Arc<FamilyContext>,
+) -> FamilyState {
+    let meta = FamilyMeta {
+        help: DEFAULT_HELP.into(),
+        observer: ObserverSettings {
+            observer_type: observer,
+            ..ObserverSettings::default()
+        },
+        ttl: None,
+    };
+    let spec = FamilySpec {
+        name: name.into(),
+        kind,
+        meta: Arc::new(meta),
+    };
+    FamilyState::new(spec, ctx.clone())
+}
+
+/// Series `i` of a family: `{series="<i>"}`.
+pub fn series(i: usize) -> LabelSet {
+    LabelSet::from_pairs(vec![("series".into(), i.to_string().into())])
+}

@@ -1,0 +1,119 @@
+//! Rendering for scrapes.
+//!
+//! - `snapshot/*`: `FamilyState::snapshot`, which a family actor runs at most once per publish
+//!   interval after an update: every series of the family into the Prometheus text format.
+//!   One family of 1,000 or 100,000 counter series, or of 10,000 summary series (ten
+//!   observations each, three quantiles).
+//! - `exposition/*`: `exposition::render`, which every `GET /metrics` runs: the aggregator's
+//!   view of 10,000 families (one counter series each) concatenated, plus the per-family
+//!   self-metrics and tallyd's own.
+//!
+//! `cargo bench --bench render`
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+use tallyd::aggregator::ScrapeView;
+use tallyd::config::ObserverType;
+use tallyd::exposition;
+use tallyd::family::FamilyState;
+use tallyd::telemetry::Telemetry;
+use tallyd::update::{Kind, Op, Update};
+
+/// A family of `series` series, each updated `updates` times with `op(k)`.
+fn populated(
+    name: &str,
+    kind: Kind,
+    series: usize,
+    updates: usize,
+    op: impl Fn(usize) -> Op,
+    ctx: &Arc<tallyd::family::FamilyContext>,
+) -> FamilyState {
+    let mut state = common::family(name, kind, ObserverType::Summary, ctx);
+    let labels: Vec<_> = (0..series).map(common::series).collect();
+    let batch = (0..series * updates)
+        .map(|k| Update {
+            labels: labels[k % series].clone(),
+            op: op(k),
+        })
+        .collect();
+    state.apply(batch, Instant::now());
+    state
+}
+
+fn snapshot(c: &mut Criterion, ctx: &Arc<tallyd::family::FamilyContext>) {
+    let mut group = c.benchmark_group("snapshot");
+    group.sample_size(20);
+    let observe = |k: usize| Op::Observe {
+        value: 0.0005 * (1 + k % 100) as f64,
+        count: 1,
+    };
+    for (name, state, series) in [
+        (
+            "counter/1k_series",
+            populated("c1k", Kind::Counter, 1_000, 1, |_| Op::Add(1.0), ctx),
+            1_000,
+        ),
+        (
+            "counter/100k_series",
+            populated("c100k", Kind::Counter, 100_000, 1, |_| Op::Add(1.0), ctx),
+            100_000,
+        ),
+        (
+            "summary/10k_series",
+            populated("s10k", Kind::Observer, 10_000, 10, observe, ctx),
+            10_000,
+        ),
+    ] {
+        group.throughput(Throughput::Elements(series));
+        group.bench_function(name, |b| b.iter(|| state.snapshot(Instant::now())));
+    }
+    group.finish();
+}
+
+fn render(c: &mut Criterion, ctx: &Arc<tallyd::family::FamilyContext>) {
+    const FAMILIES: usize = 10_000;
+    let now = Instant::now();
+    let mut snapshots: Vec<_> = (0..FAMILIES)
+        .map(|i| {
+            let state = populated(
+                &format!("app_req_{i}"),
+                Kind::Counter,
+                1,
+                1,
+                |_| Op::Add(1.0),
+                ctx,
+            );
+            Arc::new(state.snapshot(now))
+        })
+        .collect();
+    snapshots.sort_by(|a, b| a.name.cmp(&b.name));
+    let view: ScrapeView = snapshots.into();
+    let telemetry = Telemetry::new();
+    let mut group = c.benchmark_group("exposition");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(FAMILIES as u64));
+    group.bench_function("render/10k_families", |b| {
+        b.iter(|| {
+            // A new String per scrape, as the HTTP handler does.
+            let mut out = String::new();
+            exposition::render(&view, &telemetry, Instant::now(), &mut out);
+            black_box(out)
+        })
+    });
+    group.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ctx = common::family_context(&rt, Arc::new(Telemetry::new()), Duration::from_millis(20));
+    snapshot(c, &ctx);
+    render(c, &ctx);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
