@@ -423,6 +423,17 @@ impl FamilyState {
     }
 }
 
+impl FamilyActor {
+    /// Asks the registry to retire this actor, which holds no series (and is off /metrics):
+    /// the registry drains and stops it, and applies anything that reaches it meanwhile in a
+    /// new one.
+    fn retire(&self, myself: &ActorRef<FamilyMsg>, state: &FamilyState) {
+        let _ = self
+            .registry
+            .cast(RegistryMsg::Retire(state.name.clone(), myself.get_id()));
+    }
+}
+
 impl Actor for FamilyActor {
     type Msg = FamilyMsg;
     type State = FamilyState;
@@ -456,6 +467,12 @@ impl Actor for FamilyActor {
         match message {
             FamilyMsg::Apply(mut queued) => {
                 state.apply(queued.take(), Instant::now());
+                if state.is_empty() {
+                    // Every update was refused (series limit, type conflict): an actor with
+                    // nothing to hold must not linger.
+                    self.retire(&myself, state);
+                    return Ok(());
+                }
                 if state.dirty {
                     state.schedule_publish(&myself, state.ctx.publish_interval);
                 }
@@ -466,12 +483,8 @@ impl Actor for FamilyActor {
                 let now = Instant::now();
                 state.sweep(now);
                 if state.is_empty() {
-                    // Off /metrics now; the registry drains and stops this actor, and applies
-                    // anything that reaches it meanwhile in a new one.
                     state.publish(now);
-                    let _ = self
-                        .registry
-                        .cast(RegistryMsg::Retire(state.name.clone(), myself.get_id()));
+                    self.retire(&myself, state);
                 } else {
                     if state.dirty {
                         state.schedule_publish(&myself, state.ctx.publish_interval);

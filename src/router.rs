@@ -31,7 +31,13 @@ pub struct Router {
     telemetry: Arc<Telemetry>,
     bound: Arc<QueueBound>,
     actors: FxHashMap<Arc<str>, Route>,
+    /// When the cache was last cleared of stopped actors.
+    pruned: Instant,
 }
+
+/// How often the cache lets go of actors that have stopped (retired or failed), whose
+/// mailboxes it would otherwise keep alive.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// What a family's first batch says it is, in case it has to be born.
 fn spec(family: &Arc<str>, batch: &Batch) -> FamilySpec {
@@ -67,12 +73,28 @@ impl Router {
             telemetry,
             bound,
             actors: FxHashMap::default(),
+            pruned: Instant::now(),
         }
+    }
+
+    fn prune(&mut self) {
+        use ractor::ActorStatus;
+        self.pruned = Instant::now();
+        self.actors.retain(|_, route| match route {
+            Route::Actor(actor) => !matches!(
+                actor.get_status(),
+                ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+            ),
+            Route::Clash(at) => at.elapsed() < CLASH_RECHECK,
+        });
     }
 
     /// Sends every batch the batcher holds to its family actor. The families not in the cache
     /// are looked up together, in one call to the registry.
     pub async fn dispatch(&mut self, batcher: &mut Batcher) {
+        if self.pruned.elapsed() >= PRUNE_EVERY {
+            self.prune();
+        }
         let batches: Vec<(Arc<str>, Batch)> = batcher.take().collect();
         let unknown: Vec<FamilySpec> = batches
             .iter()

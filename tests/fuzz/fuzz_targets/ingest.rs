@@ -25,8 +25,8 @@ use tallyd::aggregator::AggregatorActor;
 use tallyd::config::{ObserverType, Settings};
 use tallyd::family::{FamilyContext, FamilySpec, FamilyState};
 use tallyd::ingest::{Batcher, IngestConfig};
-use tallyd::mapping::Mapper;
 use tallyd::limits::SeriesBudget;
+use tallyd::mapping::Mapper;
 use tallyd::telemetry::Telemetry;
 
 const VALID: &str = include_str!("../../data/mapping/valid.yml");
@@ -137,7 +137,10 @@ fuzz_target!(|data: &[u8]| {
             for update in &batch.updates {
                 let labels: Vec<_> = update.labels.iter().collect();
                 for pair in labels.windows(2) {
-                    assert!(pair[0].0 < pair[1].0, "labels not sorted/unique: {labels:?}");
+                    assert!(
+                        pair[0].0 < pair[1].0,
+                        "labels not sorted/unique: {labels:?}"
+                    );
                 }
                 for (name, _) in &labels {
                     assert!(tallyd::names::is_valid(name), "bad label name {name:?}");
@@ -172,5 +175,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(added, held as i64, "tallyd_series counts the series held");
     drop(families);
     assert_eq!(budget.used(), 0, "dropped families give their series back");
-    assert_eq!(gauges(&telemetry), gauges_before, "tallyd_series back where it was");
+    assert_eq!(
+        gauges(&telemetry),
+        gauges_before,
+        "tallyd_series back where it was"
+    );
 });

@@ -23,7 +23,10 @@ fn mappers() -> &'static [Mapper; 3] {
             "glob_disable_ordering: false",
             "glob_disable_ordering: true",
         );
-        assert_ne!(unordered, VALID, "valid.yml no longer sets glob_disable_ordering");
+        assert_ne!(
+            unordered, VALID,
+            "valid.yml no longer sets glob_disable_ordering"
+        );
         [
             Mapper::from_yaml(VALID, Path::new("valid.yml")).expect("valid.yml compiles"),
             Mapper::from_yaml(&unordered, Path::new("valid-unordered.yml"))
@@ -50,7 +53,11 @@ fn check(outcome: &Outcome, name: &str) {
         m.name
     );
     for pair in m.labels.windows(2) {
-        assert!(pair[0].0 < pair[1].0, "labels not sorted/unique: {:?}", m.labels);
+        assert!(
+            pair[0].0 < pair[1].0,
+            "labels not sorted/unique: {:?}",
+            m.labels
+        );
     }
     for (label, _) in &m.labels {
         assert!(tallyd::names::is_valid(label), "bad label name {label:?}");
@@ -69,7 +76,11 @@ fuzz_target!(|data: &[u8]| {
     let mapper = &mappers()[usize::from((selector >> 2) & 3) % 3];
     let first = mapper.map(name, class);
     check(&first, name);
-    assert_eq!(key(&first), key(&mapper.map(name, class)), "not deterministic");
+    assert_eq!(
+        key(&first),
+        key(&mapper.map(name, class)),
+        "not deterministic"
+    );
     let mut cache = MapCache::new(4);
     let missed = cache.get_or_map(mapper, name, class);
     let hit = cache.get_or_map(mapper, name, class);
