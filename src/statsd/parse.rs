@@ -280,6 +280,10 @@ fn split_name_tags(
     name: &str,
     styles: TagStyles,
 ) -> Result<(Cow<'_, str>, Tags<'_>), RejectReason> {
+    // Most names carry no tags: one pass to find that out.
+    if !name.bytes().any(|b| matches!(b, b'[' | b'#' | b',')) {
+        return Ok((Cow::Borrowed(name), Tags::None));
+    }
     let influx = |n: &str| styles.influxdb && n.contains(',');
     let librato = |n: &str| styles.librato && n.contains('#');
     if styles.signalfx {
