@@ -19,6 +19,7 @@
 //! - [`exposition`]: the Prometheus text format, assembled per scrape.
 //! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`; timeouts and the connection cap.
 //! - [`webconfig`]: exporter-toolkit's `--web.config.file`: TLS, basic auth, headers, rate limit.
+//! - [`yaml`]: strict YAML documents with key paths and locations in their errors.
 //! - [`telemetry`]: tallyd's own metrics; [`rate`]: update rates; [`kernel`]: the kernel's
 //!   UDP drop counts for tallyd's sockets.
 //! - [`reload`]: reloading the mapping file on SIGHUP or `POST /-/reload`.
@@ -52,3 +53,4 @@ pub mod statsd;
 pub mod telemetry;
 pub mod update;
 pub mod webconfig;
+pub mod yaml;

@@ -33,6 +33,8 @@ use rustls::{
     SupportedCipherSuite, SupportedProtocolVersion,
 };
 use serde::Deserialize;
+
+use crate::yaml;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -237,74 +239,14 @@ impl Errors<'_> {
 
 /// Deserializes the document, keeping the key path and location of the first error.
 fn parse(text: &str, errors: &Errors<'_>) -> Result<RawFile, WebConfigError> {
-    let mut options = serde_saphyr::Options::default();
-    options.with_snippet = false;
-    let mut key = None;
-    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        serde_path_to_error::deserialize::<_, Option<RawFile>>(de).map_err(|e| {
-            key = Some(key_path(e.path()));
-            e.into_inner()
-        })
-    });
-    match parsed {
-        Ok(file) => Ok(file.unwrap_or_default()),
-        Err(e) => {
-            let mut key = key.unwrap_or_default();
-            if let serde_saphyr::Error::SerdeUnknownField { field, .. } = &e {
-                if !key.ends_with(field.as_str()) {
-                    key = if key.is_empty() {
-                        field.clone()
-                    } else {
-                        format!("{key}.{field}")
-                    };
-                }
-            }
-            let at = match e.location() {
-                Some(at) if at.line() != 0 => format!(":{}:{}", at.line(), at.column()),
-                _ => String::new(),
-            };
-            Err(WebConfigError::Invalid {
-                file: errors.file.to_owned(),
-                at,
-                key,
-                message: plain_message(&e),
-            })
-        }
-    }
-}
-
-/// The key path as written: `tls_server_config.cipher_suites[1]`.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for segment in path {
-        match segment {
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Unknown => {}
-        }
-    }
-    out
-}
-
-/// The error's text without the " at line …, column …" the parser appends.
-fn plain_message(e: &serde_saphyr::Error) -> String {
-    let text = e.to_string();
-    let text = match e.location() {
-        Some(at) if at.line() != 0 => {
-            let suffix = format!(" at line {}, column {}", at.line(), at.column());
-            text.strip_suffix(&suffix)
-                .map(str::to_owned)
-                .unwrap_or(text)
-        }
-        _ => text,
-    };
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    yaml::parse(text, yaml::key_path).map_err(|failure| WebConfigError::Invalid {
+        file: errors.file.to_owned(),
+        at: failure
+            .line_column()
+            .map_or(String::new(), |(line, column)| format!(":{line}:{column}")),
+        message: failure.message(),
+        key: failure.key,
+    })
 }
 
 // ---- TLS ----------------------------------------------------------------------------------

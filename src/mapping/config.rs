@@ -17,6 +17,7 @@ use super::{
     next_id, Action, HistogramOptions, Mapper, MappingError, MetricClass, ObserverChoice, Quantile,
     Rule, Settings, SummaryOptions,
 };
+use crate::yaml;
 
 /// Prometheus's default histogram buckets (client_golang's `DefBuckets`).
 const DEFAULT_BUCKETS: [f64; 11] = [
@@ -288,44 +289,28 @@ fn line_column(at: Location) -> (Option<u64>, Option<u64>) {
 
 /// Deserializes the document, keeping the key path and location of the first error.
 fn parse(text: &str, errors: &Errors<'_>) -> Result<RawFile, MappingError> {
-    let mut options = serde_saphyr::Options::default();
-    // The error is rendered on one line, with our own file:line:column prefix.
-    options.with_snippet = false;
-    let mut key = None;
-    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        serde_path_to_error::deserialize::<_, Option<RawFile>>(de).map_err(|e| {
-            key = Some(key_path(e.path()));
-            e.into_inner()
-        })
-    });
-    match parsed {
-        Ok(file) => Ok(file.unwrap_or_default()),
-        Err(e) => {
-            let mut key = key.unwrap_or_default();
-            let mut message = plain_message(&e);
-            match &e {
-                serde_saphyr::Error::SerdeUnknownField { field, .. } => {
-                    if !key.ends_with(field.as_str()) {
-                        key = join(&key, field);
-                    }
-                    if let Some(hint) = deprecated(field) {
-                        message = format!("`{field}` is no longer accepted: {hint}");
-                    }
+    yaml::parse(text, key_path).map_err(|failure| {
+        let mut key = failure.key.clone();
+        let mut message = failure.message();
+        match &*failure.error {
+            serde_saphyr::Error::SerdeUnknownField { field, .. } => {
+                if let Some(hint) = deprecated(field) {
+                    message = format!("`{field}` is no longer accepted: {hint}");
                 }
-                serde_saphyr::Error::DuplicateMappingKey { key: dup, .. } => {
-                    message = match dup {
-                        Some(dup) => {
-                            key = join(&key, dup);
-                            format!("`{dup}` is given twice")
-                        }
-                        None => "a key is given twice".to_owned(),
-                    };
-                }
-                _ => {}
             }
-            Err(errors.at(key, e.location(), message))
+            serde_saphyr::Error::DuplicateMappingKey { key: dup, .. } => {
+                message = match dup {
+                    Some(dup) => {
+                        key = yaml::join(&key, dup);
+                        format!("`{dup}` is given twice")
+                    }
+                    None => "a key is given twice".to_owned(),
+                };
+            }
+            _ => {}
         }
-    }
+        errors.at(key, failure.error.location(), message)
+    })
 }
 
 /// The key path as the user wrote it (`mappings[2].labels`), without the `value` level that
@@ -395,14 +380,6 @@ fn is_spanned(parts: &[Part]) -> bool {
     }
 }
 
-fn join(key: &str, field: &str) -> String {
-    if key.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{key}.{field}")
-    }
-}
-
 /// What replaced a key statsd_exporter deprecated.
 fn deprecated(field: &str) -> Option<&'static str> {
     match field {
@@ -411,22 +388,6 @@ fn deprecated(field: &str) -> Option<&'static str> {
         "quantiles" => Some("put `quantiles` under `summary_options`"),
         _ => None,
     }
-}
-
-/// The error's text without the " at line …, column …" the parser appends (the location is
-/// reported separately).
-fn plain_message(e: &serde_saphyr::Error) -> String {
-    let text = e.to_string();
-    let text = match e.location() {
-        Some(at) if at.line() != 0 => {
-            let suffix = format!(" at line {}, column {}", at.line(), at.column());
-            text.strip_suffix(&suffix)
-                .map(str::to_owned)
-                .unwrap_or(text)
-        }
-        _ => text,
-    };
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// An empty mapper: no rules, statsd_exporter's defaults.
