@@ -135,6 +135,14 @@ impl RegistryState {
         Ok(actor)
     }
 
+    /// The family name of actor `id` if that actor is retiring.
+    fn retiring_name(&self, id: ActorId) -> Option<Arc<str>> {
+        self.names
+            .get(&id)
+            .filter(|name| self.retiring.contains_key(*name))
+            .cloned()
+    }
+
     /// Forgets a stopped actor; returns its spec.
     fn forget(&mut self, id: ActorId) -> Option<FamilySpec> {
         let name = self.names.remove(&id)?;
@@ -284,12 +292,7 @@ impl Actor for RegistryActor {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
                 let id = cell.get_id();
-                let retiring = state
-                    .names
-                    .get(&id)
-                    .filter(|name| state.retiring.contains_key(*name))
-                    .cloned();
-                if let Some(name) = retiring {
+                if let Some(name) = state.retiring_name(id) {
                     // Failed while draining: its state is gone, as with any failure.
                     warn!(metric = %name, %error, "retiring family actor failed");
                     state.ctx.telemetry.family_restarts.inc();
@@ -307,12 +310,7 @@ impl Actor for RegistryActor {
             }
             SupervisionEvent::ActorTerminated(cell, boxed, reason) => {
                 let id = cell.get_id();
-                let retiring = state
-                    .names
-                    .get(&id)
-                    .filter(|name| state.retiring.contains_key(*name))
-                    .cloned();
-                if let Some(name) = retiring {
+                if let Some(name) = state.retiring_name(id) {
                     state.names.remove(&id);
                     let family = boxed.and_then(|mut b| b.take::<FamilyState>().ok());
                     state.retired(&myself, name, family.map(Box::new)).await?;

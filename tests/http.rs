@@ -9,11 +9,10 @@
 mod common;
 
 use base64::Engine as _;
-use common::{Exposition, Tallyd, DEADLINE};
+use common::{start_fails, Exposition, Tallyd, DEADLINE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,46 +104,6 @@ fn get(
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     Ok((status, headers, response.body_mut().read_to_string()?))
-}
-
-/// Runs tallyd, expecting it to exit on its own: exit code and standard error.
-fn start_fails(extra: &[&str]) -> (Option<i32>, String) {
-    start_fails_with_env(extra, &[])
-}
-
-fn start_fails_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-        .args([
-            "--statsd.listen-udp=127.0.0.1:0",
-            "--statsd.listen-tcp=127.0.0.1:0",
-            "--web.listen-address=127.0.0.1:0",
-        ])
-        .args(extra)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("tallyd started with {extra:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status.code(), stderr)
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -505,7 +464,7 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
 #[test]
 fn a_bad_web_config_file_fails_start_up() {
     let file = fixture("unknown-key.yml");
-    let (code, stderr) = start_fails(&[&flag(&file)]);
+    let (code, stderr) = start_fails(&[&flag(&file)], &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!("{}:5:3", file.display()))
@@ -515,7 +474,7 @@ fn a_bad_web_config_file_fails_start_up() {
     );
 
     let file = fixture("missing-cert.yml");
-    let (code, stderr) = start_fails(&[&flag(&file)]);
+    let (code, stderr) = start_fails(&[&flag(&file)], &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(&file.display().to_string())
@@ -524,7 +483,7 @@ fn a_bad_web_config_file_fails_start_up() {
         "{stderr}"
     );
 
-    let (code, stderr) = start_fails(&["--web.config.file=/nonexistent/web.yml"]);
+    let (code, stderr) = start_fails(&["--web.config.file=/nonexistent/web.yml"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/web.yml"), "{stderr}");
 
@@ -534,7 +493,7 @@ fn a_bad_web_config_file_fails_start_up() {
         ("TALLYD_WEB__MAX_HEADER_BYTES", "1024", "at least 8192"),
         ("TALLYD_WEB__HEADER_TIMEOUT", "0s", "at least 1ms"),
     ] {
-        let (code, stderr) = start_fails_with_env(&[], &[(var, value)]);
+        let (code, stderr) = start_fails(&[], &[(var, value)]);
         assert_eq!(code, Some(2), "{stderr}");
         assert!(
             stderr.contains(var) && stderr.contains(complaint),

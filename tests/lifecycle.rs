@@ -86,12 +86,9 @@ fn sigint_exits_zero() {
 }
 
 fn start_fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "start-up must fail: {out:?}");
-    String::from_utf8(out.stderr).unwrap()
+    let (code, stderr) = common::start_fails(args, &[]);
+    assert_eq!(code, Some(2), "start-up must fail: {stderr}");
+    stderr
 }
 
 #[test]

@@ -12,6 +12,44 @@ use std::time::{Duration, Instant};
 /// How long any expected value or event may take to appear.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The tallyd binary with every socket on `127.0.0.1:0`, debug logs on stderr (piped), then
+/// `extra` flags and `env` variables.
+pub fn command(extra: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tallyd"));
+    command
+        .args([
+            "--statsd.listen-udp=127.0.0.1:0",
+            "--statsd.listen-tcp=127.0.0.1:0",
+            "--web.listen-address=127.0.0.1:0",
+            "--log.level=debug",
+        ])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs tallyd (see [`command`]) expecting it to refuse to start: its exit code and stderr.
+pub fn start_fails(extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = command(extra, env).spawn().expect("tallyd binary starts");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("tallyd started with {extra:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
 /// A running `tallyd` process, killed when dropped.
 pub struct Tallyd {
     child: Child,
@@ -38,20 +76,7 @@ impl Tallyd {
 
     /// As [`Tallyd::start`], with environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Tallyd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-            .args([
-                "--statsd.listen-udp=127.0.0.1:0",
-                "--statsd.listen-tcp=127.0.0.1:0",
-                "--web.listen-address=127.0.0.1:0",
-                "--log.level=debug",
-            ])
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tallyd binary starts");
+        let mut child = command(extra, env).spawn().expect("tallyd binary starts");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
