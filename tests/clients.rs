@@ -60,18 +60,7 @@ fn run_client(interpreter: &Path, script: &str, args: &[&str], env: &[(&str, &st
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", interpreter.display()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{script} {args:?} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = common::wait_exit(&mut child, &format!("{script} {args:?}"));
     let (mut stdout, mut stderr) = (String::new(), String::new());
     child
         .stdout

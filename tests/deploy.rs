@@ -21,7 +21,7 @@
 mod common;
 
 use clap::Parser;
-use common::Tallyd;
+use common::{swap_kubernetes_sd, Tallyd};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -896,28 +896,6 @@ fn the_deployment_arguments_run_the_real_tallyd() {
 }
 
 // ---------------------------------------------------------------------------------------------
-
-/// Replaces the `kubernetes_sd_configs:` block of a scrape job (the line and every line
-/// indented deeper below it) with `replacement`, indented like it.
-fn swap_kubernetes_sd(config: &str, replacement: &str) -> String {
-    let lines: Vec<&str> = config.lines().collect();
-    let at = lines
-        .iter()
-        .position(|l| l.trim() == "kubernetes_sd_configs:")
-        .expect("the job has a kubernetes_sd_configs block");
-    let indent = lines[at].len() - lines[at].trim_start().len();
-    let end = (at + 1..lines.len())
-        .find(|&i| {
-            let l = lines[i];
-            !l.trim().is_empty() && l.len() - l.trim_start().len() <= indent
-        })
-        .unwrap_or(lines.len());
-    let pad = " ".repeat(indent);
-    let mut out: Vec<String> = lines[..at].iter().map(|l| l.to_string()).collect();
-    out.extend(replacement.lines().map(|l| format!("{pad}{l}")));
-    out.extend(lines[end..].iter().map(|l| l.to_string()));
-    out.join("\n") + "\n"
-}
 
 #[test]
 fn the_scrape_config_passes_promtool_check_config() {

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::Tallyd;
+use common::{swap_kubernetes_sd, Tallyd};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -271,28 +271,6 @@ scrape_configs:
     });
     // The counter's rate is still positive over the last 5 s of samples.
     prometheus.wait_for(rate, "> 0", |r| r > 0.0);
-}
-
-/// Replaces the `kubernetes_sd_configs:` block of a scrape job (the line and every line
-/// indented deeper below it) with `replacement`, indented like it.
-fn swap_kubernetes_sd(config: &str, replacement: &str) -> String {
-    let lines: Vec<&str> = config.lines().collect();
-    let at = lines
-        .iter()
-        .position(|l| l.trim() == "kubernetes_sd_configs:")
-        .expect("the job has a kubernetes_sd_configs block");
-    let indent = lines[at].len() - lines[at].trim_start().len();
-    let end = (at + 1..lines.len())
-        .find(|&i| {
-            let l = lines[i];
-            !l.trim().is_empty() && l.len() - l.trim_start().len() <= indent
-        })
-        .unwrap_or(lines.len());
-    let pad = " ".repeat(indent);
-    let mut out: Vec<String> = lines[..at].iter().map(|l| l.to_string()).collect();
-    out.extend(replacement.lines().map(|l| format!("{pad}{l}")));
-    out.extend(lines[end..].iter().map(|l| l.to_string()));
-    out.join("\n") + "\n"
 }
 
 /// Sets every `key:` line of the config to `value`, keeping its indentation.

@@ -31,20 +31,29 @@ pub fn command(extra: &[&str], env: &[(&str, &str)]) -> Command {
     command
 }
 
-/// Runs tallyd (see [`command`]) expecting it to refuse to start: its exit code and stderr.
-pub fn start_fails(extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut child = command(extra, env).spawn().expect("tallyd binary starts");
+/// Waits for `child` to exit; kills it and panics, naming `what`, past the deadline.
+pub fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
     let start = Instant::now();
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            return status;
         }
         if start.elapsed() > DEADLINE {
             let _ = child.kill();
-            panic!("tallyd started with {extra:?}");
+            let _ = child.wait();
+            panic!("{what} did not finish within {DEADLINE:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs tallyd (see [`command`]) expecting it to refuse to start: its exit code and stderr.
+pub fn start_fails(extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = command(extra, env).spawn().expect("tallyd binary starts");
+    let status = wait_exit(
+        &mut child,
+        &format!("tallyd with {extra:?} (expected to refuse)"),
+    );
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     (status.code(), stderr)
@@ -347,4 +356,26 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
+}
+
+/// Replaces the `kubernetes_sd_configs:` block of a scrape job (the line and every line
+/// indented deeper below it) with `replacement`, indented like it.
+pub fn swap_kubernetes_sd(config: &str, replacement: &str) -> String {
+    let lines: Vec<&str> = config.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == "kubernetes_sd_configs:")
+        .expect("the job has a kubernetes_sd_configs block");
+    let indent = lines[at].len() - lines[at].trim_start().len();
+    let end = (at + 1..lines.len())
+        .find(|&i| {
+            let l = lines[i];
+            !l.trim().is_empty() && l.len() - l.trim_start().len() <= indent
+        })
+        .unwrap_or(lines.len());
+    let pad = " ".repeat(indent);
+    let mut out: Vec<String> = lines[..at].iter().map(|l| l.to_string()).collect();
+    out.extend(replacement.lines().map(|l| format!("{pad}{l}")));
+    out.extend(lines[end..].iter().map(|l| l.to_string()));
+    out.join("\n") + "\n"
 }
