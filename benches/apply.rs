@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
             let update = |k: usize| Update {
                 labels: labels[k % series].clone(),
                 op: op(k),
+                samples: 1,
             };
             state.apply((0..series).map(update).collect(), Instant::now());
             // Enough batches to touch every series before they repeat.

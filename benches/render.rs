@@ -39,6 +39,7 @@ fn populated(
         .map(|k| Update {
             labels: labels[k % series].clone(),
             op: op(k),
+            samples: 1,
         })
         .collect();
     state.apply(batch, Instant::now());

@@ -15,6 +15,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The UDP receive buffer asked for unless set: 4 MiB, room for 20 ms at 200 MB/s.
+pub const DEFAULT_READ_BUFFER: usize = 4 << 20;
+
 /// Command-line flags. Every flag overrides the file and the environment.
 #[derive(Debug, Default, Parser)]
 #[command(
@@ -32,12 +35,18 @@ pub struct Cli {
     /// TCP address to receive StatsD on, one line per "\n" ("" disables TCP).
     #[arg(long = "statsd.listen-tcp", value_name = "ADDR")]
     pub listen_tcp: Option<String>,
-    /// UDP receive buffer size in bytes (SO_RCVBUF; 0 = system default).
+    /// UDP receive buffer size in bytes (SO_RCVBUF; default 4 MiB, capped by net.core.rmem_max; 0 = system default).
     #[arg(long = "statsd.read-buffer", value_name = "BYTES")]
     pub read_buffer: Option<String>,
     /// Tasks reading the UDP socket in parallel (0 = one per CPU; more than one may reorder datagrams).
     #[arg(long = "statsd.udp-readers", value_name = "N")]
     pub udp_readers: Option<String>,
+    /// Longest time a received sample waits at its listener before going to its family (0s = after every receive).
+    #[arg(long = "statsd.event-flush-interval", value_name = "DURATION")]
+    pub event_flush_interval: Option<String>,
+    /// Updates a listener holds, after combining, before it flushes them early.
+    #[arg(long = "statsd.event-flush-threshold", value_name = "N")]
+    pub event_flush_threshold: Option<String>,
     /// Unix datagram socket path to receive StatsD on ("" disables it).
     #[arg(long = "statsd.listen-unixgram", value_name = "PATH")]
     pub listen_unixgram: Option<String>,
@@ -185,10 +194,21 @@ pub struct StatsdSettings {
     pub listen_tcp: String,
     /// Longest TCP line in bytes; a longer one is counted and its connection closed.
     pub tcp_max_line_bytes: usize,
-    /// Datagrams read before the batch is handed to the family actors (at most).
+    /// Datagrams read in one go from a ready socket (at most) before the listener looks at
+    /// its flush window again. Default 64.
     pub receive_batch: usize,
-    /// UDP socket receive buffer in bytes (`SO_RCVBUF`); 0 keeps the system default. The
-    /// kernel caps it at `net.core.rmem_max` unless raised. Default 0.
+    /// Longest time a sample waits at its listener before it is sent to its family actor.
+    /// Meanwhile the listener combines the samples of each series (counter increments summed,
+    /// gauge sets and shifts folded) and gathers the rest, then sends each family one message.
+    /// A line reaches /metrics within this plus `actors.publish_interval`. `0s` sends after
+    /// every receive. Default `20ms`.
+    #[serde(with = "humantime_serde")]
+    pub event_flush_interval: Duration,
+    /// Updates a listener holds (after combining) before it flushes early. Default 10,000.
+    pub event_flush_threshold: usize,
+    /// UDP socket receive buffer in bytes (`SO_RCVBUF`), what absorbs bursts while the
+    /// reader is busy; 0 keeps the system default (`net.core.rmem_default`). The kernel caps
+    /// it at `net.core.rmem_max`. Default [`DEFAULT_READ_BUFFER`] (4 MiB).
     pub read_buffer: usize,
     /// Tasks reading the UDP socket in parallel; 0 means one per CPU. More than one reads
     /// faster but may apply two datagrams in another order than they arrived, which matters
@@ -236,7 +256,9 @@ impl Default for StatsdSettings {
             listen_tcp: "127.0.0.1:9125".into(),
             tcp_max_line_bytes: 65_536,
             receive_batch: 64,
-            read_buffer: 0,
+            event_flush_interval: Duration::from_millis(20),
+            event_flush_threshold: 10_000,
+            read_buffer: DEFAULT_READ_BUFFER,
             udp_readers: 1,
             listen_unixgram: String::new(),
             unixsocket_mode: "755".into(),
@@ -512,7 +534,7 @@ impl Settings {
             (Some(true), false) => Some("true"),
             (None, false) => None,
         };
-        let flags: [(&str, Option<&str>); 19] = [
+        let flags: [(&str, Option<&str>); 21] = [
             ("statsd.default_ttl", cli.default_ttl.as_deref()),
             ("limits.max_series", cli.max_series.as_deref()),
             (
@@ -521,6 +543,14 @@ impl Settings {
             ),
             ("statsd.read_buffer", cli.read_buffer.as_deref()),
             ("statsd.udp_readers", cli.udp_readers.as_deref()),
+            (
+                "statsd.event_flush_interval",
+                cli.event_flush_interval.as_deref(),
+            ),
+            (
+                "statsd.event_flush_threshold",
+                cli.event_flush_threshold.as_deref(),
+            ),
             (
                 "shutdown.grace_period",
                 cli.shutdown_grace_period.as_deref(),
@@ -651,6 +681,12 @@ impl Settings {
                 "statsd.unixsocket_mode",
                 format!("{mode:?} is not an octal mode like 755"),
             ));
+        }
+        if self.statsd.event_flush_interval > Duration::from_secs(10) {
+            return Err(("statsd.event_flush_interval", "must be at most 10s".into()));
+        }
+        if self.statsd.event_flush_threshold == 0 {
+            return Err(("statsd.event_flush_threshold", "must be at least 1".into()));
         }
         if self.statsd.set_window < Duration::from_millis(4) {
             return Err(("statsd.set_window", "must be at least 4ms".into()));

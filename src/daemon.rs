@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::aggregator::AggregatorActor;
-use crate::config::{self, Settings};
+use crate::config::{self, Settings, DEFAULT_READ_BUFFER};
 use crate::family::FamilyContext;
 use crate::http::{self, HttpContext};
 use crate::ingest::IngestConfig;
@@ -108,11 +108,19 @@ fn bind_udp(addr: std::net::SocketAddr, read_buffer: usize) -> std::io::Result<U
         socket.set_recv_buffer_size(read_buffer)?;
         let got = socket.recv_buffer_size()?;
         // Linux doubles the request for its own bookkeeping, after capping it at rmem_max.
+        // Capping the default is normal on most hosts: worth a warning only when asked for.
         if got < read_buffer.saturating_mul(2) {
-            warn!(
-                requested = read_buffer,
-                got, "UDP receive buffer capped by the kernel (net.core.rmem_max)"
-            );
+            if read_buffer == DEFAULT_READ_BUFFER {
+                info!(
+                    requested = read_buffer,
+                    got, "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+                );
+            } else {
+                warn!(
+                    requested = read_buffer,
+                    got, "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+                );
+            }
         }
     }
     socket.set_nonblocking(true)?;
@@ -179,6 +187,8 @@ pub async fn run(
         registry: registry.clone(),
         telemetry: telemetry.clone(),
         receive_batch: settings.statsd.receive_batch,
+        flush_interval: settings.statsd.event_flush_interval,
+        flush_threshold: settings.statsd.event_flush_threshold,
         tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
         max_datagram_bytes: settings.limits.max_datagram_bytes,
         queue: Arc::new(QueueBound::new(settings.limits.max_queued_updates)),

@@ -67,6 +67,9 @@ pub enum FamilyMsg {
     Publish,
     /// Remove the series past their TTL (sent by the actor to itself).
     Sweep,
+    /// Publish a set family again, whose count falls as members age out with no update to
+    /// say so (sent by the actor to itself).
+    Refresh,
     /// Fail on purpose (fault injection for supervision drills): the registry restarts the
     /// family empty.
     Fail,
@@ -197,8 +200,11 @@ pub struct FamilyState {
     dirty: bool,
     publish_scheduled: bool,
     sweep_scheduled: bool,
+    refresh_scheduled: bool,
     /// How long the last snapshot took to render.
     render_cost: Duration,
+    /// When the last snapshot was sent.
+    published_at: Option<Instant>,
 }
 
 impl Drop for FamilyState {
@@ -224,7 +230,9 @@ impl FamilyState {
             dirty: false,
             publish_scheduled: false,
             sweep_scheduled: false,
+            refresh_scheduled: false,
             render_cost: Duration::ZERO,
+            published_at: None,
         }
     }
 
@@ -235,14 +243,15 @@ impl FamilyState {
 
     /// Applies a batch; updates of another type than the family's are refused and counted.
     pub fn apply(&mut self, updates: Vec<Update>, now: Instant) {
-        let mut applied = 0u32;
+        // Counted in samples: an update combined at the edge stands for several.
+        let mut applied = 0u64;
         let mut conflicts = [0u64; 4];
-        // Updates refused for a new series: over the total, over the family's own limit.
+        // Samples refused for a new series: over the total, over the family's own limit.
         let mut refused = [0u64; 2];
         for update in updates {
             let kind = update.op.kind();
             if kind != self.kind {
-                conflicts[kind as usize] += 1;
+                conflicts[kind as usize] += update.samples;
                 continue;
             }
             let (meta, ctx) = (&self.meta, &self.ctx);
@@ -251,11 +260,11 @@ impl FamilyState {
                 hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 hash_map::Entry::Vacant(vacant) => {
                     if held >= ctx.budget.max_per_family {
-                        refused[1] += 1;
+                        refused[1] += update.samples;
                         continue;
                     }
                     if !ctx.budget.try_take() {
-                        refused[0] += 1;
+                        refused[0] += update.samples;
                         continue;
                     }
                     self.series_gauge.inc();
@@ -267,7 +276,7 @@ impl FamilyState {
             };
             entry.value.apply(update.op, &meta.observer.buckets, now);
             entry.last_seen = now;
-            applied += 1;
+            applied += update.samples;
         }
         for (limit, n) in ["max_series", "max_series_per_family"]
             .into_iter()
@@ -299,8 +308,8 @@ impl FamilyState {
             }
         }
         if applied > 0 {
-            self.ctx.telemetry.updates.inc_by(u64::from(applied));
-            self.updates += u64::from(applied);
+            self.ctx.telemetry.updates.inc_by(applied);
+            self.updates += applied;
             self.rate.record(now, applied);
             self.dirty = true;
         }
@@ -368,20 +377,44 @@ impl FamilyState {
             self.render_cost = started.elapsed();
             AggregatorMsg::Publish(Arc::new(snapshot))
         };
+        self.published_at = Some(now);
         // The aggregator only stops after every family: a failed cast means shutdown.
         let _ = self.ctx.aggregator.cast(message);
     }
 }
 
 impl FamilyState {
-    /// Publishes after `after`, or later for a family whose rendering is costly: at most one
-    /// part in [`RENDER_SHARE`] of a family's time goes to rendering it, so a family of many
-    /// series under steady updates cannot starve ingestion.
-    fn schedule_publish(&mut self, myself: &ActorRef<FamilyMsg>, after: Duration) {
-        if !self.publish_scheduled {
-            self.publish_scheduled = true;
-            let after = after.max(self.render_cost * RENDER_SHARE);
-            myself.send_after(after, || FamilyMsg::Publish);
+    /// Publishes now if the last snapshot is at least `after` old, else when it will be; or
+    /// later for a family whose rendering is costly: at most one part in [`RENDER_SHARE`] of a
+    /// family's time goes to rendering it, so a family of many series under steady updates
+    /// cannot starve ingestion. An update to a quiet family is thus on /metrics at once, and
+    /// a busy family renders at most once per `after`.
+    fn schedule_publish(&mut self, myself: &ActorRef<FamilyMsg>, after: Duration, now: Instant) {
+        if self.publish_scheduled {
+            return;
+        }
+        let after = after.max(self.render_cost * RENDER_SHARE);
+        let since = self
+            .published_at
+            .map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+        match after.checked_sub(since) {
+            Some(wait) if !wait.is_zero() => {
+                self.publish_scheduled = true;
+                myself.send_after(wait, || FamilyMsg::Publish);
+            }
+            _ => self.publish_and_follow(myself, now),
+        }
+    }
+
+    /// Publishes; a set with members still in its window is refreshed when its count next
+    /// falls.
+    fn publish_and_follow(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
+        self.publish(now);
+        if !self.refresh_scheduled {
+            if let Some(slot) = self.live_set_slot(now) {
+                self.refresh_scheduled = true;
+                myself.send_after(slot, || FamilyMsg::Refresh);
+            }
         }
     }
 
@@ -451,8 +484,9 @@ impl Actor for FamilyActor {
         // Timers of an earlier actor died with it.
         state.publish_scheduled = false;
         state.sweep_scheduled = false;
+        state.refresh_scheduled = false;
         if state.dirty {
-            state.schedule_publish(&myself, state.ctx.publish_interval);
+            state.schedule_publish(&myself, state.ctx.publish_interval, Instant::now());
         }
         state.schedule_sweep(&myself);
         Ok(state)
@@ -466,7 +500,8 @@ impl Actor for FamilyActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             FamilyMsg::Apply(mut queued) => {
-                state.apply(queued.take(), Instant::now());
+                let now = Instant::now();
+                state.apply(queued.take(), now);
                 if state.is_empty() {
                     // Every update was refused (series limit, type conflict): an actor with
                     // nothing to hold must not linger.
@@ -474,7 +509,7 @@ impl Actor for FamilyActor {
                     return Ok(());
                 }
                 if state.dirty {
-                    state.schedule_publish(&myself, state.ctx.publish_interval);
+                    state.schedule_publish(&myself, state.ctx.publish_interval, now);
                 }
                 state.schedule_sweep(&myself);
             }
@@ -487,20 +522,20 @@ impl Actor for FamilyActor {
                     self.retire(&myself, state);
                 } else {
                     if state.dirty {
-                        state.schedule_publish(&myself, state.ctx.publish_interval);
+                        state.schedule_publish(&myself, state.ctx.publish_interval, now);
                     }
                     state.schedule_sweep(&myself);
                 }
             }
             FamilyMsg::Publish => {
                 state.publish_scheduled = false;
-                let now = Instant::now();
-                state.publish(now);
-                // A set's count falls as members age out, with no update to say so.
-                if let Some(slot) = state.live_set_slot(now) {
-                    state.dirty = true;
-                    state.schedule_publish(&myself, slot);
-                }
+                state.publish_and_follow(&myself, Instant::now());
+            }
+            FamilyMsg::Refresh => {
+                state.refresh_scheduled = false;
+                state.dirty = true;
+                let interval = state.ctx.publish_interval;
+                state.schedule_publish(&myself, interval, Instant::now());
             }
             FamilyMsg::Fail => {
                 return Err(format!("fault injected into family {}", state.name).into());

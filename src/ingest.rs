@@ -1,9 +1,11 @@
 //! From received bytes to per-family batches: splits lines, parses them, routes each name
 //! through the mapping rules (or escapes it when none applies), turns tags into labels and
-//! groups the updates by family, so that each family actor gets one message per receive batch,
-//! never one per line. Routes are cached per batcher by raw name.
+//! groups the updates by family, so that each family actor gets one message per flush, never
+//! one per line. Between flushes samples of one series are combined where that is exact
+//! (counter increments summed, gauge sets and shifts folded), so a busy series costs its
+//! family one update per flush. Routes are cached per batcher by raw name.
 //!
-//! Counting happens here too, locally, and is added to the shared telemetry once per batch.
+//! Counting happens here too, locally, and is added to the shared telemetry once per flush.
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
@@ -66,13 +68,54 @@ impl IngestConfig {
     }
 }
 
-/// The updates of one family in one receive batch, with what the family is born with.
+/// The updates of one family since the last flush, with what the family is born with.
 #[derive(Debug)]
 pub struct Batch {
     /// Help and observer settings, used if the family does not exist yet.
     pub meta: Arc<FamilyMeta>,
-    /// The updates, in arrival order.
+    /// The updates, in arrival order (a combined update where its first sample arrived).
     pub updates: Vec<Update>,
+    /// Where each series' latest counter or gauge update is in `updates`.
+    latest: FxHashMap<LabelSet, usize>,
+}
+
+impl Batch {
+    /// An empty batch of a family born with `meta`.
+    pub fn new(meta: Arc<FamilyMeta>) -> Self {
+        Batch {
+            meta,
+            updates: Vec::new(),
+            latest: FxHashMap::default(),
+        }
+    }
+
+    /// Adds one sample's operation on the series `labels`: combined into that series' latest
+    /// update when [`Op::combine`] allows, appended otherwise. True when it was appended.
+    pub fn push(&mut self, labels: &LabelSet, op: Op) -> bool {
+        let combinable = matches!(op, Op::Add(_) | Op::Set(_) | Op::Shift(_));
+        if combinable {
+            if let Some(&i) = self.latest.get(labels) {
+                let update = &mut self.updates[i];
+                if let Some(combined) = update.op.combine(op) {
+                    update.op = combined;
+                    update.samples += 1;
+                    return false;
+                }
+            }
+            self.latest.insert(labels.clone(), self.updates.len());
+        }
+        self.updates.push(Update {
+            labels: labels.clone(),
+            op,
+            samples: 1,
+        });
+        true
+    }
+
+    /// How many samples the batch's updates stand for.
+    pub fn samples(&self) -> u64 {
+        self.updates.iter().map(|u| u.samples).sum()
+    }
 }
 
 /// Where the samples of one name and class go.
@@ -103,12 +146,14 @@ pub struct Batcher {
     /// Family settings per mapping rule (by the address of the rule's settings).
     metas: FxHashMap<usize, Arc<FamilyMeta>>,
     pending: FxHashMap<Arc<str>, Batch>,
+    /// Updates in `pending`, after combining.
+    held: usize,
     counts: Counts,
     /// The map cache's hit and miss counts already added to the telemetry.
     reported_cache: (u64, u64),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Counts {
     lines: u64,
     samples: u64,
@@ -190,6 +235,7 @@ impl Batcher {
             names: FxHashMap::default(),
             metas: FxHashMap::default(),
             pending: FxHashMap::default(),
+            held: 0,
             counts: Counts::default(),
             reported_cache: (0, 0),
         }
@@ -265,17 +311,13 @@ impl Batcher {
                             continue;
                         }
                     }
-                    self.pending
+                    let batch = self
+                        .pending
                         .entry(family.clone())
-                        .or_insert_with(|| Batch {
-                            meta: meta.clone(),
-                            updates: Vec::new(),
-                        })
-                        .updates
-                        .push(Update {
-                            labels: labels.clone(),
-                            op,
-                        });
+                        .or_insert_with(|| Batch::new(meta.clone()));
+                    if batch.push(labels, op) {
+                        self.held += 1;
+                    }
                     self.counts.samples += 1;
                 }
             }
@@ -409,10 +451,21 @@ impl Batcher {
         self.counts.reject(reason, raw);
     }
 
-    /// Takes the batches gathered so far, one per family, and adds the batch's counts to the
+    /// Updates held for the next flush, after combining.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// True when something was read since the last flush (held updates, or only counts).
+    pub fn has_pending(&self) -> bool {
+        self.held > 0 || self.counts != Counts::default()
+    }
+
+    /// Takes the batches gathered so far, one per family, and adds their counts to the
     /// shared telemetry.
     pub fn take(&mut self) -> impl Iterator<Item = (Arc<str>, Batch)> + '_ {
         self.flush_counts();
+        self.held = 0;
         self.pending
             .drain()
             .filter(|(_, batch)| !batch.updates.is_empty())
@@ -469,6 +522,33 @@ mod tests {
         assert_eq!(t.lines.get(), 4);
         assert_eq!(t.samples.get(), 3);
         assert_eq!(t.tag_errors.get(), 1);
+    }
+
+    #[test]
+    fn samples_of_a_series_combine_until_the_flush() {
+        let (got, t) = batches(
+            b"c:1|c\nc:2|c|@0.5\nc:1|c|#k:v\ng:5|g\ng:+2|g\ng:1|c\ng:-1|g\nt:1|ms\nt:1|ms\nc:3|c",
+        );
+        let ops = |i: usize| {
+            got[i]
+                .1
+                .iter()
+                .map(|u| (u.op, u.samples))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(got[0].0, "c");
+        assert_eq!(ops(0), [(Op::Add(8.0), 3), (Op::Add(1.0), 1)]);
+        // The counter sample in the gauge family stays apart (and is refused there).
+        assert_eq!(
+            ops(1),
+            [(Op::Set(7.0), 2), (Op::Add(1.0), 1), (Op::Shift(-1.0), 1)]
+        );
+        let observe = Op::Observe {
+            value: 0.001,
+            count: 1,
+        };
+        assert_eq!(ops(2), [(observe, 1), (observe, 1)]);
+        assert_eq!(t.samples.get(), 10);
     }
 
     #[test]

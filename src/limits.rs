@@ -145,6 +145,7 @@ mod tests {
         let update = || Update {
             labels: Default::default(),
             op: crate::update::Op::Add(1.0),
+            samples: 1,
         };
         let mut first = Queued::reserve(&bound, vec![update(), update()]).unwrap();
         assert!(Queued::reserve(&bound, vec![update(), update()]).is_err());

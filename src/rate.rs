@@ -35,7 +35,7 @@ impl RateWindow {
     }
 
     /// Records `n` updates at `now`.
-    pub fn record(&mut self, now: Instant, n: u32) {
+    pub fn record(&mut self, now: Instant, n: u64) {
         let slot = self.slot(now);
         if slot > self.head {
             let stale = (slot - self.head).min(BUCKETS as u64);
@@ -45,7 +45,7 @@ impl RateWindow {
             self.head = slot;
         }
         let bucket = &mut self.counts[(self.head % BUCKETS as u64) as usize];
-        *bucket = bucket.saturating_add(n);
+        *bucket = bucket.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
 
     /// Updates per second at `now`, over the last ten seconds (or the family's life if shorter).

@@ -1,5 +1,5 @@
 //! Routing: delivers each family's batch to its family actor, one message per family per
-//! receive batch. Each listener task has its own [`Router`] with a cache from family name to
+//! flush. Each listener task has its own [`Router`] with a cache from family name to
 //! actor, so the registry is asked only on a miss, and a dead actor (restarted by the registry)
 //! is looked up again without losing the batch. A family the registry refuses (its names
 //! would collide with another family's) has its samples counted as type conflicts.
@@ -110,7 +110,7 @@ impl Router {
     }
 
     async fn send(&mut self, family: Arc<str>, batch: Batch) {
-        let n = batch.updates.len() as u64;
+        let n = batch.samples();
         let spec = spec(&family, &batch);
         let mut actor = match self.route(&spec).await {
             Some(Route::Actor(actor)) => actor,
@@ -206,7 +206,7 @@ impl Router {
     fn count_clash(&self, family: &str, updates: &[Update]) {
         let mut by_kind: FxHashMap<&'static str, u64> = FxHashMap::default();
         for update in updates {
-            *by_kind.entry(update.op.kind().as_str()).or_default() += 1;
+            *by_kind.entry(update.op.kind().as_str()).or_default() += update.samples;
         }
         for (kind, n) in by_kind {
             self.telemetry.type_conflict(family, kind, n);

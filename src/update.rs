@@ -126,6 +126,20 @@ impl Op {
         }
     }
 
+    /// `self` followed by `next`, as one operation on the same series, when that is exact:
+    /// counter increments add up, a gauge set absorbs the shifts after it and is replaced by a
+    /// later set, shifts add up. Observations and set members stay apart (`None`), as do
+    /// operations of different types.
+    pub fn combine(self, next: Op) -> Option<Op> {
+        match (self, next) {
+            (Op::Add(a), Op::Add(b)) => Some(Op::Add(a + b)),
+            (Op::Set(_) | Op::Shift(_), Op::Set(b)) => Some(Op::Set(b)),
+            (Op::Set(a), Op::Shift(d)) => Some(Op::Set(a + d)),
+            (Op::Shift(a), Op::Shift(d)) => Some(Op::Shift(a + d)),
+            _ => None,
+        }
+    }
+
     /// The family type this update needs.
     pub const fn kind(&self) -> Kind {
         match self {
@@ -137,13 +151,16 @@ impl Op {
     }
 }
 
-/// One update of one series of a family.
+/// One update of one series of a family: what one sample does, or what several samples of
+/// the series gathered at the edge do together (see [`Op::combine`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Update {
     /// The series.
     pub labels: LabelSet,
     /// What to do to it.
     pub op: Op,
+    /// How many samples it stands for: what the family counts as applied or refused.
+    pub samples: u64,
 }
 
 #[cfg(test)]
@@ -164,6 +181,23 @@ mod tests {
         let set = labels(&[("z", "1"), ("a", "2"), ("z", "3")]);
         assert_eq!(set.iter().collect::<Vec<_>>(), [("a", "2"), ("z", "3")]);
         assert_eq!(set, labels(&[("a", "2"), ("z", "3")]));
+    }
+
+    #[test]
+    fn combining_keeps_the_meaning_of_the_sequence() {
+        assert_eq!(Op::Add(1.0).combine(Op::Add(2.5)), Some(Op::Add(3.5)));
+        assert_eq!(Op::Set(4.0).combine(Op::Shift(-1.0)), Some(Op::Set(3.0)));
+        assert_eq!(Op::Shift(2.0).combine(Op::Shift(3.0)), Some(Op::Shift(5.0)));
+        assert_eq!(Op::Shift(2.0).combine(Op::Set(7.0)), Some(Op::Set(7.0)));
+        assert_eq!(Op::Set(2.0).combine(Op::Set(7.0)), Some(Op::Set(7.0)));
+        let observe = Op::Observe {
+            value: 1.0,
+            count: 1,
+        };
+        assert_eq!(observe.combine(observe), None);
+        assert_eq!(Op::Insert(1).combine(Op::Insert(2)), None);
+        assert_eq!(Op::Add(1.0).combine(Op::Set(1.0)), None);
+        assert_eq!(Op::Set(1.0).combine(Op::Add(1.0)), None);
     }
 
     #[test]

@@ -182,6 +182,38 @@ fn tcp_lines_and_over_long_lines() {
 }
 
 #[test]
+fn samples_held_in_the_flush_window_land_exactly() {
+    // A long window, so that the datagrams below are combined at the edge before their
+    // families see them: the values and every count must still be exact.
+    let t = Tallyd::start(&["--statsd.event-flush-interval=300ms"]);
+    t.send_udp(b"hits:1|c\nlevel:10|g\nlat:100|ms\nhits:2|c|@0.5");
+    t.send_udp(b"hits:1|c|#k:v\nlevel:+5|g\nlevel:-1|g\nlat:300|ms\nhits:1|c");
+    t.send_udp(b"hits:1|c\nlevel:3|c\nlevel:+1|g");
+    let e = t.wait_value("tallyd_updates_total", &[], 11.0);
+    assert_eq!(e.value("hits", &[]), Some(7.0));
+    assert_eq!(e.value("hits", &[("k", "v")]), Some(1.0));
+    assert_eq!(e.value("level", &[]), Some(15.0));
+    assert_eq!(e.value("lat_count", &[]), Some(2.0));
+    assert_close(e.value("lat_sum", &[]), 0.4);
+    assert_eq!(
+        e.value("tallyd_metric_updates_total", &[("metric", "hits")]),
+        Some(5.0)
+    );
+    assert_eq!(
+        e.value("tallyd_metric_updates_total", &[("metric", "level")]),
+        Some(4.0)
+    );
+    assert_eq!(
+        e.value(
+            "tallyd_type_conflicts_total",
+            &[("metric", "level"), ("type", "counter")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(e.value("tallyd_lines_total", &[]), Some(12.0));
+}
+
+#[test]
 fn a_type_conflict_is_refused_and_counted() {
     let t = Tallyd::start(&[]);
     t.send_udp(b"jobs:1|c\njobs:5|g\njobs:3|ms\njobs:2|c");

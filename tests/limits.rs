@@ -111,15 +111,21 @@ fn tag_label_and_datagram_limits() {
 #[test]
 fn a_full_queue_drops_and_counts_whole_batches() {
     let t = Tallyd::start_with_env(&[], &[("TALLYD_LIMITS__MAX_QUEUED_UPDATES", "3")]);
-    t.send_udp(b"big:1|c\nbig:1|c\nbig:1|c\nbig:1|c");
+    // Four series: four updates (samples of one series would combine into one).
+    t.send_udp(b"big:1|c|#s:1\nbig:1|c|#s:2\nbig:1|c|#s:3\nbig:1|c|#s:4\nbig:1|c|#s:4");
+    // Counted in samples.
     t.wait_value(
         "tallyd_updates_dropped_total",
         &[("stage", "queue_full")],
-        4.0,
+        5.0,
     );
     t.send_udp(b"small:1|c\nsmall:1|c");
     let e = t.wait_value("small", &[], 2.0);
-    assert_eq!(e.value("big", &[]), None);
+    assert_eq!(
+        e.type_of("big"),
+        None,
+        "no series of the dropped batch exists"
+    );
     assert_eq!(
         e.value(
             "tallyd_updates_dropped_total",

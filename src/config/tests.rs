@@ -125,6 +125,17 @@ fn semantic_errors_name_their_source() {
     );
 
     let cli = Cli {
+        event_flush_threshold: Some("0".into()),
+        ..Cli::default()
+    };
+    let msg = load(&cli, &[]).unwrap_err().to_string();
+    assert!(
+        msg.contains("statsd.event_flush_threshold")
+            && msg.contains("--statsd.event-flush-threshold"),
+        "{msg}"
+    );
+
+    let cli = Cli {
         listen_udp: Some("not an address".into()),
         ..Cli::default()
     };
@@ -146,9 +157,13 @@ fn statsd_exporter_flag_names_parse() {
         "--web.telemetry-path=/m",
         "--log.level=debug",
         "--log.format=json",
+        "--statsd.event-flush-interval=200ms",
+        "--statsd.event-flush-threshold=1000",
     ])
     .unwrap();
     let s = load(&cli, &[]).unwrap();
+    assert_eq!(s.statsd.event_flush_interval, Duration::from_millis(200));
+    assert_eq!(s.statsd.event_flush_threshold, 1000);
     assert_eq!(s.statsd.listen_udp, "127.0.0.1:9000");
     assert_eq!(s.statsd.listen_tcp, "");
     assert_eq!(s.web.listen_address, "127.0.0.1:9001");

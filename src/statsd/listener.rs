@@ -1,14 +1,19 @@
-//! The StatsD sockets: a UDP or Unix datagram reader that batches up to `receive_batch` ready
-//! datagrams before dispatching, and a TCP acceptor with one task per connection reading newline-separated lines.
-//! Each task owns its [`Batcher`] and [`Router`]; nothing is shared on the hot path but the
-//! telemetry counters. Both stop reading when the shutdown token fires, after dispatching what
-//! they have.
+//! The StatsD sockets: a UDP or Unix datagram reader that takes up to `receive_batch` ready
+//! datagrams at a time, and a TCP acceptor with one task per connection reading
+//! newline-separated lines. Each task owns its [`Batcher`] and [`Router`]; nothing is shared on
+//! the hot path but the telemetry counters. What a task reads waits in its batcher for the
+//! flush window (`statsd.event_flush_interval` after the first sample, or sooner once
+//! `statsd.event_flush_threshold` updates are held), then each touched family gets one
+//! message. Both stop reading when the shutdown token fires, after dispatching what they have.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram};
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -30,8 +35,12 @@ pub struct ListenerContext {
     pub registry: ActorRef<RegistryMsg>,
     /// Self-metrics.
     pub telemetry: Arc<Telemetry>,
-    /// Datagrams read before a dispatch, at most.
+    /// Datagrams read in one go, at most.
     pub receive_batch: usize,
+    /// Longest time a sample is held before its family gets it (zero: after every receive).
+    pub flush_interval: Duration,
+    /// Updates held, after combining, that close the window early.
+    pub flush_threshold: usize,
     /// Longest TCP line.
     pub tcp_max_line_bytes: usize,
     /// Longest datagram accepted.
@@ -43,7 +52,7 @@ pub struct ListenerContext {
 }
 
 impl ListenerContext {
-    fn pipeline(&self) -> (Batcher, Router) {
+    fn pipeline(&self) -> (Batcher, Router, FlushWindow) {
         (
             Batcher::new(self.telemetry.clone(), self.ingest.clone()),
             Router::new(
@@ -51,7 +60,50 @@ impl ListenerContext {
                 self.telemetry.clone(),
                 self.queue.clone(),
             ),
+            FlushWindow {
+                interval: self.flush_interval,
+                threshold: self.flush_threshold,
+                timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                armed: false,
+            },
         )
+    }
+}
+
+/// When a task's held updates go to the family actors: `interval` after the first read since
+/// the last flush, or at once when `threshold` updates are held or the interval is zero.
+#[derive(Debug)]
+struct FlushWindow {
+    interval: Duration,
+    threshold: usize,
+    /// Reset, not re-created, at each window: one timer registration per window.
+    timer: Pin<Box<Sleep>>,
+    /// The timer runs: something is held.
+    armed: bool,
+}
+
+impl FlushWindow {
+    /// After a read: true when the batcher must flush now; otherwise opens the window if
+    /// something is held and it is not open yet.
+    fn flush_now(&mut self, batcher: &Batcher) -> bool {
+        if !batcher.has_pending() {
+            return false;
+        }
+        if self.interval.is_zero() || batcher.held() >= self.threshold {
+            self.armed = false;
+            return true;
+        }
+        if !self.armed {
+            self.armed = true;
+            self.timer.as_mut().reset(Instant::now() + self.interval);
+        }
+        false
+    }
+
+    /// Waits until the open window closes; only to be polled while `armed`.
+    async fn closed(&mut self) {
+        self.timer.as_mut().await;
+        self.armed = false;
     }
 }
 
@@ -95,7 +147,7 @@ pub async fn serve_datagrams(
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
-    let (mut batcher, mut router) = ctx.pipeline();
+    let (mut batcher, mut router, mut window) = ctx.pipeline();
     // One byte more than the limit, so that a datagram over it shows as such.
     let mut buf = vec![0u8; ctx.max_datagram_bytes.min(MAX_DATAGRAM) + 1];
     let kind = socket.kind();
@@ -103,11 +155,17 @@ pub async fn serve_datagrams(
         let first = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            () = window.closed(), if window.armed => {
+                router.dispatch(&mut batcher).await;
+                continue;
+            }
             got = socket.recv(&mut buf) => got,
         };
         let packets = read_batch(&socket, &mut buf, &mut batcher, first, ctx.receive_batch);
         ctx.telemetry.packets(kind, packets);
-        router.dispatch(&mut batcher).await;
+        if window.flush_now(&batcher) {
+            router.dispatch(&mut batcher).await;
+        }
     }
     // What the kernel already holds was sent before shutdown: apply it too (bounded, in case
     // a sender keeps sending).
@@ -182,7 +240,7 @@ async fn serve_connection(
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
-    let (mut batcher, mut router) = ctx.pipeline();
+    let (mut batcher, mut router, mut window) = ctx.pipeline();
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {
         if buf.capacity() - buf.len() < 4096 {
@@ -191,6 +249,10 @@ async fn serve_connection(
         let read = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            () = window.closed(), if window.armed => {
+                router.dispatch(&mut batcher).await;
+                continue;
+            }
             read = stream.read_buf(&mut buf) => read,
         };
         let n = match read {
@@ -230,9 +292,11 @@ async fn serve_connection(
         }
         batcher.ingest(&buf[..complete]);
         buf.drain(..complete);
-        router.dispatch(&mut batcher).await;
         if n == 0 {
             break;
+        }
+        if window.flush_now(&batcher) {
+            router.dispatch(&mut batcher).await;
         }
     }
     router.dispatch(&mut batcher).await;
