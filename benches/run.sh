@@ -18,7 +18,9 @@
 # - the rest with examples/loadgen: CPU per million counter lines at 100,000 lines/s; RSS and
 #   /metrics scrape time after 3 scrapes at 100,000 counter names and at 100,000 timer series
 #   (1,000 names x 100 tag values), each series sent twice at 25,000 lines/s so that a lost
-#   datagram leaves no series out; time from a line's send to /metrics showing it.
+#   datagram leaves no series out, then (--wait-hibernation) until every family is idle and
+#   hibernated, as when the sender stops; peak RSS is reported beside it; time from a line's
+#   send to /metrics showing it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -208,14 +210,15 @@ done
 echo "100,000 counter names" >&2
 counters=()
 for ((r = 1; r <= runs; r++)); do
-  counters+=("$(run --mode counter --names 100000 --count 200000 --rate 25000 --scrapes 3)")
+  counters+=("$(run --mode counter --names 100000 --count 200000 --rate 25000 --scrapes 3 \
+    --wait-hibernation)")
 done
 
 echo "100,000 timer series" >&2
 timers=()
 for ((r = 1; r <= runs; r++)); do
   timers+=("$(run --mode timer --names 1000 --label-values 100 --count 200000 --rate 25000 \
-    --scrapes 3)")
+    --scrapes 3 --wait-hibernation)")
 done
 
 echo "line to /metrics" >&2

@@ -9,8 +9,9 @@
 //! first. Loopback targets only.
 //!
 //! Before sending it scrapes `--http` once; after, it scrapes until `tallyd_lines_total` and
-//! `tallyd_updates_total` have not moved for `--settle`, then takes `--scrapes` timed scrapes,
-//! and prints one `key=value` line (or a JSON object with `--json`):
+//! `tallyd_updates_total` have not moved for `--settle` (with `--wait-hibernation`, also until
+//! `tallyd_metric_actors` is 0), then takes `--scrapes` timed scrapes, and prints one
+//! `key=value` line (or a JSON object with `--json`):
 //! `sent`, `received` (`tallyd_lines_total` delta), `applied` (`tallyd_updates_total` delta),
 //! `loss_pct` (sent but not applied), `kernel_drops` (datagrams), and with `--pid`
 //! `cpu_s` (utime + stime from `/proc/PID/stat`, from just before sending to the first scrape
@@ -103,6 +104,10 @@ struct Args {
     /// The counts are final once unchanged for this many seconds.
     #[arg(long, default_value_t = 0.5)]
     settle: f64,
+    /// After the counts settle, wait (up to --settle-timeout) until no family actor is live:
+    /// every family idle and hibernated, as a sender that stopped leaves them.
+    #[arg(long)]
+    wait_hibernation: bool,
     /// Give up waiting for the counts to settle after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     settle_timeout: f64,
@@ -274,6 +279,21 @@ fn run(args: &Args) -> io::Result<Report> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let settle_ms = settle_start.elapsed().as_secs_f64() * 1e3;
+    if args.wait_hibernation {
+        let start = Instant::now();
+        while after.value("tallyd_metric_actors") > 0.0
+            && settle_start.elapsed().as_secs_f64() < args.settle_timeout
+        {
+            std::thread::sleep(Duration::from_millis(250));
+            after = http.get()?;
+        }
+        report.num(
+            "hibernation_wait_ms",
+            start.elapsed().as_secs_f64() * 1e3,
+            0,
+        );
+    }
+    report.num("actors", after.value("tallyd_metric_actors"), 0);
 
     let mut times = Vec::new();
     let mut size = 0;

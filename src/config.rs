@@ -436,12 +436,19 @@ pub struct ActorSettings {
     /// last render time instead, so rendering never takes over. Default `20ms`.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
+    /// A family with no update for this long, no TTL and no set members still counting,
+    /// hibernates: its actor stops and hands its state to the registry, its series stay on
+    /// /metrics, and the next update brings the actor back with that state. Live actors thus
+    /// follow the active names, not every name ever seen. `0s` keeps every actor. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub hibernate_after: Duration,
 }
 
 impl Default for ActorSettings {
     fn default() -> Self {
         ActorSettings {
             publish_interval: Duration::from_millis(20),
+            hibernate_after: Duration::from_secs(1),
         }
     }
 }

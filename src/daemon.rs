@@ -170,6 +170,7 @@ pub async fn run(
         aggregator: aggregator.clone(),
         telemetry: telemetry.clone(),
         publish_interval: settings.actors.publish_interval,
+        hibernate_after: Some(settings.actors.hibernate_after).filter(|h| !h.is_zero()),
         set_window: settings.statsd.set_window,
         budget: Arc::new(SeriesBudget::new(
             settings.limits.max_series,

@@ -5,7 +5,9 @@
 //! once per publish interval, so scrapes never wait for it.
 //!
 //! Series that see no update for their TTL are removed; a family left with none asks the
-//! registry to retire it (see [`crate::registry`]). New series are taken from the shared
+//! registry to retire it (see [`crate::registry`]). A family without a TTL that sees no update
+//! for `hibernate_after` asks to hibernate: the registry stops the actor and keeps its state,
+//! its snapshot stays with the aggregator, and the next update respawns it with that state. New series are taken from the shared
 //! [`SeriesBudget`]; past a limit the update is refused and counted, while existing series
 //! keep updating.
 
@@ -52,6 +54,8 @@ pub struct FamilyContext {
     pub telemetry: Arc<Telemetry>,
     /// Longest time between an update and its snapshot reaching the aggregator.
     pub publish_interval: Duration,
+    /// Idle time after which a family without a TTL hibernates; `None`: never.
+    pub hibernate_after: Option<Duration>,
     /// The window over which a set counts distinct members.
     pub set_window: Duration,
     /// How many series may exist.
@@ -70,6 +74,8 @@ pub enum FamilyMsg {
     /// Publish a set family again, whose count falls as members age out with no update to
     /// say so (sent by the actor to itself).
     Refresh,
+    /// Hibernate if no update came for `hibernate_after` (sent by the actor to itself).
+    IdleCheck,
     /// Fail on purpose (fault injection for supervision drills): the registry restarts the
     /// family empty.
     Fail,
@@ -142,8 +148,9 @@ pub enum Series {
     Gauge(f64),
     /// A summary's or histogram's observations.
     Observer(Observer),
-    /// A set's members over a sliding window.
-    Set(SetSeries),
+    /// A set's members over a sliding window (boxed: every series of every type is as large
+    /// as the largest, and sets are rare).
+    Set(Box<SetSeries>),
 }
 
 impl Series {
@@ -152,7 +159,7 @@ impl Series {
             Kind::Counter => Series::Counter(0.0),
             Kind::Gauge => Series::Gauge(0.0),
             Kind::Observer => Series::Observer(Observer::new(&meta.observer)),
-            Kind::Set => Series::Set(SetSeries::new(ctx.set_window, now)),
+            Kind::Set => Series::Set(Box::new(SetSeries::new(ctx.set_window, now))),
         }
     }
 
@@ -201,6 +208,9 @@ pub struct FamilyState {
     publish_scheduled: bool,
     sweep_scheduled: bool,
     refresh_scheduled: bool,
+    idle_check_scheduled: bool,
+    /// When the last update was applied.
+    last_update: Instant,
     /// How long the last snapshot took to render.
     render_cost: Duration,
     /// When the last snapshot was sent.
@@ -231,6 +241,8 @@ impl FamilyState {
             publish_scheduled: false,
             sweep_scheduled: false,
             refresh_scheduled: false,
+            idle_check_scheduled: false,
+            last_update: Instant::now(),
             render_cost: Duration::ZERO,
             published_at: None,
         }
@@ -308,6 +320,7 @@ impl FamilyState {
             }
         }
         if applied > 0 {
+            self.last_update = now;
             self.ctx.telemetry.updates.inc_by(applied);
             self.updates += applied;
             self.rate.record(now, applied);
@@ -426,6 +439,27 @@ impl FamilyState {
         })
     }
 
+    /// How long until the family may hibernate, if it ever may: it has no TTL (its series
+    /// must be swept, which a stopped actor cannot do) and no set members still counting.
+    fn idle_left(&self, now: Instant) -> Option<Duration> {
+        let after = self.ctx.hibernate_after?;
+        if self.meta.ttl.is_some() || self.live_set_slot(now).is_some() {
+            return None;
+        }
+        Some(after.saturating_sub(now.saturating_duration_since(self.last_update)))
+    }
+
+    fn schedule_idle_check(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
+        if self.idle_check_scheduled {
+            return;
+        }
+        if let Some(left) = self.idle_left(now) {
+            self.idle_check_scheduled = true;
+            // Never a busy loop: at least a millisecond between checks.
+            myself.send_after(left.max(Duration::from_millis(1)), || FamilyMsg::IdleCheck);
+        }
+    }
+
     fn schedule_sweep(&mut self, myself: &ActorRef<FamilyMsg>) {
         if let Some(ttl) = self.meta.ttl {
             if !self.sweep_scheduled {
@@ -465,6 +499,14 @@ impl FamilyActor {
             .registry
             .cast(RegistryMsg::Retire(state.name.clone(), myself.get_id()));
     }
+
+    /// Asks the registry to let this idle actor hibernate: drained and stopped like a
+    /// retiring one, but its state is kept, and so are its series on /metrics.
+    fn hibernate(&self, myself: &ActorRef<FamilyMsg>, state: &FamilyState) {
+        let _ = self
+            .registry
+            .cast(RegistryMsg::Hibernate(state.name.clone(), myself.get_id()));
+    }
 }
 
 impl Actor for FamilyActor {
@@ -485,10 +527,12 @@ impl Actor for FamilyActor {
         state.publish_scheduled = false;
         state.sweep_scheduled = false;
         state.refresh_scheduled = false;
+        state.idle_check_scheduled = false;
         if state.dirty {
             state.schedule_publish(&myself, state.ctx.publish_interval, Instant::now());
         }
         state.schedule_sweep(&myself);
+        state.schedule_idle_check(&myself, Instant::now());
         Ok(state)
     }
 
@@ -512,6 +556,17 @@ impl Actor for FamilyActor {
                     state.schedule_publish(&myself, state.ctx.publish_interval, now);
                 }
                 state.schedule_sweep(&myself);
+                state.schedule_idle_check(&myself, now);
+            }
+            FamilyMsg::IdleCheck => {
+                state.idle_check_scheduled = false;
+                let now = Instant::now();
+                match state.idle_left(now) {
+                    Some(left) if left.is_zero() => self.hibernate(&myself, state),
+                    Some(_) => state.schedule_idle_check(&myself, now),
+                    // A set still counting: looked at again once it has settled.
+                    None => {}
+                }
             }
             FamilyMsg::Sweep => {
                 state.sweep_scheduled = false;
@@ -534,8 +589,10 @@ impl Actor for FamilyActor {
             FamilyMsg::Refresh => {
                 state.refresh_scheduled = false;
                 state.dirty = true;
+                let now = Instant::now();
                 let interval = state.ctx.publish_interval;
-                state.schedule_publish(&myself, interval, Instant::now());
+                state.schedule_publish(&myself, interval, now);
+                state.schedule_idle_check(&myself, now);
             }
             FamilyMsg::Fail => {
                 return Err(format!("fault injected into family {}", state.name).into());

@@ -11,6 +11,11 @@
 //! anything sent later fails and is looked up again. Look-ups of the name meanwhile wait. When
 //! the actor has stopped, a family that received updates while retiring is restarted with its
 //! state, and the waiting look-ups get the new actor; otherwise the family is gone.
+//!
+//! An idle family asks to hibernate, which goes the same way except that the registry keeps
+//! the stopped actor's state (and the family's names), and the next look-up of the family
+//! spawns its actor again with that state. Its snapshot stays with the aggregator meanwhile,
+//! so its series never leave /metrics.
 
 use ractor::actor::ActorRuntime;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -41,6 +46,8 @@ pub enum RegistryMsg {
     InjectFault(Arc<str>, RpcReplyPort<bool>),
     /// A family actor with no series left asks to stop.
     Retire(Arc<str>, ActorId),
+    /// An idle family actor asks to stop, its state kept for its next update.
+    Hibernate(Arc<str>, ActorId),
 }
 
 /// The actor; its state is [`RegistryState`].
@@ -56,12 +63,16 @@ pub struct RegistryState {
     claims: FxHashMap<String, Arc<str>>,
     /// Families being drained before they stop, with the look-ups waiting for them.
     retiring: FxHashMap<Arc<str>, Retiring>,
+    /// Families whose actor stopped while idle, with its state.
+    hibernating: FxHashMap<Arc<str>, (FamilySpec, Box<FamilyState>)>,
 }
 
 /// A family on its way out.
 #[derive(Debug)]
 struct Retiring {
     spec: FamilySpec,
+    /// Hibernating rather than retiring: the state is to be kept.
+    hibernate: bool,
     /// Look-ups that named it, each waiting for the new actor.
     waiting: Vec<PendingLookup>,
 }
@@ -158,10 +169,46 @@ impl RegistryState {
         self.count_actors();
     }
 
-    /// `tallyd_metric_actors`: live family actors, retiring ones included.
+    /// `tallyd_metric_actors`: live family actors, retiring ones included; and the
+    /// hibernating families.
     fn count_actors(&self) {
         let live = self.families.len() + self.retiring.len();
-        self.ctx.telemetry.metric_actors.set(live as i64);
+        let t = &self.ctx.telemetry;
+        t.metric_actors.set(live as i64);
+        t.families_hibernating.set(self.hibernating.len() as i64);
+    }
+
+    /// Spawns the actor of a hibernating family again, with its state.
+    fn wake(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: &str,
+    ) -> Result<Option<ActorRef<FamilyMsg>>, ActorProcessingErr> {
+        let Some((spec, state)) = self.hibernating.remove(name) else {
+            return Ok(None);
+        };
+        self.ctx.telemetry.family_wakeups.inc();
+        self.spawn(myself, spec, Some(state)).map(Some)
+    }
+
+    /// Starts draining the actor of `name` if it is the current one (`id`), to retire or
+    /// hibernate it.
+    fn drain(&mut self, name: Arc<str>, id: ActorId, hibernate: bool) {
+        let current = self.families.get(&name);
+        if current.is_some_and(|(actor, _)| actor.get_id() == id) {
+            if let Some((actor, spec)) = self.families.remove(&name) {
+                self.retiring.insert(
+                    name,
+                    Retiring {
+                        spec,
+                        hibernate,
+                        waiting: Vec::new(),
+                    },
+                );
+                // Applies what is queued, refuses what comes after; then stops.
+                let _ = actor.drain();
+            }
+        }
     }
 
     /// A retiring actor has stopped: restart it with its state if updates reached it while it
@@ -176,6 +223,24 @@ impl RegistryState {
             return Ok(());
         };
         let revived = state.filter(|s| !s.is_empty());
+        if retiring.hibernate {
+            match revived {
+                Some(state) if retiring.waiting.is_empty() => {
+                    debug!(metric = %name, "family hibernating");
+                    self.hibernating.insert(name, (retiring.spec, state));
+                    self.count_actors();
+                    return Ok(());
+                }
+                Some(_) => {}
+                // It failed while draining: its state, and so its snapshot, are gone.
+                None => {
+                    let _ = self
+                        .ctx
+                        .aggregator
+                        .cast(AggregatorMsg::Remove(name.clone()));
+                }
+            }
+        }
         if revived.is_none() && retiring.waiting.is_empty() {
             self.release(&retiring.spec);
             self.ctx.telemetry.family_retirements.inc();
@@ -208,6 +273,7 @@ impl Actor for RegistryActor {
             names: FxHashMap::default(),
             claims: FxHashMap::default(),
             retiring: FxHashMap::default(),
+            hibernating: FxHashMap::default(),
         })
     }
 
@@ -229,9 +295,12 @@ impl Actor for RegistryActor {
                     }
                     let answer = match state.families.get(&spec.name) {
                         Some((actor, _)) => Ok(actor.clone()),
-                        None => match state.clash(&spec) {
-                            Some(clash) => Err(clash),
-                            None => Ok(state.spawn(&myself, spec, None)?),
+                        None => match state.wake(&myself, &spec.name)? {
+                            Some(actor) => Ok(actor),
+                            None => match state.clash(&spec) {
+                                Some(clash) => Err(clash),
+                                None => Ok(state.spawn(&myself, spec, None)?),
+                            },
                         },
                     };
                     answers.push(Some(answer));
@@ -255,23 +324,10 @@ impl Actor for RegistryActor {
                     }
                 }
             }
-            RegistryMsg::Retire(name, id) => {
-                let current = state.families.get(&name);
-                if current.is_some_and(|(actor, _)| actor.get_id() == id) {
-                    if let Some((actor, spec)) = state.families.remove(&name) {
-                        state.retiring.insert(
-                            name,
-                            Retiring {
-                                spec,
-                                waiting: Vec::new(),
-                            },
-                        );
-                        // Applies what is queued, refuses what comes after; then stops.
-                        let _ = actor.drain();
-                    }
-                }
-            }
+            RegistryMsg::Retire(name, id) => state.drain(name, id, false),
+            RegistryMsg::Hibernate(name, id) => state.drain(name, id, true),
             RegistryMsg::InjectFault(name, reply) => {
+                state.wake(&myself, &name)?;
                 let found = state.families.get(&name);
                 if let Some((actor, _)) = found {
                     warn!(metric = %name, "injecting a fault into the family actor");

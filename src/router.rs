@@ -35,9 +35,10 @@ pub struct Router {
     pruned: Instant,
 }
 
-/// How often the cache lets go of actors that have stopped (retired or failed), whose
-/// mailboxes it would otherwise keep alive.
-const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// How often the cache lets go of actors that have stopped (retired, hibernated or failed),
+/// whose mailboxes it would otherwise keep alive: at a dispatch, and on the listener's tick
+/// when no traffic comes.
+pub const PRUNE_EVERY: Duration = Duration::from_millis(250);
 
 /// What a family's first batch says it is, in case it has to be born.
 fn spec(family: &Arc<str>, batch: &Batch) -> FamilySpec {
@@ -56,6 +57,15 @@ enum Route {
     /// Refused by the registry at this instant; asked again after [`CLASH_RECHECK`], since the
     /// family it clashed with may go away.
     Clash(Instant),
+}
+
+/// True for an actor that is draining or stopped: it takes no new message.
+fn stopping(actor: &ActorRef<FamilyMsg>) -> bool {
+    use ractor::ActorStatus;
+    matches!(
+        actor.get_status(),
+        ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+    )
 }
 
 /// How long a refused family name stays refused in the cache.
@@ -77,14 +87,11 @@ impl Router {
         }
     }
 
-    fn prune(&mut self) {
-        use ractor::ActorStatus;
+    /// Lets go of the cached actors that have stopped, and of refusals old enough to ask again.
+    pub fn prune(&mut self) {
         self.pruned = Instant::now();
         self.actors.retain(|_, route| match route {
-            Route::Actor(actor) => !matches!(
-                actor.get_status(),
-                ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
-            ),
+            Route::Actor(actor) => !stopping(actor),
             Route::Clash(at) => at.elapsed() < CLASH_RECHECK,
         });
     }
@@ -154,10 +161,12 @@ impl Router {
         }
     }
 
-    /// The cached route of a family, unless it is a refusal old enough to ask again.
+    /// The cached route of a family, unless it is an actor on its way out (retiring,
+    /// hibernating) or a refusal old enough to ask again: those are looked up afresh, with the
+    /// rest of the flush's unknown families.
     fn cached(&self, family: &str) -> Option<&Route> {
         self.actors.get(family).filter(|route| match route {
-            Route::Actor(_) => true,
+            Route::Actor(actor) => !stopping(actor),
             Route::Clash(at) => at.elapsed() < CLASH_RECHECK,
         })
     }

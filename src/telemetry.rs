@@ -79,6 +79,10 @@ pub struct Telemetry {
     pub family_restarts: IntCounter,
     /// `tallyd_metric_actors`: live family actors.
     pub metric_actors: IntGauge,
+    /// `tallyd_metric_families_hibernating`: families whose actor stopped while idle.
+    pub families_hibernating: IntGauge,
+    /// `tallyd_family_wakeups_total`: hibernating families brought back by an update.
+    pub family_wakeups: IntCounter,
     series: IntGaugeVec,
     series_refused: IntCounterVec,
     /// `tallyd_series_expired_total`: series removed after their TTL.
@@ -168,6 +172,14 @@ impl Telemetry {
         registry
             .register(Box::new(metric_actors.clone()))
             .expect("unique static metric");
+        let families_hibernating = IntGauge::new(
+            "tallyd_metric_families_hibernating",
+            "Families whose actor stopped while idle; their series stay on /metrics and the next update brings the actor back.",
+        )
+        .expect("valid static metric");
+        registry
+            .register(Box::new(families_hibernating.clone()))
+            .expect("unique static metric");
         let series = IntGaugeVec::new(
             Opts::new("tallyd_series", "Series on /metrics now, by family type."),
             &["type"],
@@ -237,6 +249,12 @@ impl Telemetry {
                 "Family actors restarted by the registry after a failure.",
             ),
             metric_actors,
+            families_hibernating,
+            family_wakeups: counter(
+                &registry,
+                "tallyd_family_wakeups_total",
+                "Hibernating families whose actor an update brought back.",
+            ),
             type_conflicts: counter_vec(
                 &registry,
                 "tallyd_type_conflicts_total",

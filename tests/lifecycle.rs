@@ -1,5 +1,6 @@
 //! The daemon's life: supervision restarts a failed family while the others keep their
-//! values, SIGTERM and SIGINT exit 0 promptly, bad settings fail start-up naming their source.
+//! values, idle families hibernate and come back with their state, SIGTERM and SIGINT exit 0
+//! promptly, bad settings fail start-up naming their source.
 
 mod common;
 
@@ -34,6 +35,66 @@ fn a_failed_family_is_restarted_and_the_others_keep_running() {
         .iter()
         .any(|l| l.contains("family actor failed") && l.contains("fragile")));
     assert_eq!(t.post("/-/fault?family=unknown"), 404);
+}
+
+#[test]
+fn idle_families_hibernate_and_wake_with_their_state() {
+    let t = Tallyd::start_with_env(
+        &["--statsd.default-ttl=0s"],
+        &[("TALLYD_ACTORS__HIBERNATE_AFTER", "100ms")],
+    );
+    t.send_udp(b"jobs:1|c|#q:a\njobs:2|c|#q:b\nlevel:7|g\nlat:100|ms\nlat:300|ms");
+    let e = t.wait_for("three hibernating families and no actor", |e| {
+        e.value("tallyd_metric_families_hibernating", &[]) == Some(3.0)
+            && e.value("tallyd_metric_actors", &[]) == Some(0.0)
+    });
+    // Every series stays on /metrics while its actor is gone.
+    assert_eq!(e.value("jobs", &[("q", "a")]), Some(1.0));
+    assert_eq!(e.value("jobs", &[("q", "b")]), Some(2.0));
+    assert_eq!(e.value("level", &[]), Some(7.0));
+    assert_eq!(e.value("lat_count", &[]), Some(2.0));
+    assert_eq!(e.value("tallyd_family_wakeups_total", &[]), Some(0.0));
+
+    // The next update brings the actor back with the state it had.
+    t.send_udp(b"jobs:5|c|#q:a\nlevel:+1|g\nlat:200|ms");
+    let e = t.wait_value("tallyd_family_wakeups_total", &[], 3.0);
+    let e = if e.value("lat_count", &[]) == Some(3.0) {
+        e
+    } else {
+        t.wait_value("lat_count", &[], 3.0)
+    };
+    assert_eq!(e.value("jobs", &[("q", "a")]), Some(6.0));
+    assert_eq!(e.value("jobs", &[("q", "b")]), Some(2.0));
+    assert_eq!(e.value("level", &[]), Some(8.0));
+    common::assert_close(e.value("lat_sum", &[]), 0.6);
+    assert_eq!(
+        e.value("tallyd_metric_updates_total", &[("metric", "jobs")]),
+        Some(3.0),
+        "the family's own counts carry over too"
+    );
+    assert_eq!(e.value("tallyd_series", &[("type", "counter")]), Some(2.0));
+    let e = t.wait_for("hibernating again", |e| {
+        e.value("tallyd_metric_families_hibernating", &[]) == Some(3.0)
+    });
+    assert_eq!(e.value("tallyd_family_restarts_total", &[]), Some(0.0));
+    assert_eq!(e.value("tallyd_updates_total", &[]), Some(8.0));
+}
+
+#[test]
+fn families_with_a_ttl_do_not_hibernate() {
+    let t = Tallyd::start_with_env(
+        &["--statsd.default-ttl=1h"],
+        &[("TALLYD_ACTORS__HIBERNATE_AFTER", "50ms")],
+    );
+    t.send_udp(b"jobs:1|c");
+    t.wait_value("jobs", &[], 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let e = t.scrape();
+    assert_eq!(
+        e.value("tallyd_metric_families_hibernating", &[]),
+        Some(0.0)
+    );
+    assert_eq!(e.value("tallyd_metric_actors", &[]), Some(1.0));
 }
 
 #[test]

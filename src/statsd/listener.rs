@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use crate::ingest::{Batcher, IngestConfig};
 use crate::limits::QueueBound;
 use crate::registry::RegistryMsg;
-use crate::router::Router;
+use crate::router::{Router, PRUNE_EVERY};
 use crate::statsd::parse::RejectReason;
 use crate::telemetry::{ListenerKind, Telemetry};
 use ractor::ActorRef;
@@ -52,7 +52,10 @@ pub struct ListenerContext {
 }
 
 impl ListenerContext {
-    fn pipeline(&self) -> (Batcher, Router, FlushWindow) {
+    fn pipeline(&self) -> (Batcher, Router, FlushWindow, tokio::time::Interval) {
+        // Lets an idle task's router drop stopped actors (hibernated families) all the same.
+        let mut prune = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         (
             Batcher::new(self.telemetry.clone(), self.ingest.clone()),
             Router::new(
@@ -66,6 +69,7 @@ impl ListenerContext {
                 timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 armed: false,
             },
+            prune,
         )
     }
 }
@@ -147,7 +151,7 @@ pub async fn serve_datagrams(
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
-    let (mut batcher, mut router, mut window) = ctx.pipeline();
+    let (mut batcher, mut router, mut window, mut prune) = ctx.pipeline();
     // One byte more than the limit, so that a datagram over it shows as such.
     let mut buf = vec![0u8; ctx.max_datagram_bytes.min(MAX_DATAGRAM) + 1];
     let kind = socket.kind();
@@ -157,6 +161,10 @@ pub async fn serve_datagrams(
             () = shutdown.cancelled() => break,
             () = window.closed(), if window.armed => {
                 router.dispatch(&mut batcher).await;
+                continue;
+            }
+            _ = prune.tick() => {
+                router.prune();
                 continue;
             }
             got = socket.recv(&mut buf) => got,
@@ -240,7 +248,7 @@ async fn serve_connection(
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
-    let (mut batcher, mut router, mut window) = ctx.pipeline();
+    let (mut batcher, mut router, mut window, mut prune) = ctx.pipeline();
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {
         if buf.capacity() - buf.len() < 4096 {
@@ -251,6 +259,10 @@ async fn serve_connection(
             () = shutdown.cancelled() => break,
             () = window.closed(), if window.armed => {
                 router.dispatch(&mut batcher).await;
+                continue;
+            }
+            _ = prune.tick() => {
+                router.prune();
                 continue;
             }
             read = stream.read_buf(&mut buf) => read,
