@@ -1,9 +1,10 @@
 //! Rendering for scrapes.
 //!
 //! - `snapshot/*`: `FamilyState::snapshot`, which a family actor runs at most once per publish
-//!   interval after an update: every series of the family into the Prometheus text format.
-//!   One family of 1,000 or 100,000 counter series, or of 10,000 summary series (ten
-//!   observations each, three quantiles).
+//!   interval after an update: the family in the Prometheus text format. One family of 1,000
+//!   or 100,000 counter series, or of 10,000 summary series (ten observations each, three
+//!   quantiles); `all_changed` after an update to every series (every series rendered),
+//!   `one_changed` after an update to one (its lines rendered, the others' copied).
 //! - `exposition/*`: `exposition::render`, which every `GET /metrics` runs: the aggregator's
 //!   view of 10,000 families (one counter series each) concatenated, plus the per-family
 //!   self-metrics and tallyd's own.
@@ -24,25 +25,29 @@ use tallyd::family::FamilyState;
 use tallyd::telemetry::Telemetry;
 use tallyd::update::{Kind, Op, Update};
 
-/// A family of `series` series, each updated `updates` times with `op(k)`.
-fn populated(
-    name: &str,
-    kind: Kind,
-    series: usize,
-    updates: usize,
-    op: impl Fn(usize) -> Op,
-    ctx: &Arc<tallyd::family::FamilyContext>,
-) -> FamilyState {
-    let mut state = common::family(name, kind, ObserverType::Summary, ctx);
+/// `series * updates` updates over `series` series, `op(k)` each.
+fn updates(series: usize, updates: usize, op: impl Fn(usize) -> Op) -> Vec<Update> {
     let labels: Vec<_> = (0..series).map(common::series).collect();
-    let batch = (0..series * updates)
+    (0..series * updates)
         .map(|k| Update {
             labels: labels[k % series].clone(),
             op: op(k),
             samples: 1,
         })
-        .collect();
-    state.apply(batch, Instant::now());
+        .collect()
+}
+
+/// A family of `series` series, each updated `updates` times with `op(k)`.
+fn populated(
+    name: &str,
+    kind: Kind,
+    series: usize,
+    n: usize,
+    op: impl Fn(usize) -> Op,
+    ctx: &Arc<tallyd::family::FamilyContext>,
+) -> FamilyState {
+    let mut state = common::family(name, kind, ObserverType::Summary, ctx);
+    state.apply(updates(series, n, op), Instant::now());
     state
 }
 
@@ -53,25 +58,39 @@ fn snapshot(c: &mut Criterion, ctx: &Arc<tallyd::family::FamilyContext>) {
         value: 0.0005 * (1 + k % 100) as f64,
         count: 1,
     };
-    for (name, state, series) in [
-        (
-            "counter/1k_series",
-            populated("c1k", Kind::Counter, 1_000, 1, |_| Op::Add(1.0), ctx),
-            1_000,
-        ),
-        (
-            "counter/100k_series",
-            populated("c100k", Kind::Counter, 100_000, 1, |_| Op::Add(1.0), ctx),
-            100_000,
-        ),
-        (
-            "summary/10k_series",
-            populated("s10k", Kind::Observer, 10_000, 10, observe, ctx),
-            10_000,
-        ),
+    let add = |_| Op::Add(1.0);
+    for (name, kind, series, n) in [
+        ("counter/1k_series", Kind::Counter, 1_000, 1),
+        ("counter/100k_series", Kind::Counter, 100_000, 1),
+        ("summary/10k_series", Kind::Observer, 10_000, 10),
     ] {
-        group.throughput(Throughput::Elements(series));
-        group.bench_function(name, |b| b.iter(|| state.snapshot(Instant::now())));
+        let op: &dyn Fn(usize) -> Op = if kind == Kind::Counter {
+            &add
+        } else {
+            &observe
+        };
+        let mut state = populated(name, kind, series, n, op, ctx);
+        let every = updates(series, 1, op);
+        let one = updates(1, 1, op);
+        group.throughput(Throughput::Elements(series as u64));
+        group.bench_function(format!("{name}/all_changed"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    state.apply(every.clone(), Instant::now());
+                    let started = Instant::now();
+                    black_box(state.snapshot(started));
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        });
+        group.bench_function(format!("{name}/one_changed"), |b| {
+            b.iter(|| {
+                state.apply(one.clone(), Instant::now());
+                state.snapshot(Instant::now())
+            })
+        });
     }
     group.finish();
 }
@@ -81,7 +100,7 @@ fn render(c: &mut Criterion, ctx: &Arc<tallyd::family::FamilyContext>) {
     let now = Instant::now();
     let mut snapshots: Vec<_> = (0..FAMILIES)
         .map(|i| {
-            let state = populated(
+            let mut state = populated(
                 &format!("app_req_{i}"),
                 Kind::Counter,
                 1,

@@ -33,7 +33,8 @@ pub fn encode(families: &[MetricFamily]) -> String {
     out
 }
 
-fn encode_into(families: &[MetricFamily], out: &mut String) {
+/// Encodes families into the text format, appending to `out`.
+pub fn encode_into(families: &[MetricFamily], out: &mut String) {
     // The encoder only fails on families it cannot represent (no metrics, no name), which
     // tallyd never builds; such a family is left out rather than failing the scrape.
     if let Err(error) = TextEncoder::new().encode_utf8(families, out) {

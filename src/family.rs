@@ -185,11 +185,48 @@ impl Series {
     }
 }
 
-/// A series and when it was last updated.
+/// A series, when it was last updated, and its lines as last rendered (empty once an update
+/// changes them).
 #[derive(Debug)]
 struct Entry {
     value: Series,
     last_seen: Instant,
+    text: String,
+}
+
+/// A series in the Prometheus model, to be encoded.
+fn metric(
+    labels: &LabelSet,
+    value: &Series,
+    observer: &ObserverSettings,
+    now: Instant,
+) -> proto::Metric {
+    let mut metric = proto::Metric::from_label(exposition::label_pairs(labels));
+    match value {
+        Series::Counter(v) => {
+            let mut c = proto::Counter::default();
+            c.set_value(*v);
+            metric.set_counter(c);
+        }
+        Series::Gauge(_) | Series::Set(_) => {
+            let mut g = proto::Gauge::default();
+            g.set_value(value.value_sum(now));
+            metric.set_gauge(g);
+        }
+        Series::Observer(o) => o.fill(observer, &mut metric),
+    }
+    metric
+}
+
+/// The length of the comment lines (HELP, TYPE) that start an encoded family.
+fn header_len(encoded: &str) -> usize {
+    let mut at = 0;
+    while encoded[at..].starts_with('#') {
+        at += encoded[at..]
+            .find('\n')
+            .map_or(encoded.len() - at, |i| i + 1);
+    }
+    at
 }
 
 /// Everything the family owns.
@@ -215,6 +252,8 @@ pub struct FamilyState {
     render_cost: Duration,
     /// When the last snapshot was sent.
     published_at: Option<Instant>,
+    /// The HELP and TYPE lines, as the encoder wrote them for the first snapshot.
+    header: Box<str>,
 }
 
 impl Drop for FamilyState {
@@ -245,6 +284,7 @@ impl FamilyState {
             last_update: Instant::now(),
             render_cost: Duration::ZERO,
             published_at: None,
+            header: Box::default(),
         }
     }
 
@@ -283,11 +323,13 @@ impl FamilyState {
                     vacant.insert(Entry {
                         value: Series::new(kind, meta, ctx, now),
                         last_seen: now,
+                        text: String::new(),
                     })
                 }
             };
             entry.value.apply(update.op, &meta.observer.buckets, now);
             entry.last_seen = now;
+            entry.text.clear();
             applied += update.samples;
         }
         for (limit, n) in ["max_series", "max_series_per_family"]
@@ -328,8 +370,11 @@ impl FamilyState {
         }
     }
 
-    /// Renders the family as it is at `now`.
-    pub fn snapshot(&self, now: Instant) -> FamilySnapshot {
+    /// Renders the family as it is at `now`. The lines of each series are kept from their
+    /// last rendering until an update changes them, so a family of many series under a trickle
+    /// of updates renders only what changed; a set's lines (its count falls with time) and a
+    /// lone series' are rendered every time.
+    pub fn snapshot(&mut self, now: Instant) -> FamilySnapshot {
         let mut family = proto::MetricFamily::default();
         family.set_name(self.name.to_string());
         family.set_help(self.meta.help.to_string());
@@ -339,36 +384,37 @@ impl FamilyState {
             (Kind::Observer, ObserverType::Summary) => proto::MetricType::SUMMARY,
             (Kind::Observer, ObserverType::Histogram) => proto::MetricType::HISTOGRAM,
         });
-        let mut series: Vec<_> = self
-            .series
-            .iter()
-            .map(|(labels, e)| (labels, &e.value))
-            .collect();
+        let keep = self.series.len() > 1;
+        let observer = &self.meta.observer;
+        let mut series: Vec<_> = self.series.iter_mut().collect();
         series.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let metrics = series
-            .iter()
-            .map(|(labels, value)| {
-                let mut metric = proto::Metric::from_label(exposition::label_pairs(labels));
-                match value {
-                    Series::Counter(v) => {
-                        let mut c = proto::Counter::default();
-                        c.set_value(*v);
-                        metric.set_counter(c);
-                    }
-                    Series::Gauge(_) | Series::Set(_) => {
-                        let mut g = proto::Gauge::default();
-                        g.set_value(value.value_sum(now));
-                        metric.set_gauge(g);
-                    }
-                    Series::Observer(o) => o.fill(&self.meta.observer, &mut metric),
-                }
-                metric
-            })
-            .collect();
-        family.set_metric(metrics);
+        let mut text = self.header.to_string();
+        let mut scratch = String::new();
+        for (labels, entry) in series {
+            if !entry.text.is_empty() && keep && !matches!(entry.value, Series::Set(_)) {
+                text.push_str(&entry.text);
+                continue;
+            }
+            family
+                .set_metric(std::iter::once(metric(labels, &entry.value, observer, now)).collect());
+            scratch.clear();
+            exposition::encode_into(std::slice::from_ref(&family), &mut scratch);
+            // The encoder writes HELP and TYPE before the series' lines.
+            let header = header_len(&scratch);
+            if self.header.is_empty() {
+                self.header = scratch[..header].into();
+                text.insert_str(0, &self.header);
+            }
+            let lines = &scratch[header..];
+            text.push_str(lines);
+            if keep {
+                entry.text.clear();
+                entry.text.push_str(lines);
+            }
+        }
         FamilySnapshot {
             name: self.name.clone(),
-            text: exposition::encode(&[family]),
+            text,
             updates: self.updates,
             series: self.series.len(),
             value_sum: self.series.values().map(|e| e.value.value_sum(now)).sum(),
@@ -609,5 +655,72 @@ impl Actor for FamilyActor {
         // A drained family publishes what it applied since its last snapshot.
         state.publish(Instant::now());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregator::AggregatorActor;
+
+    fn spec(kind: Kind) -> FamilySpec {
+        FamilySpec {
+            name: "lat".into(),
+            kind,
+            meta: Arc::new(FamilyMeta {
+                help: "Help with a \\ backslash.".into(),
+                observer: ObserverSettings::default(),
+                ttl: None,
+            }),
+        }
+    }
+
+    fn update(value: &str, op: Op) -> Update {
+        Update {
+            labels: LabelSet::from_pairs(vec![("k".into(), value.into())]),
+            op,
+            samples: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshots_render_changed_series_and_reuse_the_rest_exactly() {
+        let (aggregator, _) = ractor::Actor::spawn(None, AggregatorActor, ())
+            .await
+            .unwrap();
+        let ctx = Arc::new(FamilyContext {
+            aggregator,
+            telemetry: Arc::new(Telemetry::new()),
+            publish_interval: Duration::from_millis(20),
+            hibernate_after: None,
+            set_window: Duration::from_secs(60),
+            budget: Arc::new(SeriesBudget::new(100, 100)),
+        });
+        let observe = |ms: f64| Op::Observe {
+            value: ms / 1000.0,
+            count: 1,
+        };
+        for (kind, op) in [(Kind::Counter, Op::Add(2.0)), (Kind::Observer, observe(7.0))] {
+            let now = Instant::now();
+            let first = vec![update("a", op), update("b", op), update("c", op)];
+            let second = vec![update("b", op), update("b", op)];
+            let mut incremental = FamilyState::new(spec(kind), ctx.clone());
+            incremental.apply(first.clone(), now);
+            let before = incremental.snapshot(now).text;
+            incremental.apply(second.clone(), now);
+            let after = incremental.snapshot(now).text;
+            let mut whole = FamilyState::new(spec(kind), ctx.clone());
+            whole.apply(first, now);
+            whole.apply(second, now);
+            assert_eq!(after, whole.snapshot(now).text);
+            assert_ne!(before, after, "the changed series is rendered again");
+            assert!(after.starts_with("# HELP lat Help with a \\\\ backslash.\n"), "{after}");
+            let b = if kind == Kind::Counter {
+                "lat{k=\"b\"} 6\n"
+            } else {
+                "lat_count{k=\"b\"} 3\n"
+            };
+            assert!(after.contains(b), "{after}");
+        }
     }
 }

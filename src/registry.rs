@@ -356,11 +356,11 @@ impl Actor for RegistryActor {
                     state.retired(&myself, name, None).await?;
                 } else if let Some(spec) = state.forget(id) {
                     warn!(metric = %spec.name, %error, "family actor failed; restarting it empty");
-                    state.ctx.telemetry.family_restarts.inc();
                     let _ = state
                         .ctx
                         .aggregator
                         .cast(AggregatorMsg::Remove(spec.name.clone()));
+                    state.ctx.telemetry.family_restarts.inc();
                     state.spawn(&myself, spec, None)?;
                 }
             }

@@ -162,7 +162,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let mut held = 0;
-    for state in families.values() {
+    for state in families.values_mut() {
         let snapshot = state.snapshot(now);
         assert!(!snapshot.text.is_empty() || snapshot.series == 0);
         held += snapshot.series;
