@@ -700,7 +700,10 @@ mod tests {
             value: ms / 1000.0,
             count: 1,
         };
-        for (kind, op) in [(Kind::Counter, Op::Add(2.0)), (Kind::Observer, observe(7.0))] {
+        for (kind, op) in [
+            (Kind::Counter, Op::Add(2.0)),
+            (Kind::Observer, observe(7.0)),
+        ] {
             let now = Instant::now();
             let first = vec![update("a", op), update("b", op), update("c", op)];
             let second = vec![update("b", op), update("b", op)];
@@ -714,7 +717,10 @@ mod tests {
             whole.apply(second, now);
             assert_eq!(after, whole.snapshot(now).text);
             assert_ne!(before, after, "the changed series is rendered again");
-            assert!(after.starts_with("# HELP lat Help with a \\\\ backslash.\n"), "{after}");
+            assert!(
+                after.starts_with("# HELP lat Help with a \\\\ backslash.\n"),
+                "{after}"
+            );
             let b = if kind == Kind::Counter {
                 "lat{k=\"b\"} 6\n"
             } else {

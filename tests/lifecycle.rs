@@ -84,19 +84,22 @@ fn idle_families_hibernate_and_wake_with_their_state() {
 
 #[test]
 fn families_with_a_ttl_do_not_hibernate() {
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mapping/ttl.yml");
     let t = Tallyd::start_with_env(
-        &["--statsd.default-ttl=1h"],
+        &[&format!("--statsd.mapping-config={mapping}")],
         &[("TALLYD_ACTORS__HIBERNATE_AFTER", "50ms")],
     );
-    t.send_udp(b"jobs:1|c");
-    t.wait_value("jobs", &[], 1.0);
-    std::thread::sleep(Duration::from_millis(300));
-    let e = t.scrape();
-    assert_eq!(
-        e.value("tallyd_metric_families_hibernating", &[]),
-        Some(0.0)
-    );
+    t.send_udp(b"kept.a:1|c");
+    t.wait_value("kept_total", &[], 1.0);
+    t.send_udp(b"idle:1|c");
+    // `idle` went quiet after `kept_total`: by the time it hibernates, `kept_total` would have
+    // hibernated too, were it allowed to.
+    let e = t.wait_for("`idle` hibernating", |e| {
+        e.value("tallyd_metric_families_hibernating", &[]) == Some(1.0)
+    });
     assert_eq!(e.value("tallyd_metric_actors", &[]), Some(1.0));
+    assert_eq!(e.value("kept_total", &[]), Some(1.0));
+    assert_eq!(e.value("idle", &[]), Some(1.0));
 }
 
 #[test]
