@@ -122,20 +122,34 @@ pub struct Telemetry {
     foreign_names: Vec<String>,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid static metric");
+/// Registers a self-metric: its name is static and unique, so registering cannot fail.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("unique static metric");
-    c
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(
+        registry,
+        IntCounter::new(name, help).expect("valid static metric"),
+    )
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(
+        registry,
+        IntGauge::new(name, help).expect("valid static metric"),
+    )
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid static metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique static metric");
-    c
+    registered(registry, c)
 }
 
 impl Telemetry {
@@ -167,27 +181,20 @@ impl Telemetry {
         for kind in [ListenerKind::Udp, ListenerKind::Tcp, ListenerKind::Unixgram] {
             packets.with_label_values(&[kind.as_str()]);
         }
-        let metric_actors = IntGauge::new("tallyd_metric_actors", "Live family actors.")
-            .expect("valid static metric");
-        registry
-            .register(Box::new(metric_actors.clone()))
-            .expect("unique static metric");
-        let families_hibernating = IntGauge::new(
+        let metric_actors = gauge(&registry, "tallyd_metric_actors", "Live family actors.");
+        let families_hibernating = gauge(
+            &registry,
             "tallyd_metric_families_hibernating",
             "Families whose actor stopped while idle; their series stay on /metrics and the next update brings the actor back.",
-        )
-        .expect("valid static metric");
-        registry
-            .register(Box::new(families_hibernating.clone()))
-            .expect("unique static metric");
-        let series = IntGaugeVec::new(
-            Opts::new("tallyd_series", "Series on /metrics now, by family type."),
-            &["type"],
-        )
-        .expect("valid static metric");
-        registry
-            .register(Box::new(series.clone()))
-            .expect("unique static metric");
+        );
+        let series = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("tallyd_series", "Series on /metrics now, by family type."),
+                &["type"],
+            )
+            .expect("valid static metric"),
+        );
         for kind in ["counter", "gauge", "observer", "set"] {
             series.with_label_values(&[kind]);
         }
@@ -289,17 +296,11 @@ impl Telemetry {
                 "StatsD TCP connections closed because a line exceeded the length limit.",
             ),
             foreign_names: Vec::new(),
-            mapping_loaded: {
-                let g = IntGauge::new(
-                    "tallyd_mapping_loaded",
-                    "Rules in the mapping file in force.",
-                )
-                .expect("valid static metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique static metric");
-                g
-            },
+            mapping_loaded: gauge(
+                &registry,
+                "tallyd_mapping_loaded",
+                "Rules in the mapping file in force.",
+            ),
             mapping_cache_hits: counter(
                 &registry,
                 "tallyd_mapping_cache_hits_total",
@@ -348,13 +349,7 @@ impl Telemetry {
                 "HTTP requests answered by tallyd's handlers, by status code.",
                 &["code"],
             ),
-            udp_drops: {
-                let drops = UdpDrops::new();
-                registry
-                    .register(Box::new(drops.clone()))
-                    .expect("unique static metric");
-                drops
-            },
+            udp_drops: registered(&registry, UdpDrops::new()),
             registry,
         }
         .with_foreign_names()

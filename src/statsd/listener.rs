@@ -52,25 +52,73 @@ pub struct ListenerContext {
 }
 
 impl ListenerContext {
-    fn pipeline(&self) -> (Batcher, Router, FlushWindow, tokio::time::Interval) {
+    fn pipeline(&self) -> Pipeline {
         // Lets an idle task's router drop stopped actors (hibernated families) all the same.
         let mut prune = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        (
-            Batcher::new(self.telemetry.clone(), self.ingest.clone()),
-            Router::new(
+        Pipeline {
+            batcher: Batcher::new(self.telemetry.clone(), self.ingest.clone()),
+            router: Router::new(
                 self.registry.clone(),
                 self.telemetry.clone(),
                 self.queue.clone(),
             ),
-            FlushWindow {
+            window: FlushWindow {
                 interval: self.flush_interval,
                 threshold: self.flush_threshold,
                 timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 armed: false,
             },
             prune,
-        )
+        }
+    }
+}
+
+/// A listener task's way from bytes to the family actors: its batcher and router, its flush
+/// window, and the tick on which the router lets go of stopped actors.
+#[derive(Debug)]
+struct Pipeline {
+    batcher: Batcher,
+    router: Router,
+    window: FlushWindow,
+    prune: tokio::time::Interval,
+}
+
+/// What came due while a task waited for input.
+enum Due {
+    /// The flush window closed.
+    Flush,
+    /// Time to prune the router's cache.
+    Prune,
+}
+
+impl Pipeline {
+    /// Waits for what comes due next; cancel-safe, so it can race a read.
+    async fn due(&mut self) -> Due {
+        tokio::select! {
+            () = self.window.closed(), if self.window.armed => Due::Flush,
+            _ = self.prune.tick() => Due::Prune,
+        }
+    }
+
+    /// Does what came due.
+    async fn handle(&mut self, due: Due) {
+        match due {
+            Due::Flush => self.flush().await,
+            Due::Prune => self.router.prune(),
+        }
+    }
+
+    /// After a read: flushes if the window says so.
+    async fn after_read(&mut self) {
+        if self.window.flush_now(&self.batcher) {
+            self.flush().await;
+        }
+    }
+
+    /// Sends every held update to its family.
+    async fn flush(&mut self) {
+        self.router.dispatch(&mut self.batcher).await;
     }
 }
 
@@ -151,7 +199,7 @@ pub async fn serve_datagrams(
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
-    let (mut batcher, mut router, mut window, mut prune) = ctx.pipeline();
+    let mut pipe = ctx.pipeline();
     // One byte more than the limit, so that a datagram over it shows as such.
     let mut buf = vec![0u8; ctx.max_datagram_bytes.min(MAX_DATAGRAM) + 1];
     let kind = socket.kind();
@@ -159,21 +207,21 @@ pub async fn serve_datagrams(
         let first = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            () = window.closed(), if window.armed => {
-                router.dispatch(&mut batcher).await;
-                continue;
-            }
-            _ = prune.tick() => {
-                router.prune();
+            due = pipe.due() => {
+                pipe.handle(due).await;
                 continue;
             }
             got = socket.recv(&mut buf) => got,
         };
-        let packets = read_batch(&socket, &mut buf, &mut batcher, first, ctx.receive_batch);
+        let packets = read_batch(
+            &socket,
+            &mut buf,
+            &mut pipe.batcher,
+            first,
+            ctx.receive_batch,
+        );
         ctx.telemetry.packets(kind, packets);
-        if window.flush_now(&batcher) {
-            router.dispatch(&mut batcher).await;
-        }
+        pipe.after_read().await;
     }
     // What the kernel already holds was sent before shutdown: apply it too (bounded, in case
     // a sender keeps sending).
@@ -181,12 +229,12 @@ pub async fn serve_datagrams(
     let packets = read_batch(
         &socket,
         &mut buf,
-        &mut batcher,
+        &mut pipe.batcher,
         rest,
         ctx.receive_batch * 1024,
     );
     ctx.telemetry.packets(kind, packets);
-    router.dispatch(&mut batcher).await;
+    pipe.flush().await;
 }
 
 /// Ingests `first` and then every datagram already queued, up to `limit`; returns how many.
@@ -248,7 +296,7 @@ async fn serve_connection(
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
-    let (mut batcher, mut router, mut window, mut prune) = ctx.pipeline();
+    let mut pipe = ctx.pipeline();
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {
         if buf.capacity() - buf.len() < 4096 {
@@ -257,12 +305,8 @@ async fn serve_connection(
         let read = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            () = window.closed(), if window.armed => {
-                router.dispatch(&mut batcher).await;
-                continue;
-            }
-            _ = prune.tick() => {
-                router.prune();
+            due = pipe.due() => {
+                pipe.handle(due).await;
                 continue;
             }
             read = stream.read_buf(&mut buf) => read,
@@ -292,9 +336,10 @@ async fn serve_connection(
             // Like statsd_exporter: count it, drop the connection, keep what came before.
             let lines = buf[..complete].split(|&b| b == b'\n');
             for line in lines.take_while(|l| l.len() <= ctx.tcp_max_line_bytes) {
-                batcher.ingest(line);
+                pipe.batcher.ingest(line);
             }
-            batcher.reject_unparsed(RejectReason::LineTooLong, &buf[..256.min(buf.len())]);
+            pipe.batcher
+                .reject_unparsed(RejectReason::LineTooLong, &buf[..256.min(buf.len())]);
             ctx.telemetry.tcp_too_long_lines.inc();
             warn!(
                 limit = ctx.tcp_max_line_bytes,
@@ -302,14 +347,12 @@ async fn serve_connection(
             );
             break;
         }
-        batcher.ingest(&buf[..complete]);
+        pipe.batcher.ingest(&buf[..complete]);
         buf.drain(..complete);
         if n == 0 {
             break;
         }
-        if window.flush_now(&batcher) {
-            router.dispatch(&mut batcher).await;
-        }
+        pipe.after_read().await;
     }
-    router.dispatch(&mut batcher).await;
+    pipe.flush().await;
 }
