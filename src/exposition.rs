@@ -26,13 +26,6 @@ pub fn label_pairs(labels: &LabelSet) -> Vec<proto::LabelPair> {
         .collect()
 }
 
-/// Encodes families into the text format.
-pub fn encode(families: &[MetricFamily]) -> String {
-    let mut out = String::new();
-    encode_into(families, &mut out);
-    out
-}
-
 /// Encodes families into the text format, appending to `out`.
 pub fn encode_into(families: &[MetricFamily], out: &mut String) {
     // The encoder only fails on families it cannot represent (no metrics, no name), which
