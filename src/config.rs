@@ -200,8 +200,10 @@ pub struct StatsdSettings {
     /// Longest time a sample waits at its listener before it is sent to its family actor.
     /// Meanwhile the listener combines the samples of each series (counter increments summed,
     /// gauge sets and shifts folded) and gathers the rest, then sends each family one message.
-    /// A line reaches /metrics within this plus `actors.publish_interval`. `0s` sends after
-    /// every receive. Default `20ms`.
+    /// A scrape does not wait for it: every listener sends what it holds first (see
+    /// [`crate::barrier`]). Keep it under `actors.hibernate_after`, or a family updated at
+    /// every flush hibernates between flushes. `0s` sends after every receive. Default
+    /// `500ms`.
     #[serde(with = "humantime_serde")]
     pub event_flush_interval: Duration,
     /// Updates a listener holds (after combining) before it flushes early. Default 10,000.
@@ -256,7 +258,7 @@ impl Default for StatsdSettings {
             listen_tcp: "127.0.0.1:9125".into(),
             tcp_max_line_bytes: 65_536,
             receive_batch: 64,
-            event_flush_interval: Duration::from_millis(20),
+            event_flush_interval: Duration::from_millis(500),
             event_flush_threshold: 10_000,
             read_buffer: DEFAULT_READ_BUFFER,
             udp_readers: 1,
@@ -431,9 +433,11 @@ pub struct QuantileSetting {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ActorSettings {
-    /// Longest time from a line arriving to its value being on /metrics, for a family that
-    /// renders in under a twentieth of it; a family of many series waits twenty times its
-    /// last render time instead, so rendering never takes over. Default `20ms`.
+    /// Longest time from a family applying an update to publishing it when no scrape asks
+    /// first (a scrape has every family with something new publish, see [`crate::barrier`]),
+    /// for a family that renders in under a twentieth of it; a family of many series waits
+    /// twenty times its last render time instead, so rendering never takes over. Default
+    /// `1s`.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
     /// A family with no update for this long, no TTL and no set members still counting,
@@ -447,7 +451,7 @@ pub struct ActorSettings {
 impl Default for ActorSettings {
     fn default() -> Self {
         ActorSettings {
-            publish_interval: Duration::from_millis(20),
+            publish_interval: Duration::from_secs(1),
             hibernate_after: Duration::from_secs(1),
         }
     }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::aggregator::AggregatorActor;
+use crate::barrier::Barrier;
 use crate::config::{self, Settings, DEFAULT_READ_BUFFER};
 use crate::family::FamilyContext;
 use crate::http::{self, HttpContext};
@@ -184,6 +185,7 @@ pub async fn run(
     let [udp_addr, tcp_addr, unixgram_addr, http_addr] = sockets.describe();
     let stop_reading = CancellationToken::new();
     let stop_serving = CancellationToken::new();
+    let barrier = Arc::new(Barrier::default());
     let listener_ctx = ListenerContext {
         registry: registry.clone(),
         telemetry: telemetry.clone(),
@@ -194,6 +196,7 @@ pub async fn run(
         max_datagram_bytes: settings.limits.max_datagram_bytes,
         queue: Arc::new(QueueBound::new(settings.limits.max_queued_updates)),
         ingest: Arc::new(IngestConfig::new(&settings, mapper)),
+        barrier: barrier.clone(),
     };
     let reloader = Arc::new(Reloader::new(
         settings.statsd.mapping_config.clone().into(),
@@ -237,6 +240,7 @@ pub async fn run(
     }
     let http_ctx = Arc::new(HttpContext {
         aggregator: aggregator.clone(),
+        barrier,
         registry: registry.clone(),
         telemetry: telemetry.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),

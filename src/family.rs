@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::aggregator::{AggregatorMsg, FamilySnapshot};
+use crate::barrier::Ticket;
 use crate::config::{ObserverSettings, ObserverType};
 use crate::exposition;
 use crate::limits::{Queued, SeriesBudget};
@@ -69,6 +70,8 @@ pub enum FamilyMsg {
     Apply(Queued),
     /// Publish a snapshot now (sent by the actor to itself after an update).
     Publish,
+    /// Publish now if anything changed: a scrape waits until the ticket is dropped.
+    Sync(Ticket),
     /// Remove the series past their TTL (sent by the actor to itself).
     Sweep,
     /// Publish a set family again, whose count falls as members age out with no update to
@@ -631,6 +634,12 @@ impl Actor for FamilyActor {
             FamilyMsg::Publish => {
                 state.publish_scheduled = false;
                 state.publish_and_follow(&myself, Instant::now());
+            }
+            FamilyMsg::Sync(ticket) => {
+                // Rendering is not held back for a scrape; the snapshot is cast before the
+                // ticket goes, so it reaches the aggregator before the scrape's request.
+                state.publish_and_follow(&myself, Instant::now());
+                drop(ticket);
             }
             FamilyMsg::Refresh => {
                 state.refresh_scheduled = false;

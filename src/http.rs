@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::aggregator::AggregatorMsg;
+use crate::barrier::Barrier;
 use crate::config::WebSettings;
 use crate::exposition;
 use crate::registry::RegistryMsg;
@@ -53,12 +54,17 @@ use crate::webconfig::WebConfig;
 
 /// How long a scrape waits for the aggregator's reply.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a scrape waits for the listeners and families to publish what they hold; past
+/// it, the scrape shows what was published by then, and the timeout is counted.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the handlers need.
 #[derive(Debug)]
 pub struct HttpContext {
     /// Source of every family snapshot.
     pub aggregator: ActorRef<AggregatorMsg>,
+    /// Makes the listeners and families publish what they hold before a scrape.
+    pub barrier: Arc<Barrier>,
     /// For fault injection.
     pub registry: ActorRef<RegistryMsg>,
     /// tallyd's own metrics.
@@ -402,6 +408,9 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
 }
 
 async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
+    if !ctx.barrier.pass(BARRIER_TIMEOUT).await {
+        ctx.telemetry.scrape_barrier_timeouts.inc();
+    }
     let asked = ctx
         .aggregator
         .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))

@@ -16,6 +16,7 @@
 //! - [`family`]: one actor per family: type, series, values, observations, update rate.
 //! - [`limits`]: the series budget shared by the family actors.
 //! - [`aggregator`]: the latest snapshot of every family, for scrapes.
+//! - [`barrier`]: what a scrape waits for, so that it shows every line read before it.
 //! - [`exposition`]: the Prometheus text format, assembled per scrape.
 //! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`; timeouts and the connection cap.
 //! - [`webconfig`]: exporter-toolkit's `--web.config.file`: TLS, basic auth, headers, rate limit.
@@ -35,6 +36,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod aggregator;
+pub mod barrier;
 pub mod config;
 pub mod daemon;
 pub mod exposition;

@@ -5,11 +5,12 @@
 //! would collide with another family's) has its samples counted as type conflicts.
 
 use ractor::{rpc::CallResult, ActorRef, MessagingErr};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
+use crate::barrier::Ticket;
 use crate::family::{FamilyMsg, FamilySpec};
 use crate::ingest::{Batch, Batcher};
 use crate::limits::{QueueBound, Queued};
@@ -31,6 +32,8 @@ pub struct Router {
     telemetry: Arc<Telemetry>,
     bound: Arc<QueueBound>,
     actors: FxHashMap<Arc<str>, Route>,
+    /// Families sent a batch since the last scrape barrier.
+    touched: FxHashSet<Arc<str>>,
     /// When the cache was last cleared of stopped actors.
     pruned: Instant,
 }
@@ -83,6 +86,7 @@ impl Router {
             telemetry,
             bound,
             actors: FxHashMap::default(),
+            touched: FxHashSet::default(),
             pruned: Instant::now(),
         }
     }
@@ -94,6 +98,20 @@ impl Router {
             Route::Actor(actor) => !stopping(actor),
             Route::Clash(at) => at.elapsed() < CLASH_RECHECK,
         });
+        // A stopped family published as it stopped.
+        let actors = &self.actors;
+        self.touched.retain(|family| actors.contains_key(family));
+    }
+
+    /// Passes a scrape's ticket to every family sent a batch since the last scrape, behind
+    /// that batch in its mailbox: the scrape waits until they have all published.
+    pub fn sync(&mut self, ticket: &Ticket) {
+        for family in self.touched.drain() {
+            if let Some(Route::Actor(actor)) = self.actors.get(&family) {
+                // A family that stopped meanwhile published as it stopped.
+                let _ = actor.cast(FamilyMsg::Sync(ticket.clone()));
+            }
+        }
     }
 
     /// Sends every batch the batcher holds to its family actor. The families not in the cache
@@ -133,7 +151,10 @@ impl Router {
         // look-up.
         for attempt in 0..2 {
             match actor.cast(message) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.touched.insert(family);
+                    return;
+                }
                 Err(MessagingErr::SendErr(returned)) if attempt == 0 => {
                     self.actors.remove(&family);
                     message = returned;

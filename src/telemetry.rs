@@ -115,6 +115,9 @@ pub struct Telemetry {
     /// basic-auth credentials.
     pub http_auth_failures: IntCounter,
     http_requests: IntCounterVec,
+    /// `tallyd_scrape_barrier_timeouts_total`: scrapes that stopped waiting for the
+    /// listeners and families to publish what they held.
+    pub scrape_barrier_timeouts: IntCounter,
     /// `tallyd_udp_kernel_drops_total`, read from /proc at each scrape.
     pub udp_drops: UdpDrops,
     /// Names of the families registered here that do not start with [`PREFIX`] (the process
@@ -348,6 +351,11 @@ impl Telemetry {
                 "tallyd_http_requests_total",
                 "HTTP requests answered by tallyd's handlers, by status code.",
                 &["code"],
+            ),
+            scrape_barrier_timeouts: counter(
+                &registry,
+                "tallyd_scrape_barrier_timeouts_total",
+                "Scrapes that stopped waiting for the listeners and families to publish what they held, and showed what was published by then.",
             ),
             udp_drops: registered(&registry, UdpDrops::new()),
             registry,

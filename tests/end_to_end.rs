@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_close, promtool_check, Tallyd};
+use std::io::Write;
 
 #[test]
 fn every_type_lands_with_exact_values() {
@@ -211,6 +212,34 @@ fn samples_held_in_the_flush_window_land_exactly() {
         Some(1.0)
     );
     assert_eq!(e.value("tallyd_lines_total", &[]), Some(12.0));
+}
+
+#[test]
+fn a_scrape_shows_every_line_sent_before_it() {
+    // Flush window and publish interval far longer than the test: only the scrape barrier
+    // can bring these values in, and one scrape each time, never a poll, must show them.
+    let t = Tallyd::start_with_env(
+        &["--statsd.event-flush-interval=10s"],
+        &[("TALLYD_ACTORS__PUBLISH_INTERVAL", "10s")],
+    );
+    let mut tcp = std::net::TcpStream::connect(t.tcp).unwrap();
+    tcp.write_all(b"via.tcp:1|c\n").unwrap();
+    // The connection's task is running from here on.
+    t.wait_value("via_tcp", &[], 1.0);
+    for i in 1..=20 {
+        t.send_udp(format!("via.udp:{i}|g\nhits:1|c\nlat:{i}|ms").as_bytes());
+        tcp.write_all(b"via.tcp:1|c\n").unwrap();
+        let e = t.scrape();
+        let n = f64::from(i);
+        assert_eq!(e.value("via_udp", &[]), Some(n), "scrape {i}");
+        assert_eq!(e.value("hits", &[]), Some(n), "scrape {i}");
+        assert_eq!(e.value("lat_count", &[]), Some(n), "scrape {i}");
+        assert_eq!(e.value("via_tcp", &[]), Some(n + 1.0), "scrape {i}");
+        assert_eq!(
+            e.value("tallyd_scrape_barrier_timeouts_total", &[]),
+            Some(0.0)
+        );
+    }
 }
 
 #[test]

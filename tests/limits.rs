@@ -8,7 +8,12 @@ use common::Tallyd;
 
 #[test]
 fn idle_series_expire_and_an_empty_family_retires() {
-    let t = Tallyd::start(&["--statsd.default-ttl=300ms"]);
+    // A series is seen when its family applies it: the flush window must be well under the
+    // TTL for the series kept alive below to stay.
+    let t = Tallyd::start(&[
+        "--statsd.default-ttl=300ms",
+        "--statsd.event-flush-interval=20ms",
+    ]);
     t.send_udp(b"ttl.req:1|c|#k:a\nttl.req:1|c|#k:b\nkept.gauge:5|g");
     let e = t.wait_value("tallyd_metric_actors", &[], 2.0);
     assert_eq!(e.value("tallyd_series", &[("type", "counter")]), Some(2.0));

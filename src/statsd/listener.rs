@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::barrier::{Barrier, Ticket};
 use crate::ingest::{Batcher, IngestConfig};
 use crate::limits::QueueBound;
 use crate::registry::RegistryMsg;
@@ -49,6 +51,8 @@ pub struct ListenerContext {
     pub queue: Arc<QueueBound>,
     /// How lines become updates.
     pub ingest: Arc<IngestConfig>,
+    /// What scrapes wait on.
+    pub barrier: Arc<Barrier>,
 }
 
 impl ListenerContext {
@@ -70,18 +74,21 @@ impl ListenerContext {
                 armed: false,
             },
             prune,
+            scrapes: self.barrier.join(),
         }
     }
 }
 
 /// A listener task's way from bytes to the family actors: its batcher and router, its flush
-/// window, and the tick on which the router lets go of stopped actors.
+/// window, the tick on which the router lets go of stopped actors, and the scrapes waiting
+/// for it.
 #[derive(Debug)]
 struct Pipeline {
     batcher: Batcher,
     router: Router,
     window: FlushWindow,
     prune: tokio::time::Interval,
+    scrapes: mpsc::UnboundedReceiver<Ticket>,
 }
 
 /// What came due while a task waited for input.
@@ -90,6 +97,8 @@ enum Due {
     Flush,
     /// Time to prune the router's cache.
     Prune,
+    /// A scrape waits: flush, and have every family reached since the last one publish.
+    Scrape(Ticket),
 }
 
 impl Pipeline {
@@ -98,6 +107,8 @@ impl Pipeline {
         tokio::select! {
             () = self.window.closed(), if self.window.armed => Due::Flush,
             _ = self.prune.tick() => Due::Prune,
+            // The barrier outlives every task: the channel never closes under one.
+            Some(ticket) = self.scrapes.recv() => Due::Scrape(ticket),
         }
     }
 
@@ -106,6 +117,10 @@ impl Pipeline {
         match due {
             Due::Flush => self.flush().await,
             Due::Prune => self.router.prune(),
+            Due::Scrape(ticket) => {
+                self.flush().await;
+                self.router.sync(&ticket);
+            }
         }
     }
 
@@ -116,8 +131,9 @@ impl Pipeline {
         }
     }
 
-    /// Sends every held update to its family.
+    /// Sends every held update to its family; the window closes.
     async fn flush(&mut self) {
+        self.window.armed = false;
         self.router.dispatch(&mut self.batcher).await;
     }
 }
@@ -159,6 +175,13 @@ impl FlushWindow {
     }
 }
 
+/// How [`DatagramSocket::try_recv`] learns whether a datagram is queued.
+#[derive(Clone, Copy, Debug)]
+enum Ask {
+    Cached,
+    Kernel,
+}
+
 /// A datagram socket: UDP, or a Unix datagram socket.
 #[derive(Debug)]
 pub enum DatagramSocket {
@@ -176,10 +199,17 @@ impl DatagramSocket {
         }
     }
 
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            DatagramSocket::Udp(s) => s.try_recv(buf),
-            DatagramSocket::Unix(s) => s.try_recv(buf),
+    /// A datagram already queued, if any. `Cached` trusts the runtime's idea of whether the
+    /// socket is readable, which is free but may lag behind the kernel; `Kernel` asks the
+    /// kernel, for when everything queued must be read now (a scrape, shutdown).
+    fn try_recv(&self, buf: &mut [u8], ask: Ask) -> io::Result<usize> {
+        use std::io::Read;
+        match (self, ask) {
+            (DatagramSocket::Udp(s), Ask::Cached) => s.try_recv(buf),
+            (DatagramSocket::Unix(s), Ask::Cached) => s.try_recv(buf),
+            // The sockets are non-blocking: an empty one answers WouldBlock.
+            (DatagramSocket::Udp(s), Ask::Kernel) => (&*socket2::SockRef::from(s)).read(buf),
+            (DatagramSocket::Unix(s), Ask::Kernel) => (&*socket2::SockRef::from(s)).read(buf),
         }
     }
 
@@ -208,6 +238,11 @@ pub async fn serve_datagrams(
             biased;
             () = shutdown.cancelled() => break,
             due = pipe.due() => {
+                if matches!(due, Due::Scrape(_)) {
+                    // What the socket holds arrived before the scrape: it goes in too.
+                    let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, None, ctx.receive_batch * 16);
+                    ctx.telemetry.packets(kind, packets);
+                }
                 pipe.handle(due).await;
                 continue;
             }
@@ -217,7 +252,7 @@ pub async fn serve_datagrams(
             &socket,
             &mut buf,
             &mut pipe.batcher,
-            first,
+            Some(first),
             ctx.receive_batch,
         );
         ctx.telemetry.packets(kind, packets);
@@ -225,28 +260,34 @@ pub async fn serve_datagrams(
     }
     // What the kernel already holds was sent before shutdown: apply it too (bounded, in case
     // a sender keeps sending).
-    let rest = socket.try_recv(&mut buf);
     let packets = read_batch(
         &socket,
         &mut buf,
         &mut pipe.batcher,
-        rest,
+        None,
         ctx.receive_batch * 1024,
     );
     ctx.telemetry.packets(kind, packets);
     pipe.flush().await;
 }
 
-/// Ingests `first` and then every datagram already queued, up to `limit`; returns how many.
+/// Ingests `first` (a datagram just received into `buf`) and then every datagram already
+/// queued, up to `limit`; returns how many. Without `first`, the kernel is asked what it
+/// holds, not the runtime's readiness cache, so nothing queued before the call is missed.
 fn read_batch(
     socket: &DatagramSocket,
     buf: &mut [u8],
     batcher: &mut Batcher,
-    first: io::Result<usize>,
+    first: Option<io::Result<usize>>,
     limit: usize,
 ) -> u64 {
+    let ask = if first.is_some() {
+        Ask::Cached
+    } else {
+        Ask::Kernel
+    };
     let mut packets = 0;
-    let mut next = first;
+    let mut next = first.unwrap_or_else(|| socket.try_recv(buf, ask));
     loop {
         match next {
             Ok(n) if n == buf.len() => {
@@ -264,7 +305,7 @@ fn read_batch(
         if packets >= limit {
             break;
         }
-        next = socket.try_recv(buf);
+        next = socket.try_recv(buf, ask);
     }
     packets as u64
 }
@@ -306,7 +347,17 @@ async fn serve_connection(
             biased;
             () = shutdown.cancelled() => break,
             due = pipe.due() => {
+                let mut open = true;
+                if matches!(due, Due::Scrape(_)) {
+                    // What the client sent before the scrape goes in too.
+                    if let Some(n) = read_queued(&stream, &mut buf) {
+                        open = consume(&ctx, &mut pipe.batcher, &mut buf, n);
+                    }
+                }
                 pipe.handle(due).await;
+                if !open {
+                    break;
+                }
                 continue;
             }
             read = stream.read_buf(&mut buf) => read,
@@ -319,40 +370,65 @@ async fn serve_connection(
                 break;
             }
         };
-        if n > 0 {
-            ctx.telemetry.packets(ListenerKind::Tcp, 1);
-        }
-        // At end of stream the last line needs no newline.
-        let complete = if n == 0 {
-            buf.len()
-        } else {
-            buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
-        };
-        let too_long = buf[..complete]
-            .split(|&b| b == b'\n')
-            .any(|line| line.len() > ctx.tcp_max_line_bytes)
-            || buf.len() - complete > ctx.tcp_max_line_bytes;
-        if too_long {
-            // Like statsd_exporter: count it, drop the connection, keep what came before.
-            let lines = buf[..complete].split(|&b| b == b'\n');
-            for line in lines.take_while(|l| l.len() <= ctx.tcp_max_line_bytes) {
-                pipe.batcher.ingest(line);
-            }
-            pipe.batcher
-                .reject_unparsed(RejectReason::LineTooLong, &buf[..256.min(buf.len())]);
-            ctx.telemetry.tcp_too_long_lines.inc();
-            warn!(
-                limit = ctx.tcp_max_line_bytes,
-                "StatsD TCP line too long; closing the connection"
-            );
-            break;
-        }
-        pipe.batcher.ingest(&buf[..complete]);
-        buf.drain(..complete);
-        if n == 0 {
+        if !consume(&ctx, &mut pipe.batcher, &mut buf, n) {
             break;
         }
         pipe.after_read().await;
     }
     pipe.flush().await;
+}
+
+/// Reads what the kernel holds for `stream` into `buf` without waiting (at most 1 MiB): the
+/// bytes read, `Some(0)` at end of stream, `None` when nothing was there (or on an error,
+/// which the next read reports).
+fn read_queued(stream: &TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    use std::io::Read;
+    let mut chunk = [0u8; 16 * 1024];
+    let mut total = 0;
+    while total < 1 << 20 {
+        match (&*socket2::SockRef::from(stream)).read(&mut chunk) {
+            Ok(0) => return Some(total),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                total += n;
+            }
+            Err(_) => break,
+        }
+    }
+    (total > 0).then_some(total)
+}
+
+/// Ingests the complete lines in `buf` after `n` more bytes were read into it (0: end of
+/// stream, where the last line needs no newline); false when the connection must close (end
+/// of stream, or a line over the limit).
+fn consume(ctx: &ListenerContext, batcher: &mut Batcher, buf: &mut Vec<u8>, n: usize) -> bool {
+    if n > 0 {
+        ctx.telemetry.packets(ListenerKind::Tcp, 1);
+    }
+    let complete = if n == 0 {
+        buf.len()
+    } else {
+        buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+    };
+    let too_long = buf[..complete]
+        .split(|&b| b == b'\n')
+        .any(|line| line.len() > ctx.tcp_max_line_bytes)
+        || buf.len() - complete > ctx.tcp_max_line_bytes;
+    if too_long {
+        // Like statsd_exporter: count it, drop the connection, keep what came before.
+        let lines = buf[..complete].split(|&b| b == b'\n');
+        for line in lines.take_while(|l| l.len() <= ctx.tcp_max_line_bytes) {
+            batcher.ingest(line);
+        }
+        batcher.reject_unparsed(RejectReason::LineTooLong, &buf[..256.min(buf.len())]);
+        ctx.telemetry.tcp_too_long_lines.inc();
+        warn!(
+            limit = ctx.tcp_max_line_bytes,
+            "StatsD TCP line too long; closing the connection"
+        );
+        return false;
+    }
+    batcher.ingest(&buf[..complete]);
+    buf.drain(..complete);
+    n > 0
 }

@@ -1,0 +1,103 @@
+//! The scrape barrier: before a scrape reads the aggregator, every listener task reads what
+//! its socket already holds and sends what it holds to the families, and every family it
+//! reached since the last barrier publishes. So a scrape shows every line read before it,
+//! however long the flush window and the publish interval are, and those can be long enough
+//! to keep the cost per family low.
+//!
+//! The scrape hands each listener a [`Ticket`]; a listener passes a clone to each family it
+//! reached, after that family's batch, and a family drops its clone once its snapshot is on
+//! its way to the aggregator. The scrape goes on when the last clone is dropped, or after a
+//! timeout, counted, with whatever was published by then.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the scrape waits on: it resumes when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    _done: Arc<Done>,
+}
+
+/// Tells the scrape when dropped, which happens when the last [`Ticket`] is.
+#[derive(Debug)]
+struct Done(Option<oneshot::Sender<()>>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            // The scrape may have timed out and gone.
+            let _ = done.send(());
+        }
+    }
+}
+
+/// The listener tasks a scrape waits on, each by the channel its tickets go to.
+#[derive(Debug, Default)]
+pub struct Barrier {
+    listeners: Mutex<Vec<mpsc::UnboundedSender<Ticket>>>,
+}
+
+impl Barrier {
+    /// A new listener task's channel; the task leaves the barrier by dropping the receiver.
+    pub fn join(&self) -> mpsc::UnboundedReceiver<Ticket> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().push(tx);
+        rx
+    }
+
+    /// Hands every listener task a ticket and waits until all of them, and the families they
+    /// passed it to, are done, or until `timeout`; false on timeout.
+    pub async fn pass(&self, timeout: Duration) -> bool {
+        let (done, all_done) = oneshot::channel();
+        let ticket = Ticket {
+            _done: Arc::new(Done(Some(done))),
+        };
+        // A task that has ended dropped its receiver: it leaves the list here.
+        self.lock().retain(|tx| tx.send(ticket.clone()).is_ok());
+        drop(ticket);
+        tokio::time::timeout(timeout, all_done).await.is_ok()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<Ticket>>> {
+        // The list stays valid whatever a panicking holder did to it.
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_scrape_waits_for_every_ticket_and_no_longer() {
+        let barrier = Arc::new(Barrier::default());
+        assert!(barrier.pass(Duration::from_millis(10)).await, "no listener");
+        let mut held = barrier.join();
+        // A listener task that ended.
+        drop(barrier.join());
+        // One listener keeps its ticket: the scrape times out.
+        let waiting = tokio::spawn({
+            let barrier = barrier.clone();
+            async move { barrier.pass(Duration::from_millis(50)).await }
+        });
+        let ticket = held.recv().await.expect("a ticket");
+        assert!(!waiting.await.unwrap());
+        // A family holding a clone holds the scrape too, until it drops it.
+        let passing = tokio::spawn({
+            let barrier = barrier.clone();
+            async move { barrier.pass(Duration::from_secs(5)).await }
+        });
+        let next = held.recv().await.expect("a second ticket");
+        let family = next.clone();
+        drop(next);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!passing.is_finished());
+        drop(family);
+        assert!(passing.await.unwrap());
+        drop(ticket);
+        assert_eq!(barrier.lock().len(), 1, "the ended listener left the list");
+    }
+}
