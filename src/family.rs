@@ -243,6 +243,8 @@ pub struct FamilyState {
     /// `tallyd_series{type}` for this family's type.
     series_gauge: IntGauge,
     updates: u64,
+    /// Series taken from the budget by the registry for this family's first series.
+    reserved: usize,
     rate: RateWindow,
     dirty: bool,
     publish_scheduled: bool,
@@ -262,12 +264,98 @@ pub struct FamilyState {
 impl Drop for FamilyState {
     /// A family's series leave the budget and the gauge with it (failure, retirement, exit).
     fn drop(&mut self) {
-        self.ctx.budget.give_back(self.series.len());
+        self.ctx.budget.give_back(self.series.len() + self.reserved);
         self.series_gauge.sub(self.series.len() as i64);
     }
 }
 
+/// A hibernating family's state, as the registry keeps it: each series' value and when it was
+/// last updated, in a slice rather than a hash map, without the rendered lines or anything
+/// else a wake-up can rebuild. The series stay in the budget and in `tallyd_series`.
+#[derive(Debug)]
+pub struct Dormant {
+    ctx: Arc<FamilyContext>,
+    kind: Kind,
+    series: Box<[(LabelSet, Series, Instant)]>,
+    updates: u64,
+    rate: RateWindow,
+    dirty: bool,
+    last_update: Instant,
+    render_cost: Duration,
+    published_at: Option<Instant>,
+}
+
+impl Drop for Dormant {
+    /// A family dropped while hibernating (at exit) gives its series back, as a live one does.
+    fn drop(&mut self) {
+        self.ctx.budget.give_back(self.series.len());
+        self.ctx
+            .telemetry
+            .series_gauge(self.kind.as_str())
+            .sub(self.series.len() as i64);
+    }
+}
+
+impl Dormant {
+    /// The family of `spec` as it was when it hibernated.
+    pub fn wake(mut self, spec: FamilySpec) -> FamilyState {
+        let series = std::mem::take(&mut self.series);
+        let mut state = FamilyState::new(spec, self.ctx.clone());
+        state.series = series
+            .into_vec()
+            .into_iter()
+            .map(|(labels, value, last_seen)| {
+                let text = String::new();
+                (
+                    labels,
+                    Entry {
+                        value,
+                        last_seen,
+                        text,
+                    },
+                )
+            })
+            .collect();
+        state.updates = self.updates;
+        state.rate = self.rate.clone();
+        state.dirty = self.dirty;
+        state.last_update = self.last_update;
+        state.render_cost = self.render_cost;
+        state.published_at = self.published_at;
+        state
+    }
+}
+
 impl FamilyState {
+    /// The state to keep while the family hibernates.
+    pub fn into_dormant(mut self) -> Dormant {
+        // Taken out, the series are not given back when `self` drops (a reservation left
+        // unused is).
+        let series = std::mem::take(&mut self.series);
+        Dormant {
+            ctx: self.ctx.clone(),
+            kind: self.kind,
+            series: series
+                .into_iter()
+                .map(|(labels, entry)| (labels, entry.value, entry.last_seen))
+                .collect(),
+            updates: self.updates,
+            rate: self.rate.clone(),
+            dirty: self.dirty,
+            last_update: self.last_update,
+            render_cost: self.render_cost,
+            published_at: self.published_at,
+        }
+    }
+
+    /// An empty family that already holds one series of the budget, for its first series
+    /// (given back if it never has one).
+    pub fn with_reserved_series(spec: FamilySpec, ctx: Arc<FamilyContext>) -> Self {
+        let mut state = FamilyState::new(spec, ctx);
+        state.reserved = 1;
+        state
+    }
+
     /// An empty family.
     pub fn new(spec: FamilySpec, ctx: Arc<FamilyContext>) -> Self {
         FamilyState {
@@ -278,6 +366,7 @@ impl FamilyState {
             kind: spec.kind,
             series: FxHashMap::default(),
             updates: 0,
+            reserved: 0,
             rate: RateWindow::new(Instant::now()),
             dirty: false,
             publish_scheduled: false,
@@ -318,7 +407,9 @@ impl FamilyState {
                         refused[1] += update.samples;
                         continue;
                     }
-                    if !ctx.budget.try_take() {
+                    if self.reserved > 0 {
+                        self.reserved -= 1;
+                    } else if !ctx.budget.try_take() {
                         refused[0] += update.samples;
                         continue;
                     }

@@ -24,17 +24,21 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::aggregator::AggregatorMsg;
-use crate::family::{FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState};
+use crate::family::{
+    Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState,
+};
 
-/// A new family refused because one of its exposed names belongs to another family.
+/// Why a new family was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Clash {
-    /// The family that owns the name.
-    pub owner: Arc<str>,
+pub enum Refusal {
+    /// One of its exposed names belongs to this other family.
+    Clash(Arc<str>),
+    /// Every series of `limits.max_series` is taken: it could not hold its first one.
+    Full,
 }
 
 /// The answer to a look-up of one family.
-pub type Lookup = Result<ActorRef<FamilyMsg>, Clash>;
+pub type Lookup = Result<ActorRef<FamilyMsg>, Refusal>;
 
 /// Messages the registry handles.
 #[derive(Debug)]
@@ -64,7 +68,7 @@ pub struct RegistryState {
     /// Families being drained before they stop, with the look-ups waiting for them.
     retiring: FxHashMap<Arc<str>, Retiring>,
     /// Families whose actor stopped while idle, with its state.
-    hibernating: FxHashMap<Arc<str>, (FamilySpec, Box<FamilyState>)>,
+    hibernating: FxHashMap<Arc<str>, (FamilySpec, Dormant)>,
 }
 
 /// A family on its way out.
@@ -108,13 +112,27 @@ impl PendingLookup {
 }
 
 impl RegistryState {
-    fn clash(&self, spec: &FamilySpec) -> Option<Clash> {
-        spec.exposed_names().iter().find_map(|name| {
-            let owner = self.claims.get(name)?;
-            Some(Clash {
-                owner: owner.clone(),
-            })
-        })
+    fn clash(&self, spec: &FamilySpec) -> Option<Refusal> {
+        spec.exposed_names()
+            .iter()
+            .find_map(|name| Some(Refusal::Clash(self.claims.get(name)?.clone())))
+    }
+
+    /// Spawns a new family, with its first series taken from the budget now: a burst of new
+    /// names past `limits.max_series` is refused here, before any of them costs an actor.
+    fn spawn_new(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        spec: FamilySpec,
+    ) -> Result<Lookup, ActorProcessingErr> {
+        if let Some(clash) = self.clash(&spec) {
+            return Ok(Err(clash));
+        }
+        if !self.ctx.budget.try_take() {
+            return Ok(Err(Refusal::Full));
+        }
+        let state = FamilyState::with_reserved_series(spec.clone(), self.ctx.clone());
+        Ok(Ok(self.spawn(myself, spec, Some(Box::new(state)))?))
     }
 
     /// Spawns a family actor without waiting for it to start (its `pre_start` cannot fail):
@@ -184,10 +202,11 @@ impl RegistryState {
         myself: &ActorRef<RegistryMsg>,
         name: &str,
     ) -> Result<Option<ActorRef<FamilyMsg>>, ActorProcessingErr> {
-        let Some((spec, state)) = self.hibernating.remove(name) else {
+        let Some((spec, dormant)) = self.hibernating.remove(name) else {
             return Ok(None);
         };
         self.ctx.telemetry.family_wakeups.inc();
+        let state = Box::new(dormant.wake(spec.clone()));
         self.spawn(myself, spec, Some(state)).map(Some)
     }
 
@@ -227,7 +246,8 @@ impl RegistryState {
             match revived {
                 Some(state) if retiring.waiting.is_empty() => {
                     debug!(metric = %name, "family hibernating");
-                    self.hibernating.insert(name, (retiring.spec, state));
+                    self.hibernating
+                        .insert(name, (retiring.spec, state.into_dormant()));
                     self.count_actors();
                     return Ok(());
                 }
@@ -297,10 +317,7 @@ impl Actor for RegistryActor {
                         Some((actor, _)) => Ok(actor.clone()),
                         None => match state.wake(&myself, &spec.name)? {
                             Some(actor) => Ok(actor),
-                            None => match state.clash(&spec) {
-                                Some(clash) => Err(clash),
-                                None => Ok(state.spawn(&myself, spec, None)?),
-                            },
+                            None => state.spawn_new(&myself, spec)?,
                         },
                     };
                     answers.push(Some(answer));

@@ -14,7 +14,7 @@ use crate::barrier::Ticket;
 use crate::family::{FamilyMsg, FamilySpec};
 use crate::ingest::{Batch, Batcher};
 use crate::limits::{QueueBound, Queued};
-use crate::registry::RegistryMsg;
+use crate::registry::{Refusal, RegistryMsg};
 use crate::telemetry::{DropStage, LogLimiter, Telemetry};
 use crate::update::Update;
 
@@ -57,9 +57,9 @@ fn spec(family: &Arc<str>, batch: &Batch) -> FamilySpec {
 enum Route {
     /// Its actor.
     Actor(ActorRef<FamilyMsg>),
-    /// Refused by the registry at this instant; asked again after [`CLASH_RECHECK`], since the
-    /// family it clashed with may go away.
-    Clash(Instant),
+    /// Refused by the registry at this instant; asked again after [`recheck`], since the
+    /// family it clashed with may go away, or series may expire and make room.
+    Refused(Refusal, Instant),
 }
 
 /// True for an actor that is draining or stopped: it takes no new message.
@@ -72,7 +72,21 @@ fn stopping(actor: &ActorRef<FamilyMsg>) -> bool {
 }
 
 /// How long a refused family name stays refused in the cache.
-const CLASH_RECHECK: Duration = Duration::from_secs(5);
+fn recheck(refusal: &Refusal) -> Duration {
+    match refusal {
+        Refusal::Clash(_) => Duration::from_secs(5),
+        Refusal::Full => Duration::from_secs(1),
+    }
+}
+
+/// True for a cached route still good: not an actor on its way out, nor a refusal old enough
+/// to ask again.
+fn current(route: &Route) -> bool {
+    match route {
+        Route::Actor(actor) => !stopping(actor),
+        Route::Refused(refusal, at) => at.elapsed() < recheck(refusal),
+    }
+}
 
 impl Router {
     /// A router with an empty cache, sending within `bound`.
@@ -94,10 +108,7 @@ impl Router {
     /// Lets go of the cached actors that have stopped, and of refusals old enough to ask again.
     pub fn prune(&mut self) {
         self.pruned = Instant::now();
-        self.actors.retain(|_, route| match route {
-            Route::Actor(actor) => !stopping(actor),
-            Route::Clash(at) => at.elapsed() < CLASH_RECHECK,
-        });
+        self.actors.retain(|_, route| current(route));
         // A stopped family published as it stopped.
         let actors = &self.actors;
         self.touched.retain(|family| actors.contains_key(family));
@@ -139,7 +150,13 @@ impl Router {
         let spec = spec(&family, &batch);
         let mut actor = match self.route(&spec).await {
             Some(Route::Actor(actor)) => actor,
-            Some(Route::Clash(_)) => return self.count_clash(&family, &batch.updates),
+            Some(Route::Refused(Refusal::Clash(_), _)) => {
+                return self.count_clash(&family, &batch.updates)
+            }
+            Some(Route::Refused(Refusal::Full, _)) => {
+                // As the family would have counted it, had it been let in.
+                return self.telemetry.series_refused("max_series", n);
+            }
             None => return self.drop_batch(&family, DropStage::Undeliverable, n),
         };
         let queued = match Queued::reserve(&self.bound, batch.updates) {
@@ -186,10 +203,7 @@ impl Router {
     /// hibernating) or a refusal old enough to ask again: those are looked up afresh, with the
     /// rest of the flush's unknown families.
     fn cached(&self, family: &str) -> Option<&Route> {
-        self.actors.get(family).filter(|route| match route {
-            Route::Actor(actor) => !stopping(actor),
-            Route::Clash(at) => at.elapsed() < CLASH_RECHECK,
-        })
+        self.actors.get(family).filter(|route| current(route))
     }
 
     async fn route(&mut self, spec: &FamilySpec) -> Option<Route> {
@@ -198,7 +212,7 @@ impl Router {
         }
         match self.cached(&spec.name)? {
             Route::Actor(actor) => Some(Route::Actor(actor.clone())),
-            Route::Clash(at) => Some(Route::Clash(*at)),
+            Route::Refused(refusal, at) => Some(Route::Refused(refusal.clone(), *at)),
         }
     }
 
@@ -221,11 +235,18 @@ impl Router {
         for (spec, answer) in specs.into_iter().zip(answers) {
             let route = match answer {
                 Ok(actor) => Route::Actor(actor),
-                Err(clash) => {
+                Err(refusal) => {
                     if let Some(suppressed) = DROP_LOG.allow() {
-                        warn!(metric = %spec.name, clashes_with = %clash.owner, suppressed, "metric names collide with another family; samples refused");
+                        match &refusal {
+                            Refusal::Clash(owner) => {
+                                warn!(metric = %spec.name, clashes_with = %owner, suppressed, "metric names collide with another family; samples refused")
+                            }
+                            Refusal::Full => {
+                                warn!(metric = %spec.name, limit = "max_series", suppressed, "series limit reached: new family refused")
+                            }
+                        }
                     }
-                    Route::Clash(now)
+                    Route::Refused(refusal, now)
                 }
             };
             self.actors.insert(spec.name, route);
