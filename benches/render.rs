@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 use tallyd::aggregator::ScrapeView;
-use tallyd::config::ObserverType;
+use tallyd::config::{LimitSettings, ObserverType};
 use tallyd::exposition;
 use tallyd::family::FamilyState;
 use tallyd::telemetry::Telemetry;
@@ -121,7 +121,13 @@ fn render(c: &mut Criterion, ctx: &Arc<tallyd::family::FamilyContext>) {
         b.iter(|| {
             // A new String per scrape, as the HTTP handler does.
             let mut out = String::new();
-            exposition::render(&view, &telemetry, Instant::now(), &mut out);
+            exposition::render(
+                &view,
+                &telemetry,
+                LimitSettings::default().max_family_self_metrics,
+                Instant::now(),
+                &mut out,
+            );
             black_box(out)
         })
     });

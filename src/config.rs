@@ -89,6 +89,9 @@ pub struct Cli {
     /// Most series in one family.
     #[arg(long = "limits.max-series-per-family", value_name = "N")]
     pub max_series_per_family: Option<String>,
+    /// Most families with their own tallyd_metric_* series (the busiest by update rate).
+    #[arg(long = "limits.max-family-self-metrics", value_name = "N")]
+    pub max_family_self_metrics: Option<String>,
     /// After SIGTERM, keep serving the final values this long (e.g. 10s).
     #[arg(long = "shutdown.grace-period", value_name = "DURATION")]
     pub shutdown_grace_period: Option<String>,
@@ -159,6 +162,10 @@ pub struct LimitSettings {
     /// Updates waiting in family actors' mailboxes; a batch that would go past it is dropped
     /// and counted (`tallyd_updates_dropped_total{stage="queue_full"}`). Default 1,000,000.
     pub max_queued_updates: usize,
+    /// Families listed in the per-family self-metrics (`tallyd_metric_*{metric}`, four series
+    /// each); past it, the busiest by update rate are, and `tallyd_metric_families_unlisted`
+    /// counts the rest. `0` lists none. Default 1,000.
+    pub max_family_self_metrics: usize,
 }
 
 impl Default for LimitSettings {
@@ -170,6 +177,7 @@ impl Default for LimitSettings {
             max_label_bytes: 1024,
             max_datagram_bytes: 65_535,
             max_queued_updates: 1_000_000,
+            max_family_self_metrics: 1_000,
         }
     }
 }
@@ -545,12 +553,16 @@ impl Settings {
             (Some(true), false) => Some("true"),
             (None, false) => None,
         };
-        let flags: [(&str, Option<&str>); 21] = [
+        let flags: [(&str, Option<&str>); 22] = [
             ("statsd.default_ttl", cli.default_ttl.as_deref()),
             ("limits.max_series", cli.max_series.as_deref()),
             (
                 "limits.max_series_per_family",
                 cli.max_series_per_family.as_deref(),
+            ),
+            (
+                "limits.max_family_self_metrics",
+                cli.max_family_self_metrics.as_deref(),
             ),
             ("statsd.read_buffer", cli.read_buffer.as_deref()),
             ("statsd.udp_readers", cli.udp_readers.as_deref()),

@@ -241,6 +241,7 @@ pub async fn run(
     let http_ctx = Arc::new(HttpContext {
         aggregator: aggregator.clone(),
         barrier,
+        max_family_self_metrics: settings.limits.max_family_self_metrics,
         registry: registry.clone(),
         telemetry: telemetry.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),

@@ -67,9 +67,16 @@ fn family(
     family
 }
 
-/// The aggregator's overall figures, read at `now`.
-fn totals(view: &ScrapeView, now: Instant) -> Vec<MetricFamily> {
+/// The aggregator's overall figures, read at `now`; `unlisted` families have no per-family
+/// series.
+fn totals(view: &ScrapeView, now: Instant, unlisted: usize) -> Vec<MetricFamily> {
     vec![
+        single(
+            "tallyd_metric_families_unlisted",
+            "Families left out of the per-family tallyd_metric_* series, which list the busiest limits.max_family_self_metrics families by update rate.",
+            MetricType::GAUGE,
+            unlisted as f64,
+        ),
         single(
             "tallyd_update_rate",
             "Updates per second applied by all family actors, over the last 10 seconds.",
@@ -101,12 +108,12 @@ fn write_value(out: &mut String, value: f64) {
 fn write_per_family(
     out: &mut String,
     (name, help, kind): (&str, &str, &str),
-    view: &ScrapeView,
+    listed: &[&FamilySnapshot],
     value: impl Fn(&FamilySnapshot) -> f64,
 ) {
     use std::fmt::Write;
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for snapshot in view.iter() {
+    for snapshot in listed {
         // Family names are escaped: `[a-zA-Z0-9_]` only, nothing to quote.
         let _ = write!(out, "{name}{{metric=\"{}\"}} ", snapshot.name);
         write_value(out, value(snapshot));
@@ -114,18 +121,47 @@ fn write_per_family(
     }
 }
 
-/// Writes a whole scrape into `out`: every user family, then tallyd's own metrics.
-pub fn render(view: &ScrapeView, telemetry: &Telemetry, now: Instant, out: &mut String) {
-    let per_family_bytes = view.len() * 4 * 64;
+/// The families the per-family self-metrics list, in name order: every family up to `max`,
+/// past it the `max` busiest by update rate (the first in name order among equal rates, so
+/// that the list holds still while rates do).
+fn listed(view: &ScrapeView, max: usize, now: Instant) -> Vec<&FamilySnapshot> {
+    if view.len() <= max {
+        return view.iter().map(|s| &**s).collect();
+    }
+    let mut by_rate: Vec<(f64, usize)> = view
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.rate.per_second(now), i))
+        .collect();
+    let busier = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if max > 0 {
+        by_rate.select_nth_unstable_by(max - 1, busier);
+    }
+    let mut chosen: Vec<usize> = by_rate[..max].iter().map(|&(_, i)| i).collect();
+    chosen.sort_unstable();
+    chosen.into_iter().map(|i| &*view[i]).collect()
+}
+
+/// Writes a whole scrape into `out`: every user family, then tallyd's own metrics, with
+/// per-family series for at most `max_listed` families.
+pub fn render(
+    view: &ScrapeView,
+    telemetry: &Telemetry,
+    max_listed: usize,
+    now: Instant,
+    out: &mut String,
+) {
+    let listed = listed(view, max_listed, now);
+    let per_family_bytes = listed.len() * 4 * 64;
     out.reserve(view.iter().map(|s| s.text.len()).sum::<usize>() + per_family_bytes + 16 * 1024);
     for snapshot in view.iter() {
         out.push_str(&snapshot.text);
     }
-    let mut own = totals(view, now);
+    let mut own = totals(view, now, view.len() - listed.len());
     own.extend(telemetry.gather());
     own.sort_by(|a, b| a.name().cmp(b.name()));
     encode_into(&own, out);
-    if view.is_empty() {
+    if listed.is_empty() {
         return;
     }
     write_per_family(
@@ -135,7 +171,7 @@ pub fn render(view: &ScrapeView, telemetry: &Telemetry, now: Instant, out: &mut 
             "Updates per second applied by the family's actor, over the last 10 seconds.",
             "gauge",
         ),
-        view,
+        &listed,
         |s| s.rate.per_second(now),
     );
     write_per_family(
@@ -145,7 +181,7 @@ pub fn render(view: &ScrapeView, telemetry: &Telemetry, now: Instant, out: &mut 
             "Updates applied by the family's actor.",
             "counter",
         ),
-        view,
+        &listed,
         |s| s.updates as f64,
     );
     write_per_family(
@@ -155,7 +191,7 @@ pub fn render(view: &ScrapeView, telemetry: &Telemetry, now: Instant, out: &mut 
             "Series (label sets) in the family.",
             "gauge",
         ),
-        view,
+        &listed,
         |s| s.series as f64,
     );
     write_per_family(
@@ -165,7 +201,7 @@ pub fn render(view: &ScrapeView, telemetry: &Telemetry, now: Instant, out: &mut 
             "Sum of the family's series values (counters, gauges, set sizes) or observation sums.",
             "gauge",
         ),
-        view,
+        &listed,
         |s| s.value_sum,
     );
 }
@@ -173,6 +209,71 @@ pub fn render(view: &ScrapeView, telemetry: &Telemetry, now: Instant, out: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate::RateWindow;
+    use std::sync::Arc;
+
+    fn snapshot(name: &str, updates: u64, now: Instant) -> Arc<FamilySnapshot> {
+        let mut rate = RateWindow::new(now);
+        rate.record(now, updates);
+        Arc::new(FamilySnapshot {
+            name: name.into(),
+            text: format!("# TYPE {name} counter\n{name} {updates}\n"),
+            updates,
+            series: 1,
+            value_sum: updates as f64,
+            rate,
+        })
+    }
+
+    #[test]
+    fn past_the_limit_only_the_busiest_families_are_listed() {
+        let now = Instant::now();
+        let view: ScrapeView = [("a", 5), ("b", 50), ("c", 5), ("d", 70), ("e", 5)]
+            .into_iter()
+            .map(|(name, n)| snapshot(name, n, now))
+            .collect();
+        let telemetry = Telemetry::new();
+        let lines = |max| {
+            let mut out = String::new();
+            render(&view, &telemetry, max, now, &mut out);
+            let listed: Vec<String> = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("tallyd_metric_updates_total{metric=\""))
+                .map(|l| l.replace("\"}", ""))
+                .collect();
+            let unlisted = out
+                .lines()
+                .find_map(|l| l.strip_prefix("tallyd_metric_families_unlisted "))
+                .map(str::to_owned);
+            // Every family's own series are there, listed or not.
+            assert!(["a 5", "b 50", "c 5", "d 70", "e 5"]
+                .iter()
+                .all(|l| out.lines().any(|o| o == *l)));
+            (listed, unlisted.unwrap())
+        };
+        assert_eq!(
+            lines(10),
+            (
+                vec![
+                    "a 5".into(),
+                    "b 50".into(),
+                    "c 5".into(),
+                    "d 70".into(),
+                    "e 5".into()
+                ],
+                "0".into()
+            )
+        );
+        // The two busiest, then ties broken by name: b and d, then a.
+        assert_eq!(lines(2), (vec!["b 50".into(), "d 70".into()], "3".into()));
+        assert_eq!(
+            lines(3),
+            (vec!["a 5".into(), "b 50".into(), "d 70".into()], "2".into())
+        );
+        let (none, unlisted) = lines(0);
+        assert!(none.is_empty());
+        assert_eq!(unlisted, "5");
+    }
 
     #[test]
     fn values_are_spelled_as_the_text_format_wants() {

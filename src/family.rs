@@ -506,6 +506,9 @@ impl FamilyState {
                 entry.text.push_str(lines);
             }
         }
+        // The aggregator keeps it until the next snapshot, for every family, hibernating
+        // ones included: no spare capacity.
+        text.shrink_to_fit();
         FamilySnapshot {
             name: self.name.clone(),
             text,

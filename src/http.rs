@@ -65,6 +65,8 @@ pub struct HttpContext {
     pub aggregator: ActorRef<AggregatorMsg>,
     /// Makes the listeners and families publish what they hold before a scrape.
     pub barrier: Arc<Barrier>,
+    /// Families listed in the per-family self-metrics, at most.
+    pub max_family_self_metrics: usize,
     /// For fault injection.
     pub registry: ActorRef<RegistryMsg>,
     /// tallyd's own metrics.
@@ -420,7 +422,13 @@ async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
         _ => return text(StatusCode::SERVICE_UNAVAILABLE, "Aggregator unavailable.\n"),
     };
     let mut body = String::new();
-    exposition::render(&view, &ctx.telemetry, Instant::now(), &mut body);
+    exposition::render(
+        &view,
+        &ctx.telemetry,
+        ctx.max_family_self_metrics,
+        Instant::now(),
+        &mut body,
+    );
     let gzip = req
         .headers()
         .get_all(ACCEPT_ENCODING)

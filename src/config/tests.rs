@@ -159,11 +159,13 @@ fn statsd_exporter_flag_names_parse() {
         "--log.format=json",
         "--statsd.event-flush-interval=200ms",
         "--statsd.event-flush-threshold=1000",
+        "--limits.max-family-self-metrics=0",
     ])
     .unwrap();
     let s = load(&cli, &[]).unwrap();
     assert_eq!(s.statsd.event_flush_interval, Duration::from_millis(200));
     assert_eq!(s.statsd.event_flush_threshold, 1000);
+    assert_eq!(s.limits.max_family_self_metrics, 0);
     assert_eq!(s.statsd.listen_udp, "127.0.0.1:9000");
     assert_eq!(s.statsd.listen_tcp, "");
     assert_eq!(s.web.listen_address, "127.0.0.1:9001");
