@@ -164,6 +164,25 @@ pub async fn run(
         .context("cannot listen for SIGHUP")?;
     let telemetry = Arc::new(Telemetry::new());
     telemetry.mapping_loaded.set(mapper.len() as i64);
+    let (flush, hibernate) = (
+        settings.statsd.event_flush_interval,
+        settings.actors.hibernate_after,
+    );
+    if !hibernate.is_zero() && flush >= hibernate {
+        warn!(
+            ?flush,
+            ?hibernate,
+            "statsd.event_flush_interval is not under actors.hibernate_after: a family updated at every flush may hibernate and be respawned between flushes"
+        );
+    }
+    let ttl = settings.statsd.default_ttl;
+    if !ttl.is_zero() && ttl <= flush {
+        warn!(
+            ?flush,
+            ?ttl,
+            "statsd.default_ttl is not over statsd.event_flush_interval: a series is seen when its family applies it, so one updated steadily may expire between flushes"
+        );
+    }
     let (aggregator, aggregator_task) = Actor::spawn(None, AggregatorActor, ())
         .await
         .context("cannot start the aggregator")?;

@@ -33,6 +33,8 @@
 //!        └──Lookup──▶ RegistryActor ─supervises─▶ every FamilyActor          ┘                        ▲
 //!                                                                              HTTP /metrics ──Scrape─┘
 //! ```
+//! Before it asks the aggregator, a scrape passes the [`barrier`]: every listener task sends
+//! what it holds, and every family it reached since the last scrape publishes (`Sync`).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod aggregator;

@@ -324,7 +324,8 @@ fn a_flood_of_distinct_names_stops_at_the_series_limit() {
         rss >> 20,
         text_value(&text, "tallyd_metric_actors")
     );
-    // A refused name's actor retires at once, so the flood leaves no actors behind.
+    // Names past the limit are refused by the registry before they get an actor, so the
+    // flood leaves no actors behind.
     assert!(rss < RSS_LIMIT_BYTES, "resident set {} MiB", rss >> 20);
     let panics = t
         .logs()
@@ -336,9 +337,8 @@ fn a_flood_of_distinct_names_stops_at_the_series_limit() {
     t.scrape();
 }
 
-/// The series limit bounds family actors too: a name whose every update is refused gets an
-/// actor with no series, which retires at once, so distinct names past the limit do not grow
-/// memory.
+/// The series limit bounds family actors too: a new name past the limit is refused by the
+/// registry before it gets an actor, so distinct names past the limit do not grow memory.
 #[test]
 fn names_refused_by_the_series_limit_do_not_keep_actors() {
     let t = Tallyd::start(&["--limits.max-series=100"]);

@@ -197,3 +197,24 @@ fn a_busy_port_fails_start_up_with_its_address() {
         "{msg}"
     );
 }
+
+#[test]
+fn settings_that_work_against_each_other_are_warned_about() {
+    // A 2 s flush window against the 1 s default hibernate_after, and a TTL under the window.
+    let t = Tallyd::start(&[
+        "--statsd.event-flush-interval=2s",
+        "--statsd.default-ttl=1s",
+    ]);
+    let logs = t.logs();
+    let warned = |text: &str| logs.iter().any(|l| l.contains("WARN") && l.contains(text));
+    assert!(warned("is not under actors.hibernate_after"), "{logs:#?}");
+    assert!(
+        warned("is not over statsd.event_flush_interval"),
+        "{logs:#?}"
+    );
+    let defaults = Tallyd::start(&[]).logs();
+    assert!(
+        !defaults.iter().any(|l| l.contains("WARN")),
+        "{defaults:#?}"
+    );
+}
