@@ -7,7 +7,9 @@
 //! The scrape hands each listener a [`Ticket`]; a listener passes a clone to each family it
 //! reached, after that family's batch, and a family drops its clone once its snapshot is on
 //! its way to the aggregator. The scrape goes on when the last clone is dropped, or after a
-//! timeout, counted, with whatever was published by then.
+//! timeout, counted, with whatever was published by then. Scrapes pass one at a time: a
+//! listener that passed a family its ticket for one scrape does not pass it again for the
+//! next, which must therefore wait until the first is through.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +38,8 @@ impl Drop for Done {
 #[derive(Debug, Default)]
 pub struct Barrier {
     listeners: Mutex<Vec<mpsc::UnboundedSender<Ticket>>>,
+    /// Held by the scrape passing.
+    passing: tokio::sync::Mutex<()>,
 }
 
 impl Barrier {
@@ -46,17 +50,23 @@ impl Barrier {
         rx
     }
 
-    /// Hands every listener task a ticket and waits until all of them, and the families they
-    /// passed it to, are done, or until `timeout`; false on timeout.
+    /// Waits for the scrape passing before, then hands every listener task a ticket and
+    /// waits until all of them, and the families they passed it to, are done; false if that
+    /// takes longer than `timeout` in all.
     pub async fn pass(&self, timeout: Duration) -> bool {
-        let (done, all_done) = oneshot::channel();
-        let ticket = Ticket {
-            _done: Arc::new(Done(Some(done))),
+        let pass = async {
+            let _turn = self.passing.lock().await;
+            let (done, all_done) = oneshot::channel();
+            let ticket = Ticket {
+                _done: Arc::new(Done(Some(done))),
+            };
+            // A task that has ended dropped its receiver: it leaves the list here.
+            self.lock().retain(|tx| tx.send(ticket.clone()).is_ok());
+            drop(ticket);
+            // The sender cannot be dropped unsent: `Done` sends as it drops.
+            let _ = all_done.await;
         };
-        // A task that has ended dropped its receiver: it leaves the list here.
-        self.lock().retain(|tx| tx.send(ticket.clone()).is_ok());
-        drop(ticket);
-        tokio::time::timeout(timeout, all_done).await.is_ok()
+        tokio::time::timeout(timeout, pass).await.is_ok()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<Ticket>>> {
@@ -99,5 +109,29 @@ mod tests {
         assert!(passing.await.unwrap());
         drop(ticket);
         assert_eq!(barrier.lock().len(), 1, "the ended listener left the list");
+    }
+
+    #[tokio::test]
+    async fn a_scrape_waits_for_the_one_before() {
+        let barrier = Arc::new(Barrier::default());
+        let mut listener = barrier.join();
+        let pass = |barrier: &Arc<Barrier>| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move { barrier.pass(Duration::from_secs(5)).await })
+        };
+        let first = pass(&barrier);
+        // A family still holds the first scrape's ticket.
+        let family = listener.recv().await.expect("a ticket");
+        let second = pass(&barrier);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            listener.try_recv().is_err(),
+            "no ticket before the first is through"
+        );
+        assert!(!second.is_finished());
+        drop(family);
+        assert!(first.await.unwrap());
+        drop(listener.recv().await.expect("the second ticket"));
+        assert!(second.await.unwrap());
     }
 }
