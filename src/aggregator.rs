@@ -1,8 +1,8 @@
 //! The aggregator actor: keeps the latest snapshot each family actor published, and hands a
 //! scrape the whole set in one reply. Families push; the aggregator never asks them anything,
 //! so it waits on no family actor and ingestion never waits on a scrape. What a scrape waits
-//! for before it asks (families that changed since the last scrape publishing, all at once
-//! and bounded in time) is the [`crate::barrier`]'s business.
+//! for before it asks (the families the listeners sent batches to since the last scrape
+//! publishing, all at once and bounded in time) is the [`crate::barrier`]'s business.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::BTreeMap;

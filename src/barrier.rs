@@ -1,8 +1,11 @@
 //! The scrape barrier: before a scrape reads the aggregator, every listener task reads what
 //! its socket already holds and sends what it holds to the families, and every family it
-//! reached since the last barrier publishes. So a scrape shows every line read before it,
-//! however long the flush window and the publish interval are, and those can be long enough
-//! to keep the cost per family low.
+//! reached since the last barrier publishes. So a scrape shows every line that reached
+//! tallyd's sockets before it, however long the flush window and the publish interval are,
+//! and those can be long enough to keep the cost per family low. Within bounds: a listener
+//! reads at most `statsd.receive_batch` × 16 datagrams, or 1 MiB from a TCP connection, for
+//! a scrape; a TCP connection not yet accepted, or a line without its newline yet, waits for
+//! the next one.
 //!
 //! The scrape hands each listener a [`Ticket`]; a listener passes a clone to each family it
 //! reached, after that family's batch, and a family drops its clone once its snapshot is on
@@ -37,39 +40,74 @@ impl Drop for Done {
 /// The listener tasks a scrape waits on, each by the channel its tickets go to.
 #[derive(Debug, Default)]
 pub struct Barrier {
-    listeners: Mutex<Vec<mpsc::UnboundedSender<Ticket>>>,
-    /// Held by the scrape passing.
-    passing: tokio::sync::Mutex<()>,
+    listeners: Mutex<Listeners>,
+    /// Held by the scrape passing; holds the completion of a pass that timed out, which the
+    /// next one waits for first: its tickets are still on their way.
+    passing: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// The channels of the listener tasks, some perhaps of tasks that have ended.
+#[derive(Debug, Default)]
+struct Listeners {
+    senders: Vec<mpsc::UnboundedSender<Ticket>>,
+    /// The length at which `join` next drops the channels of ended tasks, should no scrape
+    /// come to do it (one TCP connection after another, never scraped).
+    prune_at: usize,
 }
 
 impl Barrier {
     /// A new listener task's channel; the task leaves the barrier by dropping the receiver.
     pub fn join(&self) -> mpsc::UnboundedReceiver<Ticket> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().push(tx);
+        let mut listeners = self.lock();
+        if listeners.senders.len() >= listeners.prune_at {
+            listeners.senders.retain(|tx| !tx.is_closed());
+            listeners.prune_at = (2 * listeners.senders.len()).max(64);
+        }
+        listeners.senders.push(tx);
         rx
     }
 
-    /// Waits for the scrape passing before, then hands every listener task a ticket and
-    /// waits until all of them, and the families they passed it to, are done; false if that
-    /// takes longer than `timeout` in all.
+    /// Waits for the scrape passing before (and for one that timed out before that), then
+    /// hands every listener task a ticket and waits until all of them, and the families they
+    /// passed it to, are done; false if that takes longer than `timeout` in all.
     pub async fn pass(&self, timeout: Duration) -> bool {
-        let pass = async {
-            let _turn = self.passing.lock().await;
-            let (done, all_done) = oneshot::channel();
-            let ticket = Ticket {
-                _done: Arc::new(Done(Some(done))),
-            };
-            // A task that has ended dropped its receiver: it leaves the list here.
-            self.lock().retain(|tx| tx.send(ticket.clone()).is_ok());
-            drop(ticket);
-            // The sender cannot be dropped unsent: `Done` sends as it drops.
-            let _ = all_done.await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Ok(mut unfinished) = tokio::time::timeout_at(deadline, self.passing.lock()).await
+        else {
+            return false;
         };
-        tokio::time::timeout(timeout, pass).await.is_ok()
+        if let Some(mut before) = unfinished.take() {
+            if tokio::time::timeout_at(deadline, &mut before)
+                .await
+                .is_err()
+            {
+                *unfinished = Some(before);
+                return false;
+            }
+        }
+        let (done, mut all_done) = oneshot::channel();
+        let ticket = Ticket {
+            _done: Arc::new(Done(Some(done))),
+        };
+        // A task that has ended dropped its receiver: it leaves the list here.
+        self.lock()
+            .senders
+            .retain(|tx| tx.send(ticket.clone()).is_ok());
+        drop(ticket);
+        // The sender cannot be dropped unsent (`Done` sends as it drops): a receive error
+        // cannot happen, and would mean done anyway.
+        if tokio::time::timeout_at(deadline, &mut all_done)
+            .await
+            .is_err()
+        {
+            *unfinished = Some(all_done);
+            return false;
+        }
+        true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<Ticket>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Listeners> {
         // The list stays valid whatever a panicking holder did to it.
         self.listeners
             .lock()
@@ -88,18 +126,20 @@ mod tests {
         let mut held = barrier.join();
         // A listener task that ended.
         drop(barrier.join());
+        let pass = |timeout| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move { barrier.pass(timeout).await })
+        };
         // One listener keeps its ticket: the scrape times out.
-        let waiting = tokio::spawn({
-            let barrier = barrier.clone();
-            async move { barrier.pass(Duration::from_millis(50)).await }
-        });
-        let ticket = held.recv().await.expect("a ticket");
+        let waiting = pass(Duration::from_millis(50));
+        let late = held.recv().await.expect("a ticket");
         assert!(!waiting.await.unwrap());
-        // A family holding a clone holds the scrape too, until it drops it.
-        let passing = tokio::spawn({
-            let barrier = barrier.clone();
-            async move { barrier.pass(Duration::from_secs(5)).await }
-        });
+        // The next scrape waits for that ticket first, then for its own, which a family
+        // holds a clone of.
+        let passing = pass(Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(held.try_recv().is_err(), "no ticket before the late one");
+        drop(late);
         let next = held.recv().await.expect("a second ticket");
         let family = next.clone();
         drop(next);
@@ -107,8 +147,26 @@ mod tests {
         assert!(!passing.is_finished());
         drop(family);
         assert!(passing.await.unwrap());
-        drop(ticket);
-        assert_eq!(barrier.lock().len(), 1, "the ended listener left the list");
+        assert_eq!(
+            barrier.lock().senders.len(),
+            1,
+            "the ended listener left the list"
+        );
+    }
+
+    #[test]
+    fn ended_listeners_leave_the_list_without_scrapes() {
+        let barrier = Barrier::default();
+        for _ in 0..1000 {
+            drop(barrier.join());
+        }
+        let kept = barrier.join();
+        assert!(
+            barrier.lock().senders.len() <= 64,
+            "{}",
+            barrier.lock().senders.len()
+        );
+        drop(kept);
     }
 
     #[tokio::test]

@@ -444,8 +444,8 @@ pub struct ActorSettings {
     /// Longest time from a family applying an update to publishing it when no scrape asks
     /// first (a scrape has every family with something new publish, see [`crate::barrier`]),
     /// for a family that renders in under a twentieth of it; a family of many series waits
-    /// twenty times its last render time instead, so rendering never takes over. Default
-    /// `1s`.
+    /// twenty times its last render time instead, so rendering never takes over between
+    /// scrapes (each scrape has every family with something new render once). Default `1s`.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
     /// A family with no update for this long, no TTL and no set members still counting,

@@ -1,8 +1,8 @@
 //! The family actor: sole owner of one Prometheus metric family (one name after escaping). It
 //! holds the family's type, every series (label set) with its value or observations, its
 //! update count and update rate. It applies batches of updates, refuses updates of another type
-//! (counted per metric and type), and publishes a rendered snapshot to the aggregator at most
-//! once per publish interval, so scrapes never wait for it.
+//! (counted per metric and type), and publishes a rendered snapshot to the aggregator: within
+//! the publish interval of an update, and when a scrape's [`crate::barrier`] asks (`Sync`).
 //!
 //! Series that see no update for their TTL are removed; a family left with none asks the
 //! registry to retire it (see [`crate::registry`]). A family without a TTL that sees no update
@@ -39,6 +39,8 @@ use set::SetSeries;
 static CONFLICT_LOG: LogLimiter = LogLimiter::new(10);
 /// A family waits at least this many times its last render before rendering again.
 const RENDER_SHARE: u32 = 20;
+/// How long a family born empty waits for its first batch before it retires.
+const EMPTY_GRACE: Duration = Duration::from_secs(1);
 
 /// Series-limit warnings logged per second, across families.
 static LIMIT_LOG: LogLimiter = LogLimiter::new(10);
@@ -118,15 +120,20 @@ impl FamilySpec {
     /// Every metric name the family's exposition uses: its own, plus `_sum` and `_count` for a
     /// summary, or `_bucket`, `_sum` and `_count` for a histogram. Two families must not
     /// share any of them, or the exposition would be invalid.
-    pub fn exposed_names(&self) -> Vec<String> {
+    pub fn exposed_names(&self) -> Vec<Arc<str>> {
         let suffixes: &[&str] = match (self.kind, self.meta.observer.observer_type) {
-            (Kind::Observer, ObserverType::Summary) => &["", "_sum", "_count"],
-            (Kind::Observer, ObserverType::Histogram) => &["", "_bucket", "_sum", "_count"],
-            _ => &[""],
+            (Kind::Observer, ObserverType::Summary) => &["_sum", "_count"],
+            (Kind::Observer, ObserverType::Histogram) => &["_bucket", "_sum", "_count"],
+            _ => &[],
         };
-        suffixes
-            .iter()
-            .map(|suffix| format!("{}{suffix}", self.name))
+        // The family's own name is shared, not copied: the registry keeps these for every
+        // family, hibernating ones included.
+        std::iter::once(self.name.clone())
+            .chain(
+                suffixes
+                    .iter()
+                    .map(|suffix| format!("{}{suffix}", self.name).into()),
+            )
             .collect()
     }
 }
@@ -270,8 +277,9 @@ impl Drop for FamilyState {
 }
 
 /// A hibernating family's state, as the registry keeps it: each series' value and when it was
-/// last updated, in a slice rather than a hash map, without the rendered lines or anything
-/// else a wake-up can rebuild. The series stay in the budget and in `tallyd_series`.
+/// last updated, in a slice rather than a hash map, its update count and rate, and nothing a
+/// wake-up can rebuild (rendered lines, header, publishing times; it published as it
+/// stopped). The series stay in the budget and in `tallyd_series`.
 #[derive(Debug)]
 pub struct Dormant {
     ctx: Arc<FamilyContext>,
@@ -279,10 +287,6 @@ pub struct Dormant {
     series: Box<[(LabelSet, Series, Instant)]>,
     updates: u64,
     rate: RateWindow,
-    dirty: bool,
-    last_update: Instant,
-    render_cost: Duration,
-    published_at: Option<Instant>,
 }
 
 impl Drop for Dormant {
@@ -316,12 +320,10 @@ impl Dormant {
                 )
             })
             .collect();
+        // It published as it stopped, so nothing is dirty; its next update is published at
+        // once, its render cost measured again.
         state.updates = self.updates;
         state.rate = self.rate.clone();
-        state.dirty = self.dirty;
-        state.last_update = self.last_update;
-        state.render_cost = self.render_cost;
-        state.published_at = self.published_at;
         state
     }
 }
@@ -341,10 +343,6 @@ impl FamilyState {
                 .collect(),
             updates: self.updates,
             rate: self.rate.clone(),
-            dirty: self.dirty,
-            last_update: self.last_update,
-            render_cost: self.render_cost,
-            published_at: self.published_at,
         }
     }
 
@@ -673,6 +671,12 @@ impl Actor for FamilyActor {
         state.idle_check_scheduled = false;
         if state.dirty {
             state.schedule_publish(&myself, state.ctx.publish_interval, Instant::now());
+        }
+        if state.is_empty() && state.meta.ttl.is_none() {
+            // A new family whose first batch never comes (dropped on the way) must not keep
+            // the series the registry took for it: a sweep retires it if it is still empty
+            // (with a TTL, the regular sweeps do).
+            myself.send_after(EMPTY_GRACE, || FamilyMsg::Sweep);
         }
         state.schedule_sweep(&myself);
         state.schedule_idle_check(&myself, Instant::now());

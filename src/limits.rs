@@ -2,7 +2,8 @@
 //! - the series budget: how many series all families together, and each family alone, may
 //!   hold. A family asks for a unit before it creates a series and returns it when the series
 //!   expires or the family's state is dropped, so the count is exact and goes down as well as
-//!   up;
+//!   up. The registry takes the unit of a new family's first series as it spawns it (so a
+//!   name past the limit costs no actor), and the family uses that unit, or gives it back;
 //! - the queue bound: how many updates may wait in family actors' mailboxes (which ractor does
 //!   not bound). A router reserves room before it sends a batch and the batch gives it back
 //!   when it is dropped, applied or not, so the count cannot leak.

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::aggregator::AggregatorMsg;
+use crate::barrier::Ticket;
 use crate::family::{
     Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState,
 };
@@ -52,6 +53,9 @@ pub enum RegistryMsg {
     Retire(Arc<str>, ActorId),
     /// An idle family actor asks to stop, its state kept for its next update.
     Hibernate(Arc<str>, ActorId),
+    /// A scrape's ticket for a family that was draining when a listener passed it on: held
+    /// until the family has stopped, and so published.
+    HoldTicket(Arc<str>, Ticket),
 }
 
 /// The actor; its state is [`RegistryState`].
@@ -64,7 +68,7 @@ pub struct RegistryState {
     ctx: Arc<FamilyContext>,
     families: FxHashMap<Arc<str>, (ActorRef<FamilyMsg>, FamilySpec)>,
     names: FxHashMap<ActorId, Arc<str>>,
-    claims: FxHashMap<String, Arc<str>>,
+    claims: FxHashMap<Arc<str>, Arc<str>>,
     /// Families being drained before they stop, with the look-ups waiting for them.
     retiring: FxHashMap<Arc<str>, Retiring>,
     /// Families whose actor stopped while idle, with its state.
@@ -79,6 +83,8 @@ struct Retiring {
     hibernate: bool,
     /// Look-ups that named it, each waiting for the new actor.
     waiting: Vec<PendingLookup>,
+    /// Scrapes waiting for it to publish, which it does as it stops.
+    tickets: Vec<Ticket>,
 }
 
 /// A look-up with answers still missing: the reply, the answers so far (a `None` for each
@@ -222,6 +228,7 @@ impl RegistryState {
                         spec,
                         hibernate,
                         waiting: Vec::new(),
+                        tickets: Vec::new(),
                     },
                 );
                 // Applies what is queued, refuses what comes after; then stops.
@@ -264,7 +271,7 @@ impl RegistryState {
         if revived.is_none() && retiring.waiting.is_empty() {
             self.release(&retiring.spec);
             self.ctx.telemetry.family_retirements.inc();
-            debug!(metric = %name, "family retired: every series expired");
+            debug!(metric = %name, "family retired: no series left");
             return Ok(());
         }
         let spec = retiring.spec;
@@ -343,6 +350,12 @@ impl Actor for RegistryActor {
             }
             RegistryMsg::Retire(name, id) => state.drain(name, id, false),
             RegistryMsg::Hibernate(name, id) => state.drain(name, id, true),
+            RegistryMsg::HoldTicket(name, ticket) => {
+                // Not retiring any more: it has stopped and published, the ticket can go.
+                if let Some(retiring) = state.retiring.get_mut(&name) {
+                    retiring.tickets.push(ticket);
+                }
+            }
             RegistryMsg::InjectFault(name, reply) => {
                 state.wake(&myself, &name)?;
                 let found = state.families.get(&name);

@@ -1,11 +1,13 @@
 //! Routing: delivers each family's batch to its family actor, one message per family per
 //! flush. Each listener task has its own [`Router`] with a cache from family name to
 //! actor, so the registry is asked only on a miss, and a dead actor (restarted by the registry)
-//! is looked up again without losing the batch. A family the registry refuses (its names
-//! would collide with another family's) has its samples counted as type conflicts.
+//! is looked up again without losing the batch. A family the registry refuses has its samples
+//! counted: as type conflicts when its names would collide with another family's, as
+//! `max_series` refusals when the series budget is full. The router also remembers the
+//! families it sent a batch to since the last scrape, for the [`crate::barrier`].
 
 use ractor::{rpc::CallResult, ActorRef, MessagingErr};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -32,8 +34,8 @@ pub struct Router {
     telemetry: Arc<Telemetry>,
     bound: Arc<QueueBound>,
     actors: FxHashMap<Arc<str>, Route>,
-    /// Families sent a batch since the last scrape barrier.
-    touched: FxHashSet<Arc<str>>,
+    /// Families sent a batch since the last scrape barrier, with the actor that got it.
+    touched: FxHashMap<Arc<str>, ActorRef<FamilyMsg>>,
     /// When the cache was last cleared of stopped actors.
     pruned: Instant,
 }
@@ -100,7 +102,7 @@ impl Router {
             telemetry,
             bound,
             actors: FxHashMap::default(),
-            touched: FxHashSet::default(),
+            touched: FxHashMap::default(),
             pruned: Instant::now(),
         }
     }
@@ -109,18 +111,21 @@ impl Router {
     pub fn prune(&mut self) {
         self.pruned = Instant::now();
         self.actors.retain(|_, route| current(route));
-        // A stopped family published as it stopped.
-        let actors = &self.actors;
-        self.touched.retain(|family| actors.contains_key(family));
+        // A stopped family published as it stopped; a draining one has yet to.
+        self.touched
+            .retain(|_, actor| actor.get_status() != ractor::ActorStatus::Stopped);
     }
 
     /// Passes a scrape's ticket to every family sent a batch since the last scrape, behind
-    /// that batch in its mailbox: the scrape waits until they have all published.
+    /// that batch in its mailbox: the scrape waits until they have all published. A family
+    /// draining (retiring or hibernating) takes no message but still applies what it has and
+    /// publishes as it stops: the registry holds its ticket until then.
     pub fn sync(&mut self, ticket: &Ticket) {
-        for family in self.touched.drain() {
-            if let Some(Route::Actor(actor)) = self.actors.get(&family) {
-                // A family that stopped meanwhile published as it stopped.
-                let _ = actor.cast(FamilyMsg::Sync(ticket.clone()));
+        for (family, actor) in self.touched.drain() {
+            if let Err(MessagingErr::SendErr(FamilyMsg::Sync(ticket))) =
+                actor.cast(FamilyMsg::Sync(ticket.clone()))
+            {
+                let _ = self.registry.cast(RegistryMsg::HoldTicket(family, ticket));
             }
         }
     }
@@ -169,7 +174,7 @@ impl Router {
         for attempt in 0..2 {
             match actor.cast(message) {
                 Ok(()) => {
-                    self.touched.insert(family);
+                    self.touched.insert(family, actor);
                     return;
                 }
                 Err(MessagingErr::SendErr(returned)) if attempt == 0 => {

@@ -139,3 +139,35 @@ fn a_full_queue_drops_and_counts_whole_batches() {
         Some(0.0)
     );
 }
+
+#[test]
+fn a_new_family_whose_first_batch_is_dropped_gives_its_series_back() {
+    // Room for one queued update: the first batch of `lost`, two updates, is dropped
+    // (queue_full) after the registry took a series for the family. With no TTL and no
+    // hibernation, only the empty family's own check gives that series back.
+    let t = Tallyd::start_with_env(
+        &["--limits.max-series=2"],
+        &[
+            ("TALLYD_LIMITS__MAX_QUEUED_UPDATES", "1"),
+            ("TALLYD_ACTORS__HIBERNATE_AFTER", "0s"),
+        ],
+    );
+    t.send_udp(b"lost:1|c|#k:a\nlost:1|c|#k:b");
+    t.wait_value(
+        "tallyd_updates_dropped_total",
+        &[("stage", "queue_full")],
+        2.0,
+    );
+    t.wait_value("tallyd_family_retirements_total", &[], 1.0);
+    // Both series of the budget are free again: two new families get one each.
+    t.send_udp(b"kept.one:1|c");
+    t.wait_value("kept_one", &[], 1.0);
+    t.send_udp(b"kept.two:1|c");
+    let e = t.wait_value("kept_two", &[], 1.0);
+    assert_eq!(
+        e.value("tallyd_series_refused_total", &[("limit", "max_series")]),
+        Some(0.0)
+    );
+    assert_eq!(e.value("tallyd_series", &[("type", "counter")]), Some(2.0));
+    assert_eq!(e.value("lost", &[("k", "a")]), None);
+}
