@@ -350,8 +350,13 @@ async fn serve_connection(
                 let mut open = true;
                 if matches!(due, Due::Scrape(_)) {
                     // What the client sent before the scrape goes in too.
-                    if let Some(n) = read_queued(&stream, &mut buf) {
-                        open = consume(&ctx, &mut pipe.batcher, &mut buf, n);
+                    match read_queued(&stream, &mut buf) {
+                        Ok(Some(n)) => open = consume(&ctx, &mut pipe.batcher, &mut buf, n),
+                        Ok(None) => {}
+                        Err(e) => {
+                            connection_error(&ctx, &e);
+                            open = false;
+                        }
                     }
                 }
                 pipe.handle(due).await;
@@ -365,8 +370,7 @@ async fn serve_connection(
         let n = match read {
             Ok(n) => n,
             Err(e) => {
-                ctx.telemetry.tcp_connection_errors.inc();
-                debug!(error = %e, "StatsD TCP read error");
+                connection_error(&ctx, &e);
                 break;
             }
         };
@@ -378,24 +382,32 @@ async fn serve_connection(
     pipe.flush().await;
 }
 
+/// Counts and logs a read error, which ends its connection.
+fn connection_error(ctx: &ListenerContext, e: &io::Error) {
+    ctx.telemetry.tcp_connection_errors.inc();
+    debug!(error = %e, "StatsD TCP read error");
+}
+
 /// Reads what the kernel holds for `stream` into `buf` without waiting (at most 1 MiB): the
-/// bytes read, `Some(0)` at end of stream, `None` when nothing was there (or on an error,
-/// which the next read reports).
-fn read_queued(stream: &TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+/// bytes read, `Some(0)` at end of stream, `None` when nothing was there.
+fn read_queued(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
     use std::io::Read;
     let mut chunk = [0u8; 16 * 1024];
     let mut total = 0;
     while total < 1 << 20 {
         match (&*socket2::SockRef::from(stream)).read(&mut chunk) {
-            Ok(0) => return Some(total),
+            // Bytes before the end are taken now; the next read sees the end again.
+            Ok(0) => return Ok(Some(total)),
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 total += n;
             }
-            Err(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    (total > 0).then_some(total)
+    Ok((total > 0).then_some(total))
 }
 
 /// Ingests the complete lines in `buf` after `n` more bytes were read into it (0: end of
