@@ -240,7 +240,8 @@ pub async fn serve_datagrams(
             due = pipe.due() => {
                 if matches!(due, Due::Scrape(_)) {
                     // What the socket holds arrived before the scrape: it goes in too.
-                    let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, None, ctx.receive_batch * 16);
+                    let limit = ctx.receive_batch * 16;
+                    let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, None, limit);
                     ctx.telemetry.packets(kind, packets);
                 }
                 pipe.handle(due).await;
