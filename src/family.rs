@@ -250,8 +250,8 @@ pub struct FamilyState {
     /// `tallyd_series{type}` for this family's type.
     series_gauge: IntGauge,
     updates: u64,
-    /// Series taken from the budget by the registry for this family's first series.
-    reserved: usize,
+    /// The registry took this family's first series from the budget, not yet used.
+    reserved: bool,
     rate: RateWindow,
     dirty: bool,
     publish_scheduled: bool,
@@ -268,11 +268,19 @@ pub struct FamilyState {
     header: Box<str>,
 }
 
+/// `n` series leave the budget and `tallyd_series{type}` (`gauge`).
+fn release_series(ctx: &FamilyContext, gauge: &IntGauge, n: usize) {
+    ctx.budget.give_back(n);
+    gauge.sub(n as i64);
+}
+
 impl Drop for FamilyState {
     /// A family's series leave the budget and the gauge with it (failure, retirement, exit).
     fn drop(&mut self) {
-        self.ctx.budget.give_back(self.series.len() + self.reserved);
-        self.series_gauge.sub(self.series.len() as i64);
+        release_series(&self.ctx, &self.series_gauge, self.series.len());
+        if self.reserved {
+            self.ctx.budget.give_back(1);
+        }
     }
 }
 
@@ -283,7 +291,8 @@ impl Drop for FamilyState {
 #[derive(Debug)]
 pub struct Dormant {
     ctx: Arc<FamilyContext>,
-    kind: Kind,
+    /// `tallyd_series{type}` for the family's type.
+    series_gauge: IntGauge,
     series: Box<[(LabelSet, Series, Instant)]>,
     updates: u64,
     rate: RateWindow,
@@ -292,11 +301,7 @@ pub struct Dormant {
 impl Drop for Dormant {
     /// A family dropped while hibernating (at exit) gives its series back, as a live one does.
     fn drop(&mut self) {
-        self.ctx.budget.give_back(self.series.len());
-        self.ctx
-            .telemetry
-            .series_gauge(self.kind.as_str())
-            .sub(self.series.len() as i64);
+        release_series(&self.ctx, &self.series_gauge, self.series.len());
     }
 }
 
@@ -309,15 +314,12 @@ impl Dormant {
             .into_vec()
             .into_iter()
             .map(|(labels, value, last_seen)| {
-                let text = String::new();
-                (
-                    labels,
-                    Entry {
-                        value,
-                        last_seen,
-                        text,
-                    },
-                )
+                let entry = Entry {
+                    value,
+                    last_seen,
+                    text: String::new(),
+                };
+                (labels, entry)
             })
             .collect();
         // It published as it stopped, so nothing is dirty; its next update is published at
@@ -336,7 +338,7 @@ impl FamilyState {
         let series = std::mem::take(&mut self.series);
         Dormant {
             ctx: self.ctx.clone(),
-            kind: self.kind,
+            series_gauge: self.series_gauge.clone(),
             series: series
                 .into_iter()
                 .map(|(labels, entry)| (labels, entry.value, entry.last_seen))
@@ -350,7 +352,7 @@ impl FamilyState {
     /// (given back if it never has one).
     pub fn with_reserved_series(spec: FamilySpec, ctx: Arc<FamilyContext>) -> Self {
         let mut state = FamilyState::new(spec, ctx);
-        state.reserved = 1;
+        state.reserved = true;
         state
     }
 
@@ -364,7 +366,7 @@ impl FamilyState {
             kind: spec.kind,
             series: FxHashMap::default(),
             updates: 0,
-            reserved: 0,
+            reserved: false,
             rate: RateWindow::new(Instant::now()),
             dirty: false,
             publish_scheduled: false,
@@ -405,8 +407,8 @@ impl FamilyState {
                         refused[1] += update.samples;
                         continue;
                     }
-                    if self.reserved > 0 {
-                        self.reserved -= 1;
+                    if self.reserved {
+                        self.reserved = false;
                     } else if !ctx.budget.try_take() {
                         refused[0] += update.samples;
                         continue;
@@ -622,8 +624,7 @@ impl FamilyState {
             .retain(|_, entry| now.saturating_duration_since(entry.last_seen) < ttl);
         let expired = before - self.series.len();
         if expired > 0 {
-            self.ctx.budget.give_back(expired);
-            self.series_gauge.sub(expired as i64);
+            release_series(&self.ctx, &self.series_gauge, expired);
             self.ctx.telemetry.series_expired.inc_by(expired as u64);
             self.dirty = true;
         }

@@ -351,7 +351,8 @@ impl Actor for RegistryActor {
             RegistryMsg::Retire(name, id) => state.drain(name, id, false),
             RegistryMsg::Hibernate(name, id) => state.drain(name, id, true),
             RegistryMsg::HoldTicket(name, ticket) => {
-                // Not retiring any more: it has stopped and published, the ticket can go.
+                // Still retiring: held until it has stopped. Otherwise it has stopped and
+                // published already, and the ticket goes now.
                 if let Some(retiring) = state.retiring.get_mut(&name) {
                     retiring.tickets.push(ticket);
                 }
