@@ -3,27 +3,37 @@
 //! groups the updates by family, so that each family actor gets one message per flush, never
 //! one per line. Between flushes samples of one series are combined where that is exact
 //! (counter increments summed, gauge sets and shifts folded), so a busy series costs its
-//! family one update per flush. Routes are cached per batcher by raw name.
+//! family one update per flush. Routes are cached per batcher by raw name, and a line whose
+//! name and fields (all but its value) were seen before skips tag parsing, routing and
+//! grouping altogether: its value goes straight into its series' slot.
 //!
 //! Counting happens here too, locally, and is added to the shared telemetry once per flush.
+
+mod pending;
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::debug;
 
 use crate::config::{ObserverSettings, ObserverType, QuantileSetting, Settings};
 use crate::family::{FamilyMeta, DEFAULT_HELP};
 use crate::mapping::{self, MapCache, Mapped, Mapper, MetricClass, ObserverChoice, Outcome};
 use crate::names;
-use crate::statsd::parse::{self, Datum, MetricType, RejectReason, TagStyles, Tags};
+use crate::statsd::parse::{self, Datum, MetricType, RejectReason, Sample, TagStyles, Tags};
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::update::{LabelPairs, LabelSet, Op, Update};
+use pending::Pending;
 
 /// How many raw names a batcher remembers, per cache; past this a cache starts over, which
 /// keeps memory bounded when an application sends endless distinct names.
 const NAME_CACHE_LIMIT: usize = 100_000;
+/// How many lines a batcher remembers by name and fields (see [`Resolved`]); past this it
+/// starts over.
+const LINE_CACHE_LIMIT: usize = pending::SLOT_LIMIT;
+/// Time without input after which a batcher lets go of its caches.
+const CACHE_IDLE: Duration = Duration::from_secs(1);
 
 /// Rejected lines logged per second, per process.
 static REJECT_LOG: LogLimiter = LogLimiter::new(10);
@@ -75,43 +85,9 @@ pub struct Batch {
     pub meta: Arc<FamilyMeta>,
     /// The updates, in arrival order (a combined update where its first sample arrived).
     pub updates: Vec<Update>,
-    /// Where each series' latest counter or gauge update is in `updates`.
-    latest: FxHashMap<LabelSet, usize>,
 }
 
 impl Batch {
-    /// An empty batch of a family born with `meta`.
-    pub fn new(meta: Arc<FamilyMeta>) -> Self {
-        Batch {
-            meta,
-            updates: Vec::new(),
-            latest: FxHashMap::default(),
-        }
-    }
-
-    /// Adds one sample's operation on the series `labels`: combined into that series' latest
-    /// update when [`Op::combine`] allows, appended otherwise. True when it was appended.
-    pub fn push(&mut self, labels: &LabelSet, op: Op) -> bool {
-        let combinable = matches!(op, Op::Add(_) | Op::Set(_) | Op::Shift(_));
-        if combinable {
-            if let Some(&i) = self.latest.get(labels) {
-                let update = &mut self.updates[i];
-                if let Some(combined) = update.op.combine(op) {
-                    update.op = combined;
-                    update.samples += 1;
-                    return false;
-                }
-            }
-            self.latest.insert(labels.clone(), self.updates.len());
-        }
-        self.updates.push(Update {
-            labels: labels.clone(),
-            op,
-            samples: 1,
-        });
-        true
-    }
-
     /// How many samples the batch's updates stand for.
     pub fn samples(&self) -> u64 {
         self.updates.iter().map(|u| u.samples).sum()
@@ -133,6 +109,58 @@ enum Routing {
     Reject(RejectReason),
 }
 
+/// What a line's name and tags resolve to, for one class of sample.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// A series slot of [`Pending`], and the mapping rule's `scale`, if any.
+    Series { series: u32, scale: Option<f64> },
+    /// Dropped by an `action: drop` rule.
+    Drop,
+    /// Refused.
+    Reject(RejectReason),
+}
+
+/// A line seen before, by its name and fields (everything but its value): what another line
+/// with the same name and fields becomes, without parsing its tags or routing its name again.
+/// Only lines of one value of a type other than a set are remembered, and only when they reached
+/// a series.
+#[derive(Clone, Copy, Debug)]
+struct Resolved {
+    series: u32,
+    scale: Option<f64>,
+    metric_type: MetricType,
+    sample_rate: f64,
+    /// Tags dropped from the line (counted for every line).
+    tag_errors: u32,
+    /// Labels dropped by routing (counted for every line that routes).
+    route_errors: u32,
+    /// The name matched no mapping rule while a mapping file is in force.
+    unmapped: bool,
+}
+
+/// A line's name (with the `:` after it), value and fields (from the `|` after the value), as
+/// [`parse::parse`] splits them; `None` for a line with no value and type.
+fn split_value(raw: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let colon = memchr::memchr(b':', raw)?;
+    let (name, body) = raw.split_at(colon + 1);
+    let bar = memchr::memchr(b'|', body)?;
+    let (value, fields) = body.split_at(bar);
+    Some((name, value, fields))
+}
+
+/// A sample's operation, scaled by a mapping rule's `scale`.
+fn op_for(sample: &Sample<'_>, scale: Option<f64>) -> Result<Op, RejectReason> {
+    let op = Op::from_sample(sample);
+    let Some(scale) = scale else {
+        return Ok(op);
+    };
+    match op.scaled(scale) {
+        // A negative scale must not make a counter go down.
+        Op::Add(v) if v < 0.0 => Err(RejectReason::NegativeCounter),
+        op => Ok(op),
+    }
+}
+
 /// Accumulates the updates of one receive batch (one or more datagrams, or one TCP read).
 #[derive(Debug)]
 pub struct Batcher {
@@ -145,9 +173,16 @@ pub struct Batcher {
     names: FxHashMap<Box<str>, Option<Arc<str>>>,
     /// Family settings per mapping rule (by the address of the rule's settings).
     metas: FxHashMap<usize, Arc<FamilyMeta>>,
-    pending: FxHashMap<Arc<str>, Batch>,
-    /// Updates in `pending`, after combining.
-    held: usize,
+    pending: Pending,
+    /// Lines seen before, by name and fields (see [`Resolved`]), each pointing at a slot of
+    /// `pending`: cleared with its slots, on a reload and past [`LINE_CACHE_LIMIT`].
+    lines: FxHashMap<Box<[u8]>, Resolved>,
+    /// The key of the line being looked up in `lines`.
+    key: Vec<u8>,
+    /// Lines answered by `lines` while a mapping file is in force: mapping cache hits.
+    line_hits: u64,
+    /// When the last input came.
+    last_input: Instant,
     counts: Counts,
     /// The map cache's hit and miss counts already added to the telemetry.
     reported_cache: (u64, u64),
@@ -234,8 +269,11 @@ impl Batcher {
             map_cache: MapCache::new(NAME_CACHE_LIMIT),
             names: FxHashMap::default(),
             metas: FxHashMap::default(),
-            pending: FxHashMap::default(),
-            held: 0,
+            pending: Pending::default(),
+            lines: FxHashMap::default(),
+            key: Vec::new(),
+            line_hits: 0,
+            last_input: Instant::now(),
             counts: Counts::default(),
             reported_cache: (0, 0),
         }
@@ -243,19 +281,68 @@ impl Batcher {
 
     /// Adds every line of a datagram (or of a chunk of complete TCP lines).
     pub fn ingest(&mut self, datagram: &[u8]) {
+        self.last_input = Instant::now();
         let current = self.config.mapper.load();
         if !Arc::ptr_eq(&current, &self.mapper) {
             // A reload: rule settings are new objects, so forget the ones seen.
             self.mapper = current.clone();
             self.metas.clear();
+            self.lines.clear();
+            self.pending.reset_at_flush();
         }
         drop(current);
         for line in parse::lines(datagram) {
-            self.ingest_line(line);
+            if !self.ingest_known(line) {
+                self.ingest_line(line);
+            }
         }
     }
 
-    /// Adds one line (without its newline).
+    /// Adds a line whose name and fields were seen before (see [`Resolved`]); false, with
+    /// nothing done, for any other line.
+    fn ingest_known(&mut self, raw: &[u8]) -> bool {
+        let Some((name, value, fields)) = split_value(raw) else {
+            return false;
+        };
+        if memchr::memchr(b':', value).is_some() {
+            return false;
+        }
+        self.key.clear();
+        self.key.extend_from_slice(name);
+        self.key.extend_from_slice(fields);
+        let Some(&known) = self.lines.get(self.key.as_slice()) else {
+            return false;
+        };
+        let Ok(text) = std::str::from_utf8(value) else {
+            return false;
+        };
+        // The counts of `ingest_line`, in its order.
+        self.counts.lines += 1;
+        self.counts.tag_errors += u64::from(known.tag_errors);
+        let sample = match parse::parse_sample(text, known.metric_type, known.sample_rate) {
+            Ok(sample) => sample,
+            Err(reason) => {
+                self.counts.reject(reason, raw);
+                return true;
+            }
+        };
+        self.counts.tag_errors += u64::from(known.route_errors);
+        self.counts.unmapped += u64::from(known.unmapped);
+        if !self.mapper.is_empty() {
+            self.line_hits += 1;
+        }
+        match op_for(&sample, known.scale) {
+            Ok(op) => {
+                self.pending.push(known.series, op);
+                self.counts.samples += 1;
+            }
+            Err(reason) => self.counts.reject(reason, raw),
+        }
+        true
+    }
+
+    /// Adds one line (without its newline), and remembers how it resolved when a line with
+    /// the same name and fields can reuse that (see [`Resolved`]).
     pub fn ingest_line(&mut self, raw: &[u8]) {
         self.counts.lines += 1;
         let line = match parse::parse(raw, self.config.styles) {
@@ -264,13 +351,16 @@ impl Batcher {
             Ok(Datum::ServiceCheck) => return self.counts.events[1] += 1,
             Err(reason) => return self.counts.reject(reason, raw),
         };
+        let tag_errors = self.counts.tag_errors;
         let tags = match self.tag_pairs(line.tags, line.observes()) {
             Ok(tags) => tags,
             Err(reason) => return self.counts.reject(reason, raw),
         };
+        let tag_errors = self.counts.tag_errors - tag_errors;
         // Samples of one line share a class, except in the legacy multi-type form: route and
         // label once per class.
-        let mut routed: Option<(MetricClass, Routing, LabelSet)> = None;
+        let mut routed: Option<(MetricClass, Target)> = None;
+        let mut remember = None;
         for sample in line.samples() {
             let sample = match sample {
                 Ok(sample) => sample,
@@ -280,47 +370,80 @@ impl Batcher {
                 }
             };
             let class = class_of(sample.metric_type);
-            if routed.as_ref().is_none_or(|(c, _, _)| *c != class) {
-                let mut routing = self.route(&line.name, class);
-                let mut labels = LabelSet::default();
-                if let Routing::To { mapped, .. } = &routing {
-                    match self.labels(&tags, mapped.as_deref(), class) {
-                        Ok(set) => labels = set,
-                        Err(reason) => routing = Routing::Reject(reason),
+            let target = match routed {
+                Some((c, target)) if c == class => target,
+                _ => {
+                    let (errors, unmapped) = (self.counts.tag_errors, self.counts.unmapped);
+                    let target = self.target(&line.name, &tags, class);
+                    if let Target::Series { series, scale } = target {
+                        remember = Some(Resolved {
+                            series,
+                            scale,
+                            metric_type: sample.metric_type,
+                            sample_rate: sample.sample_rate,
+                            tag_errors: tag_errors as u32,
+                            route_errors: (self.counts.tag_errors - errors) as u32,
+                            unmapped: self.counts.unmapped > unmapped,
+                        });
                     }
+                    routed = Some((class, target));
+                    target
                 }
-                routed = Some((class, routing, labels));
-            }
-            let Some((_, routing, labels)) = &routed else {
-                continue;
             };
-            match routing {
-                Routing::Reject(reason) => self.counts.reject(*reason, raw),
-                Routing::Drop => self.counts.dropped += 1,
-                Routing::To {
-                    family,
-                    meta,
-                    mapped,
-                } => {
-                    let mut op = Op::from_sample(&sample);
-                    if let Some(scale) = mapped.as_ref().and_then(|m| m.settings.scale) {
-                        op = op.scaled(scale);
-                        // A negative scale must not make a counter go down.
-                        if matches!(op, Op::Add(v) if v < 0.0) {
-                            self.counts.reject(RejectReason::NegativeCounter, raw);
-                            continue;
-                        }
+            match target {
+                Target::Reject(reason) => self.counts.reject(reason, raw),
+                Target::Drop => self.counts.dropped += 1,
+                Target::Series { series, scale } => match op_for(&sample, scale) {
+                    Ok(op) => {
+                        self.pending.push(series, op);
+                        self.counts.samples += 1;
                     }
-                    let batch = self
-                        .pending
-                        .entry(family.clone())
-                        .or_insert_with(|| Batch::new(meta.clone()));
-                    if batch.push(labels, op) {
-                        self.held += 1;
-                    }
-                    self.counts.samples += 1;
+                    Err(reason) => self.counts.reject(reason, raw),
+                },
+            }
+        }
+        if let (Some(resolved), true) = (remember, line.is_single()) {
+            if resolved.metric_type != MetricType::Set {
+                self.remember(raw, resolved);
+            }
+        }
+    }
+
+    /// Remembers what the line `raw` resolved to, for the next lines with its name and fields.
+    fn remember(&mut self, raw: &[u8], resolved: Resolved) {
+        let Some((name, _, fields)) = split_value(raw) else {
+            return;
+        };
+        if self.lines.len() >= LINE_CACHE_LIMIT {
+            self.lines.clear();
+        }
+        let mut key = Vec::with_capacity(name.len() + fields.len());
+        key.extend_from_slice(name);
+        key.extend_from_slice(fields);
+        self.lines.insert(key.into_boxed_slice(), resolved);
+    }
+
+    /// Where samples of `class` with this name and these tags go: a series slot (its family's
+    /// made if new), a drop, or a refusal.
+    fn target(&mut self, name: &str, tags: &[(Box<str>, Box<str>)], class: MetricClass) -> Target {
+        let (family, meta, mapped) = match self.route(name, class) {
+            Routing::To {
+                family,
+                meta,
+                mapped,
+            } => (family, meta, mapped),
+            Routing::Drop => return Target::Drop,
+            Routing::Reject(reason) => return Target::Reject(reason),
+        };
+        match self.labels(tags, mapped.as_deref(), class) {
+            Ok(labels) => {
+                let family = self.pending.family(&family, &meta);
+                Target::Series {
+                    series: self.pending.series(family, &labels),
+                    scale: mapped.and_then(|m| m.settings.scale),
                 }
             }
+            Err(reason) => Target::Reject(reason),
         }
     }
 
@@ -440,6 +563,20 @@ impl Batcher {
         Ok(LabelSet::from_pairs(pairs))
     }
 
+    /// On the listener's idle tick: after [`CACHE_IDLE`] without input, with nothing held, lets
+    /// go of every cache (lines, slots, names, mappings). An idle listener keeps no memory for
+    /// names it may not see again; its next lines take the long way once.
+    pub fn idle_tick(&mut self, now: Instant) {
+        let idle = now.saturating_duration_since(self.last_input) >= CACHE_IDLE;
+        if !idle || self.held() > 0 || self.lines.is_empty() && self.names.is_empty() {
+            return;
+        }
+        self.lines = FxHashMap::default();
+        self.pending = Pending::default();
+        self.names = FxHashMap::default();
+        self.map_cache.release();
+    }
+
     /// Counts a datagram the listener refused whole (over `limits.max_datagram_bytes`).
     pub fn reject_datagram(&mut self, raw: &[u8]) {
         self.counts.reject(RejectReason::DatagramTooLarge, raw);
@@ -453,28 +590,33 @@ impl Batcher {
 
     /// Updates held for the next flush, after combining.
     pub fn held(&self) -> usize {
-        self.held
+        self.pending.held()
     }
 
     /// True when something was read since the last flush (held updates, or only counts).
     pub fn has_pending(&self) -> bool {
-        self.held > 0 || self.counts != Counts::default()
+        self.held() > 0 || self.counts != Counts::default()
     }
 
     /// Takes the batches gathered so far, one per family, and adds their counts to the
     /// shared telemetry.
-    pub fn take(&mut self) -> impl Iterator<Item = (Arc<str>, Batch)> + '_ {
+    pub fn take(&mut self) -> Vec<(Arc<str>, Batch)> {
         self.flush_counts();
-        self.held = 0;
-        self.pending
-            .drain()
-            .filter(|(_, batch)| !batch.updates.is_empty())
+        let (batches, dropped) = self.pending.take();
+        if dropped {
+            // The remembered lines point at the slots just dropped.
+            self.lines = FxHashMap::default();
+        }
+        batches
     }
 
     fn flush_counts(&mut self) {
         let counts = std::mem::take(&mut self.counts);
         // The map cache counts since it was made; report what is new.
-        let cache = (self.map_cache.hits(), self.map_cache.misses());
+        let cache = (
+            self.map_cache.hits() + self.line_hits,
+            self.map_cache.misses(),
+        );
         let (hits, misses) = self.reported_cache;
         self.reported_cache = cache;
         let t = &self.telemetry;
@@ -501,13 +643,20 @@ mod tests {
     use super::*;
 
     fn batches(input: &[u8]) -> (Vec<(String, Vec<Update>)>, Arc<Telemetry>) {
-        let telemetry = Arc::new(Telemetry::new());
-        let config = IngestConfig::new(&Settings::default(), Mapper::default());
-        let mut b = Batcher::new(telemetry.clone(), Arc::new(config));
+        let (mut b, telemetry) = batcher("");
         b.ingest(input);
-        let mut out: Vec<_> = b.take().map(|(k, v)| (k.to_string(), v.updates)).collect();
+        (sorted_batches(&mut b), telemetry)
+    }
+
+    /// The batches taken, sorted by family.
+    fn sorted_batches(b: &mut Batcher) -> Vec<(String, Vec<Update>)> {
+        let mut out: Vec<_> = b
+            .take()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.updates))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        (out, telemetry)
+        out
     }
 
     #[test]
@@ -570,6 +719,142 @@ mod tests {
         assert_eq!(labels(0), [("le", "1"), ("quantile", "x")]);
         assert_eq!(labels(1), [("ok", "1")]);
         assert_eq!(t.tag_errors.get(), 3);
+    }
+
+    /// A batcher for `mapping` (YAML; none when empty).
+    fn batcher(mapping: &str) -> (Batcher, Arc<Telemetry>) {
+        let telemetry = Arc::new(Telemetry::new());
+        let mut settings = Settings::default();
+        let mapper = if mapping.is_empty() {
+            Mapper::default()
+        } else {
+            settings.statsd.mapping_config = "mapping.yml".into();
+            Mapper::from_yaml(mapping, std::path::Path::new("mapping.yml")).unwrap()
+        };
+        let config = IngestConfig::new(&settings, mapper);
+        (Batcher::new(telemetry.clone(), Arc::new(config)), telemetry)
+    }
+
+    /// The batches, sorted by family, and every self-metric sample the batcher counted.
+    fn outcome(b: &mut Batcher, t: &Telemetry) -> (Vec<(String, Vec<Update>)>, Vec<String>) {
+        let batches = sorted_batches(b);
+        let counts = t
+            .gather()
+            .iter()
+            .filter(|f| f.name().starts_with("tallyd_"))
+            .flat_map(|f| {
+                f.get_metric().iter().map(move |m| {
+                    let labels: Vec<_> = m.get_label().iter().map(|l| l.value()).collect();
+                    let value = m.get_counter().get_value() + m.get_gauge().get_value();
+                    format!("{}{labels:?} {value}", f.name())
+                })
+            })
+            .collect();
+        (batches, counts)
+    }
+
+    const MAPPING: &str = "mappings:\n- match: m.*\n  name: mapped\n  scale: -1\n  \
+                           labels:\n    which: $1\n    le: x\n";
+
+    #[test]
+    fn a_line_seen_before_takes_the_short_way_to_the_same_result() {
+        let (mut b, t) = batcher(MAPPING);
+        let lines: &[&[u8]] = &[
+            b"m.a:2|ms|#flag",
+            b"m.a:3|ms|#flag",
+            b"m.a:4|c|#flag",
+            b"m.a:5|c|#flag",
+            b"u:1|c|@0.5",
+            b"u:oops|c|@0.5",
+            b"u:2|c|@0.5",
+            b"u:1:2|c|@0.5",
+        ];
+        for line in lines {
+            b.ingest(line);
+        }
+        assert_eq!(b.line_hits, 3, "m.a ms, m.a c and u were looked up again");
+        let (batches, counts) = outcome(&mut b, &t);
+        let observe = |value| Op::Observe { value, count: 1 };
+        let ops: Vec<Vec<Op>> = batches
+            .iter()
+            .map(|(_, u)| u.iter().map(|u| u.op).collect())
+            .collect();
+        assert_eq!(batches[0].0, "mapped");
+        assert_eq!(ops[0], [observe(-0.002), observe(-0.003)]);
+        assert_eq!(batches[1].0, "u");
+        // 2 + 4, then the packed line's 2 + 4, which is parsed afresh.
+        assert_eq!(ops[1], [Op::Add(12.0)]);
+        let count = |name: &str| counts.iter().find(|c| c.starts_with(name)).unwrap();
+        assert!(count("tallyd_lines_total").ends_with(" 8"));
+        assert!(count("tallyd_samples_total").ends_with(" 6"));
+        // `flag` on every m.a line, `le` from the rule on the two timers.
+        assert!(count("tallyd_tag_errors_total").ends_with(" 6"));
+        let rejected: Vec<_> = counts
+            .iter()
+            .filter(|c| c.starts_with("tallyd_lines_rejected_total") && !c.ends_with(" 0"))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                "tallyd_lines_rejected_total[\"bad_value\"] 1",
+                "tallyd_lines_rejected_total[\"negative_counter\"] 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reload_forgets_the_lines_seen() {
+        let (mut b, t) = batcher("mappings:\n- match: a\n  name: first\n");
+        b.ingest(b"a:1|c");
+        b.ingest(b"a:1|c");
+        let next = Mapper::from_yaml(
+            "mappings:\n- match: a\n  name: second\n",
+            std::path::Path::new("mapping.yml"),
+        )
+        .unwrap();
+        b.config.mapper.store(Arc::new(next));
+        b.ingest(b"a:1|c");
+        let (batches, _) = outcome(&mut b, &t);
+        let names: Vec<_> = batches.iter().map(|(n, u)| (n.as_str(), u.len())).collect();
+        assert_eq!(names, [("first", 1), ("second", 1)]);
+        b.ingest(b"a:1|c");
+        assert_eq!(outcome(&mut b, &t).0[0].0, "second");
+    }
+
+    proptest::proptest! {
+        /// Whatever the lines, a batcher that remembers lines gives the batches and counts of
+        /// one that parses and routes every line afresh.
+        #[test]
+        fn remembering_lines_changes_no_outcome(
+            picks in proptest::collection::vec(
+                (0..4usize, 0..7usize, 0..7usize, 0..3usize, 0..4usize), 1..60),
+        ) {
+            const NAMES: [&str; 4] = ["a", "m.b", "m.c#x=1", "t"];
+            const VALUES: [&str; 7] = ["1", "-2", "+3", "x", "1:2", "0.5", ""];
+            const TYPES: [&str; 7] = ["c", "g", "ms", "h", "s", "d", "zz"];
+            const RATES: [&str; 3] = ["", "|@0.5", "|@2"];
+            const TAGS: [&str; 4] = ["", "|#k:v", "|#k:v,flag", "|#quantile:1"];
+            let lines: Vec<String> = picks
+                .iter()
+                .map(|&(n, v, ty, r, tg)| {
+                    format!("{}:{}|{}{}{}", NAMES[n], VALUES[v], TYPES[ty], RATES[r], TAGS[tg])
+                })
+                .collect();
+            let (mut cached, t1) = batcher(MAPPING);
+            let (mut fresh, t2) = batcher(MAPPING);
+            for line in &lines {
+                cached.ingest(line.as_bytes());
+                fresh.ingest_line(line.as_bytes());
+            }
+            let (b1, mut c1) = outcome(&mut cached, &t1);
+            let (b2, mut c2) = outcome(&mut fresh, &t2);
+            // The fresh batcher maps every line, the other answers repeats from memory: both
+            // are mapping-cache hits or misses, in other proportions.
+            c1.retain(|c| !c.starts_with("tallyd_mapping_cache"));
+            c2.retain(|c| !c.starts_with("tallyd_mapping_cache"));
+            proptest::prop_assert_eq!(b1, b2);
+            proptest::prop_assert_eq!(c1, c2);
+        }
     }
 
     #[test]

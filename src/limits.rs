@@ -6,8 +6,10 @@
 //!   name past the limit costs no actor), and the family uses that unit, or gives it back;
 //! - the queue bound: how many updates may wait in family actors' mailboxes (which ractor does
 //!   not bound). A router reserves room before it sends a batch and the batch gives it back
-//!   when it is dropped, applied or not, so the count cannot leak.
+//!   when it is dropped, applied or not, so the count cannot leak;
+//! - the room of maps that swell in a burst (live actors, routes): [`shrink`] gives it back.
 
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -123,6 +125,14 @@ impl Drop for Queued {
         self.bound
             .queued
             .fetch_sub(self.reserved, Ordering::Relaxed);
+    }
+}
+
+/// Shrinks a map holding under a quarter of its room (and more than a little room): after a
+/// burst, so that each shrink is paid for by the removals before it.
+pub fn shrink<K: Eq + std::hash::Hash, V>(map: &mut FxHashMap<K, V>) {
+    if map.capacity() > 4 * map.len().max(256) {
+        map.shrink_to_fit();
     }
 }
 

@@ -28,6 +28,7 @@ use crate::barrier::Ticket;
 use crate::family::{
     Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState,
 };
+use crate::limits::shrink;
 
 /// Why a new family was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,8 +195,12 @@ impl RegistryState {
     }
 
     /// `tallyd_metric_actors`: live family actors, retiring ones included; and the
-    /// hibernating families.
-    fn count_actors(&self) {
+    /// hibernating families. The maps of live actors give back their room when a burst of
+    /// them has gone (hibernated, say): a hash map never shrinks by itself.
+    fn count_actors(&mut self) {
+        shrink(&mut self.families);
+        shrink(&mut self.names);
+        shrink(&mut self.retiring);
         let live = self.families.len() + self.retiring.len();
         let t = &self.ctx.telemetry;
         t.metric_actors.set(live as i64);

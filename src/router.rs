@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::barrier::Ticket;
 use crate::family::{FamilyMsg, FamilySpec};
 use crate::ingest::{Batch, Batcher};
-use crate::limits::{QueueBound, Queued};
+use crate::limits::{shrink, QueueBound, Queued};
 use crate::registry::{Refusal, RegistryMsg};
 use crate::telemetry::{DropStage, LogLimiter, Telemetry};
 use crate::update::Update;
@@ -114,6 +114,8 @@ impl Router {
         // A stopped family published as it stopped; a draining one has yet to.
         self.touched
             .retain(|_, actor| actor.get_status() != ractor::ActorStatus::Stopped);
+        shrink(&mut self.actors);
+        shrink(&mut self.touched);
     }
 
     /// Passes a scrape's ticket to every family sent a batch since the last scrape, behind
@@ -136,7 +138,7 @@ impl Router {
         if self.pruned.elapsed() >= PRUNE_EVERY {
             self.prune();
         }
-        let batches: Vec<(Arc<str>, Batch)> = batcher.take().collect();
+        let batches = batcher.take();
         let unknown: Vec<FamilySpec> = batches
             .iter()
             .filter(|(family, _)| self.cached(family).is_none())

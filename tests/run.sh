@@ -47,4 +47,7 @@ echo "node $(node --version), hot-shots $(node -p 'require("./tests/clients/node
 # Schema validators for deploy/ (tests/deploy.rs) and the Prometheus server (tests/prometheus.rs).
 bash tests/setup/deploy-tools.sh
 
+# Every locked crate, for every platform: tests/deploy.rs checks the lock file offline in the
+# Docker build context, which needs crates no local build downloads (e.g. Android-only ones).
+cargo fetch --locked
 cargo test --all-targets

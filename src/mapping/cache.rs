@@ -86,7 +86,13 @@ impl MapCache {
         self.len == 0
     }
 
-    /// Forgets every name (the counts are kept).
+    /// Forgets every name and gives back the room it took (the counts are kept).
+    pub fn release(&mut self) {
+        self.entries = Default::default();
+        self.len = 0;
+    }
+
+    /// Forgets every name, keeping the room for the next ones (the counts are kept).
     pub fn clear(&mut self) {
         for map in &mut self.entries {
             map.clear();

@@ -116,7 +116,10 @@ impl Pipeline {
     async fn handle(&mut self, due: Due) {
         match due {
             Due::Flush => self.flush().await,
-            Due::Prune => self.router.prune(),
+            Due::Prune => {
+                self.router.prune();
+                self.batcher.idle_tick(std::time::Instant::now());
+            }
             Due::Scrape(ticket) => {
                 self.flush().await;
                 self.router.sync(&ticket);

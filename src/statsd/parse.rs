@@ -378,7 +378,9 @@ fn parse_rate(text: &str) -> Result<f64, RejectReason> {
     }
 }
 
-fn parse_sample(
+/// Parses one value of a line of `metric_type` and `sample_rate`: a number (not for a set),
+/// finite, not negative for a counter.
+pub fn parse_sample(
     text: &str,
     metric_type: MetricType,
     sample_rate: f64,
@@ -424,6 +426,13 @@ impl<'a> Line<'a> {
                 ..
             }
         )
+    }
+
+    /// True for a line of one value in the usual form, `name:value|type…`: a later line with
+    /// the same name and fields differs only by the value, which [`parse_sample`] reads with
+    /// this line's type and rate.
+    pub fn is_single(&self) -> bool {
+        matches!(self.body, Body::Packed { values, .. } if !values.contains(':'))
     }
 
     /// The samples of the line, each valid or rejected on its own: a bad value in a packed line
