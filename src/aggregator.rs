@@ -15,7 +15,13 @@ use crate::rate::RateWindow;
 pub struct FamilySnapshot {
     /// The family name.
     pub name: Arc<str>,
-    /// The family in the Prometheus text format (HELP, TYPE and every series).
+    /// The HELP text, escaped as the text format needs (see [`crate::exposition::escaped_help`]).
+    pub help: Arc<str>,
+    /// The TYPE: `counter`, `gauge`, `summary` or `histogram`.
+    pub type_name: &'static str,
+    /// Every series in the Prometheus text format, without the HELP and TYPE lines: the
+    /// exposition writes those from `help` and `type_name`, so a hibernating family's snapshot
+    /// holds no copy of them.
     pub text: String,
     /// Updates applied since the family actor started.
     pub updates: u64,

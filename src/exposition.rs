@@ -4,6 +4,7 @@
 
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::TextEncoder;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::aggregator::{FamilySnapshot, ScrapeView};
@@ -24,6 +25,33 @@ pub fn label_pairs(labels: &LabelSet) -> Vec<proto::LabelPair> {
             pair
         })
         .collect()
+}
+
+/// The HELP text as the text format writes it, escaped by the encoder itself: the same `Arc`
+/// when nothing needs escaping, as is usual.
+pub fn escaped_help(help: &Arc<str>) -> Arc<str> {
+    let mut encoded = String::new();
+    encode_into(&[single("x", help, MetricType::GAUGE, 0.0)], &mut encoded);
+    match encoded
+        .strip_prefix("# HELP x ")
+        .and_then(|rest| rest.split_once('\n'))
+    {
+        Some((escaped, _)) if escaped != &**help => escaped.into(),
+        _ => help.clone(),
+    }
+}
+
+/// Writes a family's HELP and TYPE lines as the encoder does (no HELP line for no help).
+fn write_header(out: &mut String, snapshot: &FamilySnapshot) {
+    let name = &*snapshot.name;
+    if !snapshot.help.is_empty() {
+        for part in ["# HELP ", name, " ", &snapshot.help, "\n"] {
+            out.push_str(part);
+        }
+    }
+    for part in ["# TYPE ", name, " ", snapshot.type_name, "\n"] {
+        out.push_str(part);
+    }
 }
 
 /// Encodes families into the text format, appending to `out`.
@@ -153,8 +181,11 @@ pub fn render(
 ) {
     let listed = listed(view, max_listed, now);
     let per_family_bytes = listed.len() * 4 * 64;
-    out.reserve(view.iter().map(|s| s.text.len()).sum::<usize>() + per_family_bytes + 16 * 1024);
+    let header_bytes = |s: &FamilySnapshot| 2 * s.name.len() + s.help.len() + 30;
+    let families_bytes: usize = view.iter().map(|s| header_bytes(s) + s.text.len()).sum();
+    out.reserve(families_bytes + per_family_bytes + 16 * 1024);
     for snapshot in view.iter() {
+        write_header(out, snapshot);
         out.push_str(&snapshot.text);
     }
     let mut own = totals(view, now, view.len() - listed.len());
@@ -217,12 +248,37 @@ mod tests {
         rate.record(now, updates);
         Arc::new(FamilySnapshot {
             name: name.into(),
-            text: format!("# TYPE {name} counter\n{name} {updates}\n"),
+            help: "".into(),
+            type_name: "counter",
+            text: format!("{name} {updates}\n"),
             updates,
             series: 1,
             value_sum: updates as f64,
             rate,
         })
+    }
+
+    #[test]
+    fn headers_are_written_as_the_encoder_writes_them() {
+        for help in ["plain help", "a \\ backslash and a\nnewline", ""] {
+            let help: Arc<str> = help.into();
+            let mut snapshot = (*snapshot("x", 1, Instant::now())).clone();
+            snapshot.help = escaped_help(&help);
+            let mut ours = String::new();
+            write_header(&mut ours, &snapshot);
+            ours.push_str(&snapshot.text);
+            let mut encoded = String::new();
+            encode_into(
+                &[single("x", &help, MetricType::COUNTER, 1.0)],
+                &mut encoded,
+            );
+            assert_eq!(ours, encoded);
+        }
+        let plain: Arc<str> = "plain".into();
+        assert!(
+            Arc::ptr_eq(&escaped_help(&plain), &plain),
+            "nothing to escape: shared"
+        );
     }
 
     #[test]

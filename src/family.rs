@@ -264,8 +264,8 @@ pub struct FamilyState {
     render_cost: Duration,
     /// When the last snapshot was sent.
     published_at: Option<Instant>,
-    /// The HELP and TYPE lines, as the encoder wrote them for the first snapshot.
-    header: Box<str>,
+    /// The HELP text as the exposition writes it.
+    help: Arc<str>,
 }
 
 /// `n` series leave the budget and `tallyd_series{type}` (`gauge`).
@@ -359,6 +359,7 @@ impl FamilyState {
     /// An empty family.
     pub fn new(spec: FamilySpec, ctx: Arc<FamilyContext>) -> Self {
         FamilyState {
+            help: exposition::escaped_help(&spec.meta.help),
             series_gauge: ctx.telemetry.series_gauge(spec.kind.as_str()),
             name: spec.name,
             meta: spec.meta,
@@ -376,7 +377,6 @@ impl FamilyState {
             last_update: Instant::now(),
             render_cost: Duration::ZERO,
             published_at: None,
-            header: Box::default(),
         }
     }
 
@@ -472,17 +472,20 @@ impl FamilyState {
         let mut family = proto::MetricFamily::default();
         family.set_name(self.name.to_string());
         family.set_help(self.meta.help.to_string());
-        family.set_field_type(match (self.kind, self.meta.observer.observer_type) {
-            (Kind::Counter, _) => proto::MetricType::COUNTER,
-            (Kind::Gauge | Kind::Set, _) => proto::MetricType::GAUGE,
-            (Kind::Observer, ObserverType::Summary) => proto::MetricType::SUMMARY,
-            (Kind::Observer, ObserverType::Histogram) => proto::MetricType::HISTOGRAM,
-        });
+        let (field_type, type_name) = match (self.kind, self.meta.observer.observer_type) {
+            (Kind::Counter, _) => (proto::MetricType::COUNTER, "counter"),
+            (Kind::Gauge | Kind::Set, _) => (proto::MetricType::GAUGE, "gauge"),
+            (Kind::Observer, ObserverType::Summary) => (proto::MetricType::SUMMARY, "summary"),
+            (Kind::Observer, ObserverType::Histogram) => {
+                (proto::MetricType::HISTOGRAM, "histogram")
+            }
+        };
+        family.set_field_type(field_type);
         let keep = self.series.len() > 1;
         let observer = &self.meta.observer;
         let mut series: Vec<_> = self.series.iter_mut().collect();
         series.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut text = self.header.to_string();
+        let mut text = String::new();
         let mut scratch = String::new();
         for (labels, entry) in series {
             if !entry.text.is_empty() && keep && !matches!(entry.value, Series::Set(_)) {
@@ -493,13 +496,9 @@ impl FamilyState {
                 .set_metric(std::iter::once(metric(labels, &entry.value, observer, now)).collect());
             scratch.clear();
             exposition::encode_into(std::slice::from_ref(&family), &mut scratch);
-            // The encoder writes HELP and TYPE before the series' lines.
-            let header = header_len(&scratch);
-            if self.header.is_empty() {
-                self.header = scratch[..header].into();
-                text.insert_str(0, &self.header);
-            }
-            let lines = &scratch[header..];
+            // The encoder writes HELP and TYPE before the series' lines; the exposition
+            // writes them from `help` and `type_name`.
+            let lines = &scratch[header_len(&scratch)..];
             text.push_str(lines);
             if keep {
                 entry.text.clear();
@@ -511,6 +510,8 @@ impl FamilyState {
         text.shrink_to_fit();
         FamilySnapshot {
             name: self.name.clone(),
+            help: self.help.clone(),
+            type_name,
             text,
             updates: self.updates,
             series: self.series.len(),
@@ -819,16 +820,16 @@ mod tests {
             incremental.apply(first.clone(), now);
             let before = incremental.snapshot(now).text;
             incremental.apply(second.clone(), now);
-            let after = incremental.snapshot(now).text;
+            let snapshot = incremental.snapshot(now);
+            // The help as the text format escapes it; the exposition writes it.
+            assert_eq!(&*snapshot.help, "Help with a \\\\ backslash.");
+            let after = snapshot.text;
             let mut whole = FamilyState::new(spec(kind), ctx.clone());
             whole.apply(first, now);
             whole.apply(second, now);
             assert_eq!(after, whole.snapshot(now).text);
             assert_ne!(before, after, "the changed series is rendered again");
-            assert!(
-                after.starts_with("# HELP lat Help with a \\\\ backslash.\n"),
-                "{after}"
-            );
+            assert!(after.starts_with("lat"), "no HELP or TYPE line: {after}");
             let b = if kind == Kind::Counter {
                 "lat{k=\"b\"} 6\n"
             } else {
