@@ -18,6 +18,7 @@ use prometheus::IntGauge;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -79,7 +80,8 @@ pub enum FamilyMsg {
     /// Publish a set family again, whose count falls as members age out with no update to
     /// say so (sent by the actor to itself).
     Refresh,
-    /// Hibernate if no update came for `hibernate_after` (sent by the actor to itself).
+    /// Hibernate if no update came for `hibernate_after` (sent by the registry's idle sweep
+    /// once the family's [`IdleDue`] has passed).
     IdleCheck,
     /// Fail on purpose (fault injection for supervision drills): the registry restarts the
     /// family empty.
@@ -91,6 +93,49 @@ pub enum FamilyMsg {
 pub struct FamilyActor {
     /// The supervisor, told when the family has no series left.
     pub registry: ActorRef<RegistryMsg>,
+}
+
+/// When a live family may first have been idle for `hibernate_after`, shared by its actor,
+/// which sets it as updates come, and the registry, whose periodic idle sweep asks the family
+/// to check once it has passed: an atomic store per batch rather than a timer per family.
+#[derive(Clone, Debug)]
+pub struct IdleDue(Arc<AtomicU64>);
+
+impl IdleDue {
+    const NEVER: u64 = u64::MAX;
+
+    /// Not due until set.
+    pub fn new() -> Self {
+        IdleDue(Arc::new(AtomicU64::new(Self::NEVER)))
+    }
+
+    fn set(&self, due: Option<Instant>) {
+        self.0
+            .store(due.map_or(Self::NEVER, millis), Ordering::Relaxed);
+    }
+
+    /// True once the time set has passed; then it is unset, so the family is asked once.
+    pub fn take_due(&self, now: Instant) -> bool {
+        let due = self.0.load(Ordering::Relaxed);
+        due <= millis(now)
+            && self
+                .0
+                .compare_exchange(due, Self::NEVER, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl Default for IdleDue {
+    fn default() -> Self {
+        IdleDue::new()
+    }
+}
+
+/// Milliseconds from the first call to `at`.
+fn millis(at: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_millis() as u64
 }
 
 /// What a family is told at birth, shared by every family born from the same mapping rule
@@ -147,6 +192,8 @@ pub struct FamilyArgs {
     pub ctx: Arc<FamilyContext>,
     /// The state of a retired actor of this family that received updates while retiring.
     pub restore: Option<Box<FamilyState>>,
+    /// Where the actor says when it may be idle (read by the registry).
+    pub idle: IdleDue,
 }
 
 /// One series' value.
@@ -257,7 +304,8 @@ pub struct FamilyState {
     publish_scheduled: bool,
     sweep_scheduled: bool,
     refresh_scheduled: bool,
-    idle_check_scheduled: bool,
+    /// When it may be idle enough to hibernate, for the registry's idle sweep.
+    idle: IdleDue,
     /// When the last update was applied.
     last_update: Instant,
     /// How long the last snapshot took to render.
@@ -373,7 +421,7 @@ impl FamilyState {
             publish_scheduled: false,
             sweep_scheduled: false,
             refresh_scheduled: false,
-            idle_check_scheduled: false,
+            idle: IdleDue::new(),
             last_update: Instant::now(),
             render_cost: Duration::ZERO,
             published_at: None,
@@ -593,15 +641,10 @@ impl FamilyState {
         Some(after.saturating_sub(now.saturating_duration_since(self.last_update)))
     }
 
-    fn schedule_idle_check(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
-        if self.idle_check_scheduled {
-            return;
-        }
-        if let Some(left) = self.idle_left(now) {
-            self.idle_check_scheduled = true;
-            // Never a busy loop: at least a millisecond between checks.
-            myself.send_after(left.max(Duration::from_millis(1)), || FamilyMsg::IdleCheck);
-        }
+    /// Tells the registry's idle sweep when to ask this family to check whether it is idle
+    /// (never, while it may not hibernate).
+    fn arm_idle_check(&self, now: Instant) {
+        self.idle.set(self.idle_left(now).map(|left| now + left));
     }
 
     fn schedule_sweep(&mut self, myself: &ActorRef<FamilyMsg>) {
@@ -666,11 +709,11 @@ impl Actor for FamilyActor {
             Some(state) => *state,
             None => FamilyState::new(args.spec, args.ctx),
         };
+        state.idle = args.idle;
         // Timers of an earlier actor died with it.
         state.publish_scheduled = false;
         state.sweep_scheduled = false;
         state.refresh_scheduled = false;
-        state.idle_check_scheduled = false;
         if state.dirty {
             state.schedule_publish(&myself, state.ctx.publish_interval, Instant::now());
         }
@@ -681,7 +724,7 @@ impl Actor for FamilyActor {
             myself.send_after(EMPTY_GRACE, || FamilyMsg::Sweep);
         }
         state.schedule_sweep(&myself);
-        state.schedule_idle_check(&myself, Instant::now());
+        state.arm_idle_check(Instant::now());
         Ok(state)
     }
 
@@ -705,16 +748,15 @@ impl Actor for FamilyActor {
                     state.schedule_publish(&myself, state.ctx.publish_interval, now);
                 }
                 state.schedule_sweep(&myself);
-                state.schedule_idle_check(&myself, now);
+                state.arm_idle_check(now);
             }
             FamilyMsg::IdleCheck => {
-                state.idle_check_scheduled = false;
                 let now = Instant::now();
                 match state.idle_left(now) {
                     Some(left) if left.is_zero() => self.hibernate(&myself, state),
-                    Some(_) => state.schedule_idle_check(&myself, now),
-                    // A set still counting: looked at again once it has settled.
-                    None => {}
+                    // Updated since, or a set still counting: looked at again once it has
+                    // settled (its refresh re-arms the check).
+                    _ => state.arm_idle_check(now),
                 }
             }
             FamilyMsg::Sweep => {
@@ -747,7 +789,7 @@ impl Actor for FamilyActor {
                 let now = Instant::now();
                 let interval = state.ctx.publish_interval;
                 state.schedule_publish(&myself, interval, now);
-                state.schedule_idle_check(&myself, now);
+                state.arm_idle_check(now);
             }
             FamilyMsg::Fail => {
                 return Err(format!("fault injected into family {}", state.name).into());

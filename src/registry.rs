@@ -21,12 +21,13 @@ use ractor::actor::ActorRuntime;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::{debug, warn};
 
 use crate::aggregator::AggregatorMsg;
 use crate::barrier::Ticket;
 use crate::family::{
-    Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState,
+    Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState, IdleDue,
 };
 use crate::limits::shrink;
 
@@ -57,6 +58,23 @@ pub enum RegistryMsg {
     /// A scrape's ticket for a family that was draining when a listener passed it on: held
     /// until the family has stopped, and so published.
     HoldTicket(Arc<str>, Ticket),
+    /// Ask every live family idle long enough to hibernate to check (sent by the registry to
+    /// itself, every [`idle_sweep_every`]).
+    IdleSweep,
+}
+
+/// A live family actor, its spec, and when it may be idle enough to hibernate.
+#[derive(Debug)]
+struct Live {
+    actor: ActorRef<FamilyMsg>,
+    spec: FamilySpec,
+    idle: IdleDue,
+}
+
+/// How often the registry looks for idle families: a quarter of `hibernate_after`, so a
+/// family hibernates at most that much later than due (between 10 ms and 1 s).
+fn idle_sweep_every(hibernate_after: Duration) -> Duration {
+    (hibernate_after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// The actor; its state is [`RegistryState`].
@@ -67,7 +85,7 @@ pub struct RegistryActor;
 #[derive(Debug)]
 pub struct RegistryState {
     ctx: Arc<FamilyContext>,
-    families: FxHashMap<Arc<str>, (ActorRef<FamilyMsg>, FamilySpec)>,
+    families: FxHashMap<Arc<str>, Live>,
     names: FxHashMap<ActorId, Arc<str>>,
     claims: FxHashMap<Arc<str>, Arc<str>>,
     /// Families being drained before they stop, with the look-ups waiting for them.
@@ -151,10 +169,12 @@ impl RegistryState {
         spec: FamilySpec,
         restore: Option<Box<FamilyState>>,
     ) -> Result<ActorRef<FamilyMsg>, ActorProcessingErr> {
+        let idle = IdleDue::new();
         let args = FamilyArgs {
             spec: spec.clone(),
             ctx: self.ctx.clone(),
             restore,
+            idle: idle.clone(),
         };
         let handler = FamilyActor {
             registry: myself.clone(),
@@ -165,8 +185,12 @@ impl RegistryState {
             self.claims.insert(name, spec.name.clone());
         }
         self.names.insert(actor.get_id(), spec.name.clone());
-        self.families
-            .insert(spec.name.clone(), (actor.clone(), spec));
+        let live = Live {
+            actor: actor.clone(),
+            spec,
+            idle,
+        };
+        self.families.insert(live.spec.name.clone(), live);
         self.count_actors();
         Ok(actor)
     }
@@ -182,9 +206,9 @@ impl RegistryState {
     /// Forgets a stopped actor; returns its spec.
     fn forget(&mut self, id: ActorId) -> Option<FamilySpec> {
         let name = self.names.remove(&id)?;
-        let (_, spec) = self.families.remove(&name)?;
-        self.release(&spec);
-        Some(spec)
+        let live = self.families.remove(&name)?;
+        self.release(&live.spec);
+        Some(live.spec)
     }
 
     fn release(&mut self, spec: &FamilySpec) {
@@ -225,8 +249,8 @@ impl RegistryState {
     /// hibernate it.
     fn drain(&mut self, name: Arc<str>, id: ActorId, hibernate: bool) {
         let current = self.families.get(&name);
-        if current.is_some_and(|(actor, _)| actor.get_id() == id) {
-            if let Some((actor, spec)) = self.families.remove(&name) {
+        if current.is_some_and(|live| live.actor.get_id() == id) {
+            if let Some(Live { actor, spec, .. }) = self.families.remove(&name) {
                 self.retiring.insert(
                     name,
                     Retiring {
@@ -296,9 +320,12 @@ impl Actor for RegistryActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<RegistryMsg>,
+        myself: ActorRef<RegistryMsg>,
         ctx: Arc<FamilyContext>,
     ) -> Result<RegistryState, ActorProcessingErr> {
+        if let Some(after) = ctx.hibernate_after {
+            myself.send_interval(idle_sweep_every(after), || RegistryMsg::IdleSweep);
+        }
         Ok(RegistryState {
             ctx,
             families: FxHashMap::default(),
@@ -326,7 +353,7 @@ impl Actor for RegistryActor {
                         continue;
                     }
                     let answer = match state.families.get(&spec.name) {
-                        Some((actor, _)) => Ok(actor.clone()),
+                        Some(live) => Ok(live.actor.clone()),
                         None => match state.wake(&myself, &spec.name)? {
                             Some(actor) => Ok(actor),
                             None => state.spawn_new(&myself, spec)?,
@@ -353,6 +380,14 @@ impl Actor for RegistryActor {
                     }
                 }
             }
+            RegistryMsg::IdleSweep => {
+                let now = std::time::Instant::now();
+                for live in state.families.values() {
+                    if live.idle.take_due(now) {
+                        let _ = live.actor.cast(FamilyMsg::IdleCheck);
+                    }
+                }
+            }
             RegistryMsg::Retire(name, id) => state.drain(name, id, false),
             RegistryMsg::Hibernate(name, id) => state.drain(name, id, true),
             RegistryMsg::HoldTicket(name, ticket) => {
@@ -365,9 +400,9 @@ impl Actor for RegistryActor {
             RegistryMsg::InjectFault(name, reply) => {
                 state.wake(&myself, &name)?;
                 let found = state.families.get(&name);
-                if let Some((actor, _)) = found {
+                if let Some(live) = found {
                     warn!(metric = %name, "injecting a fault into the family actor");
-                    let _ = actor.cast(FamilyMsg::Fail);
+                    let _ = live.actor.cast(FamilyMsg::Fail);
                 }
                 let _ = reply.send(found.is_some());
             }
