@@ -19,7 +19,8 @@
 #   /metrics scrape time after 3 scrapes at 100,000 counter names and at 100,000 timer series
 #   (1,000 names x 100 tag values), each series sent twice at 25,000 lines/s so that a lost
 #   datagram leaves no series out, then (--wait-hibernation) until every family is idle and
-#   hibernated, as when the sender stops; peak RSS is reported beside it; time from a line's
+#   hibernated, as when the sender stops, and RSS read once it has stopped moving (the
+#   reading right after the scrapes and the peak beside it); time from a line's
 #   send to /metrics showing it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -230,8 +231,9 @@ done
 mb() { summary %.0f " MB" $(values "$1" "${@:2}"); }
 ms() { summary "$1" " ms" $(values "$2" "${@:3}"); }
 series_note() {
-  echo "series on /metrics $(summary %d "" $(values series "$@")), loss $(summary %.2f % \
-    $(values loss_pct "$@")), peak RSS $(mb peak_rss_mb "$@")"
+  echo "then until every family hibernated and RSS stopped moving (right after the scrapes:" \
+    "$(mb rss_after_scrapes_mb "$@")); series on /metrics $(summary %d "" $(values series "$@")), loss" \
+    "$(summary %.2f % $(values loss_pct "$@")), peak RSS $(mb peak_rss_mb "$@")"
 }
 commit=$(git rev-parse --short HEAD)
 [ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock)" ] || commit="$commit + uncommitted changes"

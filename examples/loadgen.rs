@@ -16,7 +16,9 @@
 //! `loss_pct` (sent but not applied), `kernel_drops` (datagrams), and with `--pid`
 //! `cpu_s` (utime + stime from `/proc/PID/stat`, from just before sending to the first scrape
 //! that showed the final counts), `cpu_s_per_million` (per million applied), `peak_rss_mb`
-//! (`VmHWM`) and `rss_mb` (`VmRSS`, after the timed scrapes); `scrape_ms` (median of the timed
+//! (`VmHWM`) and `rss_mb` (`VmRSS`, after the timed scrapes; with `--wait-hibernation`, once it
+//! has stopped moving, up to 5 s later, and `rss_after_scrapes_mb` the reading right after the
+//! scrapes); `scrape_ms` (median of the timed
 //! scrapes, connect to last byte) and `scrape_bytes`.
 //!
 //! `--mode latency` instead sends one gauge line at a time and polls `/metrics` every 1 ms
@@ -322,7 +324,14 @@ fn run(args: &Args) -> io::Result<Report> {
         report.num("cpu_s_per_million", cpu / (applied / 1e6), 3);
         let (hwm, rss) = p.memory_kb()?;
         report.num("peak_rss_mb", hwm as f64 / 1024.0, 1);
-        report.num("rss_mb", rss as f64 / 1024.0, 1);
+        if args.wait_hibernation {
+            // The last families to hibernate, and the listeners' caches, are handed back to
+            // the allocator a little later: wait until the resident size stops moving.
+            report.num("rss_after_scrapes_mb", rss as f64 / 1024.0, 1);
+            report.num("rss_mb", p.steady_rss_kb(rss)? as f64 / 1024.0, 1);
+        } else {
+            report.num("rss_mb", rss as f64 / 1024.0, 1);
+        }
     }
     if !times.is_empty() {
         report.num("scrape_ms", median(&mut times), 2);
@@ -745,5 +754,20 @@ impl Proc {
                 .unwrap_or(0)
         };
         Ok((field("VmHWM:"), field("VmRSS:")))
+    }
+
+    /// `VmRSS` once two readings 500 ms apart are within 1% of each other (at most 5 s after
+    /// `first`, the reading before).
+    fn steady_rss_kb(&self, first: u64) -> io::Result<u64> {
+        let mut last = first;
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(500));
+            let (_, rss) = self.memory_kb()?;
+            if rss.abs_diff(last) * 100 <= last {
+                return Ok(rss);
+            }
+            last = rss;
+        }
+        Ok(last)
     }
 }
