@@ -445,7 +445,9 @@ pub struct ActorSettings {
     /// first (a scrape has every family with something new publish, see [`crate::barrier`]),
     /// for a family that renders in under a twentieth of it; a family of many series waits
     /// twenty times its last render time instead, so rendering never takes over between
-    /// scrapes (each scrape has every family with something new render once). Default `1s`.
+    /// scrapes (each scrape has every family with something new render once). Expired series
+    /// are published at once, within the same render budget. Default `5s`: with the scrape
+    /// barrier it only bounds how stale a scrape can be when the barrier times out.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
     /// A family with no update for this long, no TTL and no set members still counting,
@@ -459,7 +461,7 @@ pub struct ActorSettings {
 impl Default for ActorSettings {
     fn default() -> Self {
         ActorSettings {
-            publish_interval: Duration::from_secs(1),
+            publish_interval: Duration::from_secs(5),
             hibernate_after: Duration::from_secs(1),
         }
     }

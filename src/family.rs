@@ -611,6 +611,19 @@ impl FamilyState {
         }
     }
 
+    /// Publishes now unless the family rendered less than [`RENDER_SHARE`] times its render
+    /// cost ago; then as [`Self::schedule_publish`] says.
+    fn publish_expiry(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
+        let since = self
+            .published_at
+            .map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+        if since >= self.render_cost * RENDER_SHARE {
+            self.publish_and_follow(myself, now);
+        } else {
+            self.schedule_publish(myself, self.ctx.publish_interval, now);
+        }
+    }
+
     /// Publishes; a set with members still in its window is refreshed when its count next
     /// falls.
     fn publish_and_follow(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
@@ -762,12 +775,16 @@ impl Actor for FamilyActor {
             FamilyMsg::Sweep => {
                 state.sweep_scheduled = false;
                 let now = Instant::now();
-                state.sweep(now);
+                let expired = state.sweep(now);
                 if state.is_empty() {
                     state.publish(now);
                     self.retire(&myself, state);
                 } else {
-                    if state.dirty {
+                    if expired > 0 {
+                        // No scrape asks a family about expiries: shown at once, as far as
+                        // the render budget allows.
+                        state.publish_expiry(&myself, now);
+                    } else if state.dirty {
                         state.schedule_publish(&myself, state.ctx.publish_interval, now);
                     }
                     state.schedule_sweep(&myself);
