@@ -85,7 +85,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::new(settings.log.level.as_str());
+    // ractor opens an INFO span for every actor it starts and runs: recorded, they would cost
+    // each live family actor memory (its formatted fields) and each spawn CPU, for nothing
+    // tallyd's own logs do not say. tallyd logs actor failures itself.
+    let filter =
+        tracing_subscriber::EnvFilter::new(format!("{},ractor=warn", settings.log.level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
