@@ -638,6 +638,10 @@ impl FamilyState {
 
     /// For a set family with members still in its window: how often to republish.
     fn live_set_slot(&self, now: Instant) -> Option<Duration> {
+        if self.kind != Kind::Set {
+            // Asked at every batch (for the idle check): no walk over other families' series.
+            return None;
+        }
         self.series.values().find_map(|entry| match &entry.value {
             Series::Set(set) if set.is_live(now) => Some(set.slot()),
             _ => None,

@@ -32,6 +32,9 @@ const NAME_CACHE_LIMIT: usize = 100_000;
 /// How many lines a batcher remembers by name and fields (see [`Resolved`]); past this it
 /// starts over.
 const LINE_CACHE_LIMIT: usize = pending::SLOT_LIMIT;
+/// Longest name and fields of a line remembered: so a batcher's line cache holds at most
+/// 32,768 × 256 bytes of keys.
+const LINE_KEY_LIMIT: usize = 256;
 /// Time without input after which a batcher lets go of its caches.
 const CACHE_IDLE: Duration = Duration::from_secs(1);
 
@@ -288,7 +291,7 @@ impl Batcher {
             self.mapper = current.clone();
             self.metas.clear();
             self.lines.clear();
-            self.pending.reset_at_flush();
+            self.pending.reset();
         }
         drop(current);
         for line in parse::lines(datagram) {
@@ -414,10 +417,16 @@ impl Batcher {
         let Some((name, _, fields)) = split_value(raw) else {
             return;
         };
+        let len = name.len() + fields.len();
+        // A line with a timestamp (`|T…`) is never sent twice the same; a long one would let a
+        // sender fill memory with keys.
+        if len > LINE_KEY_LIMIT || memchr::memmem::find(fields, b"|T").is_some() {
+            return;
+        }
         if self.lines.len() >= LINE_CACHE_LIMIT {
             self.lines.clear();
         }
-        let mut key = Vec::with_capacity(name.len() + fields.len());
+        let mut key = Vec::with_capacity(len);
         key.extend_from_slice(name);
         key.extend_from_slice(fields);
         self.lines.insert(key.into_boxed_slice(), resolved);
@@ -800,6 +809,18 @@ mod tests {
                 "tallyd_lines_rejected_total[\"negative_counter\"] 2",
             ]
         );
+    }
+
+    #[test]
+    fn lines_with_a_timestamp_or_a_long_name_are_not_remembered() {
+        let (mut b, _) = batcher(MAPPING);
+        let long = format!("{}:1|c", "x".repeat(300));
+        for line in [b"u:1|c|T1700000000".as_slice(), long.as_bytes()] {
+            b.ingest(line);
+            b.ingest(line);
+        }
+        assert_eq!(b.line_hits, 0);
+        assert!(b.lines.is_empty());
     }
 
     #[test]

@@ -32,7 +32,7 @@ struct SeriesSlot {
     labels: LabelSet,
     /// `(flush, index)`: the series' latest counter or gauge update is `updates[index]` of its
     /// family, if `flush` is the current one.
-    latest: (u32, u32),
+    latest: (u64, u32),
 }
 
 /// Family and series slots, and the updates they hold.
@@ -47,7 +47,7 @@ pub(super) struct Pending {
     /// Families with updates, each once.
     touched: Vec<u32>,
     /// Counts flushes, so that `latest` positions of an earlier flush are ignored.
-    flush: u32,
+    flush: u64,
     /// Updates held, after combining.
     held: usize,
     /// Drop every slot at the next flush.
@@ -136,9 +136,14 @@ impl Pending {
         self.held
     }
 
-    /// Drop every slot at the next flush (the routes they were made from changed).
-    pub(super) fn reset_at_flush(&mut self) {
-        self.reset = true;
+    /// Drops every slot (the routes they were made from changed): now if no update is held,
+    /// else at the next flush.
+    pub(super) fn reset(&mut self) {
+        if self.held == 0 {
+            *self = Pending::default();
+        } else {
+            self.reset = true;
+        }
     }
 
     /// Takes every family's updates, as one batch per family; past [`SLOT_LIMIT`] series, or
@@ -238,9 +243,16 @@ mod tests {
         let f = p.family(&name, &meta());
         assert_eq!((f, p.series(f, &LabelSet::default())), (0, 0));
         assert!(!p.take().1);
-        p.reset_at_flush();
-        assert!(p.take().1);
-        let g = p.family(&"g".into(), &meta());
-        assert_eq!(g, 0);
+        // With nothing held, a reset is immediate...
+        p.family(&"g".into(), &meta());
+        p.reset();
+        assert_eq!(p.family(&"g".into(), &meta()), 0);
+        // ...and otherwise waits for the flush, which hands over what is held.
+        let s = p.series(0, &LabelSet::default());
+        p.push(s, Op::Add(1.0));
+        p.reset();
+        let (batches, dropped) = p.take();
+        assert!(dropped);
+        assert_eq!(batches[0].1.updates[0].op, Op::Add(1.0));
     }
 }
