@@ -151,6 +151,13 @@ fn split_value(raw: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     Some((name, value, fields))
 }
 
+/// The line cache's key of a line: its name (with the `:`) and its fields, into `key`.
+fn line_key(name: &[u8], fields: &[u8], key: &mut Vec<u8>) {
+    key.clear();
+    key.extend_from_slice(name);
+    key.extend_from_slice(fields);
+}
+
 /// A sample's operation, scaled by a mapping rule's `scale`.
 fn op_for(sample: &Sample<'_>, scale: Option<f64>) -> Result<Op, RejectReason> {
     let op = Op::from_sample(sample);
@@ -310,9 +317,7 @@ impl Batcher {
         if memchr::memchr(b':', value).is_some() {
             return false;
         }
-        self.key.clear();
-        self.key.extend_from_slice(name);
-        self.key.extend_from_slice(fields);
+        line_key(name, fields, &mut self.key);
         let Some(&known) = self.lines.get(self.key.as_slice()) else {
             return false;
         };
@@ -427,8 +432,7 @@ impl Batcher {
             self.lines.clear();
         }
         let mut key = Vec::with_capacity(len);
-        key.extend_from_slice(name);
-        key.extend_from_slice(fields);
+        line_key(name, fields, &mut key);
         self.lines.insert(key.into_boxed_slice(), resolved);
     }
 
