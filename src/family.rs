@@ -599,10 +599,7 @@ impl FamilyState {
             return;
         }
         let after = after.max(self.render_cost * RENDER_SHARE);
-        let since = self
-            .published_at
-            .map_or(Duration::MAX, |at| now.saturating_duration_since(at));
-        match after.checked_sub(since) {
+        match after.checked_sub(self.since_published(now)) {
             Some(wait) if !wait.is_zero() => {
                 self.publish_scheduled = true;
                 myself.send_after(wait, || FamilyMsg::Publish);
@@ -611,13 +608,16 @@ impl FamilyState {
         }
     }
 
+    /// Time since the last snapshot was sent (forever, if none was).
+    fn since_published(&self, now: Instant) -> Duration {
+        self.published_at
+            .map_or(Duration::MAX, |at| now.saturating_duration_since(at))
+    }
+
     /// Publishes now unless the family rendered less than [`RENDER_SHARE`] times its render
     /// cost ago; then as [`Self::schedule_publish`] says.
     fn publish_expiry(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
-        let since = self
-            .published_at
-            .map_or(Duration::MAX, |at| now.saturating_duration_since(at));
-        if since >= self.render_cost * RENDER_SHARE {
+        if self.since_published(now) >= self.render_cost * RENDER_SHARE {
             self.publish_and_follow(myself, now);
         } else {
             self.schedule_publish(myself, self.ctx.publish_interval, now);
