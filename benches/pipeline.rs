@@ -2,6 +2,9 @@
 //!
 //! - `pipeline/inline/*`: one thread: batch a datagram (parse, escape, labels, group by family)
 //!   and apply each family's batch to its state, as a family actor does, without the mailbox.
+//! - `pipeline/ingest/*`: the batcher alone (parse, line cache, combine per series), taking
+//!   its batches every 64 datagrams as a listener does; `cold` evicts the processor's caches
+//!   before each datagram (untimed), as the idle time between datagrams does at moderate rates.
 //! - `pipeline/actors/*`: the real path: batcher and router as a UDP listener runs them under
 //!   full load (one dispatch per receive batch of 64 datagrams), casts to real family actors
 //!   under a real registry; timed until the aggregator has seen every update.
@@ -72,6 +75,41 @@ fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     group.finish();
 }
 
+fn ingest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pipeline/ingest");
+    let datagrams = common::counters(1000, DATAGRAMS);
+    let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
+    group.throughput(Throughput::Elements(lines));
+    // Larger than the processor's private caches.
+    let mut evict = vec![0u8; 16 << 20];
+    for (name, cold) in [("counter", false), ("counter_cold", true)] {
+        let mut batcher = Batcher::new(Arc::new(Telemetry::new()), ingest_config());
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    for (i, datagram) in datagrams.iter().enumerate() {
+                        if cold {
+                            evict
+                                .iter_mut()
+                                .step_by(64)
+                                .for_each(|b| *b = b.wrapping_add(1));
+                        }
+                        let start = Instant::now();
+                        batcher.ingest(datagram);
+                        if i % RECEIVE_BATCH == RECEIVE_BATCH - 1 {
+                            std::hint::black_box(batcher.take());
+                        }
+                        spent += start.elapsed();
+                    }
+                }
+                spent
+            })
+        });
+    }
+    group.finish();
+}
+
 fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut group = c.benchmark_group("pipeline/actors");
     group.sample_size(10);
@@ -129,6 +167,7 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     inline(c, &rt);
+    ingest(c);
     actors(c, &rt);
 }
 

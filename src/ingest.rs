@@ -9,10 +9,12 @@
 //!
 //! Counting happens here too, locally, and is added to the shared telemetry once per flush.
 
+mod lines;
 mod pending;
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::debug;
@@ -24,6 +26,7 @@ use crate::names;
 use crate::statsd::parse::{self, Datum, MetricType, RejectReason, Sample, TagStyles, Tags};
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::update::{LabelPairs, LabelSet, Op, Update};
+use lines::LineCache;
 use pending::Pending;
 
 /// How many raw names a batcher remembers, per cache; past this a cache starts over, which
@@ -151,14 +154,36 @@ fn split_value(raw: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     Some((name, value, fields))
 }
 
-/// The line cache's key of a line: its name (with the `:`) and its fields, into `key`.
-fn line_key(name: &[u8], fields: &[u8], key: &mut Vec<u8>) {
-    key.clear();
-    key.extend_from_slice(name);
-    key.extend_from_slice(fields);
+/// A line of the datagram being added, as [`Batcher::ingest`] looks it up in the line cache.
+#[derive(Debug)]
+struct Scanned {
+    /// The line, in the datagram.
+    line: Range<usize>,
+    /// For a line the cache may know: its parts.
+    parts: Option<Parts>,
+    /// The cache's slot for that hash, then what the line resolves to if the key matched.
+    slot: Option<usize>,
+    known: Option<Resolved>,
+}
+
+/// A line's name, value and fields in the datagram (see [`split_value`]), and the line cache's
+/// hash of its name and fields.
+#[derive(Debug)]
+struct Parts {
+    name: Range<usize>,
+    value: Range<usize>,
+    fields: Range<usize>,
+    hash: u64,
+}
+
+/// `inner`, a part of `outer`, as a range of it.
+fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
+    let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
+    start..start + inner.len()
 }
 
 /// A sample's operation, scaled by a mapping rule's `scale`.
+#[inline]
 fn op_for(sample: &Sample<'_>, scale: Option<f64>) -> Result<Op, RejectReason> {
     let op = Op::from_sample(sample);
     let Some(scale) = scale else {
@@ -186,9 +211,9 @@ pub struct Batcher {
     pending: Pending,
     /// Lines seen before, by name and fields (see [`Resolved`]), each pointing at a slot of
     /// `pending`: cleared with its slots, on a reload and past [`LINE_CACHE_LIMIT`].
-    lines: FxHashMap<Box<[u8]>, Resolved>,
-    /// The key of the line being looked up in `lines`.
-    key: Vec<u8>,
+    lines: LineCache<Resolved>,
+    /// The lines of the datagram being added (see [`Batcher::ingest`]).
+    scan: Vec<Scanned>,
     /// Lines answered by `lines` while a mapping file is in force: mapping cache hits.
     line_hits: u64,
     /// When the last input came.
@@ -280,8 +305,8 @@ impl Batcher {
             names: FxHashMap::default(),
             metas: FxHashMap::default(),
             pending: Pending::default(),
-            lines: FxHashMap::default(),
-            key: Vec::new(),
+            lines: LineCache::default(),
+            scan: Vec::new(),
             line_hits: 0,
             last_input: Instant::now(),
             counts: Counts::default(),
@@ -301,38 +326,75 @@ impl Batcher {
             self.pending.reset();
         }
         drop(current);
+        // The lines are looked up in the line cache in stages, each stage asking for the memory
+        // the next one reads, and only then added in order: the cache misses of a datagram's
+        // lines (the caches are often cold after the idle time between datagrams) overlap
+        // rather than come one after another.
+        let mut scan = std::mem::take(&mut self.scan);
+        // Each line's slot is asked for,
         for line in parse::lines(datagram) {
-            if !self.ingest_known(line) {
-                self.ingest_line(line);
+            let parts = split_value(line)
+                .filter(|(_, value, _)| {
+                    memchr::memchr(b':', value).is_none() && std::str::from_utf8(value).is_ok()
+                })
+                .map(|(name, value, fields)| {
+                    let hash = lines::hash(name, fields);
+                    self.lines.prefetch(hash);
+                    let range = |part| range_in(datagram, part);
+                    Parts {
+                        name: range(name),
+                        value: range(value),
+                        fields: range(fields),
+                        hash,
+                    }
+                });
+            scan.push(Scanned {
+                line: range_in(datagram, line),
+                parts,
+                slot: None,
+                known: None,
+            });
+        }
+        // then read, and its key asked for,
+        for scanned in &mut scan {
+            if let Some(parts) = &scanned.parts {
+                scanned.slot = self.lines.probe(parts.hash);
             }
         }
+        // then checked, and the series slot of a line seen before asked for;
+        for scanned in &mut scan {
+            if let (Some(parts), Some(slot)) = (&scanned.parts, scanned.slot) {
+                let name = &datagram[parts.name.clone()];
+                let fields = &datagram[parts.fields.clone()];
+                scanned.known = self.lines.get(slot, name, fields);
+                if let Some(known) = scanned.known {
+                    self.pending.prefetch(known.series);
+                }
+            }
+        }
+        // and then the lines are added, in order.
+        for scanned in scan.drain(..) {
+            let line = &datagram[scanned.line];
+            match (scanned.known, scanned.parts) {
+                (Some(known), Some(parts)) => {
+                    // Checked as UTF-8 above.
+                    let text = std::str::from_utf8(&datagram[parts.value]).unwrap_or_default();
+                    self.ingest_known(line, text, known);
+                }
+                _ => self.ingest_line(line),
+            }
+        }
+        self.scan = scan;
     }
 
-    /// Adds a line whose name and fields were seen before (see [`Resolved`]); false, with
-    /// nothing done, for any other line.
-    fn ingest_known(&mut self, raw: &[u8]) -> bool {
-        let Some((name, value, fields)) = split_value(raw) else {
-            return false;
-        };
-        if memchr::memchr(b':', value).is_some() {
-            return false;
-        }
-        line_key(name, fields, &mut self.key);
-        let Some(&known) = self.lines.get(self.key.as_slice()) else {
-            return false;
-        };
-        let Ok(text) = std::str::from_utf8(value) else {
-            return false;
-        };
+    /// Adds a line whose name and fields were seen before, with its value, as `known` found it.
+    fn ingest_known(&mut self, raw: &[u8], text: &str, known: Resolved) {
         // The counts of `ingest_line`, in its order.
         self.counts.lines += 1;
         self.counts.tag_errors += u64::from(known.tag_errors);
         let sample = match parse::parse_sample(text, known.metric_type, known.sample_rate) {
             Ok(sample) => sample,
-            Err(reason) => {
-                self.counts.reject(reason, raw);
-                return true;
-            }
+            Err(reason) => return self.counts.reject(reason, raw),
         };
         self.counts.tag_errors += u64::from(known.route_errors);
         self.counts.unmapped += u64::from(known.unmapped);
@@ -346,7 +408,6 @@ impl Batcher {
             }
             Err(reason) => self.counts.reject(reason, raw),
         }
-        true
     }
 
     /// Adds one line (without its newline), and remembers how it resolved when a line with
@@ -431,9 +492,8 @@ impl Batcher {
         if self.lines.len() >= LINE_CACHE_LIMIT {
             self.lines.clear();
         }
-        let mut key = Vec::with_capacity(len);
-        line_key(name, fields, &mut key);
-        self.lines.insert(key.into_boxed_slice(), resolved);
+        self.lines
+            .insert(lines::hash(name, fields), name, fields, resolved);
     }
 
     /// Where samples of `class` with this name and these tags go: a series slot (its family's
@@ -584,7 +644,7 @@ impl Batcher {
         if !idle || self.held() > 0 || self.lines.is_empty() && self.names.is_empty() {
             return;
         }
-        self.lines = FxHashMap::default();
+        self.lines = LineCache::default();
         self.pending = Pending::default();
         self.names = FxHashMap::default();
         self.map_cache.release();
@@ -618,7 +678,7 @@ impl Batcher {
         let (batches, dropped) = self.pending.take();
         if dropped {
             // The remembered lines point at the slots just dropped.
-            self.lines = FxHashMap::default();
+            self.lines = LineCache::default();
         }
         batches
     }

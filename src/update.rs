@@ -85,6 +85,7 @@ impl Op {
     /// Applies statsd_exporter's semantics to a parsed sample: counters are divided by the
     /// sample rate, timers go from milliseconds to seconds, observations are counted
     /// `floor(1/rate)` times, gauges ignore the rate.
+    #[inline]
     pub fn from_sample(sample: &Sample<'_>) -> Op {
         match sample.metric_type {
             MetricType::Set => {
@@ -113,6 +114,7 @@ impl Op {
 
     /// The operation with its value multiplied by `factor` (a mapping rule's `scale`); a set
     /// member is not a quantity and stays as it is.
+    #[inline]
     pub fn scaled(self, factor: f64) -> Op {
         match self {
             Op::Add(v) => Op::Add(v * factor),
@@ -130,6 +132,7 @@ impl Op {
     /// counter increments add up, a gauge set absorbs the shifts after it and is replaced by a
     /// later set, shifts add up. Observations and set members stay apart (`None`), as do
     /// operations of different types.
+    #[inline]
     pub fn combine(self, next: Op) -> Option<Op> {
         match (self, next) {
             (Op::Add(a), Op::Add(b)) => Some(Op::Add(a + b)),

@@ -1,8 +1,9 @@
 //! The updates a batcher holds until its next flush: one slot per family and one per series,
 //! each found once by name and labels and then by number. A series' latest combinable update
-//! is remembered by its slot, so a sample of a busy series is folded into it without hashing
-//! its family or labels again. Slots outlive a flush, so that the batcher's line cache can
-//! point at them; they are dropped together past [`SLOT_LIMIT`] series, or when told to.
+//! is held in its own slot until the flush (or until a sample that does not combine with it),
+//! so a sample of a busy series touches that slot alone: no hashing of its family or labels,
+//! no visit to its family's updates. Slots outlive a flush, so that the batcher's line cache
+//! can point at them; they are dropped together past [`SLOT_LIMIT`] series, or when told to.
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
@@ -25,14 +26,16 @@ struct FamilySlot {
     updates: Vec<Update>,
 }
 
-/// A series' slot: its family, its labels and where its latest combinable update is.
+/// A series' slot: its latest combinable update, its family and its labels.
 #[derive(Debug)]
 struct SeriesSlot {
+    /// `(flush, index)`: if `flush` is the current one, the series' latest counter or gauge
+    /// update is `held`, and its place is `updates[index]` of its family.
+    latest: (u64, u32),
+    /// That update's operation and samples, written to its place by [`Pending::settle`].
+    held: (Op, u64),
     family: u32,
     labels: LabelSet,
-    /// `(flush, index)`: the series' latest counter or gauge update is `updates[index]` of its
-    /// family, if `flush` is the current one.
-    latest: (u64, u32),
 }
 
 /// Family and series slots, and the updates they hold.
@@ -46,6 +49,8 @@ pub(super) struct Pending {
     series_index: HashTable<u32>,
     /// Families with updates, each once.
     touched: Vec<u32>,
+    /// Series that held an update in this flush, to settle at the flush.
+    holding: Vec<u32>,
     /// Counts flushes, so that `latest` positions of an earlier flush are ignored.
     flush: u64,
     /// Updates held, after combining.
@@ -91,9 +96,10 @@ impl Pending {
         }
         let i = self.series.len() as u32;
         self.series.push(SeriesSlot {
+            latest: (self.flush.wrapping_sub(1), 0),
+            held: (Op::Add(0.0), 0),
             family,
             labels: labels.clone(),
-            latest: (self.flush.wrapping_sub(1), 0),
         });
         let series = &self.series;
         self.series_index.insert_unique(hash, i, |&j| {
@@ -105,23 +111,33 @@ impl Pending {
 
     /// Adds one sample's operation to series slot `series`: combined into the series' latest
     /// update when [`Op::combine`] allows, appended otherwise.
+    #[inline]
     pub(super) fn push(&mut self, series: u32, op: Op) {
         let slot = &mut self.series[series as usize];
-        let family = &mut self.families[slot.family as usize];
         let combinable = matches!(op, Op::Add(_) | Op::Set(_) | Op::Shift(_));
         if combinable && slot.latest.0 == self.flush {
-            let update = &mut family.updates[slot.latest.1 as usize];
-            if let Some(combined) = update.op.combine(op) {
-                update.op = combined;
-                update.samples += 1;
+            if let Some(combined) = slot.held.0.combine(op) {
+                slot.held = (combined, slot.held.1 + 1);
                 return;
             }
+            self.settle(series);
         }
+        self.append(series, op, combinable);
+    }
+
+    /// Appends `op` to its family's updates; a combinable one is then held by its series.
+    fn append(&mut self, series: u32, op: Op, combinable: bool) {
+        let slot = &mut self.series[series as usize];
+        let family = &mut self.families[slot.family as usize];
         if family.updates.is_empty() {
             self.touched.push(slot.family);
         }
         if combinable {
+            if slot.latest.0 != self.flush {
+                self.holding.push(series);
+            }
             slot.latest = (self.flush, family.updates.len() as u32);
+            slot.held = (op, 1);
         }
         family.updates.push(Update {
             labels: slot.labels.clone(),
@@ -129,6 +145,22 @@ impl Pending {
             samples: 1,
         });
         self.held += 1;
+    }
+
+    /// Writes the update series `series` holds to its place in its family's updates.
+    fn settle(&mut self, series: u32) {
+        let slot = &self.series[series as usize];
+        let update = &mut self.families[slot.family as usize].updates[slot.latest.1 as usize];
+        (update.op, update.samples) = slot.held;
+    }
+
+    /// Asks the processor to fetch series slot `series` into its cache, ahead of a
+    /// [`Pending::push`] to it.
+    #[inline]
+    pub(super) fn prefetch(&self, series: u32) {
+        if let Some(slot) = self.series.get(series as usize) {
+            super::lines::prefetch_line(slot);
+        }
     }
 
     /// Updates held, after combining.
@@ -149,6 +181,10 @@ impl Pending {
     /// Takes every family's updates, as one batch per family; past [`SLOT_LIMIT`] series, or
     /// when told to, drops every slot afterwards and returns true.
     pub(super) fn take(&mut self) -> (Vec<(Arc<str>, Batch)>, bool) {
+        for i in 0..self.holding.len() {
+            self.settle(self.holding[i]);
+        }
+        self.holding.clear();
         let batches = self
             .touched
             .drain(..)

@@ -130,10 +130,22 @@ impl std::fmt::Display for RejectReason {
 /// Splits a datagram (or a chunk of a TCP stream) into lines: `\n`-separated, a trailing `\r`
 /// removed, empty lines skipped.
 pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
-    datagram
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .filter(|line| !line.is_empty())
+    let mut rest = Some(datagram);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match memchr::memchr(b'\n', text) {
+            Some(end) => {
+                rest = Some(&text[end + 1..]);
+                Some(&text[..end])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+    .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+    .filter(|line| !line.is_empty())
 }
 
 /// Which tag styles are parsed; a style switched off leaves its text in the metric name.
@@ -380,6 +392,7 @@ fn parse_rate(text: &str) -> Result<f64, RejectReason> {
 
 /// Parses one value of a line of `metric_type` and `sample_rate`: a number (not for a set),
 /// finite, not negative for a counter.
+#[inline]
 pub fn parse_sample(
     text: &str,
     metric_type: MetricType,

@@ -1,0 +1,242 @@
+//! The batcher's line cache: what a line's name and fields (everything but its value) resolve
+//! to, for the lines seen before. An open-addressing table of one cache line per entry, built
+//! to be looked up a datagram at a time, in stages: every line's slot is asked for
+//! ([`LineCache::prefetch`]), then every slot is read and its key asked for
+//! ([`LineCache::probe`]), then every key is checked ([`LineCache::get`]). Between two datagrams
+//! the processor's caches often go cold; so the misses of a datagram's lines overlap instead of
+//! coming one after another. Probes are bounded, so no set of keys makes a look-up slow.
+
+use rustc_hash::FxHasher;
+use std::hash::Hasher;
+
+/// Slots probed at most from a key's home slot: a key that finds no room within them is not
+/// remembered.
+const MAX_PROBE: usize = 64;
+/// Slots of a table's first allocation.
+const MIN_SLOTS: usize = 64;
+
+/// A remembered key, where its bytes are, and its value. One per cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
+struct Slot<V> {
+    hash: u64,
+    /// The key's bytes: `keys[at..at + len]`.
+    at: u32,
+    len: u32,
+    value: V,
+}
+
+/// Keys (a name with its `:`, then fields) and the value each resolves to.
+#[derive(Debug)]
+pub(super) struct LineCache<V> {
+    /// A power of two of slots, or none.
+    slots: Box<[Option<Slot<V>>]>,
+    /// Every key's bytes, one after another.
+    keys: Vec<u8>,
+    len: usize,
+}
+
+impl<V> Default for LineCache<V> {
+    fn default() -> Self {
+        LineCache {
+            slots: Box::default(),
+            keys: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+/// The hash of the key made of `name` and `fields`.
+pub(super) fn hash(name: &[u8], fields: &[u8]) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(name);
+    hasher.write(fields);
+    hasher.finish()
+}
+
+/// Asks the processor to fetch the cache line at `at` (a hint, which reads nothing).
+#[inline]
+pub(super) fn prefetch_line<T>(at: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of x86_64, and a prefetch only hints: it never faults, whatever
+        // the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+impl<V: Copy> LineCache<V> {
+    /// Keys remembered.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no key is remembered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every key, keeping the room.
+    pub(super) fn clear(&mut self) {
+        self.slots.fill(None);
+        self.keys.clear();
+        self.len = 0;
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    /// Asks for the home slot of a key of this hash, ahead of [`LineCache::probe`].
+    #[inline]
+    pub(super) fn prefetch(&self, hash: u64) {
+        if let Some(slot) = self.slots.get(hash as usize & self.mask()) {
+            prefetch_line(slot);
+        }
+    }
+
+    /// The slot of the first key with this hash, if any, whose bytes are asked for ahead of
+    /// [`LineCache::get`].
+    #[inline]
+    pub(super) fn probe(&self, hash: u64) -> Option<usize> {
+        let mask = self.mask();
+        let home = hash as usize & mask;
+        for i in (0..MAX_PROBE.min(self.slots.len())).map(|step| (home + step) & mask) {
+            let slot = self.slots[i].as_ref()?;
+            if slot.hash == hash {
+                prefetch_line(self.keys[slot.at as usize..].as_ptr());
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The value of slot `slot` (from [`LineCache::probe`]) if its key is `name` then `fields`.
+    #[inline]
+    pub(super) fn get(&self, slot: usize, name: &[u8], fields: &[u8]) -> Option<V> {
+        let slot = self.slots.get(slot)?.as_ref()?;
+        let key = &self.keys[slot.at as usize..][..slot.len as usize];
+        let (key_name, key_fields) = key.split_at_checked(name.len())?;
+        (key_name == name && key_fields == fields).then_some(slot.value)
+    }
+
+    /// Remembers that the key `name` then `fields`, of `hash`, resolves to `value`; replaces
+    /// what it resolved to before. A key that finds no room within its probe is not remembered.
+    pub(super) fn insert(&mut self, hash: u64, name: &[u8], fields: &[u8], value: V) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.mask();
+        let home = hash as usize & mask;
+        for i in (0..MAX_PROBE).map(|step| (home + step) & mask) {
+            match &mut self.slots[i] {
+                Some(slot) if slot.hash == hash => {
+                    let key = &self.keys[slot.at as usize..][..slot.len as usize];
+                    if key.split_at_checked(name.len()) == Some((name, fields)) {
+                        slot.value = value;
+                        return;
+                    }
+                }
+                Some(_) => {}
+                empty @ None => {
+                    let at = self.keys.len() as u32;
+                    self.keys.extend_from_slice(name);
+                    self.keys.extend_from_slice(fields);
+                    *empty = Some(Slot {
+                        hash,
+                        at,
+                        len: (name.len() + fields.len()) as u32,
+                        value,
+                    });
+                    self.len += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Doubles the slots, placing every key again.
+    fn grow(&mut self) {
+        let size = (self.slots.len() * 2).max(MIN_SLOTS);
+        let old = std::mem::replace(&mut self.slots, vec![None; size].into_boxed_slice());
+        let mask = size - 1;
+        for slot in old.into_vec().into_iter().flatten() {
+            // Twice the room: a key placed before finds room again, except when too many of
+            // its neighbours share its home slot; it is then forgotten.
+            let home = slot.hash as usize & mask;
+            if let Some(i) = (0..MAX_PROBE)
+                .map(|step| (home + step) & mask)
+                .find(|&i| self.slots[i].is_none())
+            {
+                self.slots[i] = Some(slot);
+            } else {
+                self.len -= 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find(cache: &LineCache<u32>, name: &[u8], fields: &[u8]) -> Option<u32> {
+        let h = hash(name, fields);
+        cache.prefetch(h);
+        cache.get(cache.probe(h)?, name, fields)
+    }
+
+    #[test]
+    fn keys_are_found_by_name_and_fields_and_nothing_else() {
+        let mut cache = LineCache::default();
+        assert_eq!(find(&cache, b"a:", b"|c"), None);
+        for i in 0..1000u32 {
+            let name = format!("n.{i}:");
+            cache.insert(hash(name.as_bytes(), b"|c"), name.as_bytes(), b"|c", i);
+        }
+        assert_eq!(cache.len(), 1000);
+        for i in 0..1000u32 {
+            let name = format!("n.{i}:");
+            assert_eq!(find(&cache, name.as_bytes(), b"|c"), Some(i));
+            // The same bytes split elsewhere, or other fields, are other keys.
+            assert_eq!(find(&cache, name.as_bytes(), b"|g"), None);
+            let (a, b) = name.as_bytes().split_at(2);
+            let mut fields = b.to_vec();
+            fields.extend_from_slice(b"|c");
+            assert_eq!(
+                cache.get(cache.probe(hash(a, &fields)).unwrap_or(0), a, &fields),
+                None
+            );
+        }
+        // Inserting a key again replaces its value.
+        cache.insert(hash(b"n.7:", b"|c"), b"n.7:", b"|c", 70);
+        assert_eq!(
+            (find(&cache, b"n.7:", b"|c"), cache.len()),
+            (Some(70), 1000)
+        );
+        cache.clear();
+        assert_eq!((find(&cache, b"n.7:", b"|c"), cache.len()), (None, 0));
+    }
+
+    #[test]
+    fn colliding_hashes_are_told_apart_by_their_keys_and_bounded() {
+        let mut cache = LineCache::default();
+        // More keys of one hash than a probe holds: the first MAX_PROBE are remembered, and
+        // none is taken for another.
+        for i in 0..100u32 {
+            let name = format!("c.{i}:");
+            cache.insert(7, name.as_bytes(), b"|c", i);
+        }
+        assert_eq!(cache.len(), MAX_PROBE);
+        for i in 0..100u32 {
+            let name = format!("c.{i}:");
+            let slot = cache.probe(7).expect("a slot of hash 7");
+            let found = cache.get(slot, name.as_bytes(), b"|c");
+            // Only the first key of a hash is found by a probe; the others take the long way.
+            assert_eq!(found, (i == 0).then_some(0));
+        }
+    }
+}
