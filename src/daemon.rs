@@ -209,6 +209,7 @@ pub async fn run(
         registry: registry.clone(),
         telemetry: telemetry.clone(),
         receive_batch: settings.statsd.receive_batch,
+        receive_coalesce: settings.statsd.receive_coalesce,
         flush_interval: settings.statsd.event_flush_interval,
         flush_threshold: settings.statsd.event_flush_threshold,
         tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
@@ -236,18 +237,23 @@ pub async fn run(
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let socket = Arc::new(DatagramSocket::Udp(udp));
-        for _ in 0..readers {
+        let socket = DatagramSocket::Udp(udp.into_std().context("UDP socket")?);
+        for _ in 1..readers {
             listeners.spawn(listener::serve_datagrams(
-                socket.clone(),
+                socket.try_clone().context("UDP socket")?,
                 listener_ctx.clone(),
                 stop_reading.clone(),
             ));
         }
+        listeners.spawn(listener::serve_datagrams(
+            socket,
+            listener_ctx.clone(),
+            stop_reading.clone(),
+        ));
     }
     let unixgram_path = sockets.unixgram.as_ref().map(|(_, path)| path.clone());
     if let Some((unix, _)) = sockets.unixgram {
-        let socket = Arc::new(DatagramSocket::Unix(unix));
+        let socket = DatagramSocket::Unix(unix.into_std().context("Unix datagram socket")?);
         listeners.spawn(listener::serve_datagrams(
             socket,
             listener_ctx.clone(),

@@ -334,9 +334,7 @@ impl Batcher {
         // Each line's slot is asked for,
         for line in parse::lines(datagram) {
             let parts = split_value(line)
-                .filter(|(_, value, _)| {
-                    memchr::memchr(b':', value).is_none() && std::str::from_utf8(value).is_ok()
-                })
+                .filter(|(_, value, _)| !value.contains(&b':'))
                 .map(|(name, value, fields)| {
                     let hash = lines::hash(name, fields);
                     self.lines.prefetch(hash);
@@ -375,12 +373,9 @@ impl Batcher {
         // and then the lines are added, in order.
         for scanned in scan.drain(..) {
             let line = &datagram[scanned.line];
-            match (scanned.known, scanned.parts) {
-                (Some(known), Some(parts)) => {
-                    // Checked as UTF-8 above.
-                    let text = std::str::from_utf8(&datagram[parts.value]).unwrap_or_default();
-                    self.ingest_known(line, text, known);
-                }
+            let value = scanned.parts.map(|parts| &datagram[parts.value]);
+            match (scanned.known, value.map(std::str::from_utf8)) {
+                (Some(known), Some(Ok(text))) => self.ingest_known(line, text, known),
                 _ => self.ingest_line(line),
             }
         }

@@ -243,6 +243,39 @@ fn a_scrape_shows_every_line_sent_before_it() {
 }
 
 #[test]
+fn readers_pausing_between_reads_lose_nothing_and_never_hold_up_a_scrape() {
+    // Two readers of one socket, each pausing 100 ms after a read that finds few datagrams;
+    // the flush window and publish interval far longer than the test.
+    let t = Tallyd::start_with_env(
+        &[
+            "--statsd.udp-readers=2",
+            "--statsd.event-flush-interval=10s",
+        ],
+        &[
+            ("TALLYD_STATSD__RECEIVE_COALESCE", "100ms"),
+            ("TALLYD_ACTORS__PUBLISH_INTERVAL", "10s"),
+        ],
+    );
+    // A scrape reads what the sockets hold, paused or not: one scrape each time shows it.
+    for i in 1..=10 {
+        t.send_udp(format!("paused:{i}|g\nticks:1|c").as_bytes());
+        let e = t.scrape();
+        assert_eq!(e.value("paused", &[]), Some(f64::from(i)), "scrape {i}");
+        assert_eq!(e.value("ticks", &[]), Some(f64::from(i)), "scrape {i}");
+    }
+    // A burst of many read batches: full reads are followed by more reads at once.
+    for _ in 0..2000 {
+        t.send_udp(b"burst:1|c\nburst:2|c");
+    }
+    let e = t.wait_value("burst", &[], 6000.0);
+    assert_eq!(
+        e.value("tallyd_packets_total", &[("listener", "udp")]),
+        Some(2010.0)
+    );
+    assert_eq!(e.value("tallyd_lines_total", &[]), Some(4020.0));
+}
+
+#[test]
 fn a_type_conflict_is_refused_and_counted() {
     let t = Tallyd::start(&[]);
     t.send_udp(b"jobs:1|c\njobs:5|g\njobs:3|ms\njobs:2|c");

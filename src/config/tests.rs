@@ -124,6 +124,14 @@ fn semantic_errors_name_their_source() {
         "{msg}"
     );
 
+    let (f, cli) = write("[statsd]\nreceive_coalesce = \"1s\"\n");
+    let msg = load(&cli, &[]).unwrap_err().to_string();
+    assert!(
+        msg.contains("statsd.receive_coalesce") && msg.contains("at most 100ms"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("{}:2", f.0.display())), "{msg}");
+
     let cli = Cli {
         event_flush_threshold: Some("0".into()),
         ..Cli::default()

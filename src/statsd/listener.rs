@@ -1,5 +1,6 @@
 //! The StatsD sockets: a UDP or Unix datagram reader that takes up to `receive_batch` ready
-//! datagrams at a time, and a TCP acceptor with one task per connection reading
+//! datagrams at a time (pausing `receive_coalesce` after a read that found few, so that a
+//! steady stream is read in batches), and a TCP acceptor with one task per connection reading
 //! newline-separated lines. Each task owns its [`Batcher`] and [`Router`]; nothing is shared on
 //! the hot path but the telemetry counters. What a task reads waits in its batcher for the
 //! flush window (`statsd.event_flush_interval` after the first sample, or sooner once
@@ -7,11 +8,14 @@
 //! message. Both stop reading when the shutdown token fires, after dispatching what they have.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram};
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
@@ -29,6 +33,8 @@ use ractor::ActorRef;
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// How often a datagram socket the runtime cannot watch is read.
+const POLL_UNWATCHED: Duration = Duration::from_millis(10);
 
 /// What every listener task needs.
 #[derive(Clone, Debug)]
@@ -39,6 +45,8 @@ pub struct ListenerContext {
     pub telemetry: Arc<Telemetry>,
     /// Datagrams read in one go, at most.
     pub receive_batch: usize,
+    /// The pause after a read that found fewer than `receive_batch` datagrams.
+    pub receive_coalesce: Duration,
     /// Longest time a sample is held before its family gets it (zero: after every receive).
     pub flush_interval: Duration,
     /// Updates held, after combining, that close the window early.
@@ -178,41 +186,33 @@ impl FlushWindow {
     }
 }
 
-/// How [`DatagramSocket::try_recv`] learns whether a datagram is queued.
-#[derive(Clone, Copy, Debug)]
-enum Ask {
-    Cached,
-    Kernel,
-}
-
-/// A datagram socket: UDP, or a Unix datagram socket.
+/// A datagram socket: UDP, or a Unix datagram socket. Read directly, not through the runtime,
+/// which only tells when one becomes readable: the socket is registered with the runtime while
+/// its reader waits for a first datagram, and not while it pauses between reads (see
+/// [`serve_datagrams`]), so that the datagrams arriving meanwhile wake nothing.
 #[derive(Debug)]
 pub enum DatagramSocket {
     /// StatsD over UDP.
-    Udp(UdpSocket),
+    Udp(std::net::UdpSocket),
     /// StatsD over a Unix datagram socket.
-    Unix(UnixDatagram),
+    Unix(std::os::unix::net::UnixDatagram),
 }
 
 impl DatagramSocket {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            DatagramSocket::Udp(s) => s.recv(buf).await,
-            DatagramSocket::Unix(s) => s.recv(buf).await,
-        }
+    /// Another handle on the same socket, for another reader: each registers its own.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            DatagramSocket::Udp(s) => DatagramSocket::Udp(s.try_clone()?),
+            DatagramSocket::Unix(s) => DatagramSocket::Unix(s.try_clone()?),
+        })
     }
 
-    /// A datagram already queued, if any. `Cached` trusts the runtime's idea of whether the
-    /// socket is readable, which is free but may lag behind the kernel; `Kernel` asks the
-    /// kernel, for when everything queued must be read now (a scrape, shutdown).
-    fn try_recv(&self, buf: &mut [u8], ask: Ask) -> io::Result<usize> {
-        use std::io::Read;
-        match (self, ask) {
-            (DatagramSocket::Udp(s), Ask::Cached) => s.try_recv(buf),
-            (DatagramSocket::Unix(s), Ask::Cached) => s.try_recv(buf),
-            // The sockets are non-blocking: an empty one answers WouldBlock.
-            (DatagramSocket::Udp(s), Ask::Kernel) => (&*socket2::SockRef::from(s)).read(buf),
-            (DatagramSocket::Unix(s), Ask::Kernel) => (&*socket2::SockRef::from(s)).read(buf),
+    /// A datagram already queued, if any (the socket is non-blocking: an empty one answers
+    /// WouldBlock).
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            DatagramSocket::Udp(s) => s.recv(buf),
+            DatagramSocket::Unix(s) => s.recv(buf),
         }
     }
 
@@ -224,11 +224,36 @@ impl DatagramSocket {
     }
 }
 
-/// Reads datagrams until `shutdown` (several tasks may read one socket): waits for one, takes every further datagram already
-/// queued (up to `receive_batch`), then sends each touched family one message. At shutdown it
-/// also applies what the socket buffer still holds.
+impl AsFd for DatagramSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DatagramSocket::Udp(s) => s.as_fd(),
+            DatagramSocket::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// When a datagram reader reads next.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// At once: the last read took a full batch, so more is likely queued.
+    Now,
+    /// At this time, without asking the runtime: the last read took few datagrams, so the
+    /// next ones are left to gather in the socket buffer (`statsd.receive_coalesce`).
+    At(Instant),
+    /// When the socket becomes readable.
+    Readable,
+}
+
+/// Reads datagrams until `shutdown`: waits for one, takes every further datagram already
+/// queued (up to `receive_batch`), then sends each touched family one message when its flush
+/// window says so. After a read that found fewer than `receive_batch` datagrams, the reader
+/// pauses for `receive_coalesce` before reading again, so that a steady stream costs one
+/// wake-up per pause rather than one per datagram; after a read that found none, it waits for
+/// the socket. Scrapes and shutdown do not wait for a pause: they read what the socket holds.
+/// At shutdown it also applies what the socket buffer still holds.
 pub async fn serve_datagrams(
-    socket: Arc<DatagramSocket>,
+    socket: DatagramSocket,
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
@@ -236,30 +261,64 @@ pub async fn serve_datagrams(
     // One byte more than the limit, so that a datagram over it shows as such.
     let mut buf = vec![0u8; ctx.max_datagram_bytes.min(MAX_DATAGRAM) + 1];
     let kind = socket.kind();
+    let mut next = Next::Readable;
+    // The socket's registration with the runtime, kept while the reader waits on it.
+    let mut registered: Option<AsyncFd<BorrowedFd<'_>>> = None;
     loop {
-        let first = tokio::select! {
+        if let Next::Readable = next {
+            if registered.is_none() {
+                // SAFETY: the borrowed descriptor stays open, and the same, for as long as the
+                // registration lives: it cannot outlive the borrow of `socket`.
+                let fd =
+                    unsafe { AsyncFd::register_with_interest(socket.as_fd(), Interest::READABLE) };
+                match fd {
+                    Ok(fd) => registered = Some(fd),
+                    Err(e) => {
+                        warn!(error = %e, "cannot watch the StatsD socket; polling it");
+                        next = Next::At(Instant::now() + POLL_UNWATCHED);
+                    }
+                }
+            }
+        } else {
+            registered = None;
+        }
+        let ready = async {
+            match (next, &registered) {
+                (Next::Now, _) => tokio::task::consume_budget().await,
+                (Next::At(at), _) => tokio::time::sleep_until(at).await,
+                (Next::Readable, Some(fd)) => match fd.readable().await {
+                    // Cleared before reading: a datagram that comes after the read sets it
+                    // again.
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(e) => debug!(error = %e, "StatsD socket readiness"),
+                },
+                (Next::Readable, None) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             due = pipe.due() => {
                 if matches!(due, Due::Scrape(_)) {
                     // What the socket holds arrived before the scrape: it goes in too.
                     let limit = ctx.receive_batch * 16;
-                    let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, None, limit);
+                    let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, limit);
                     ctx.telemetry.packets(kind, packets);
                 }
                 pipe.handle(due).await;
                 continue;
             }
-            got = socket.recv(&mut buf) => got,
-        };
-        let packets = read_batch(
-            &socket,
-            &mut buf,
-            &mut pipe.batcher,
-            Some(first),
-            ctx.receive_batch,
-        );
+            () = ready => {}
+        }
+        let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, ctx.receive_batch);
         ctx.telemetry.packets(kind, packets);
+        next = if packets >= ctx.receive_batch as u64 {
+            Next::Now
+        } else if packets == 0 || ctx.receive_coalesce.is_zero() {
+            Next::Readable
+        } else {
+            Next::At(Instant::now() + ctx.receive_coalesce)
+        };
         pipe.after_read().await;
     }
     // What the kernel already holds was sent before shutdown: apply it too (bounded, in case
@@ -268,32 +327,17 @@ pub async fn serve_datagrams(
         &socket,
         &mut buf,
         &mut pipe.batcher,
-        None,
         ctx.receive_batch * 1024,
     );
     ctx.telemetry.packets(kind, packets);
     pipe.flush().await;
 }
 
-/// Ingests `first` (a datagram just received into `buf`) and then every datagram already
-/// queued, up to `limit`; returns how many. Without `first`, the kernel is asked what it
-/// holds, not the runtime's readiness cache, so nothing queued before the call is missed.
-fn read_batch(
-    socket: &DatagramSocket,
-    buf: &mut [u8],
-    batcher: &mut Batcher,
-    first: Option<io::Result<usize>>,
-    limit: usize,
-) -> u64 {
-    let ask = if first.is_some() {
-        Ask::Cached
-    } else {
-        Ask::Kernel
-    };
+/// Ingests every datagram already queued, up to `limit`; returns how many.
+fn read_batch(socket: &DatagramSocket, buf: &mut [u8], batcher: &mut Batcher, limit: usize) -> u64 {
     let mut packets = 0;
-    let mut next = first.unwrap_or_else(|| socket.try_recv(buf, ask));
-    loop {
-        match next {
+    while packets < limit {
+        match socket.try_recv(buf) {
             Ok(n) if n == buf.len() => {
                 packets += 1;
                 batcher.reject_datagram(&buf[..n]);
@@ -306,10 +350,6 @@ fn read_batch(
             // ICMP errors and the like concern one peer, not the socket: keep reading.
             Err(e) => debug!(error = %e, "datagram receive error"),
         }
-        if packets >= limit {
-            break;
-        }
-        next = socket.try_recv(buf, ask);
     }
     packets as u64
 }
