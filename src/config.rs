@@ -205,13 +205,14 @@ pub struct StatsdSettings {
     /// Datagrams read in one go from a ready socket (at most) before the listener looks at
     /// its flush window again. Default 64.
     pub receive_batch: usize,
-    /// The pause after a read of a datagram socket that found fewer than `receive_batch`
+    /// The pause after a read of the UDP socket that found fewer than `receive_batch`
     /// datagrams, before the next read: a steady stream is then read in batches, at one
-    /// wake-up per pause rather than one per datagram, which saves most of the CPU time of
+    /// wake-up per pause rather than one per datagram, which saves a sixth of the CPU time at
     /// moderate rates. Scrapes do not wait for it (every listener reads what its socket holds
     /// first), and a full read is followed by another at once. The socket buffer
-    /// (`read_buffer`) holds what comes meanwhile. `0s` reads each datagram as it comes; at
-    /// most `100ms`. Default `10ms`.
+    /// (`read_buffer`) holds what comes meanwhile; the pause is shortened to what it holds at
+    /// 256 MiB/s (logged at start-up). Unix datagram readers do not pause. `0s` reads each
+    /// datagram as it comes; at most `100ms`. Default `10ms`.
     #[serde(with = "humantime_serde")]
     pub receive_coalesce: Duration,
     /// Longest time a sample waits at its listener before it is sent to its family actor.

@@ -209,7 +209,6 @@ pub async fn run(
         registry: registry.clone(),
         telemetry: telemetry.clone(),
         receive_batch: settings.statsd.receive_batch,
-        receive_coalesce: settings.statsd.receive_coalesce,
         flush_interval: settings.statsd.event_flush_interval,
         flush_threshold: settings.statsd.event_flush_threshold,
         tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
@@ -237,16 +236,20 @@ pub async fn run(
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let socket = DatagramSocket::Udp(udp.into_std().context("UDP socket")?);
+        let udp = udp.into_std().context("UDP socket")?;
+        let pause = listener::udp_pause(&udp, settings.statsd.receive_coalesce);
+        let socket = DatagramSocket::Udp(udp);
         for _ in 1..readers {
             listeners.spawn(listener::serve_datagrams(
                 socket.try_clone().context("UDP socket")?,
+                pause,
                 listener_ctx.clone(),
                 stop_reading.clone(),
             ));
         }
         listeners.spawn(listener::serve_datagrams(
             socket,
+            pause,
             listener_ctx.clone(),
             stop_reading.clone(),
         ));
@@ -254,8 +257,10 @@ pub async fn run(
     let unixgram_path = sockets.unixgram.as_ref().map(|(_, path)| path.clone());
     if let Some((unix, _)) = sockets.unixgram {
         let socket = DatagramSocket::Unix(unix.into_std().context("Unix datagram socket")?);
+        // No pause: a Unix datagram socket's queue is short (see `listener::udp_pause`).
         listeners.spawn(listener::serve_datagrams(
             socket,
+            Duration::ZERO,
             listener_ctx.clone(),
             stop_reading.clone(),
         ));

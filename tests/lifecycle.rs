@@ -218,3 +218,20 @@ fn settings_that_work_against_each_other_are_warned_about() {
         "{defaults:#?}"
     );
 }
+
+#[test]
+fn the_receive_pause_is_shortened_to_what_a_small_udp_buffer_holds() {
+    // 100,000 bytes (the kernel doubles it) holds under 1 ms of a full-speed stream: the 10 ms
+    // default pause is shortened, and said so; the lines still all land.
+    let t = Tallyd::start(&["--statsd.read-buffer=100000"]);
+    let logs = t.logs();
+    let line = logs
+        .iter()
+        .find(|l| l.contains("statsd.receive_coalesce shortened"))
+        .unwrap_or_else(|| panic!("{logs:#?}"));
+    assert!(line.contains("receive_buffer=200000"), "{line}");
+    for _ in 0..100 {
+        t.send_udp(b"small.buffer:1|c");
+    }
+    t.wait_value("small_buffer", &[], 100.0);
+}
