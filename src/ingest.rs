@@ -147,9 +147,10 @@ struct Resolved {
 /// A line's name (with the `:` after it), value and fields (from the `|` after the value), as
 /// [`parse::parse`] splits them; `None` for a line with no value and type.
 fn split_value(raw: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let colon = memchr::memchr(b':', raw)?;
+    // Names and values are short: a plain search beats a vectorised one's set-up.
+    let colon = raw.iter().position(|&b| b == b':')?;
     let (name, body) = raw.split_at(colon + 1);
-    let bar = memchr::memchr(b'|', body)?;
+    let bar = body.iter().position(|&b| b == b'|')?;
     let (value, fields) = body.split_at(bar);
     Some((name, value, fields))
 }

@@ -390,6 +390,24 @@ fn parse_rate(text: &str) -> Result<f64, RejectReason> {
     }
 }
 
+/// The value of `text` if it is 1 to 15 decimal digits, the usual counter increment: exact as
+/// an f64, so the same as `text.parse::<f64>()`, but several times faster.
+#[inline]
+fn small_integer(text: &str) -> Option<f64> {
+    if text.is_empty() || text.len() > 15 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &b in text.as_bytes() {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = n * 10 + u64::from(digit);
+    }
+    Some(n as f64)
+}
+
 /// Parses one value of a line of `metric_type` and `sample_rate`: a number (not for a set),
 /// finite, not negative for a counter.
 #[inline]
@@ -411,11 +429,14 @@ pub fn parse_sample(
             sample_rate,
         });
     }
-    let number = text
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
-        .ok_or(RejectReason::BadValue)?;
+    let number = match small_integer(text) {
+        Some(number) => number,
+        None => text
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or(RejectReason::BadValue)?,
+    };
     if metric_type == MetricType::Counter && number < 0.0 {
         return Err(RejectReason::NegativeCounter);
     }

@@ -277,6 +277,18 @@ proptest! {
     }
 
     #[test]
+    fn numbers_read_the_same_whichever_way_they_are_parsed(text in "[0-9]{1,17}|[-+0-9.e]{0,8}") {
+        let fast = small_integer(&text);
+        let std = text.parse::<f64>().ok();
+        if fast.is_some() {
+            prop_assert_eq!(fast, std);
+        } else {
+            // Only short plain integers take the fast way.
+            prop_assert!(text.len() > 15 || !text.bytes().all(|b| b.is_ascii_digit()) || text.is_empty());
+        }
+    }
+
+    #[test]
     fn well_formed_counters_round_trip(name in "[a-z][a-z0-9._]{0,20}", value in 0u32..1_000_000, rate in 1u32..=100) {
         let rate = f64::from(rate) / 100.0;
         let line = format!("{name}:{value}|c|@{rate}");
