@@ -3,7 +3,7 @@
 //! reached since the last barrier publishes. So a scrape shows every line that reached
 //! tallyd's sockets before it, however long the flush window and the publish interval are,
 //! and those can be long enough to keep the cost per family low. Within bounds: a listener
-//! reads at most `statsd.receive_batch` × 16 datagrams, or 1 MiB from a TCP connection, for
+//! reads at most `statsd.receive_batch` × 1,024 datagrams, or 1 MiB from a TCP connection, for
 //! a scrape; a TCP connection not yet accepted, or a line without its newline yet, waits for
 //! the next one.
 //!

@@ -239,20 +239,20 @@ pub async fn run(
         let udp = udp.into_std().context("UDP socket")?;
         let pause = listener::udp_pause(&udp, settings.statsd.receive_coalesce);
         let socket = DatagramSocket::Udp(udp);
-        for _ in 1..readers {
+        // Each reader its own handle, each registered apart; all made before any reader runs.
+        let mut sockets = (1..readers)
+            .map(|_| socket.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("UDP socket")?;
+        sockets.push(socket);
+        for socket in sockets {
             listeners.spawn(listener::serve_datagrams(
-                socket.try_clone().context("UDP socket")?,
+                socket,
                 pause,
                 listener_ctx.clone(),
                 stop_reading.clone(),
             ));
         }
-        listeners.spawn(listener::serve_datagrams(
-            socket,
-            pause,
-            listener_ctx.clone(),
-            stop_reading.clone(),
-        ));
     }
     let unixgram_path = sockets.unixgram.as_ref().map(|(_, path)| path.clone());
     if let Some((unix, _)) = sockets.unixgram {

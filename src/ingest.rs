@@ -38,6 +38,10 @@ const LINE_CACHE_LIMIT: usize = pending::SLOT_LIMIT;
 /// Longest name and fields of a line remembered: so a batcher's line cache holds at most
 /// 32,768 × 256 bytes of keys.
 const LINE_KEY_LIMIT: usize = 256;
+/// Lines looked up in the line cache together (see [`Batcher::ingest`]): enough for their
+/// cache misses to overlap, few enough that what was fetched for the first is still cached
+/// when it is used, and that the look-up's scratch space stays small.
+const LOOKAHEAD: usize = 32;
 /// Time without input after which a batcher lets go of its caches.
 const CACHE_IDLE: Duration = Duration::from_secs(1);
 
@@ -162,8 +166,9 @@ struct Scanned {
     line: Range<usize>,
     /// For a line the cache may know: its parts.
     parts: Option<Parts>,
-    /// The cache's slot for that hash, then what the line resolves to if the key matched.
+    /// The cache's slot for that hash.
     slot: Option<usize>,
+    /// What the line resolves to, if that slot's key is the line's.
     known: Option<Resolved>,
 }
 
@@ -327,57 +332,66 @@ impl Batcher {
             self.pending.reset();
         }
         drop(current);
-        // The lines are looked up in the line cache in stages, each stage asking for the memory
-        // the next one reads, and only then added in order: the cache misses of a datagram's
-        // lines (the caches are often cold after the idle time between datagrams) overlap
-        // rather than come one after another.
+        // The lines are looked up in the line cache [`LOOKAHEAD`] at a time, in stages, each
+        // stage asking for the memory the next one reads, and only then added in order: the
+        // cache misses of a datagram's lines (the caches are often cold after the idle time
+        // between datagrams) overlap rather than come one after another.
+        let mut lines = parse::lines(datagram);
         let mut scan = std::mem::take(&mut self.scan);
-        // Each line's slot is asked for,
-        for line in parse::lines(datagram) {
-            let parts = split_value(line)
-                .filter(|(_, value, _)| !value.contains(&b':'))
-                .map(|(name, value, fields)| {
-                    let hash = lines::hash(name, fields);
-                    self.lines.prefetch(hash);
-                    let range = |part| range_in(datagram, part);
-                    Parts {
-                        name: range(name),
-                        value: range(value),
-                        fields: range(fields),
-                        hash,
-                    }
+        loop {
+            // Each line's slot is asked for,
+            for line in lines.by_ref().take(LOOKAHEAD) {
+                let parts = split_value(line)
+                    .filter(|(_, value, _)| !value.contains(&b':'))
+                    .map(|(name, value, fields)| {
+                        let hash = lines::hash(name, fields);
+                        self.lines.prefetch(hash);
+                        let range = |part| range_in(datagram, part);
+                        Parts {
+                            name: range(name),
+                            value: range(value),
+                            fields: range(fields),
+                            hash,
+                        }
+                    });
+                scan.push(Scanned {
+                    line: range_in(datagram, line),
+                    parts,
+                    slot: None,
+                    known: None,
                 });
-            scan.push(Scanned {
-                line: range_in(datagram, line),
-                parts,
-                slot: None,
-                known: None,
-            });
-        }
-        // then read, and its key asked for,
-        for scanned in &mut scan {
-            if let Some(parts) = &scanned.parts {
-                scanned.slot = self.lines.probe(parts.hash);
             }
-        }
-        // then checked, and the series slot of a line seen before asked for;
-        for scanned in &mut scan {
-            if let (Some(parts), Some(slot)) = (&scanned.parts, scanned.slot) {
-                let name = &datagram[parts.name.clone()];
-                let fields = &datagram[parts.fields.clone()];
-                scanned.known = self.lines.get(slot, name, fields);
-                if let Some(known) = scanned.known {
-                    self.pending.prefetch(known.series);
+            if scan.is_empty() {
+                break;
+            }
+            // then read, and its key asked for,
+            for scanned in &mut scan {
+                if let Some(parts) = &scanned.parts {
+                    scanned.slot = self.lines.probe(parts.hash);
                 }
             }
-        }
-        // and then the lines are added, in order.
-        for scanned in scan.drain(..) {
-            let line = &datagram[scanned.line];
-            let value = scanned.parts.map(|parts| &datagram[parts.value]);
-            match (scanned.known, value.map(std::str::from_utf8)) {
-                (Some(known), Some(Ok(text))) => self.ingest_known(line, text, known),
-                _ => self.ingest_line(line),
+            // then checked, and the series slot of a line seen before asked for;
+            for scanned in &mut scan {
+                if let (Some(parts), Some(slot)) = (&scanned.parts, scanned.slot) {
+                    let name = &datagram[parts.name.clone()];
+                    let fields = &datagram[parts.fields.clone()];
+                    scanned.known = self.lines.get(slot, name, fields);
+                    if let Some(known) = scanned.known {
+                        self.pending.prefetch(known.series);
+                    }
+                }
+            }
+            // and then the lines are added, in order.
+            for scanned in scan.drain(..) {
+                let line = &datagram[scanned.line];
+                let known = scanned.known.zip(scanned.parts).and_then(|(known, parts)| {
+                    let text = std::str::from_utf8(&datagram[parts.value]).ok()?;
+                    Some((known, text))
+                });
+                match known {
+                    Some((known, text)) => self.ingest_known(line, text, known),
+                    None => self.ingest_line(line),
+                }
             }
         }
         self.scan = scan;
@@ -903,12 +917,15 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Whatever the lines, a batcher that remembers lines gives the batches and counts of
-        /// one that parses and routes every line afresh.
+        /// Whatever the lines, and however they are packed into datagrams and flushed, a
+        /// batcher that remembers lines gives the batches and counts of one that parses and
+        /// routes every line afresh.
         #[test]
         fn remembering_lines_changes_no_outcome(
             picks in proptest::collection::vec(
                 (0..4usize, 0..7usize, 0..7usize, 0..3usize, 0..4usize), 1..60),
+            // After each line: 0 goes on with the datagram, 1 ends it, 2 ends it and flushes.
+            ends in proptest::collection::vec(0..3usize, 60),
         ) {
             const NAMES: [&str; 4] = ["a", "m.b", "m.c#x=1", "t"];
             const VALUES: [&str; 7] = ["1", "-2", "+3", "x", "1:2", "0.5", ""];
@@ -923,10 +940,24 @@ mod tests {
                 .collect();
             let (mut cached, t1) = batcher(MAPPING);
             let (mut fresh, t2) = batcher(MAPPING);
-            for line in &lines {
-                cached.ingest(line.as_bytes());
+            let (mut flushed1, mut flushed2) = (Vec::new(), Vec::new());
+            let mut datagram = String::new();
+            for (i, line) in lines.iter().enumerate() {
+                if !datagram.is_empty() {
+                    datagram.push('\n');
+                }
+                datagram.push_str(line);
                 fresh.ingest_line(line.as_bytes());
+                if ends[i] > 0 || i == lines.len() - 1 {
+                    cached.ingest(datagram.as_bytes());
+                    datagram.clear();
+                }
+                if ends[i] == 2 {
+                    flushed1.push(sorted_batches(&mut cached));
+                    flushed2.push(sorted_batches(&mut fresh));
+                }
             }
+            proptest::prop_assert_eq!(flushed1, flushed2);
             let (b1, mut c1) = outcome(&mut cached, &t1);
             let (b2, mut c2) = outcome(&mut fresh, &t2);
             // The fresh batcher maps every line, the other answers repeats from memory: both

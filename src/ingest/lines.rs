@@ -26,6 +26,9 @@ struct Slot<V> {
     value: V,
 }
 
+// One slot per cache line, for the line cache's value type too (its `Option` fits in a niche).
+const _: () = assert!(std::mem::size_of::<Option<Slot<super::Resolved>>>() == 64);
+
 /// Keys (a name with its `:`, then fields) and the value each resolves to.
 #[derive(Debug)]
 pub(super) struct LineCache<V> {

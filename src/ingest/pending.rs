@@ -1,9 +1,10 @@
 //! The updates a batcher holds until its next flush: one slot per family and one per series,
 //! each found once by name and labels and then by number. A series' latest combinable update
-//! is held in its own slot until the flush (or until a sample that does not combine with it),
-//! so a sample of a busy series touches that slot alone: no hashing of its family or labels,
-//! no visit to its family's updates. Slots outlive a flush, so that the batcher's line cache
-//! can point at them; they are dropped together past [`SLOT_LIMIT`] series, or when told to.
+//! is held in its own slot until the flush (or until a counter or gauge sample that does not
+//! combine with it), so a sample of a busy series touches that slot alone: no hashing of its
+//! family or labels, no visit to its family's updates. Slots outlive a flush, so that the
+//! batcher's line cache can point at them; they are dropped together past [`SLOT_LIMIT`]
+//! series, or when told to.
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
@@ -256,6 +257,37 @@ mod tests {
         assert_eq!(
             ops(1),
             [(Op::Set(5.0), 1), (Op::Add(1.0), 1), (Op::Set(7.0), 1)]
+        );
+        // An observation between two counter samples of a series (a type conflict its family
+        // refuses) leaves the held update where it was, still absorbing.
+        p.push(s1, Op::Add(1.0));
+        p.push(
+            s1,
+            Op::Observe {
+                value: 1.0,
+                count: 1,
+            },
+        );
+        p.push(s1, Op::Add(2.0));
+        let (batches, _) = p.take();
+        let ops: Vec<_> = batches[0]
+            .1
+            .updates
+            .iter()
+            .map(|u| (u.op, u.samples))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                (Op::Add(3.0), 2),
+                (
+                    Op::Observe {
+                        value: 1.0,
+                        count: 1
+                    },
+                    1
+                )
+            ]
         );
         // The next flush starts afresh, with the same slots.
         p.push(s1, Op::Add(1.0));

@@ -205,6 +205,13 @@ impl DatagramSocket {
         })
     }
 
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            DatagramSocket::Udp(s) => s.set_nonblocking(true),
+            DatagramSocket::Unix(s) => s.set_nonblocking(true),
+        }
+    }
+
     /// A datagram already queued, if any (the socket is non-blocking: an empty one answers
     /// WouldBlock).
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -278,16 +285,24 @@ pub async fn serve_datagrams(
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
+    // Reads must never block a runtime worker.
+    if let Err(e) = socket.set_nonblocking() {
+        warn!(error = %e, "cannot make the StatsD socket non-blocking; not reading it");
+        return;
+    }
     let mut pipe = ctx.pipeline();
     // One byte more than the limit, so that a datagram over it shows as such.
     let mut buf = vec![0u8; ctx.max_datagram_bytes.min(MAX_DATAGRAM) + 1];
     let kind = socket.kind();
     let mut next = Next::Readable;
-    // The socket's registration with the runtime, kept while the reader waits on it.
+    // The socket's registration with the runtime: dropped for a pause, so that what arrives
+    // meanwhile wakes nothing.
     let mut registered: Option<AsyncFd<BorrowedFd<'_>>> = None;
+    // The runtime could not watch the socket this time: it is polled instead (warned once).
+    let (mut unwatched, mut warned) = (false, false);
     loop {
-        if let Next::Readable = next {
-            if registered.is_none() {
+        match next {
+            Next::Readable if registered.is_none() => {
                 // SAFETY: the borrowed descriptor stays open, and the same, for as long as the
                 // registration lives: it cannot outlive the borrow of `socket`.
                 let fd =
@@ -295,13 +310,17 @@ pub async fn serve_datagrams(
                 match fd {
                     Ok(fd) => registered = Some(fd),
                     Err(e) => {
-                        warn!(error = %e, "cannot watch the StatsD socket; polling it");
+                        if !warned {
+                            warn!(error = %e, "cannot watch the StatsD socket; polling it");
+                            warned = true;
+                        }
+                        unwatched = true;
                         next = Next::At(Instant::now() + POLL_UNWATCHED);
                     }
                 }
             }
-        } else {
-            registered = None;
+            Next::At(_) => registered = None,
+            _ => {}
         }
         let ready = async {
             match (next, &registered) {
@@ -311,35 +330,46 @@ pub async fn serve_datagrams(
                     // Cleared before reading: a datagram that comes after the read sets it
                     // again.
                     Ok(mut guard) => guard.clear_ready(),
-                    Err(e) => debug!(error = %e, "StatsD socket readiness"),
+                    Err(e) => {
+                        debug!(error = %e, "StatsD socket readiness");
+                        return false;
+                    }
                 },
                 (Next::Readable, None) => std::future::pending().await,
             }
+            true
         };
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             due = pipe.due() => {
                 if matches!(due, Due::Scrape(_)) {
-                    // What the socket holds arrived before the scrape: it goes in too.
-                    let limit = ctx.receive_batch * 16;
+                    // What the socket holds arrived before the scrape: it goes in too, however
+                    // much a pause let gather (bounded, as at shutdown).
+                    let limit = ctx.receive_batch * 1024;
                     let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, limit);
                     ctx.telemetry.packets(kind, packets);
                 }
                 pipe.handle(due).await;
                 continue;
             }
-            () = ready => {}
+            watched = ready => if !watched {
+                registered = None;
+                unwatched = true;
+            }
         }
         let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, ctx.receive_batch);
         ctx.telemetry.packets(kind, packets);
         next = if packets >= ctx.receive_batch as u64 {
             Next::Now
+        } else if unwatched {
+            Next::At(Instant::now() + POLL_UNWATCHED)
         } else if packets == 0 || pause.is_zero() {
             Next::Readable
         } else {
             Next::At(Instant::now() + pause)
         };
+        unwatched = false;
         pipe.after_read().await;
     }
     // What the kernel already holds was sent before shutdown: apply it too (bounded, in case
