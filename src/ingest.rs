@@ -35,8 +35,8 @@ const NAME_CACHE_LIMIT: usize = 100_000;
 /// How many lines a batcher remembers by name and fields (see [`Resolved`]); past this it
 /// starts over.
 const LINE_CACHE_LIMIT: usize = pending::SLOT_LIMIT;
-/// Longest name and fields of a line remembered: so a batcher's line cache holds at most
-/// 32,768 × 256 bytes of keys.
+/// Longest name and fields of a line remembered: so a batcher's line cache holds
+/// about 32,768 × 256 bytes of keys (keys a growth could not place again stay until a clear).
 const LINE_KEY_LIMIT: usize = 256;
 /// Lines looked up in the line cache together (see [`Batcher::ingest`]): enough for their
 /// cache misses to overlap, few enough that what was fetched for the first is still cached

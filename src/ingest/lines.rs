@@ -29,6 +29,14 @@ struct Slot<V> {
 // One slot per cache line, for the line cache's value type too (its `Option` fits in a niche).
 const _: () = assert!(std::mem::size_of::<Option<Slot<super::Resolved>>>() == 64);
 
+impl<V> Slot<V> {
+    /// True when this slot's key, in `keys`, is `name` then `fields`.
+    fn is(&self, keys: &[u8], name: &[u8], fields: &[u8]) -> bool {
+        let key = &keys[self.at as usize..][..self.len as usize];
+        key.split_at_checked(name.len()) == Some((name, fields))
+    }
+}
+
 /// Keys (a name with its `:`, then fields) and the value each resolves to.
 #[derive(Debug)]
 pub(super) struct LineCache<V> {
@@ -121,9 +129,7 @@ impl<V: Copy> LineCache<V> {
     #[inline]
     pub(super) fn get(&self, slot: usize, name: &[u8], fields: &[u8]) -> Option<V> {
         let slot = self.slots.get(slot)?.as_ref()?;
-        let key = &self.keys[slot.at as usize..][..slot.len as usize];
-        let (key_name, key_fields) = key.split_at_checked(name.len())?;
-        (key_name == name && key_fields == fields).then_some(slot.value)
+        slot.is(&self.keys, name, fields).then_some(slot.value)
     }
 
     /// Remembers that the key `name` then `fields`, of `hash`, resolves to `value`; replaces
@@ -136,12 +142,9 @@ impl<V: Copy> LineCache<V> {
         let home = hash as usize & mask;
         for i in (0..MAX_PROBE).map(|step| (home + step) & mask) {
             match &mut self.slots[i] {
-                Some(slot) if slot.hash == hash => {
-                    let key = &self.keys[slot.at as usize..][..slot.len as usize];
-                    if key.split_at_checked(name.len()) == Some((name, fields)) {
-                        slot.value = value;
-                        return;
-                    }
+                Some(slot) if slot.hash == hash && slot.is(&self.keys, name, fields) => {
+                    slot.value = value;
+                    return;
                 }
                 Some(_) => {}
                 empty @ None => {
