@@ -241,7 +241,7 @@ impl AsFd for DatagramSocket {
 /// When a datagram reader reads next.
 #[derive(Clone, Copy, Debug)]
 enum Next {
-    /// At once: the last read took a full batch, so more is likely queued.
+    /// At once: the last read stopped before the socket said it was empty.
     Now,
     /// At this time, without asking the runtime: the last read took few datagrams, so the
     /// next ones are left to gather in the socket buffer (see [`udp_pause`]).
@@ -347,8 +347,8 @@ pub async fn serve_datagrams(
                     // What the socket holds arrived before the scrape: it goes in too, however
                     // much a pause let gather (bounded, as at shutdown).
                     let limit = ctx.receive_batch * 1024;
-                    let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, limit);
-                    ctx.telemetry.packets(kind, packets);
+                    let read = read_batch(&socket, &mut buf, &mut pipe.batcher, limit);
+                    ctx.telemetry.packets(kind, read.packets);
                 }
                 pipe.handle(due).await;
                 continue;
@@ -358,13 +358,13 @@ pub async fn serve_datagrams(
                 unwatched = true;
             }
         }
-        let packets = read_batch(&socket, &mut buf, &mut pipe.batcher, ctx.receive_batch);
-        ctx.telemetry.packets(kind, packets);
-        next = if packets >= ctx.receive_batch as u64 {
+        let read = read_batch(&socket, &mut buf, &mut pipe.batcher, ctx.receive_batch);
+        ctx.telemetry.packets(kind, read.packets);
+        next = if !read.emptied {
             Next::Now
         } else if unwatched {
             Next::At(Instant::now() + POLL_UNWATCHED)
-        } else if packets == 0 || pause.is_zero() {
+        } else if read.packets == 0 || pause.is_zero() {
             Next::Readable
         } else {
             Next::At(Instant::now() + pause)
@@ -374,20 +374,34 @@ pub async fn serve_datagrams(
     }
     // What the kernel already holds was sent before shutdown: apply it too (bounded, in case
     // a sender keeps sending).
-    let packets = read_batch(
+    let read = read_batch(
         &socket,
         &mut buf,
         &mut pipe.batcher,
         ctx.receive_batch * 1024,
     );
-    ctx.telemetry.packets(kind, packets);
+    ctx.telemetry.packets(kind, read.packets);
     pipe.flush().await;
 }
 
-/// Ingests every datagram already queued, up to `limit`; returns how many.
-fn read_batch(socket: &DatagramSocket, buf: &mut [u8], batcher: &mut Batcher, limit: usize) -> u64 {
+/// What [`read_batch`] did.
+struct Read {
+    /// Datagrams read.
+    packets: u64,
+    /// The socket answered that it holds no more.
+    emptied: bool,
+}
+
+/// Ingests every datagram already queued, up to `limit` receives. Receive errors count
+/// against `limit` too, so that one that persists cannot keep the reader here.
+fn read_batch(
+    socket: &DatagramSocket,
+    buf: &mut [u8],
+    batcher: &mut Batcher,
+    limit: usize,
+) -> Read {
     let mut packets = 0;
-    while packets < limit {
+    for _ in 0..limit {
         match socket.try_recv(buf) {
             Ok(n) if n == buf.len() => {
                 packets += 1;
@@ -397,12 +411,20 @@ fn read_batch(socket: &DatagramSocket, buf: &mut [u8], batcher: &mut Batcher, li
                 packets += 1;
                 batcher.ingest(&buf[..n]);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Read {
+                    packets,
+                    emptied: true,
+                }
+            }
             // ICMP errors and the like concern one peer, not the socket: keep reading.
             Err(e) => debug!(error = %e, "datagram receive error"),
         }
     }
-    packets as u64
+    Read {
+        packets,
+        emptied: false,
+    }
 }
 
 /// Accepts StatsD TCP connections until `shutdown`, each served by its own task; waits for
