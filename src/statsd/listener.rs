@@ -1,6 +1,7 @@
 //! The StatsD sockets: a UDP or Unix datagram reader that takes up to `receive_batch` ready
-//! datagrams at a time (pausing `receive_coalesce` after a read that found few, so that a
-//! steady stream is read in batches), and a TCP acceptor with one task per connection reading
+//! datagrams at a time, a few dozen to a system call ([`super::receive`]), pausing
+//! `receive_coalesce` after a read that found few, so that a steady stream is read in batches;
+//! and a TCP acceptor with one task per connection reading
 //! newline-separated lines. Each task owns its [`Batcher`] and [`Router`]; nothing is shared on
 //! the hot path but the telemetry counters. What a task reads waits in its batcher for the
 //! flush window (`statsd.event_flush_interval` after the first sample, or sooner once
@@ -28,6 +29,7 @@ use crate::limits::QueueBound;
 use crate::registry::RegistryMsg;
 use crate::router::{Router, PRUNE_EVERY};
 use crate::statsd::parse::RejectReason;
+use crate::statsd::receive::{Datagram, Datagrams, RECEIVE_MANY};
 use crate::telemetry::{ListenerKind, Telemetry};
 use ractor::ActorRef;
 
@@ -212,15 +214,6 @@ impl DatagramSocket {
         }
     }
 
-    /// A datagram already queued, if any (the socket is non-blocking: an empty one answers
-    /// WouldBlock).
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            DatagramSocket::Udp(s) => s.recv(buf),
-            DatagramSocket::Unix(s) => s.recv(buf),
-        }
-    }
-
     fn kind(&self) -> ListenerKind {
         match self {
             DatagramSocket::Udp(_) => ListenerKind::Udp,
@@ -291,8 +284,7 @@ pub async fn serve_datagrams(
         return;
     }
     let mut pipe = ctx.pipeline();
-    // One byte more than the limit, so that a datagram over it shows as such.
-    let mut buf = vec![0u8; ctx.max_datagram_bytes.min(MAX_DATAGRAM) + 1];
+    let mut buf = Datagrams::new(ctx.max_datagram_bytes.min(MAX_DATAGRAM));
     let kind = socket.kind();
     let mut next = Next::Readable;
     // The socket's registration with the runtime: dropped for a pause, so that what arrives
@@ -392,24 +384,34 @@ struct Read {
     emptied: bool,
 }
 
-/// Ingests every datagram already queued, up to `limit` receives. Receive errors count
+/// Ingests every datagram already queued, up to `limit` of them. Receive errors count
 /// against `limit` too, so that one that persists cannot keep the reader here.
 fn read_batch(
     socket: &DatagramSocket,
-    buf: &mut [u8],
+    buf: &mut Datagrams,
     batcher: &mut Batcher,
     limit: usize,
 ) -> Read {
-    let mut packets = 0;
-    for _ in 0..limit {
-        match socket.try_recv(buf) {
-            Ok(n) if n == buf.len() => {
-                packets += 1;
-                batcher.reject_datagram(&buf[..n]);
-            }
+    let (mut packets, mut taken) = (0, 0);
+    while taken < limit {
+        let asked = (limit - taken).min(RECEIVE_MANY);
+        match buf.receive(socket.as_fd(), asked) {
             Ok(n) => {
-                packets += 1;
-                batcher.ingest(&buf[..n]);
+                taken += n;
+                packets += n as u64;
+                for datagram in buf.received() {
+                    match datagram {
+                        Datagram::Within(bytes) => batcher.ingest(bytes),
+                        Datagram::TooLong(bytes) => batcher.reject_datagram(bytes),
+                    }
+                }
+                if n < asked {
+                    // The socket held no more.
+                    return Read {
+                        packets,
+                        emptied: true,
+                    };
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Read {
@@ -418,7 +420,10 @@ fn read_batch(
                 }
             }
             // ICMP errors and the like concern one peer, not the socket: keep reading.
-            Err(e) => debug!(error = %e, "datagram receive error"),
+            Err(e) => {
+                taken += 1;
+                debug!(error = %e, "datagram receive error");
+            }
         }
     }
     Read {

@@ -1,0 +1,159 @@
+//! Receiving many datagrams with one system call: a datagram reader's buffers, filled by
+//! `recvmmsg(2)` with up to [`RECEIVE_MANY`] queued datagrams at a time, so that a steady stream
+//! costs one system call per few dozen datagrams rather than one each.
+
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders};
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Datagrams one call takes at most. Each has a slot of the longest datagram accepted, plus
+/// one byte; the pages of a slot's unused tail are never written, so they mostly stay out of
+/// memory.
+pub const RECEIVE_MANY: usize = 32;
+
+/// A reader's receive buffers and what the last [`Datagrams::receive`] put in them.
+#[derive(Debug)]
+pub struct Datagrams {
+    /// [`RECEIVE_MANY`] slots of `slot` bytes.
+    bytes: Vec<u8>,
+    slot: usize,
+    /// The length of each datagram received by the last call, in slot order.
+    lens: Vec<usize>,
+}
+
+/// One received datagram.
+#[derive(Debug, PartialEq)]
+pub enum Datagram<'a> {
+    /// Within the length limit.
+    Within(&'a [u8]),
+    /// Longer than the limit: these are its first bytes.
+    TooLong(&'a [u8]),
+}
+
+impl Datagrams {
+    /// Buffers for datagrams of at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        // One byte more than the limit, so that a datagram over it shows as such.
+        let slot = limit + 1;
+        Datagrams {
+            bytes: vec![0; slot * RECEIVE_MANY],
+            slot,
+            lens: Vec::with_capacity(RECEIVE_MANY),
+        }
+    }
+
+    /// Receives up to `max` (at most [`RECEIVE_MANY`]) datagrams already queued on `socket`,
+    /// which must be non-blocking: `WouldBlock` when none is. Returns how many it received.
+    pub fn receive(&mut self, socket: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        let max = max.clamp(1, RECEIVE_MANY);
+        // Built per call: the headers hold raw pointers, so a reader cannot keep them across
+        // an await of its (sendable) task.
+        let mut headers = MultiHeaders::<()>::preallocate(max, None);
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+            .bytes
+            .chunks_mut(self.slot)
+            .take(max)
+            .map(|slot| [IoSliceMut::new(slot)])
+            .collect();
+        self.lens.clear();
+        let received = recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        self.lens.extend(received.map(|message| message.bytes));
+        Ok(self.lens.len())
+    }
+
+    /// The datagrams the last [`Datagrams::receive`] received, in order.
+    pub fn received(&self) -> impl Iterator<Item = Datagram<'_>> {
+        self.lens
+            .iter()
+            .zip(self.bytes.chunks(self.slot))
+            .map(|(&len, slot)| {
+                let bytes = &slot[..len];
+                if len == self.slot {
+                    Datagram::TooLong(bytes)
+                } else {
+                    Datagram::Within(bytes)
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.connect(receiver.local_addr().unwrap()).unwrap();
+        (receiver, sender)
+    }
+
+    #[test]
+    fn one_call_takes_what_is_queued_in_order_and_marks_what_is_too_long() {
+        let (receiver, sender) = pair();
+        let mut datagrams = Datagrams::new(8);
+        for payload in [
+            &b"a:1|c"[..],
+            b"exactly8",
+            b"nine bytes and more",
+            b"",
+            b"b:2|g",
+        ] {
+            sender.send(payload).unwrap();
+        }
+        // Datagrams sent over loopback are queued by the time `send` returns.
+        assert_eq!(datagrams.receive(receiver.as_fd(), 10).unwrap(), 5);
+        assert_eq!(
+            datagrams.received().collect::<Vec<_>>(),
+            [
+                Datagram::Within(b"a:1|c"),
+                Datagram::Within(b"exactly8"),
+                // Its first limit + 1 bytes.
+                Datagram::TooLong(b"nine byte"),
+                Datagram::Within(b""),
+                Datagram::Within(b"b:2|g"),
+            ]
+        );
+        let empty = datagrams.receive(receiver.as_fd(), 10).unwrap_err();
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_call_takes_at_most_what_it_is_asked_for_and_at_most_its_slots() {
+        let (receiver, sender) = pair();
+        let mut datagrams = Datagrams::new(16);
+        for i in 0..RECEIVE_MANY + 5 {
+            sender.send(format!("m.{i}:1|c").as_bytes()).unwrap();
+        }
+        assert_eq!(datagrams.receive(receiver.as_fd(), 2).unwrap(), 2);
+        assert_eq!(
+            datagrams.received().collect::<Vec<_>>(),
+            [Datagram::Within(b"m.0:1|c"), Datagram::Within(b"m.1:1|c")]
+        );
+        assert_eq!(
+            datagrams.receive(receiver.as_fd(), usize::MAX).unwrap(),
+            RECEIVE_MANY
+        );
+        assert_eq!(
+            datagrams.received().next(),
+            Some(Datagram::Within(b"m.2:1|c"))
+        );
+        assert_eq!(datagrams.receive(receiver.as_fd(), usize::MAX).unwrap(), 3);
+        assert_eq!(
+            datagrams.received().last(),
+            Some(Datagram::Within(
+                format!("m.{}:1|c", RECEIVE_MANY + 4).as_bytes()
+            ))
+        );
+    }
+}
