@@ -31,10 +31,32 @@ const _: () = assert!(std::mem::size_of::<Option<Slot<super::Resolved>>>() == 64
 
 impl<V> Slot<V> {
     /// True when this slot's key, in `keys`, is `name` then `fields`.
+    #[inline]
     fn is(&self, keys: &[u8], name: &[u8], fields: &[u8]) -> bool {
         let key = &keys[self.at as usize..][..self.len as usize];
-        key.split_at_checked(name.len()) == Some((name, fields))
+        key.split_at_checked(name.len())
+            .is_some_and(|(a, b)| same(a, name) && same(b, fields))
     }
+}
+
+/// `a == b`, inline: keys are short, and a call to `memcmp` for each would cost more than the
+/// comparison (eight bytes at a time, the last eight overlapping the ones before).
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    fn word(bytes: &[u8], at: usize) -> u64 {
+        u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    (0..n - 8)
+        .step_by(8)
+        .chain([n - 8])
+        .all(|at| word(a, at) == word(b, at))
 }
 
 /// Keys (a name with its `:`, then fields) and the value each resolves to.
@@ -188,6 +210,23 @@ impl<V: Copy> LineCache<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn same_is_equality(
+            a in proptest::collection::vec(any::<u8>(), 1..40),
+            b in proptest::collection::vec(0u8..2, 0..40),
+            at in any::<prop::sample::Index>(),
+        ) {
+            prop_assert_eq!(same(&a, &b), a == b);
+            let mut c = a.clone();
+            prop_assert!(same(&a, &c));
+            // One byte off, wherever it is, makes them differ.
+            c[at.index(a.len())] ^= 1;
+            prop_assert!(!same(&a, &c));
+        }
+    }
 
     fn find(cache: &LineCache<u32>, name: &[u8], fields: &[u8]) -> Option<u32> {
         let h = hash(name, fields);
