@@ -456,9 +456,10 @@ pub struct ActorSettings {
     /// first (a scrape has every family with something new publish, see [`crate::barrier`]),
     /// for a family that renders in under a twentieth of it; a family of many series waits
     /// twenty times its last render time instead, so rendering never takes over between
-    /// scrapes (each scrape has every family with something new render once). Expired series
-    /// are published at once, within the same render budget. Default `5s`: with the scrape
-    /// barrier it only bounds how stale a scrape can be when the barrier times out.
+    /// scrapes (each scrape has every family with something new render once). Expired series,
+    /// and a set's count as it falls, are published at once, within the same render budget. Default `15s`: with the scrape
+    /// barrier it only bounds how stale a scrape can be when the barrier times out, and a
+    /// family that publishes more often than it is scraped renders for nothing.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
     /// A family with no update for this long, no TTL and no set members still counting,
@@ -472,7 +473,7 @@ pub struct ActorSettings {
 impl Default for ActorSettings {
     fn default() -> Self {
         ActorSettings {
-            publish_interval: Duration::from_secs(5),
+            publish_interval: Duration::from_secs(15),
             hibernate_after: Duration::from_secs(1),
         }
     }
@@ -752,10 +753,10 @@ impl Settings {
             return Err(("shutdown.grace_period", "must be at most 10m".into()));
         }
         let p = self.actors.publish_interval;
-        if p.is_zero() || p > Duration::from_secs(10) {
+        if p.is_zero() || p > Duration::from_secs(60) {
             return Err((
                 "actors.publish_interval",
-                "must be more than 0 and at most 10s".into(),
+                "must be more than 0 and at most 60s".into(),
             ));
         }
         Ok(())

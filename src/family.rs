@@ -615,12 +615,12 @@ impl FamilyState {
     }
 
     /// Publishes now unless the family rendered less than [`RENDER_SHARE`] times its render
-    /// cost ago; then as [`Self::schedule_publish`] says.
+    /// cost ago; then once that budget allows (or at the publish already scheduled).
     fn publish_expiry(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
         if self.since_published(now) >= self.render_cost * RENDER_SHARE {
             self.publish_and_follow(myself, now);
         } else {
-            self.schedule_publish(myself, self.ctx.publish_interval, now);
+            self.schedule_publish(myself, Duration::ZERO, now);
         }
     }
 
@@ -805,11 +805,12 @@ impl Actor for FamilyActor {
                 drop(ticket);
             }
             FamilyMsg::Refresh => {
+                // A set's count fell without an update, and no scrape asks a family about
+                // that: shown at once, as expiries are, as far as the render budget allows.
                 state.refresh_scheduled = false;
                 state.dirty = true;
                 let now = Instant::now();
-                let interval = state.ctx.publish_interval;
-                state.schedule_publish(&myself, interval, now);
+                state.publish_expiry(&myself, now);
                 state.arm_idle_check(now);
             }
             FamilyMsg::Fail => {

@@ -132,6 +132,14 @@ fn semantic_errors_name_their_source() {
     );
     assert!(msg.contains(&format!("{}:2", f.0.display())), "{msg}");
 
+    let (f, cli) = write("[actors]\npublish_interval = \"61s\"\n");
+    let msg = load(&cli, &[]).unwrap_err().to_string();
+    assert!(
+        msg.contains("actors.publish_interval") && msg.contains("at most 60s"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("{}:2", f.0.display())), "{msg}");
+
     let cli = Cli {
         event_flush_threshold: Some("0".into()),
         ..Cli::default()
