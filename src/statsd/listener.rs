@@ -1,5 +1,5 @@
 //! The StatsD sockets: a UDP or Unix datagram reader that takes up to `receive_batch` ready
-//! datagrams at a time, a few dozen to a system call ([`super::receive`]), pausing
+//! datagrams at a time, up to 16 to a system call ([`super::receive`]), pausing
 //! `receive_coalesce` after a read that found few, so that a steady stream is read in batches;
 //! and a TCP acceptor with one task per connection reading
 //! newline-separated lines. Each task owns its [`Batcher`] and [`Router`]; nothing is shared on

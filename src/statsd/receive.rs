@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// Datagrams one call takes at most. Each has a slot of the longest datagram accepted, plus
 /// one byte; the pages of a slot's unused tail are never written, so they mostly stay out of
 /// memory.
-pub const RECEIVE_MANY: usize = 32;
+pub const RECEIVE_MANY: usize = 16;
 
 /// A reader's receive buffers and what the last [`Datagrams::receive`] put in them.
 #[derive(Debug)]
