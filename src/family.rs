@@ -40,6 +40,9 @@ use set::SetSeries;
 static CONFLICT_LOG: LogLimiter = LogLimiter::new(10);
 /// A family waits at least this many times its last render before rendering again.
 const RENDER_SHARE: u32 = 20;
+/// A set family whose count falls with time publishes at most this often (or per
+/// `publish_interval`, if shorter), however short `statsd.set_window` is.
+const SET_REFRESH_FLOOR: Duration = Duration::from_secs(1);
 /// How long a family born empty waits for its first batch before it retires.
 const EMPTY_GRACE: Duration = Duration::from_secs(1);
 
@@ -301,7 +304,9 @@ pub struct FamilyState {
     reserved: bool,
     rate: RateWindow,
     dirty: bool,
-    publish_scheduled: bool,
+    /// When the `Publish` on its way is due; one that comes before that was superseded by a
+    /// sooner one, and is ignored.
+    publish_due: Option<Instant>,
     sweep_scheduled: bool,
     refresh_scheduled: bool,
     /// When it may be idle enough to hibernate, for the registry's idle sweep.
@@ -418,7 +423,7 @@ impl FamilyState {
             reserved: false,
             rate: RateWindow::new(Instant::now()),
             dirty: false,
-            publish_scheduled: false,
+            publish_due: None,
             sweep_scheduled: false,
             refresh_scheduled: false,
             idle: IdleDue::new(),
@@ -589,19 +594,20 @@ impl FamilyState {
 }
 
 impl FamilyState {
-    /// Publishes now if the last snapshot is at least `after` old, else when it will be; or
-    /// later for a family whose rendering is costly: at most one part in [`RENDER_SHARE`] of a
-    /// family's time goes to rendering it, so a family of many series under steady updates
-    /// cannot starve ingestion. An update to a quiet family is thus on /metrics at once, and
-    /// a busy family renders at most once per `after`.
+    /// Publishes now if the last snapshot is at least `after` old, else when it will be (or
+    /// at a publish already due sooner); or later for a family whose rendering is costly: at
+    /// most one part in [`RENDER_SHARE`] of a family's time goes to rendering it, so a family
+    /// of many series under steady updates cannot starve ingestion. An update to a quiet
+    /// family is thus on /metrics at once, and a busy family renders at most once per `after`.
     fn schedule_publish(&mut self, myself: &ActorRef<FamilyMsg>, after: Duration, now: Instant) {
-        if self.publish_scheduled {
-            return;
-        }
         let after = after.max(self.render_cost * RENDER_SHARE);
         match after.checked_sub(self.since_published(now)) {
             Some(wait) if !wait.is_zero() => {
-                self.publish_scheduled = true;
+                let due = now + wait;
+                if self.publish_due.is_some_and(|scheduled| scheduled <= due) {
+                    return;
+                }
+                self.publish_due = Some(due);
                 myself.send_after(wait, || FamilyMsg::Publish);
             }
             _ => self.publish_and_follow(myself, now),
@@ -612,16 +618,6 @@ impl FamilyState {
     fn since_published(&self, now: Instant) -> Duration {
         self.published_at
             .map_or(Duration::MAX, |at| now.saturating_duration_since(at))
-    }
-
-    /// Publishes now unless the family rendered less than [`RENDER_SHARE`] times its render
-    /// cost ago; then once that budget allows (or at the publish already scheduled).
-    fn publish_expiry(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
-        if self.since_published(now) >= self.render_cost * RENDER_SHARE {
-            self.publish_and_follow(myself, now);
-        } else {
-            self.schedule_publish(myself, Duration::ZERO, now);
-        }
     }
 
     /// Publishes; a set with members still in its window is refreshed when its count next
@@ -728,7 +724,7 @@ impl Actor for FamilyActor {
         };
         state.idle = args.idle;
         // Timers of an earlier actor died with it.
-        state.publish_scheduled = false;
+        state.publish_due = None;
         state.sweep_scheduled = false;
         state.refresh_scheduled = false;
         if state.dirty {
@@ -787,7 +783,7 @@ impl Actor for FamilyActor {
                     if expired > 0 {
                         // No scrape asks a family about expiries: shown at once, as far as
                         // the render budget allows.
-                        state.publish_expiry(&myself, now);
+                        state.schedule_publish(&myself, Duration::ZERO, now);
                     } else if state.dirty {
                         state.schedule_publish(&myself, state.ctx.publish_interval, now);
                     }
@@ -795,8 +791,11 @@ impl Actor for FamilyActor {
                 }
             }
             FamilyMsg::Publish => {
-                state.publish_scheduled = false;
-                state.publish_and_follow(&myself, Instant::now());
+                let now = Instant::now();
+                if state.publish_due.is_some_and(|due| now >= due) {
+                    state.publish_due = None;
+                    state.publish_and_follow(&myself, now);
+                }
             }
             FamilyMsg::Sync(ticket) => {
                 // Rendering is not held back for a scrape; the snapshot is cast before the
@@ -806,11 +805,13 @@ impl Actor for FamilyActor {
             }
             FamilyMsg::Refresh => {
                 // A set's count fell without an update, and no scrape asks a family about
-                // that: shown at once, as expiries are, as far as the render budget allows.
+                // that: shown at once, as expiries are, but at most once per
+                // [`SET_REFRESH_FLOOR`] however short the set window.
                 state.refresh_scheduled = false;
                 state.dirty = true;
                 let now = Instant::now();
-                state.publish_expiry(&myself, now);
+                let floor = SET_REFRESH_FLOOR.min(state.ctx.publish_interval);
+                state.schedule_publish(&myself, floor, now);
                 state.arm_idle_check(now);
             }
             FamilyMsg::Fail => {

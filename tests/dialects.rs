@@ -75,10 +75,20 @@ fn sets_count_distinct_members() {
 
 #[test]
 fn sets_forget_members_after_their_window() {
-    let t = Tallyd::start_with_env(&[], &[("TALLYD_STATSD__SET_WINDOW", "400ms")]);
+    // The family neither hibernates (which publishes) nor publishes on its own for a minute:
+    // only the falling count's own publish can show it.
+    let t = Tallyd::start_with_env(
+        &[],
+        &[
+            ("TALLYD_STATSD__SET_WINDOW", "400ms"),
+            ("TALLYD_ACTORS__HIBERNATE_AFTER", "0s"),
+            ("TALLYD_ACTORS__PUBLISH_INTERVAL", "60s"),
+        ],
+    );
     t.send_udp(b"sessions:a|s\nsessions:b|s");
     t.wait_value("sessions", &[], 2.0);
-    // Nothing more is sent: the count falls to zero within a window and a quarter.
+    // Nothing more is sent: the count falls to zero within a window and a quarter, and is
+    // published within a second of falling.
     t.wait_value("sessions", &[], 0.0);
 }
 
