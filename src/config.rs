@@ -456,10 +456,11 @@ pub struct ActorSettings {
     /// first (a scrape has every family with something new publish, see [`crate::barrier`]),
     /// for a family that renders in under a twentieth of it; a family of many series waits
     /// twenty times its last render time instead, so rendering never takes over between
-    /// scrapes (each scrape has every family with something new render once). Expired series,
-    /// and a set's count as it falls, are published at once, within the same render budget. Default `15s`: with the scrape
-    /// barrier it only bounds how stale a scrape can be when the barrier times out, and a
-    /// family that publishes more often than it is scraped renders for nothing.
+    /// scrapes (each scrape has every family with something new render once). Expired series
+    /// are published at once, within the same render budget, and so is a set's count as it
+    /// falls, at most once a second. Default `15s`: with the scrape barrier it only bounds how
+    /// stale a scrape can be when the barrier times out, and a family that publishes more
+    /// often than it is scraped renders for nothing. At most `60s`.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
     /// A family with no update for this long, no TTL and no set members still counting,

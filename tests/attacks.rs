@@ -398,8 +398,8 @@ fn a_type_conflict_storm_keeps_the_first_type() {
             &[("metric", "storm"), ("type", kind)],
         )
     };
-    // Conflicts are counted as they happen; the family's value is published within
-    // actors.publish_interval: wait for both.
+    // Conflicts are counted as they happen; the family's value is published when a scrape
+    // asks: wait for both.
     let e = t.wait_for("6,000 conflicts and 3,001 counts", |e| {
         conflicts(e, "gauge") == Some(3000.0)
             && conflicts(e, "observer") == Some(3000.0)

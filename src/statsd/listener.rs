@@ -1,5 +1,5 @@
 //! The StatsD sockets: a UDP or Unix datagram reader that takes up to `receive_batch` ready
-//! datagrams at a time, up to 16 to a system call ([`super::receive`]), pausing
+//! datagrams at a time, several to a system call ([`super::receive`]), pausing
 //! `receive_coalesce` after a read that found few, so that a steady stream is read in batches;
 //! and a TCP acceptor with one task per connection reading
 //! newline-separated lines. Each task owns its [`Batcher`] and [`Router`]; nothing is shared on
@@ -406,7 +406,8 @@ fn read_batch(
                     }
                 }
                 if n < asked {
-                    // The socket held no more.
+                    // The socket held no more (or an error stopped the call after what it
+                    // took, which the next call reports).
                     return Read {
                         packets,
                         emptied: true,
@@ -419,7 +420,8 @@ fn read_batch(
                     emptied: true,
                 }
             }
-            // ICMP errors and the like concern one peer, not the socket: keep reading.
+            // ICMP errors and the like concern one peer, not the socket: counted against the
+            // limit, and the read goes on.
             Err(e) => {
                 taken += 1;
                 debug!(error = %e, "datagram receive error");

@@ -1,6 +1,6 @@
 //! Receiving many datagrams with one system call: a datagram reader's buffers, filled by
 //! `recvmmsg(2)` with up to [`RECEIVE_MANY`] queued datagrams at a time, so that a steady stream
-//! costs one system call per few dozen datagrams rather than one each.
+//! costs one system call per up to 16 datagrams rather than one each. (tallyd runs on Linux.)
 
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders};
 use std::io::{self, IoSliceMut};
@@ -43,7 +43,7 @@ impl Datagrams {
     }
 
     /// Receives up to `max` (at most [`RECEIVE_MANY`]) datagrams already queued on `socket`,
-    /// which must be non-blocking: `WouldBlock` when none is. Returns how many it received.
+    /// without waiting: `WouldBlock` when none is. Returns how many it received.
     pub fn receive(&mut self, socket: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         let max = max.clamp(1, RECEIVE_MANY);
         // Built per call: the headers hold raw pointers, so a reader cannot keep them across
