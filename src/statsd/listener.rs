@@ -568,3 +568,82 @@ fn consume(ctx: &ListenerContext, batcher: &mut Batcher, buf: &mut Vec<u8>, n: u
     buf.drain(..complete);
     n > 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::mapping::Mapper;
+
+    fn batcher(telemetry: &Arc<Telemetry>) -> Batcher {
+        let config = IngestConfig::new(&Settings::default(), Mapper::default());
+        Batcher::new(telemetry.clone(), Arc::new(config))
+    }
+
+    fn too_large(telemetry: &Telemetry) -> f64 {
+        let families = telemetry.gather();
+        let rejected = families
+            .iter()
+            .find(|f| f.name() == "tallyd_lines_rejected_total")
+            .unwrap();
+        let metric = rejected.get_metric().iter();
+        metric
+            .filter(|m| m.get_label()[0].value() == "datagram_too_large")
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    /// Datagrams read, whether the socket said it was empty, and the samples the batcher took.
+    fn read(
+        socket: &DatagramSocket,
+        buf: &mut Datagrams,
+        batcher: &mut Batcher,
+        limit: usize,
+    ) -> (u64, bool, u64) {
+        let read = read_batch(socket, buf, batcher, limit);
+        let samples = batcher.take().iter().map(|(_, b)| b.samples()).sum();
+        (read.packets, read.emptied, samples)
+    }
+
+    #[test]
+    fn a_read_takes_its_limit_over_several_calls_and_says_when_the_socket_is_empty() {
+        let ours = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let theirs = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        theirs.connect(ours.local_addr().unwrap()).unwrap();
+        let socket = DatagramSocket::Udp(ours);
+        socket.set_nonblocking().unwrap();
+        let telemetry = Arc::new(Telemetry::new());
+        let (mut buf, mut batcher) = (Datagrams::new(64), batcher(&telemetry));
+        for i in 0..RECEIVE_MANY + 4 {
+            theirs.send(format!("n.{i}:1|c").as_bytes()).unwrap();
+        }
+        theirs.send(&[b'x'; 65]).unwrap();
+        theirs.send(b"last:1|c").unwrap();
+        // Exactly the limit, over two calls: the socket has not said it is empty.
+        let limit = RECEIVE_MANY + 4;
+        let all = RECEIVE_MANY as u64 + 4;
+        assert_eq!(
+            read(&socket, &mut buf, &mut batcher, limit),
+            (all, false, all)
+        );
+        // The over-long datagram is refused whole and counted; the one after it lands.
+        assert_eq!(read(&socket, &mut buf, &mut batcher, limit), (2, true, 1));
+        assert_eq!(too_large(&telemetry), 1.0);
+        assert_eq!(read(&socket, &mut buf, &mut batcher, limit), (0, true, 0));
+    }
+
+    #[test]
+    fn a_unix_datagram_socket_is_read_the_same_way() {
+        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let socket = DatagramSocket::Unix(ours);
+        socket.set_nonblocking().unwrap();
+        let telemetry = Arc::new(Telemetry::new());
+        let (mut buf, mut batcher) = (Datagrams::new(64), batcher(&telemetry));
+        // Fewer than a Unix socket queues (net.unix.max_dgram_qlen, 10 by default).
+        theirs.send(b"u.a:1|c\nu.b:2|c").unwrap();
+        theirs.send(&[b'y'; 100]).unwrap();
+        theirs.send(b"u.a:3|c").unwrap();
+        assert_eq!(read(&socket, &mut buf, &mut batcher, 64), (3, true, 3));
+        assert_eq!(too_large(&telemetry), 1.0);
+    }
+}
