@@ -124,21 +124,24 @@ fn semantic_errors_name_their_source() {
         "{msg}"
     );
 
-    let (f, cli) = write("[statsd]\nreceive_coalesce = \"1s\"\n");
-    let msg = load(&cli, &[]).unwrap_err().to_string();
-    assert!(
-        msg.contains("statsd.receive_coalesce") && msg.contains("at most 100ms"),
-        "{msg}"
-    );
-    assert!(msg.contains(&format!("{}:2", f.0.display())), "{msg}");
-
-    let (f, cli) = write("[actors]\npublish_interval = \"61s\"\n");
-    let msg = load(&cli, &[]).unwrap_err().to_string();
-    assert!(
-        msg.contains("actors.publish_interval") && msg.contains("at most 60s"),
-        "{msg}"
-    );
-    assert!(msg.contains(&format!("{}:2", f.0.display())), "{msg}");
+    // Durations past their bounds: named with their file and line.
+    for (file, key, bound) in [
+        (
+            "[statsd]\nreceive_coalesce = \"1s\"\n",
+            "statsd.receive_coalesce",
+            "at most 100ms",
+        ),
+        (
+            "[actors]\npublish_interval = \"61s\"\n",
+            "actors.publish_interval",
+            "at most 60s",
+        ),
+    ] {
+        let (f, cli) = write(file);
+        let msg = load(&cli, &[]).unwrap_err().to_string();
+        assert!(msg.contains(key) && msg.contains(bound), "{msg}");
+        assert!(msg.contains(&format!("{}:2", f.0.display())), "{msg}");
+    }
 
     let cli = Cli {
         event_flush_threshold: Some("0".into()),

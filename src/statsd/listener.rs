@@ -1,10 +1,10 @@
 //! The StatsD sockets: a UDP or Unix datagram reader that takes up to `receive_batch` ready
 //! datagrams at a time, several to a system call ([`super::receive`]), pausing
 //! `receive_coalesce` after a read that found few, so that a steady stream is read in batches;
-//! and a TCP acceptor with one task per connection reading
-//! newline-separated lines. Each task owns its [`Batcher`] and [`Router`]; nothing is shared on
-//! the hot path but the telemetry counters. What a task reads waits in its batcher for the
-//! flush window (`statsd.event_flush_interval` after the first sample, or sooner once
+//! and a TCP acceptor with one task per connection reading newline-separated lines. Each task
+//! owns its [`Batcher`] and [`Router`]; nothing is shared on the hot path but the telemetry
+//! counters. What a task reads waits in its batcher for the flush window
+//! (`statsd.event_flush_interval` after the first sample, or sooner once
 //! `statsd.event_flush_threshold` updates are held), then each touched family gets one
 //! message. Both stop reading when the shutdown token fires, after dispatching what they have.
 
