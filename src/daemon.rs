@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::aggregator::AggregatorActor;
 use crate::barrier::Barrier;
 use crate::config::{self, Settings, DEFAULT_READ_BUFFER};
-use crate::family::FamilyContext;
+use crate::family::{FamilyContext, Hibernation};
 use crate::http::{self, HttpContext};
 use crate::ingest::IngestConfig;
 use crate::limits::{QueueBound, SeriesBudget};
@@ -164,17 +164,7 @@ pub async fn run(
         .context("cannot listen for SIGHUP")?;
     let telemetry = Arc::new(Telemetry::new());
     telemetry.mapping_loaded.set(mapper.len() as i64);
-    let (flush, hibernate) = (
-        settings.statsd.event_flush_interval,
-        settings.actors.hibernate_after,
-    );
-    if !hibernate.is_zero() && flush >= hibernate {
-        warn!(
-            ?flush,
-            ?hibernate,
-            "statsd.event_flush_interval is not under actors.hibernate_after: a family updated at every flush may hibernate and be respawned between flushes"
-        );
-    }
+    let flush = settings.statsd.event_flush_interval;
     let ttl = settings.statsd.default_ttl;
     if !ttl.is_zero() && ttl <= flush {
         warn!(
@@ -190,7 +180,12 @@ pub async fn run(
         aggregator: aggregator.clone(),
         telemetry: telemetry.clone(),
         publish_interval: settings.actors.publish_interval,
-        hibernate_after: Some(settings.actors.hibernate_after).filter(|h| !h.is_zero()),
+        hibernation: Some(settings.actors.hibernate_after)
+            .filter(|after| !after.is_zero())
+            .map(|after| Hibernation {
+                after,
+                flush_interval: flush,
+            }),
         set_window: settings.statsd.set_window,
         budget: Arc::new(SeriesBudget::new(
             settings.limits.max_series,

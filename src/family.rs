@@ -6,10 +6,11 @@
 //!
 //! Series that see no update for their TTL are removed; a family left with none asks the
 //! registry to retire it (see [`crate::registry`]). A family without a TTL that sees no update
-//! for `hibernate_after` asks to hibernate: the registry stops the actor and keeps its state,
-//! its snapshot stays with the aggregator, and the next update respawns it with that state. New series are taken from the shared
-//! [`SeriesBudget`]; past a limit the update is refused and counted, while existing series
-//! keep updating.
+//! for `hibernate_after` (or, if it gets a batch in every flush window, until it misses one;
+//! see [`Hibernation`]) asks to hibernate: the registry stops the actor and keeps its state,
+//! its snapshot stays with the aggregator, and the next update respawns it with that state.
+//! New series are taken from the shared [`SeriesBudget`]; past a limit the update is refused
+//! and counted, while existing series keep updating.
 
 pub mod observer;
 pub mod set;
@@ -61,12 +62,42 @@ pub struct FamilyContext {
     pub telemetry: Arc<Telemetry>,
     /// Longest time between an update and its snapshot reaching the aggregator.
     pub publish_interval: Duration,
-    /// Idle time after which a family without a TTL hibernates; `None`: never.
-    pub hibernate_after: Option<Duration>,
+    /// When an idle family without a TTL hibernates; `None`: never.
+    pub hibernation: Option<Hibernation>,
     /// The window over which a set counts distinct members.
     pub set_window: Duration,
     /// How many series may exist.
     pub budget: Arc<SeriesBudget>,
+}
+
+/// When an idle family hibernates: after `after` without an update, or, for a steady family,
+/// once it has also missed a whole flush window. A family is steady when its last batch came
+/// within a window and a half of the one before, as it does when it is updated in every
+/// window: it is not stopped and respawned between windows however short `after` is, while
+/// sporadic families hibernate after `after` as before.
+#[derive(Clone, Copy, Debug)]
+pub struct Hibernation {
+    /// `actors.hibernate_after`.
+    pub after: Duration,
+    /// `statsd.event_flush_interval`: how often a family updated steadily gets a batch.
+    pub flush_interval: Duration,
+}
+
+impl Hibernation {
+    /// True for a batch that came `gap` after the one before it, when that is within a flush
+    /// window and a half (a window, and the pause that starts the next).
+    fn steady(&self, gap: Duration) -> bool {
+        gap <= self.flush_interval + self.flush_interval / 2
+    }
+
+    /// How long a family may go without an update before it hibernates.
+    fn idle_limit(&self, steady: bool) -> Duration {
+        if steady {
+            self.after.max(self.flush_interval * 2)
+        } else {
+            self.after
+        }
+    }
 }
 
 /// Messages a family actor handles.
@@ -83,7 +114,7 @@ pub enum FamilyMsg {
     /// Publish a set family again, whose count falls as members age out with no update to
     /// say so (sent by the actor to itself).
     Refresh,
-    /// Hibernate if no update came for `hibernate_after` (sent by the registry's idle sweep
+    /// Hibernate if idle long enough (see [`Hibernation`]; sent by the registry's idle sweep
     /// once the family's [`IdleDue`] has passed).
     IdleCheck,
     /// Fail on purpose (fault injection for supervision drills): the registry restarts the
@@ -98,7 +129,7 @@ pub struct FamilyActor {
     pub registry: ActorRef<RegistryMsg>,
 }
 
-/// When a live family may first have been idle for `hibernate_after`, shared by its actor,
+/// When a live family may first have been idle long enough to hibernate, shared by its actor,
 /// which sets it as updates come, and the registry, whose periodic idle sweep asks the family
 /// to check once it has passed: an atomic store per batch rather than a timer per family.
 #[derive(Clone, Debug)]
@@ -311,8 +342,14 @@ pub struct FamilyState {
     refresh_scheduled: bool,
     /// When it may be idle enough to hibernate, for the registry's idle sweep.
     idle: IdleDue,
-    /// When the last update was applied.
+    /// When the last update was applied, or the family was born or woken: its idle time
+    /// counts from there.
     last_update: Instant,
+    /// When the last update was applied, if one ever was (before it hibernated, too).
+    last_batch: Option<Instant>,
+    /// The last batch came within a flush window and a half of the one before (see
+    /// [`Hibernation`]).
+    steady: bool,
     /// How long the last snapshot took to render.
     render_cost: Duration,
     /// When the last snapshot was sent.
@@ -376,7 +413,9 @@ impl Dormant {
             })
             .collect();
         // It published as it stopped, so nothing is dirty; its next update is published at
-        // once, its render cost measured again.
+        // once, its render cost measured again. Its last batch came when its newest series
+        // was updated, so the next batch can tell whether the family is steady.
+        state.last_batch = state.series.values().map(|entry| entry.last_seen).max();
         state.updates = self.updates;
         state.rate = self.rate.clone();
         state
@@ -428,6 +467,8 @@ impl FamilyState {
             refresh_scheduled: false,
             idle: IdleDue::new(),
             last_update: Instant::now(),
+            last_batch: None,
+            steady: false,
             render_cost: Duration::ZERO,
             published_at: None,
         }
@@ -509,6 +550,11 @@ impl FamilyState {
             }
         }
         if applied > 0 {
+            self.steady = self
+                .last_batch
+                .zip(self.ctx.hibernation)
+                .is_some_and(|(last, h)| h.steady(now.saturating_duration_since(last)));
+            self.last_batch = Some(now);
             self.last_update = now;
             self.ctx.telemetry.updates.inc_by(applied);
             self.updates += applied;
@@ -647,11 +693,11 @@ impl FamilyState {
     /// How long until the family may hibernate, if it ever may: it has no TTL (its series
     /// must be swept, which a stopped actor cannot do) and no set members still counting.
     fn idle_left(&self, now: Instant) -> Option<Duration> {
-        let after = self.ctx.hibernate_after?;
+        let limit = self.ctx.hibernation?.idle_limit(self.steady);
         if self.meta.ttl.is_some() || self.live_set_slot(now).is_some() {
             return None;
         }
-        Some(after.saturating_sub(now.saturating_duration_since(self.last_update)))
+        Some(limit.saturating_sub(now.saturating_duration_since(self.last_update)))
     }
 
     /// Tells the registry's idle sweep when to ask this family to check whether it is idle
@@ -866,7 +912,7 @@ mod tests {
             aggregator,
             telemetry: Arc::new(Telemetry::new()),
             publish_interval: Duration::from_millis(20),
-            hibernate_after: None,
+            hibernation: None,
             set_window: Duration::from_secs(60),
             budget: Arc::new(SeriesBudget::new(100, 100)),
         });

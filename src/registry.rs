@@ -323,8 +323,10 @@ impl Actor for RegistryActor {
         myself: ActorRef<RegistryMsg>,
         ctx: Arc<FamilyContext>,
     ) -> Result<RegistryState, ActorProcessingErr> {
-        if let Some(after) = ctx.hibernate_after {
-            myself.send_interval(idle_sweep_every(after), || RegistryMsg::IdleSweep);
+        if let Some(hibernation) = ctx.hibernation {
+            myself.send_interval(idle_sweep_every(hibernation.after), || {
+                RegistryMsg::IdleSweep
+            });
         }
         Ok(RegistryState {
             ctx,

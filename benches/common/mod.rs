@@ -81,7 +81,7 @@ pub fn family_context(
         aggregator,
         telemetry,
         publish_interval,
-        hibernate_after: None,
+        hibernation: None,
         set_window: Duration::from_secs(60),
         budget: Arc::new(SeriesBudget::new(usize::MAX, usize::MAX)),
     })

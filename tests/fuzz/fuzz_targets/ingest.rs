@@ -116,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
         aggregator: shared().aggregator.clone(),
         telemetry: telemetry.clone(),
         publish_interval: Duration::from_millis(20),
-        hibernate_after: None,
+        hibernation: None,
         set_window: Duration::from_secs(60),
         budget: budget.clone(),
     });
