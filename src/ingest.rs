@@ -149,13 +149,17 @@ struct Resolved {
 }
 
 /// A line's name (with the `:` after it), value and fields (from the `|` after the value), as
-/// [`parse::parse`] splits them; `None` for a line with no value and type.
-fn split_value(raw: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+/// [`parse::parse`] splits them; `None` for a line with no value and type, or with several
+/// values (`name:1:2|c`).
+fn split_single(raw: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     // Names and values are short: a plain search beats a vectorised one's set-up.
     let colon = raw.iter().position(|&b| b == b':')?;
     let (name, body) = raw.split_at(colon + 1);
-    let bar = body.iter().position(|&b| b == b'|')?;
-    let (value, fields) = body.split_at(bar);
+    let end = body.iter().position(|&b| b == b'|' || b == b':')?;
+    if body[end] == b':' {
+        return None;
+    }
+    let (value, fields) = body.split_at(end);
     Some((name, value, fields))
 }
 
@@ -172,7 +176,7 @@ struct Scanned {
     known: Option<Resolved>,
 }
 
-/// A line's name, value and fields in the datagram (see [`split_value`]), and the line cache's
+/// A line's name, value and fields in the datagram (see [`split_single`]), and the line cache's
 /// hash of its name and fields.
 #[derive(Debug)]
 struct Parts {
@@ -341,19 +345,17 @@ impl Batcher {
         loop {
             // Each line's slot is asked for,
             for line in lines.by_ref().take(LOOKAHEAD) {
-                let parts = split_value(line)
-                    .filter(|(_, value, _)| !value.contains(&b':'))
-                    .map(|(name, value, fields)| {
-                        let hash = lines::hash(name, fields);
-                        self.lines.prefetch(hash);
-                        let range = |part| range_in(datagram, part);
-                        Parts {
-                            name: range(name),
-                            value: range(value),
-                            fields: range(fields),
-                            hash,
-                        }
-                    });
+                let parts = split_single(line).map(|(name, value, fields)| {
+                    let hash = lines::hash(name, fields);
+                    self.lines.prefetch(hash);
+                    let range = |part| range_in(datagram, part);
+                    Parts {
+                        name: range(name),
+                        value: range(value),
+                        fields: range(fields),
+                        hash,
+                    }
+                });
                 scan.push(Scanned {
                     line: range_in(datagram, line),
                     parts,
@@ -490,7 +492,7 @@ impl Batcher {
 
     /// Remembers what the line `raw` resolved to, for the next lines with its name and fields.
     fn remember(&mut self, raw: &[u8], resolved: Resolved) {
-        let Some((name, _, fields)) = split_value(raw) else {
+        let Some((name, _, fields)) = split_single(raw) else {
             return;
         };
         let len = name.len() + fields.len();
