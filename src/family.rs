@@ -71,10 +71,11 @@ pub struct FamilyContext {
 }
 
 /// When an idle family hibernates: after `after` without an update, or, for a steady family,
-/// once it has also missed a whole flush window. A family is steady when its last batch came
-/// within a window and a half of the one before, as it does when it is updated in every
-/// window: it is not stopped and respawned between windows however short `after` is, while
-/// sporadic families hibernate after `after` as before.
+/// once it has also missed a whole flush window. A family is steady when its last two updates
+/// came within a window and a half of each other: its last batch held more than one sample, or
+/// came within a window and a half of the batch before, as when it is updated in every window.
+/// A steady family is not stopped and respawned between windows however short `after` is,
+/// while a sporadic one (a name sent once every few seconds) hibernates after `after`.
 #[derive(Clone, Copy, Debug)]
 pub struct Hibernation {
     /// `actors.hibernate_after`.
@@ -347,7 +348,7 @@ pub struct FamilyState {
     last_update: Instant,
     /// When the last update was applied, if one ever was (before it hibernated, too).
     last_batch: Option<Instant>,
-    /// The last batch came within a flush window and a half of the one before (see
+    /// The last two updates came within a flush window and a half of each other (see
     /// [`Hibernation`]).
     steady: bool,
     /// How long the last snapshot took to render.
@@ -550,10 +551,12 @@ impl FamilyState {
             }
         }
         if applied > 0 {
-            self.steady = self
-                .last_batch
-                .zip(self.ctx.hibernation)
-                .is_some_and(|(last, h)| h.steady(now.saturating_duration_since(last)));
+            // Two updates in one batch came within a window of each other.
+            self.steady = applied > 1
+                || self
+                    .last_batch
+                    .zip(self.ctx.hibernation)
+                    .is_some_and(|(last, h)| h.steady(now.saturating_duration_since(last)));
             self.last_batch = Some(now);
             self.last_update = now;
             self.ctx.telemetry.updates.inc_by(applied);
@@ -901,6 +904,50 @@ mod tests {
             op,
             samples: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn a_family_updated_within_a_window_and_a_half_stays_live_for_two_windows() {
+        let (aggregator, _) = ractor::Actor::spawn(None, AggregatorActor, ())
+            .await
+            .unwrap();
+        let (after, window) = (Duration::from_millis(100), Duration::from_secs(2));
+        let ctx = Arc::new(FamilyContext {
+            aggregator,
+            telemetry: Arc::new(Telemetry::new()),
+            publish_interval: Duration::from_secs(15),
+            hibernation: Some(Hibernation {
+                after,
+                flush_interval: window,
+            }),
+            set_window: Duration::from_secs(60),
+            budget: Arc::new(SeriesBudget::new(100, 100)),
+        });
+        let ms = Duration::from_millis;
+        let mut family = FamilyState::new(spec(Kind::Counter), ctx.clone());
+        let start = Instant::now();
+        // (batch at, samples in it, idle time allowed after it)
+        for (at, samples, idle) in [
+            // One sample, no batch before: sporadic.
+            (ms(0), 1, after),
+            // The next window's batch: steady.
+            (ms(2_100), 1, window * 2),
+            // A window and a half after the last, to the millisecond: steady.
+            (ms(5_100), 1, window * 2),
+            // Two windows after: sporadic again.
+            (ms(9_100), 1, after),
+            // Two samples in one batch came within a window of each other: steady.
+            (ms(20_000), 2, window * 2),
+        ] {
+            let now = start + at;
+            family.apply(vec![update("a", Op::Add(1.0)); samples], now);
+            assert_eq!(family.idle_left(now), Some(idle), "batch at {at:?}");
+        }
+        assert_eq!(
+            family.idle_left(start + ms(20_000) + window),
+            Some(window),
+            "idle time counts from the last batch"
+        );
     }
 
     #[tokio::test]
