@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::aggregator::AggregatorActor;
 use crate::barrier::Barrier;
 use crate::config::{self, Settings, DEFAULT_READ_BUFFER};
-use crate::family::{FamilyContext, Hibernation};
+use crate::family::FamilyContext;
 use crate::http::{self, HttpContext};
 use crate::ingest::IngestConfig;
 use crate::limits::{QueueBound, SeriesBudget};
@@ -164,15 +164,6 @@ pub async fn run(
         .context("cannot listen for SIGHUP")?;
     let telemetry = Arc::new(Telemetry::new());
     telemetry.mapping_loaded.set(mapper.len() as i64);
-    let flush = settings.statsd.event_flush_interval;
-    let ttl = settings.statsd.default_ttl;
-    if !ttl.is_zero() && ttl <= flush {
-        warn!(
-            ?flush,
-            ?ttl,
-            "statsd.default_ttl is not over statsd.event_flush_interval: a series is seen when its family applies it, so one updated steadily may expire between flushes"
-        );
-    }
     let (aggregator, aggregator_task) = Actor::spawn(None, AggregatorActor, ())
         .await
         .context("cannot start the aggregator")?;
@@ -180,12 +171,8 @@ pub async fn run(
         aggregator: aggregator.clone(),
         telemetry: telemetry.clone(),
         publish_interval: settings.actors.publish_interval,
-        hibernation: Some(settings.actors.hibernate_after)
-            .filter(|after| !after.is_zero())
-            .map(|after| Hibernation {
-                after,
-                flush_interval: flush,
-            }),
+        flush_interval: settings.statsd.event_flush_interval,
+        hibernate_after: Some(settings.actors.hibernate_after).filter(|after| !after.is_zero()),
         set_window: settings.statsd.set_window,
         budget: Arc::new(SeriesBudget::new(
             settings.limits.max_series,

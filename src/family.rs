@@ -7,7 +7,7 @@
 //! Series that see no update for their TTL are removed; a family left with none asks the
 //! registry to retire it (see [`crate::registry`]). A family without a TTL that sees no update
 //! for `hibernate_after` (or, if it gets a batch in every flush window, until it misses one;
-//! see [`Hibernation`]) asks to hibernate: the registry stops the actor and keeps its state,
+//! see [`FamilyContext::idle_limit`]) asks to hibernate: the registry stops the actor and keeps its state,
 //! its snapshot stays with the aggregator, and the next update respawns it with that state.
 //! New series are taken from the shared [`SeriesBudget`]; past a limit the update is refused
 //! and counted, while existing series keep updating.
@@ -62,42 +62,46 @@ pub struct FamilyContext {
     pub telemetry: Arc<Telemetry>,
     /// Longest time between an update and its snapshot reaching the aggregator.
     pub publish_interval: Duration,
-    /// When an idle family without a TTL hibernates; `None`: never.
-    pub hibernation: Option<Hibernation>,
+    /// `statsd.event_flush_interval`: how long a line may wait at its listener before its
+    /// family applies it, and how often a family updated steadily gets a batch.
+    pub flush_interval: Duration,
+    /// Idle time after which a family without a TTL hibernates, unless it is steady (see
+    /// [`FamilyContext::idle_limit`]); `None`: never.
+    pub hibernate_after: Option<Duration>,
     /// The window over which a set counts distinct members.
     pub set_window: Duration,
     /// How many series may exist.
     pub budget: Arc<SeriesBudget>,
 }
 
-/// When an idle family hibernates: after `after` without an update, or, for a steady family,
-/// once it has also missed a whole flush window. A family is steady when its last two updates
-/// came within a window and a half of each other: its last batch held more than one sample, or
-/// came within a window and a half of the batch before, as when it is updated in every window.
-/// A steady family is not stopped and respawned between windows however short `after` is,
-/// while a sporadic one (a name sent once every few seconds) hibernates after `after`.
-#[derive(Clone, Copy, Debug)]
-pub struct Hibernation {
-    /// `actors.hibernate_after`.
-    pub after: Duration,
-    /// `statsd.event_flush_interval`: how often a family updated steadily gets a batch.
-    pub flush_interval: Duration,
-}
-
-impl Hibernation {
+impl FamilyContext {
     /// True for a batch that came `gap` after the one before it, when that is within a flush
     /// window and a half (a window, and the pause that starts the next).
     fn steady(&self, gap: Duration) -> bool {
         gap <= self.flush_interval + self.flush_interval / 2
     }
 
-    /// How long a family may go without an update before it hibernates.
-    fn idle_limit(&self, steady: bool) -> Duration {
-        if steady {
-            self.after.max(self.flush_interval * 2)
+    /// How long a family may go without an update before it hibernates; `None`: never. A
+    /// family is steady when its last two updates came within a flush window and a half of
+    /// each other: its last batch held more than one sample, or came within a window and a
+    /// half of the batch before, as when it is updated in every window. A steady family waits
+    /// until it has also missed a whole window, so it is not stopped and respawned between
+    /// windows however short `hibernate_after` is; a sporadic one (a name sent once every few
+    /// seconds) hibernates after `hibernate_after`.
+    fn idle_limit(&self, steady: bool) -> Option<Duration> {
+        let after = self.hibernate_after?;
+        Some(if steady {
+            after.max(self.flush_interval * 2)
         } else {
-            self.after
-        }
+            after
+        })
+    }
+
+    /// How long a series of this TTL is kept after its family last applied it: its TTL, and
+    /// the flush window a line may have waited at its listener, so that a series updated more
+    /// often than its TTL never expires between two flushes.
+    fn kept_for(&self, ttl: Duration) -> Duration {
+        ttl + self.flush_interval
     }
 }
 
@@ -115,7 +119,7 @@ pub enum FamilyMsg {
     /// Publish a set family again, whose count falls as members age out with no update to
     /// say so (sent by the actor to itself).
     Refresh,
-    /// Hibernate if idle long enough (see [`Hibernation`]; sent by the registry's idle sweep
+    /// Hibernate if idle long enough (see [`FamilyContext::idle_limit`]; sent by the registry's idle sweep
     /// once the family's [`IdleDue`] has passed).
     IdleCheck,
     /// Fail on purpose (fault injection for supervision drills): the registry restarts the
@@ -349,7 +353,7 @@ pub struct FamilyState {
     /// When the last update was applied, if one ever was (before it hibernated, too).
     last_batch: Option<Instant>,
     /// The last two updates came within a flush window and a half of each other (see
-    /// [`Hibernation`]).
+    /// [`FamilyContext::idle_limit`]).
     steady: bool,
     /// How long the last snapshot took to render.
     render_cost: Duration,
@@ -555,8 +559,7 @@ impl FamilyState {
             self.steady = applied > 1
                 || self
                     .last_batch
-                    .zip(self.ctx.hibernation)
-                    .is_some_and(|(last, h)| h.steady(now.saturating_duration_since(last)));
+                    .is_some_and(|last| self.ctx.steady(now.saturating_duration_since(last)));
             self.last_batch = Some(now);
             self.last_update = now;
             self.ctx.telemetry.updates.inc_by(applied);
@@ -696,7 +699,7 @@ impl FamilyState {
     /// How long until the family may hibernate, if it ever may: it has no TTL (its series
     /// must be swept, which a stopped actor cannot do) and no set members still counting.
     fn idle_left(&self, now: Instant) -> Option<Duration> {
-        let limit = self.ctx.hibernation?.idle_limit(self.steady);
+        let limit = self.ctx.idle_limit(self.steady)?;
         if self.meta.ttl.is_some() || self.live_set_slot(now).is_some() {
             return None;
         }
@@ -713,7 +716,7 @@ impl FamilyState {
         if let Some(ttl) = self.meta.ttl {
             if !self.sweep_scheduled {
                 self.sweep_scheduled = true;
-                // A series leaves between one TTL and a TTL and a quarter after its update.
+                // A series leaves between `kept_for` its TTL and a quarter of a TTL after that.
                 let every = (ttl / 4).max(Duration::from_millis(10));
                 myself.send_after(every, || FamilyMsg::Sweep);
             }
@@ -725,9 +728,10 @@ impl FamilyState {
         let Some(ttl) = self.meta.ttl else {
             return 0;
         };
+        let kept = self.ctx.kept_for(ttl);
         let before = self.series.len();
         self.series
-            .retain(|_, entry| now.saturating_duration_since(entry.last_seen) < ttl);
+            .retain(|_, entry| now.saturating_duration_since(entry.last_seen) < kept);
         let expired = before - self.series.len();
         if expired > 0 {
             release_series(&self.ctx, &self.series_gauge, expired);
@@ -916,10 +920,8 @@ mod tests {
             aggregator,
             telemetry: Arc::new(Telemetry::new()),
             publish_interval: Duration::from_secs(15),
-            hibernation: Some(Hibernation {
-                after,
-                flush_interval: window,
-            }),
+            flush_interval: window,
+            hibernate_after: Some(after),
             set_window: Duration::from_secs(60),
             budget: Arc::new(SeriesBudget::new(100, 100)),
         });
@@ -959,7 +961,8 @@ mod tests {
             aggregator,
             telemetry: Arc::new(Telemetry::new()),
             publish_interval: Duration::from_millis(20),
-            hibernation: None,
+            flush_interval: Duration::from_secs(2),
+            hibernate_after: None,
             set_window: Duration::from_secs(60),
             budget: Arc::new(SeriesBudget::new(100, 100)),
         });

@@ -323,10 +323,8 @@ impl Actor for RegistryActor {
         myself: ActorRef<RegistryMsg>,
         ctx: Arc<FamilyContext>,
     ) -> Result<RegistryState, ActorProcessingErr> {
-        if let Some(hibernation) = ctx.hibernation {
-            myself.send_interval(idle_sweep_every(hibernation.after), || {
-                RegistryMsg::IdleSweep
-            });
+        if let Some(after) = ctx.hibernate_after {
+            myself.send_interval(idle_sweep_every(after), || RegistryMsg::IdleSweep);
         }
         Ok(RegistryState {
             ctx,

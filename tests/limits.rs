@@ -8,25 +8,27 @@ use common::Tallyd;
 
 #[test]
 fn idle_series_expire_and_an_empty_family_retires() {
-    // A series is seen when its family applies it: the flush window must be well under the
-    // TTL for the series kept alive below to stay.
-    let t = Tallyd::start(&[
-        "--statsd.default-ttl=300ms",
-        "--statsd.event-flush-interval=20ms",
-    ]);
+    // A TTL under the 2 s flush window: a line may wait a window at its listener before its
+    // family sees it, so a series is kept for its TTL and a window after it was last applied,
+    // and one updated steadily never expires between two flushes.
+    let t = Tallyd::start(&["--statsd.default-ttl=1s"]);
     t.send_udp(b"ttl.req:1|c|#k:a\nttl.req:1|c|#k:b\nkept.gauge:5|g");
     let e = t.wait_value("tallyd_metric_actors", &[], 2.0);
     assert_eq!(e.value("tallyd_series", &[("type", "counter")]), Some(2.0));
-    // Keep one series alive while the others go idle.
+    // Keep one series alive while the others go idle, with no scrape meanwhile (a scrape
+    // would have the listener flush), for longer than the TTL and a window.
     let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_millis(600) {
+    let mut sent = 1;
+    while start.elapsed() < std::time::Duration::from_secs(4) {
         t.send_udp(b"ttl.req:1|c|#k:a");
+        sent += 1;
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let e = t.wait_for("k=b and the gauge expired", |e| {
         e.value("ttl_req", &[("k", "b")]).is_none() && e.value("kept_gauge", &[]).is_none()
     });
-    assert!(e.value("ttl_req", &[("k", "a")]).is_some_and(|v| v > 1.0));
+    // Never expired on the way: not one increment lost to a restart of the series.
+    assert_eq!(e.value("ttl_req", &[("k", "a")]), Some(f64::from(sent)));
     assert_eq!(e.value("tallyd_series", &[("type", "gauge")]), Some(0.0));
     // The gauge family had no series left: its actor retired.
     let e = t.wait_value("tallyd_family_retirements_total", &[], 1.0);

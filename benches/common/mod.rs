@@ -81,7 +81,8 @@ pub fn family_context(
         aggregator,
         telemetry,
         publish_interval,
-        hibernation: None,
+        flush_interval: Duration::from_secs(2),
+        hibernate_after: None,
         set_window: Duration::from_secs(60),
         budget: Arc::new(SeriesBudget::new(usize::MAX, usize::MAX)),
     })

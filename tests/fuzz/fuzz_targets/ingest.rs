@@ -116,7 +116,8 @@ fuzz_target!(|data: &[u8]| {
         aggregator: shared().aggregator.clone(),
         telemetry: telemetry.clone(),
         publish_interval: Duration::from_millis(20),
-        hibernation: None,
+        flush_interval: Duration::from_secs(2),
+        hibernate_after: None,
         set_window: Duration::from_secs(60),
         budget: budget.clone(),
     });
