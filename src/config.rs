@@ -249,7 +249,9 @@ pub struct StatsdSettings {
     /// Parse SignalFX tags `name[k=v]`. Default true.
     pub parse_signalfx_tags: bool,
     /// Series idle this long disappear from /metrics, unless their mapping rule (or the
-    /// mapping file's defaults) sets a `ttl`; `0s` keeps them forever. Default `0s`.
+    /// mapping file's defaults) sets a `ttl`; `0s` keeps them forever. Counted from when the
+    /// family last applied the series, plus `event_flush_interval`, the longest a line waits
+    /// at its listener before that. Default `0s`.
     #[serde(with = "humantime_serde")]
     pub default_ttl: Duration,
     /// Window over which a set (`s`) counts distinct members. Default `60s`.
