@@ -7,8 +7,9 @@
 //! Series that see no update for their TTL are removed; a family left with none asks the
 //! registry to retire it (see [`crate::registry`]). A family without a TTL that sees no update
 //! for `hibernate_after` (or, if it gets a batch in every flush window, until it misses one;
-//! see [`FamilyContext::idle_limit`]) asks to hibernate: the registry stops the actor and keeps its state,
-//! its snapshot stays with the aggregator, and the next update respawns it with that state.
+//! see [`FamilyContext::hibernate_after`]) asks to hibernate: the registry stops the actor and
+//! keeps its state, its snapshot stays with the aggregator, and the next update respawns it
+//! with that state.
 //! New series are taken from the shared [`SeriesBudget`]; past a limit the update is refused
 //! and counted, while existing series keep updating.
 
@@ -65,8 +66,12 @@ pub struct FamilyContext {
     /// `statsd.event_flush_interval`: how long a line may wait at its listener before its
     /// family applies it, and how often a family updated steadily gets a batch.
     pub flush_interval: Duration,
-    /// Idle time after which a family without a TTL hibernates, unless it is steady (see
-    /// [`FamilyContext::idle_limit`]); `None`: never.
+    /// Idle time after which a family without a TTL hibernates; `None`: never. A family is
+    /// steady when its last two updates came within a flush window and a half of each other:
+    /// its last batch held more than one sample, or came within a window and a half of the
+    /// batch before, as when it is updated in every window. A steady family waits until it has
+    /// also missed a whole window, so it is not stopped and respawned between windows however
+    /// short this is; a sporadic one (a name sent once every few seconds) hibernates after it.
     pub hibernate_after: Option<Duration>,
     /// The window over which a set counts distinct members.
     pub set_window: Duration,
@@ -81,13 +86,8 @@ impl FamilyContext {
         gap <= self.flush_interval + self.flush_interval / 2
     }
 
-    /// How long a family may go without an update before it hibernates; `None`: never. A
-    /// family is steady when its last two updates came within a flush window and a half of
-    /// each other: its last batch held more than one sample, or came within a window and a
-    /// half of the batch before, as when it is updated in every window. A steady family waits
-    /// until it has also missed a whole window, so it is not stopped and respawned between
-    /// windows however short `hibernate_after` is; a sporadic one (a name sent once every few
-    /// seconds) hibernates after `hibernate_after`.
+    /// How long a family, steady or not, may go without an update before it hibernates (see
+    /// [`FamilyContext::hibernate_after`]); `None`: never.
     fn idle_limit(&self, steady: bool) -> Option<Duration> {
         let after = self.hibernate_after?;
         Some(if steady {
@@ -119,8 +119,8 @@ pub enum FamilyMsg {
     /// Publish a set family again, whose count falls as members age out with no update to
     /// say so (sent by the actor to itself).
     Refresh,
-    /// Hibernate if idle long enough (see [`FamilyContext::idle_limit`]; sent by the registry's idle sweep
-    /// once the family's [`IdleDue`] has passed).
+    /// Hibernate if idle long enough (see [`FamilyContext::hibernate_after`]; sent by the
+    /// registry's idle sweep once the family's [`IdleDue`] has passed).
     IdleCheck,
     /// Fail on purpose (fault injection for supervision drills): the registry restarts the
     /// family empty.
@@ -353,7 +353,7 @@ pub struct FamilyState {
     /// When the last update was applied, if one ever was (before it hibernated, too).
     last_batch: Option<Instant>,
     /// The last two updates came within a flush window and a half of each other (see
-    /// [`FamilyContext::idle_limit`]).
+    /// [`FamilyContext::hibernate_after`]).
     steady: bool,
     /// How long the last snapshot took to render.
     render_cost: Duration,

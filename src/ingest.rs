@@ -447,7 +447,7 @@ impl Batcher {
     }
 
     /// Adds one line (without its newline), and remembers how it resolved when a line with
-    /// the same name and fields can reuse that (see [`Resolved`]).
+    /// the same name and fields can reuse that (see `Resolved`).
     pub fn ingest_line(&mut self, raw: &[u8]) {
         self.counts.lines += 1;
         let line = match parse::parse(raw, self.config.styles) {
@@ -672,7 +672,7 @@ impl Batcher {
         Ok(LabelSet::from_pairs(pairs))
     }
 
-    /// On the listener's idle tick: after [`CACHE_IDLE`] without input, with nothing held, lets
+    /// On the listener's idle tick: after `CACHE_IDLE` without input, with nothing held, lets
     /// go of every cache (lines, slots, names, mappings). An idle listener keeps no memory for
     /// names it may not see again; its next lines take the long way once.
     pub fn idle_tick(&mut self, now: Instant) {

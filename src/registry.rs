@@ -59,7 +59,7 @@ pub enum RegistryMsg {
     /// until the family has stopped, and so published.
     HoldTicket(Arc<str>, Ticket),
     /// Ask every live family idle long enough to hibernate to check (sent by the registry to
-    /// itself, every [`idle_sweep_every`]).
+    /// itself, every `idle_sweep_every`).
     IdleSweep,
 }
 

@@ -250,7 +250,7 @@ const FILL_RATE: f64 = 256.0 * 1024.0 * 1024.0;
 
 /// The pause of a UDP reader after a read that found few datagrams (see [`serve_datagrams`]):
 /// `configured` (`statsd.receive_coalesce`), shortened so that the socket's receive buffer
-/// holds what can arrive meanwhile at [`FILL_RATE`]. (A Unix datagram reader does not pause:
+/// holds what can arrive meanwhile at `FILL_RATE`. (A Unix datagram reader does not pause:
 /// its queue is a few datagrams long, `net.unix.max_dgram_qlen`, and refuses senders when full.)
 pub fn udp_pause(udp: &std::net::UdpSocket, configured: Duration) -> Duration {
     let buffer = socket2::SockRef::from(udp).recv_buffer_size().unwrap_or(0);
