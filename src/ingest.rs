@@ -1005,7 +1005,8 @@ mod tests {
             let mut datagram = String::new();
             for (i, line) in lines.iter().enumerate() {
                 if !datagram.is_empty() {
-                    datagram.push('\n');
+                    // Every third line ends in CRLF, and an empty line is skipped.
+                    datagram.push_str(["\n", "\r\n", "\n\n"][i % 3]);
                 }
                 datagram.push_str(line);
                 fresh.ingest_line(line.as_bytes());

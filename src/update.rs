@@ -81,6 +81,15 @@ pub enum Op {
     Insert(u64),
 }
 
+/// A set member's hash: SipHash with fixed keys, well mixed, as the HyperLogLog needs, and
+/// stable. Out of line, so that [`Op::from_sample`] stays small enough to inline.
+#[inline(never)]
+fn member_hash(member: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(member, &mut hasher);
+    std::hash::Hasher::finish(&hasher)
+}
+
 impl Op {
     /// Applies statsd_exporter's semantics to a parsed sample: counters are divided by the
     /// sample rate, timers go from milliseconds to seconds, observations are counted
@@ -88,12 +97,9 @@ impl Op {
     #[inline]
     pub fn from_sample(sample: &Sample<'_>) -> Op {
         match sample.metric_type {
-            MetricType::Set => {
-                // SipHash with fixed keys: well mixed, as the HyperLogLog needs, and stable.
-                let mut hasher = std::hash::DefaultHasher::new();
-                std::hash::Hash::hash(sample.text, &mut hasher);
-                Op::Insert(std::hash::Hasher::finish(&hasher))
-            }
+            MetricType::Set => Op::Insert(member_hash(sample.text)),
+            // Most lines have no rate: no division for them (one by 1 changes nothing).
+            MetricType::Counter if sample.sample_rate == 1.0 => Op::Add(sample.value),
             MetricType::Counter => Op::Add(sample.value / sample.sample_rate),
             MetricType::Gauge if sample.relative => Op::Shift(sample.value),
             MetricType::Gauge => Op::Set(sample.value),

@@ -239,7 +239,7 @@ fn the_defaults_start_without_a_warning() {
 
 #[test]
 fn the_receive_pause_is_shortened_to_what_a_small_udp_buffer_holds() {
-    // 100,000 bytes (the kernel doubles it) holds under 1 ms of a full-speed stream: the 25 ms
+    // 100,000 bytes (the kernel doubles it) holds under 2 ms of a full-speed stream: the 50 ms
     // default pause is shortened, and said so; the lines still all land.
     let t = Tallyd::start(&["--statsd.read-buffer=100000"]);
     let logs = t.logs();

@@ -244,9 +244,11 @@ enum Next {
 }
 
 /// How fast the kernel may fill a UDP socket's receive buffer while its reader pauses, in bytes
-/// of buffer a second: 256 MiB/s is about 110,000 datagrams of 1,400 bytes a second (each
-/// takes about 2.3 KiB of buffer), twice what tallyd reads flat out on 2 cores.
-const FILL_RATE: f64 = 256.0 * 1024.0 * 1024.0;
+/// of buffer a second: 128 MiB/s is about 57,000 datagrams of 1,400 bytes a second (each takes
+/// about 2.1–2.3 KiB of buffer), what tallyd reads flat out on 2 cores (5 million counter lines
+/// a second). A sender faster than that overflows the buffer whether the reader pauses or not;
+/// up to it, a pause never does.
+const FILL_RATE: f64 = 128.0 * 1024.0 * 1024.0;
 
 /// The pause of a UDP reader after a read that found few datagrams (see [`serve_datagrams`]):
 /// `configured` (`statsd.receive_coalesce`), shortened so that the socket's receive buffer
