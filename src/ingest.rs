@@ -14,7 +14,6 @@ mod pending;
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::debug;
@@ -187,33 +186,48 @@ fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     rest.iter().position(|&c| c == a || c == b).map(|i| at + i)
 }
 
-/// A line of the datagram being added, as [`Batcher::ingest`] looks it up in the line cache.
+/// A line of the datagram being added, as [`Batcher::ingest`] looks it up in the line cache:
+/// small, as the look-up passes over a datagram's lines several times.
 #[derive(Debug)]
 struct Scanned {
     /// The line, in the datagram.
-    line: Range<usize>,
-    /// For a line the cache may know: its parts.
-    parts: Option<Parts>,
-    /// The cache's slot for that hash.
-    slot: Option<usize>,
-    /// What the line resolves to, if that slot's key is the line's.
-    known: Option<Resolved>,
-}
-
-/// A line's name, value and fields in the datagram (see [`split_single`]), and the line cache's
-/// hash of its name and fields.
-#[derive(Debug)]
-struct Parts {
-    name: Range<usize>,
-    value: Range<usize>,
-    fields: Range<usize>,
+    start: usize,
+    end: usize,
+    /// For a line the cache may know ([`split_single`]): where its value starts and ends (its
+    /// name is before, its fields after), else `value_start == value_end == end`.
+    value_start: usize,
+    value_end: usize,
+    /// The line cache's hash of its name and fields.
     hash: u64,
+    /// The cache's slot for that hash, then only if that slot's key is the line's.
+    slot: Option<u32>,
 }
 
-/// `inner`, a part of `outer`, as a range of it.
-fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
-    let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
-    start..start + inner.len()
+impl Scanned {
+    fn name<'d>(&self, datagram: &'d [u8]) -> &'d [u8] {
+        &datagram[self.start..self.value_start]
+    }
+
+    fn fields<'d>(&self, datagram: &'d [u8]) -> &'d [u8] {
+        &datagram[self.value_end..self.end]
+    }
+}
+
+/// A known line's value as text, if it is UTF-8. Values are short and most are ASCII (digits,
+/// a sign, a point), which needs no call to the general check.
+#[inline]
+fn value_text(value: &[u8]) -> Option<&str> {
+    if value.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(value) })
+    } else {
+        std::str::from_utf8(value).ok()
+    }
+}
+
+/// `inner`, a part of `outer`: where it starts in `outer`.
+fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    inner.as_ptr() as usize - outer.as_ptr() as usize
 }
 
 /// A sample's operation, scaled by a mapping rule's `scale`.
@@ -369,54 +383,65 @@ impl Batcher {
         loop {
             // Each line's slot is asked for,
             for line in lines.by_ref().take(LOOKAHEAD) {
-                let parts = split_single(line).map(|(name, value, fields)| {
-                    let hash = lines::hash(name, fields);
-                    self.lines.prefetch(hash);
-                    let range = |part| range_in(datagram, part);
-                    Parts {
-                        name: range(name),
-                        value: range(value),
-                        fields: range(fields),
-                        hash,
-                    }
-                });
-                scan.push(Scanned {
-                    line: range_in(datagram, line),
-                    parts,
+                let start = offset_in(datagram, line);
+                let end = start + line.len();
+                let mut scanned = Scanned {
+                    start,
+                    end,
+                    value_start: end,
+                    value_end: end,
+                    hash: 0,
                     slot: None,
-                    known: None,
-                });
+                };
+                if let Some((name, value, fields)) = split_single(line) {
+                    scanned.value_start = start + name.len();
+                    scanned.value_end = scanned.value_start + value.len();
+                    scanned.hash = lines::hash(name, fields);
+                    self.lines.prefetch(scanned.hash);
+                    scanned.slot = Some(u32::MAX);
+                }
+                scan.push(scanned);
             }
             if scan.is_empty() {
                 break;
             }
             // then read, and its key asked for,
             for scanned in &mut scan {
-                if let Some(parts) = &scanned.parts {
-                    scanned.slot = self.lines.probe(parts.hash);
+                if scanned.slot.is_some() {
+                    scanned.slot = self.lines.probe(scanned.hash);
                 }
             }
             // then checked, and the series slot of a line seen before asked for;
             for scanned in &mut scan {
-                if let (Some(parts), Some(slot)) = (&scanned.parts, scanned.slot) {
-                    let name = &datagram[parts.name.clone()];
-                    let fields = &datagram[parts.fields.clone()];
-                    scanned.known = self.lines.get(slot, name, fields);
-                    if let Some(known) = scanned.known {
-                        self.pending.prefetch(known.series);
+                if let Some(slot) = scanned.slot {
+                    let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
+                    match self.lines.get(slot, name, fields) {
+                        Some(known) => self.pending.prefetch(known.series),
+                        None => scanned.slot = None,
                     }
                 }
             }
-            // and then the lines are added, in order.
+            // and then the lines are added, in order. A line that takes the long way may add
+            // to the cache, and move its slots: the lines after it are looked up again.
+            let mut moved = false;
             for scanned in scan.drain(..) {
-                let line = &datagram[scanned.line];
-                let known = scanned.known.zip(scanned.parts).and_then(|(known, parts)| {
-                    let text = std::str::from_utf8(&datagram[parts.value]).ok()?;
-                    Some((known, text))
+                let line = &datagram[scanned.start..scanned.end];
+                let known = scanned.slot.and_then(|slot| {
+                    let value = &datagram[scanned.value_start..scanned.value_end];
+                    let known = if moved {
+                        let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
+                        self.lines.find(scanned.hash, name, fields)
+                    } else {
+                        self.lines.value(slot)
+                    };
+                    Some((known?, value_text(value)?))
                 });
                 match known {
                     Some((known, text)) => self.ingest_known(line, text, known),
-                    None => self.ingest_line(line),
+                    None => {
+                        self.ingest_line(line);
+                        moved = true;
+                    }
                 }
             }
         }
@@ -956,6 +981,32 @@ mod tests {
             let want = hay.iter().position(|&c| c == a || c == b);
             proptest::prop_assert_eq!(find_either(&hay, a, b), want);
         }
+    }
+
+    #[test]
+    fn lines_known_before_a_new_line_grows_the_cache_still_reach_their_series() {
+        let (mut b, _) = batcher("");
+        let known: Vec<String> = (0..31).map(|i| format!("k{i}:1|c")).collect();
+        b.ingest(known.join("\n").as_bytes());
+        assert_eq!((b.lines.len(), b.take().len()), (31, 31));
+        // Looked up together: the known lines are found, then the new ones, added first,
+        // grow the cache and move its slots.
+        let mut datagram = vec!["n1:1|c".to_string(), "n2:1|c".into()];
+        datagram.extend((0..29).map(|i| format!("k{i}:{}|c", i + 1)));
+        b.ingest(datagram.join("\n").as_bytes());
+        assert_eq!(b.lines.len(), 33);
+        let got: Vec<(String, f64)> = sorted_batches(&mut b)
+            .into_iter()
+            .map(|(name, updates)| match updates[..] {
+                [Update { op: Op::Add(v), .. }] => (name, v),
+                _ => panic!("{name}: {updates:?}"),
+            })
+            .collect();
+        let mut want: Vec<(String, f64)> =
+            (0..29).map(|i| (format!("k{i}"), i as f64 + 1.0)).collect();
+        want.extend([("n1".into(), 1.0), ("n2".into(), 1.0)]);
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, want);
     }
 
     #[test]

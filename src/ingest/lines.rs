@@ -134,14 +134,14 @@ impl<V: Copy> LineCache<V> {
     /// The slot of the first key with this hash, if any, whose bytes are asked for ahead of
     /// [`LineCache::get`].
     #[inline]
-    pub(super) fn probe(&self, hash: u64) -> Option<usize> {
+    pub(super) fn probe(&self, hash: u64) -> Option<u32> {
         let mask = self.mask();
         let home = hash as usize & mask;
         for i in (0..MAX_PROBE.min(self.slots.len())).map(|step| (home + step) & mask) {
             let slot = self.slots[i].as_ref()?;
             if slot.hash == hash {
                 prefetch_line(self.keys[slot.at as usize..].as_ptr());
-                return Some(i);
+                return Some(i as u32);
             }
         }
         None
@@ -149,9 +149,21 @@ impl<V: Copy> LineCache<V> {
 
     /// The value of slot `slot` (from [`LineCache::probe`]) if its key is `name` then `fields`.
     #[inline]
-    pub(super) fn get(&self, slot: usize, name: &[u8], fields: &[u8]) -> Option<V> {
-        let slot = self.slots.get(slot)?.as_ref()?;
+    pub(super) fn get(&self, slot: u32, name: &[u8], fields: &[u8]) -> Option<V> {
+        let slot = self.slots.get(slot as usize)?.as_ref()?;
         slot.is(&self.keys, name, fields).then_some(slot.value)
+    }
+
+    /// The value of slot `slot`, if it holds a key: the one [`LineCache::get`] found there,
+    /// as long as nothing was inserted since.
+    #[inline]
+    pub(super) fn value(&self, slot: u32) -> Option<V> {
+        Some(self.slots.get(slot as usize)?.as_ref()?.value)
+    }
+
+    /// The value of the key `name` then `fields`, of `hash`, if remembered: a look-up in one go.
+    pub(super) fn find(&self, hash: u64, name: &[u8], fields: &[u8]) -> Option<V> {
+        self.get(self.probe(hash)?, name, fields)
     }
 
     /// Remembers that the key `name` then `fields`, of `hash`, resolves to `value`; replaces
@@ -233,7 +245,7 @@ mod tests {
     fn find(cache: &LineCache<u32>, name: &[u8], fields: &[u8]) -> Option<u32> {
         let h = hash(name, fields);
         cache.prefetch(h);
-        cache.get(cache.probe(h)?, name, fields)
+        cache.find(h, name, fields)
     }
 
     #[test]
