@@ -194,7 +194,7 @@ struct Scanned {
     start: usize,
     end: usize,
     /// For a line the cache may know ([`split_single`]): where its value starts and ends (its
-    /// name is before, its fields after), else `value_start == value_end == end`.
+    /// name is before, its fields after, from the `|`), else `value_start == value_end == end`.
     value_start: usize,
     value_end: usize,
     /// The line cache's hash of its name and fields.
@@ -204,6 +204,11 @@ struct Scanned {
 }
 
 impl Scanned {
+    /// True for a line the cache may know: it has fields after its value.
+    fn single(&self) -> bool {
+        self.value_end < self.end
+    }
+
     fn name<'d>(&self, datagram: &'d [u8]) -> &'d [u8] {
         &datagram[self.start..self.value_start]
     }
@@ -398,7 +403,6 @@ impl Batcher {
                     scanned.value_end = scanned.value_start + value.len();
                     scanned.hash = lines::hash(name, fields);
                     self.lines.prefetch(scanned.hash);
-                    scanned.slot = Some(u32::MAX);
                 }
                 scan.push(scanned);
             }
@@ -407,7 +411,7 @@ impl Batcher {
             }
             // then read, and its key asked for,
             for scanned in &mut scan {
-                if scanned.slot.is_some() {
+                if scanned.single() {
                     scanned.slot = self.lines.probe(scanned.hash);
                 }
             }
