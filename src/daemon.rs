@@ -30,6 +30,34 @@ use crate::telemetry::Telemetry;
 /// How long each shutdown step may take before tallyd moves on.
 const STEP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Runs a datagram reader on a thread of its own, in a single-threaded runtime; the future
+/// returned ends when the reader does. A reader wakes for every pause and every datagram that
+/// finds it waiting: on the shared runtime, a timer or socket that fires while the workers
+/// sleep wakes them all, one to run the reader and the others to find nothing to do. On its own
+/// thread it wakes that thread alone. What it sends the family actors reaches them on the
+/// shared runtime all the same.
+fn on_own_thread(
+    name: String,
+    reader: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<impl Future<Output = ()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .with_context(|| format!("cannot start the runtime of {name}"))?;
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            runtime.block_on(reader);
+            let _ = done.send(());
+        })
+        .with_context(|| format!("cannot start thread {name}"))?;
+    Ok(async move {
+        // An error means the thread died with its reader; there is nothing left to wait for.
+        let _ = ended.await;
+    })
+}
+
 /// The sockets tallyd serves, bound before [`run`] so callers (and tests) can bind port 0 and
 /// read the real addresses.
 #[derive(Debug)]
@@ -227,25 +255,31 @@ pub async fn run(
             .collect::<std::io::Result<Vec<_>>>()
             .context("UDP socket")?;
         sockets.push(socket);
-        for socket in sockets {
-            listeners.spawn(listener::serve_datagrams(
-                socket,
-                pause,
-                listener_ctx.clone(),
-                stop_reading.clone(),
-            ));
+        for (n, socket) in sockets.into_iter().enumerate() {
+            listeners.spawn(on_own_thread(
+                format!("tallyd-udp-{n}"),
+                listener::serve_datagrams(
+                    socket,
+                    pause,
+                    listener_ctx.clone(),
+                    stop_reading.clone(),
+                ),
+            )?);
         }
     }
     let unixgram_path = sockets.unixgram.as_ref().map(|(_, path)| path.clone());
     if let Some((unix, _)) = sockets.unixgram {
         let socket = DatagramSocket::Unix(unix.into_std().context("Unix datagram socket")?);
         // No pause: a Unix datagram socket's queue is short (see `listener::udp_pause`).
-        listeners.spawn(listener::serve_datagrams(
-            socket,
-            Duration::ZERO,
-            listener_ctx.clone(),
-            stop_reading.clone(),
-        ));
+        listeners.spawn(on_own_thread(
+            "tallyd-unixgram".into(),
+            listener::serve_datagrams(
+                socket,
+                Duration::ZERO,
+                listener_ctx.clone(),
+                stop_reading.clone(),
+            ),
+        )?);
     }
     if let Some(tcp) = sockets.tcp {
         listeners.spawn(listener::serve_tcp(tcp, listener_ctx, stop_reading.clone()));

@@ -706,13 +706,23 @@ impl Batcher {
     /// names it may not see again; its next lines take the long way once.
     pub fn idle_tick(&mut self, now: Instant) {
         let idle = now.saturating_duration_since(self.last_input) >= CACHE_IDLE;
-        if !idle || self.held() > 0 || self.lines.is_empty() && self.names.is_empty() {
+        if !idle || self.held() > 0 || self.caches_empty() {
             return;
         }
         self.lines = LineCache::default();
         self.pending = Pending::default();
         self.names = FxHashMap::default();
         self.map_cache.release();
+    }
+
+    /// True when the batcher holds nothing: no update, no count, no cache (see
+    /// [`Batcher::idle_tick`]).
+    pub fn is_idle(&self) -> bool {
+        !self.has_pending() && self.caches_empty()
+    }
+
+    fn caches_empty(&self) -> bool {
+        self.lines.is_empty() && self.names.is_empty() && self.map_cache.is_empty()
     }
 
     /// Counts a datagram the listener refused whole (over `limits.max_datagram_bytes`).
@@ -1011,6 +1021,29 @@ mod tests {
         want.extend([("n1".into(), 1.0), ("n2".into(), 1.0)]);
         want.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_idle_batcher_lets_go_of_every_cache_once_flushed() {
+        // A mapped line with a timestamp is never remembered as a line: only the mapping
+        // cache knows its name.
+        let (mut b, t) = batcher(MAPPING);
+        b.ingest(b"m.a:1|g|T1700000000");
+        let later = Instant::now() + CACHE_IDLE;
+        assert!(!b.is_idle());
+        // Held updates are kept, caches too, until they are flushed.
+        b.idle_tick(later);
+        assert!(!b.is_idle());
+        assert_eq!(outcome(&mut b, &t).0.len(), 1);
+        b.idle_tick(Instant::now());
+        assert!(!b.is_idle(), "input came less than CACHE_IDLE ago");
+        assert!(!b.map_cache.is_empty());
+        b.idle_tick(later);
+        assert!(b.is_idle() && b.map_cache.is_empty());
+        // The next line takes the long way, to the same family.
+        b.ingest(b"m.a:1|g");
+        assert!(!b.is_idle());
+        assert_eq!(outcome(&mut b, &t).0[0].0, "mapped");
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub enum RegistryMsg {
     /// until the family has stopped, and so published.
     HoldTicket(Arc<str>, Ticket),
     /// Ask every live family idle long enough to hibernate to check (sent by the registry to
-    /// itself, every `idle_sweep_every`).
+    /// itself, every `idle_sweep_every` while families are live).
     IdleSweep,
 }
 
@@ -92,6 +92,9 @@ pub struct RegistryState {
     retiring: FxHashMap<Arc<str>, Retiring>,
     /// Families whose actor stopped while idle, with its state.
     hibernating: FxHashMap<Arc<str>, (FamilySpec, Dormant)>,
+    /// An idle sweep is due: one is scheduled at a time, and only while families are live,
+    /// so that a registry with none (all hibernated, say) wakes for nothing.
+    sweep_due: bool,
 }
 
 /// A family on its way out.
@@ -192,7 +195,19 @@ impl RegistryState {
         };
         self.families.insert(live.spec.name.clone(), live);
         self.count_actors();
+        self.schedule_sweep(myself);
         Ok(actor)
+    }
+
+    /// Schedules the next idle sweep, if none is due and some family could hibernate.
+    fn schedule_sweep(&mut self, myself: &ActorRef<RegistryMsg>) {
+        let Some(after) = self.ctx.hibernate_after else {
+            return;
+        };
+        if !self.sweep_due && !self.families.is_empty() {
+            self.sweep_due = true;
+            myself.send_after(idle_sweep_every(after), || RegistryMsg::IdleSweep);
+        }
     }
 
     /// The family name of actor `id` if that actor is retiring.
@@ -320,12 +335,9 @@ impl Actor for RegistryActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<RegistryMsg>,
+        _myself: ActorRef<RegistryMsg>,
         ctx: Arc<FamilyContext>,
     ) -> Result<RegistryState, ActorProcessingErr> {
-        if let Some(after) = ctx.hibernate_after {
-            myself.send_interval(idle_sweep_every(after), || RegistryMsg::IdleSweep);
-        }
         Ok(RegistryState {
             ctx,
             families: FxHashMap::default(),
@@ -333,6 +345,7 @@ impl Actor for RegistryActor {
             claims: FxHashMap::default(),
             retiring: FxHashMap::default(),
             hibernating: FxHashMap::default(),
+            sweep_due: false,
         })
     }
 
@@ -387,6 +400,8 @@ impl Actor for RegistryActor {
                         let _ = live.actor.cast(FamilyMsg::IdleCheck);
                     }
                 }
+                state.sweep_due = false;
+                state.schedule_sweep(&myself);
             }
             RegistryMsg::Retire(name, id) => state.drain(name, id, false),
             RegistryMsg::Hibernate(name, id) => state.drain(name, id, true),

@@ -42,7 +42,7 @@ pub struct Router {
 
 /// How often the cache lets go of actors that have stopped (retired, hibernated or failed),
 /// whose mailboxes it would otherwise keep alive: at a dispatch, and on the listener's tick
-/// when no traffic comes.
+/// once no traffic has come for this long.
 pub const PRUNE_EVERY: Duration = Duration::from_millis(250);
 
 /// What a family's first batch says it is, in case it has to be born.
@@ -105,6 +105,12 @@ impl Router {
             touched: FxHashMap::default(),
             pruned: Instant::now(),
         }
+    }
+
+    /// True when the cache holds no route (actor or refusal) and no family awaits a scrape:
+    /// nothing a prune could let go of.
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty() && self.touched.is_empty()
     }
 
     /// Lets go of the cached actors that have stopped, and of refusals old enough to ask again.

@@ -82,6 +82,7 @@ impl ListenerContext {
                 armed: false,
             },
             prune,
+            prune_armed: true,
             scrapes: self.barrier.join(),
         }
     }
@@ -95,7 +96,11 @@ struct Pipeline {
     batcher: Batcher,
     router: Router,
     window: FlushWindow,
+    /// Ticks only while no input comes: a busy task prunes at its dispatches. Reset by every
+    /// read, and disarmed once the router and the batcher hold nothing to let go of, so that
+    /// neither a busy nor an idle task wakes for it.
     prune: tokio::time::Interval,
+    prune_armed: bool,
     scrapes: mpsc::UnboundedReceiver<Ticket>,
 }
 
@@ -114,7 +119,7 @@ impl Pipeline {
     async fn due(&mut self) -> Due {
         tokio::select! {
             () = self.window.closed(), if self.window.armed => Due::Flush,
-            _ = self.prune.tick() => Due::Prune,
+            _ = self.prune.tick(), if self.prune_armed => Due::Prune,
             // The barrier outlives every task: the channel never closes under one.
             Some(ticket) = self.scrapes.recv() => Due::Scrape(ticket),
         }
@@ -127,6 +132,7 @@ impl Pipeline {
             Due::Prune => {
                 self.router.prune();
                 self.batcher.idle_tick(std::time::Instant::now());
+                self.prune_armed = !(self.router.is_empty() && self.batcher.is_idle());
             }
             Due::Scrape(ticket) => {
                 self.flush().await;
@@ -135,8 +141,10 @@ impl Pipeline {
         }
     }
 
-    /// After a read: flushes if the window says so.
+    /// After a read: flushes if the window says so; the idle tick starts over.
     async fn after_read(&mut self) {
+        self.prune.reset();
+        self.prune_armed = true;
         if self.window.flush_now(&self.batcher) {
             self.flush().await;
         }
