@@ -8,8 +8,11 @@
 //! `statsd.event_flush_threshold` updates are held), then each touched family gets one
 //! message. Both stop reading when the shutdown token fires, after dispatching what they have.
 
+use nix::errno::Errno;
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,9 +68,6 @@ pub struct ListenerContext {
 
 impl ListenerContext {
     fn pipeline(&self) -> Pipeline {
-        // Lets an idle task's router drop stopped actors (hibernated families) all the same.
-        let mut prune = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
-        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Pipeline {
             batcher: Batcher::new(self.telemetry.clone(), self.ingest.clone()),
             router: Router::new(
@@ -81,8 +81,7 @@ impl ListenerContext {
                 timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 armed: false,
             },
-            prune,
-            prune_armed: true,
+            prune: None,
             scrapes: self.barrier.join(),
         }
     }
@@ -96,11 +95,11 @@ struct Pipeline {
     batcher: Batcher,
     router: Router,
     window: FlushWindow,
-    /// Ticks only while no input comes: a busy task prunes at its dispatches. Reset by every
-    /// read, and disarmed once the router and the batcher hold nothing to let go of, so that
-    /// neither a busy nor an idle task wakes for it.
-    prune: tokio::time::Interval,
-    prune_armed: bool,
+    /// Lets an idle task's router drop stopped actors (hibernated families), and its batcher
+    /// its caches, every [`PRUNE_EVERY`] while the task waits for input and they hold
+    /// anything. A UDP reader that pauses between reads is busy and prunes at its dispatches:
+    /// it stops the timer, which would otherwise wake its thread between its reads.
+    prune: Option<Pin<Box<Sleep>>>,
     scrapes: mpsc::UnboundedReceiver<Ticket>,
 }
 
@@ -117,9 +116,15 @@ enum Due {
 impl Pipeline {
     /// Waits for what comes due next; cancel-safe, so it can race a read.
     async fn due(&mut self) -> Due {
+        let prune = async {
+            match &mut self.prune {
+                Some(timer) => timer.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = self.window.closed(), if self.window.armed => Due::Flush,
-            _ = self.prune.tick(), if self.prune_armed => Due::Prune,
+            () = prune => Due::Prune,
             // The barrier outlives every task: the channel never closes under one.
             Some(ticket) = self.scrapes.recv() => Due::Scrape(ticket),
         }
@@ -132,7 +137,8 @@ impl Pipeline {
             Due::Prune => {
                 self.router.prune();
                 self.batcher.idle_tick(std::time::Instant::now());
-                self.prune_armed = !(self.router.is_empty() && self.batcher.is_idle());
+                self.prune = None;
+                self.waiting();
             }
             Due::Scrape(ticket) => {
                 self.flush().await;
@@ -141,10 +147,22 @@ impl Pipeline {
         }
     }
 
-    /// After a read: flushes if the window says so; the idle tick starts over.
+    /// The task is about to wait for input: the prune timer starts, if it is not running and
+    /// there is something to let go of.
+    fn waiting(&mut self) {
+        if self.prune.is_none() && !(self.router.is_empty() && self.batcher.is_idle()) {
+            self.prune = Some(Box::pin(tokio::time::sleep(PRUNE_EVERY)));
+        }
+    }
+
+    /// The task pauses between reads (see [`serve_datagrams`]): it is busy, and the prune
+    /// timer stops.
+    fn pausing(&mut self) {
+        self.prune = None;
+    }
+
+    /// After a read: flushes if the window says so.
     async fn after_read(&mut self) {
-        self.prune.reset();
-        self.prune_armed = true;
         if self.window.flush_now(&self.batcher) {
             self.flush().await;
         }
@@ -251,6 +269,58 @@ enum Next {
     Readable,
 }
 
+/// A datagram reader's clock for its pauses: a kernel timer (`timerfd`) that the runtime
+/// watches like a socket. The runtime's own timers sit on a wheel that wakes its thread at
+/// every 64 ms boundary a deadline lies past, to move the timer to a finer slot: most pauses
+/// of 50 ms would cost two wake-ups instead of one.
+struct PauseClock(AsyncFd<Timer>);
+
+/// A timerfd, as the runtime takes a descriptor.
+struct Timer(TimerFd);
+
+impl AsRawFd for Timer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl PauseClock {
+    /// A clock, or `None` where the system has no timerfd (the runtime's timers serve then).
+    fn new() -> Option<Self> {
+        let flags = TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC;
+        let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, flags).ok()?;
+        // SAFETY: `Timer` owns its descriptor, which stays open, and the same, until the
+        // `AsyncFd` that owns the `Timer` is dropped.
+        unsafe { AsyncFd::register_with_interest(Timer(timer), Interest::READABLE) }
+            .ok()
+            .map(PauseClock)
+    }
+
+    /// Waits until `at`; cancel-safe: the next call sets the timer again.
+    async fn until(&self, at: Instant) -> io::Result<()> {
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // A zero time would disarm the timer, not fire it.
+            return Ok(());
+        }
+        let expiry = Expiration::OneShot(TimeSpec::from_duration(left));
+        self.0.get_ref().0.set(expiry, TimerSetTimeFlags::empty())?;
+        loop {
+            let mut guard = self.0.readable().await?;
+            // Reads the expiry count, which leaves the timer unreadable until it fires again;
+            // none yet (a readiness left from an earlier, cancelled wait, whose count the new
+            // setting cleared) means the wait goes on.
+            let read = nix::unistd::read(self.0.get_ref().0.as_fd(), &mut [0; 8]);
+            guard.clear_ready();
+            match read {
+                Ok(_) => return Ok(()),
+                Err(Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// How fast the kernel may fill a UDP socket's receive buffer while its reader pauses, in bytes
 /// of buffer a second: 128 MiB/s is about 57,000 datagrams of 1,400 bytes a second (each takes
 /// about 2.1–2.3 KiB of buffer), what tallyd reads flat out on 2 cores (5 million counter lines
@@ -302,6 +372,7 @@ pub async fn serve_datagrams(
     let mut registered: Option<AsyncFd<BorrowedFd<'_>>> = None;
     // The runtime could not watch the socket this time: it is polled instead (warned once).
     let (mut unwatched, mut warned) = (false, false);
+    let clock = PauseClock::new();
     loop {
         match next {
             Next::Readable if registered.is_none() => {
@@ -324,10 +395,21 @@ pub async fn serve_datagrams(
             Next::At(_) => registered = None,
             _ => {}
         }
+        if matches!(next, Next::Readable) || unwatched {
+            pipe.waiting();
+        }
         let ready = async {
             match (next, &registered) {
                 (Next::Now, _) => tokio::task::consume_budget().await,
-                (Next::At(at), _) => tokio::time::sleep_until(at).await,
+                (Next::At(at), _) => match &clock {
+                    Some(clock) => {
+                        if let Err(e) = clock.until(at).await {
+                            debug!(error = %e, "StatsD reader's pause timer");
+                            tokio::time::sleep_until(at).await;
+                        }
+                    }
+                    None => tokio::time::sleep_until(at).await,
+                },
                 (Next::Readable, Some(fd)) => match fd.readable().await {
                     // Cleared before reading: a datagram that comes after the read sets it
                     // again.
@@ -369,6 +451,7 @@ pub async fn serve_datagrams(
         } else if read.packets == 0 || pause.is_zero() {
             Next::Readable
         } else {
+            pipe.pausing();
             Next::At(Instant::now() + pause)
         };
         unwatched = false;
@@ -474,6 +557,7 @@ async fn serve_connection(
     let mut pipe = ctx.pipeline();
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {
+        pipe.waiting();
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
@@ -667,5 +751,24 @@ mod tests {
         }
         assert_eq!((packets, samples), (3, 3));
         assert_eq!(too_large(&telemetry), 1.0);
+    }
+
+    #[tokio::test]
+    async fn the_pause_clock_waits_until_its_deadline_after_a_cancelled_wait_too() {
+        let clock = PauseClock::new().expect("a timerfd");
+        let ms = Duration::from_millis;
+        // A wait cut short, whose timer then fires with no one reading it, and a wait for
+        // later: the readiness the first left does not end the second.
+        let start = Instant::now();
+        let cut = tokio::time::timeout(ms(5), clock.until(start + ms(10))).await;
+        assert!(cut.is_err(), "the 10 ms wait was given 5 ms");
+        tokio::time::sleep(ms(20)).await;
+        clock.until(start + ms(80)).await.unwrap();
+        assert!(start.elapsed() >= ms(80));
+        // A deadline already past returns at once.
+        let before = Instant::now();
+        clock.until(before - ms(1)).await.unwrap();
+        clock.until(before).await.unwrap();
+        assert!(before.elapsed() < ms(50));
     }
 }
