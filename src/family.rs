@@ -153,10 +153,16 @@ impl IdleDue {
             .store(due.map_or(Self::NEVER, millis), Ordering::Relaxed);
     }
 
-    /// True once the time set has passed; then it is unset, so the family is asked once.
-    pub fn take_due(&self, now: Instant) -> bool {
+    /// `now` as [`IdleDue::take_due`] takes it: read once for a whole sweep.
+    pub fn clock(now: Instant) -> u64 {
+        millis(now)
+    }
+
+    /// True once the time set has passed `now` (from [`IdleDue::clock`]); then it is unset,
+    /// so the family is asked once.
+    pub fn take_due(&self, now: u64) -> bool {
         let due = self.0.load(Ordering::Relaxed);
-        due <= millis(now)
+        due <= now
             && self
                 .0
                 .compare_exchange(due, Self::NEVER, Ordering::Relaxed, Ordering::Relaxed)

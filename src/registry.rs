@@ -71,10 +71,11 @@ struct Live {
     idle: IdleDue,
 }
 
-/// How often the registry looks for idle families: a quarter of `hibernate_after`, so a
-/// family hibernates at most that much later than due (between 10 ms and 1 s).
+/// How often the registry looks for idle families: half of `hibernate_after`, so a family
+/// hibernates at most that much later than due (between 10 ms and 1 s). A sweep reads every
+/// live family's [`IdleDue`], and wakes the runtime to do so.
 fn idle_sweep_every(hibernate_after: Duration) -> Duration {
-    (hibernate_after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    (hibernate_after / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// The actor; its state is [`RegistryState`].
@@ -394,7 +395,7 @@ impl Actor for RegistryActor {
                 }
             }
             RegistryMsg::IdleSweep => {
-                let now = std::time::Instant::now();
+                let now = IdleDue::clock(std::time::Instant::now());
                 for live in state.families.values() {
                     if live.idle.take_due(now) {
                         let _ = live.actor.cast(FamilyMsg::IdleCheck);
