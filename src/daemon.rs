@@ -42,6 +42,7 @@ fn on_own_thread(
 ) -> anyhow::Result<impl Future<Output = ()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::memory::release_freed_memory)
         .build()
         .with_context(|| format!("cannot start the runtime of {name}"))?;
     let (done, ended) = tokio::sync::oneshot::channel();

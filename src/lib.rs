@@ -48,6 +48,7 @@ pub mod ingest;
 pub mod kernel;
 pub mod limits;
 pub mod mapping;
+pub mod memory;
 pub mod names;
 pub mod rate;
 pub mod registry;

@@ -12,27 +12,6 @@ use tallyd::daemon::{self, Sockets};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Run by each runtime worker as it goes idle: at most every 250 ms, mimalloc takes back the
-/// blocks other threads freed into this thread's pages and returns the pages left empty.
-/// Family actors are born on one worker and often end on another, so without it the memory of
-/// hibernated actors stays resident long after they stopped.
-fn release_freed_memory() {
-    use std::cell::Cell;
-    use std::time::{Duration, Instant};
-    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
-    let now = Instant::now();
-    if LAST
-        .get()
-        .is_some_and(|at| now - at < Duration::from_millis(250))
-    {
-        return;
-    }
-    LAST.set(Some(now));
-    // SAFETY: mi_collect has no precondition. Forced, it collects the calling thread's heap
-    // and also purges the process-wide arenas and the pages of ended threads.
-    unsafe { libmimalloc_sys::mi_collect(true) };
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(&cli) {
@@ -59,7 +38,7 @@ fn main() -> ExitCode {
     init_logging(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(release_freed_memory)
+        .on_thread_park(tallyd::memory::release_freed_memory)
         .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
