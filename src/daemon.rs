@@ -45,11 +45,14 @@ fn on_own_thread(
         .on_thread_park(crate::memory::release_freed_memory)
         .build()
         .with_context(|| format!("cannot start the runtime of {name}"))?;
+    let runtime = OwnRuntime(Some(runtime));
     let (done, ended) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            runtime.block_on(reader);
+            if let Some(runtime) = &runtime.0 {
+                runtime.block_on(reader);
+            }
             let _ = done.send(());
         })
         .with_context(|| format!("cannot start thread {name}"))?;
@@ -57,6 +60,18 @@ fn on_own_thread(
         // An error means the thread died with its reader; there is nothing left to wait for.
         let _ = ended.await;
     })
+}
+
+/// A reader's runtime, shut down without waiting when dropped: should its thread fail to
+/// start, it is dropped here, in the shared runtime, where waiting is not allowed.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The sockets tallyd serves, bound before [`run`] so callers (and tests) can bind port 0 and

@@ -760,11 +760,12 @@ mod tests {
         // A wait cut short, whose timer then fires with no one reading it, and a wait for
         // later: the readiness the first left does not end the second.
         let start = Instant::now();
-        let cut = tokio::time::timeout(ms(5), clock.until(start + ms(10))).await;
-        assert!(cut.is_err(), "the 10 ms wait was given 5 ms");
-        tokio::time::sleep(ms(20)).await;
-        clock.until(start + ms(80)).await.unwrap();
-        assert!(start.elapsed() >= ms(80));
+        let cut = tokio::time::timeout(ms(10), clock.until(start + ms(100))).await;
+        assert!(cut.is_err(), "the 100 ms wait was given 10 ms");
+        // Past the first deadline: its timer fired, and no one read it.
+        tokio::time::sleep_until(start + ms(150)).await;
+        clock.until(start + ms(300)).await.unwrap();
+        assert!(start.elapsed() >= ms(300));
         // A deadline already past returns at once.
         let before = Instant::now();
         clock.until(before - ms(1)).await.unwrap();
