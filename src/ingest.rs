@@ -425,14 +425,15 @@ impl Batcher {
                     }
                 }
             }
-            // and then the lines are added, in order. A line that takes the long way may add
-            // to the cache, and move its slots: the lines after it are looked up again.
-            let mut moved = false;
+            // and then the lines are added, in order. A line that takes the long way may grow
+            // the cache, or clear it, and so move its keys: the lines after it are then looked
+            // up again.
+            let moves = self.lines.moves();
             for scanned in scan.drain(..) {
                 let line = &datagram[scanned.start..scanned.end];
                 let known = scanned.slot.and_then(|slot| {
                     let value = &datagram[scanned.value_start..scanned.value_end];
-                    let known = if moved {
+                    let known = if self.lines.moves() != moves {
                         let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
                         self.lines.find(scanned.hash, name, fields)
                     } else {
@@ -442,10 +443,7 @@ impl Batcher {
                 });
                 match known {
                     Some((known, text)) => self.ingest_known(line, text, known),
-                    None => {
-                        self.ingest_line(line);
-                        moved = true;
-                    }
+                    None => self.ingest_line(line),
                 }
             }
         }

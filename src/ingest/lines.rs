@@ -67,6 +67,9 @@ pub(super) struct LineCache<V> {
     /// Every key's bytes, one after another.
     keys: Vec<u8>,
     len: usize,
+    /// Times the keys moved (a growth or a clear): a slot found before may now hold another
+    /// key, or none.
+    moves: u64,
 }
 
 impl<V> Default for LineCache<V> {
@@ -75,6 +78,7 @@ impl<V> Default for LineCache<V> {
             slots: Box::default(),
             keys: Vec::new(),
             len: 0,
+            moves: 0,
         }
     }
 }
@@ -117,6 +121,13 @@ impl<V: Copy> LineCache<V> {
         self.slots.fill(None);
         self.keys.clear();
         self.len = 0;
+        self.moves += 1;
+    }
+
+    /// Counts the times the keys moved: while it stays the same, a slot from
+    /// [`LineCache::probe`] still holds the key [`LineCache::get`] found there.
+    pub(super) fn moves(&self) -> u64 {
+        self.moves
     }
 
     fn mask(&self) -> usize {
@@ -155,7 +166,7 @@ impl<V: Copy> LineCache<V> {
     }
 
     /// The value of slot `slot`, if it holds a key: the one [`LineCache::get`] found there,
-    /// as long as nothing was inserted since.
+    /// as long as the keys have not moved since (see [`LineCache::moves`]).
     #[inline]
     pub(super) fn value(&self, slot: u32) -> Option<V> {
         Some(self.slots.get(slot as usize)?.as_ref()?.value)
@@ -200,6 +211,7 @@ impl<V: Copy> LineCache<V> {
 
     /// Doubles the slots, placing every key again.
     fn grow(&mut self) {
+        self.moves += 1;
         let size = (self.slots.len() * 2).max(MIN_SLOTS);
         let old = std::mem::replace(&mut self.slots, vec![None; size].into_boxed_slice());
         let mask = size - 1;
@@ -292,6 +304,28 @@ mod tests {
         );
         cache.clear();
         assert_eq!((find(&cache, b"n.7:", b"|c"), cache.len()), (None, 0));
+    }
+
+    #[test]
+    fn keys_move_when_the_cache_grows_or_clears_and_only_then() {
+        let mut cache = LineCache::default();
+        let insert = |cache: &mut LineCache<u32>, i: u32| {
+            let name = format!("m.{i}:");
+            cache.insert(hash(name.as_bytes(), b"|c"), name.as_bytes(), b"|c", i);
+        };
+        insert(&mut cache, 0);
+        let moves = cache.moves();
+        // Room for MIN_SLOTS / 2 keys: the ones after the first go in without moving it.
+        let slot = cache.probe(hash(b"m.0:", b"|c")).unwrap();
+        for i in 1..(MIN_SLOTS / 2) as u32 {
+            insert(&mut cache, i);
+        }
+        assert_eq!(cache.moves(), moves);
+        assert_eq!(cache.value(slot), Some(0));
+        insert(&mut cache, MIN_SLOTS as u32);
+        assert_eq!(cache.moves(), moves + 1, "a growth");
+        cache.clear();
+        assert_eq!(cache.moves(), moves + 2, "a clear");
     }
 
     #[test]
