@@ -199,8 +199,8 @@ struct Scanned {
     value_end: usize,
     /// The line cache's hash of its name and fields.
     hash: u64,
-    /// The cache's slot for that hash, then only if that slot's key is the line's.
-    slot: Option<u32>,
+    /// The cache's entry for that hash, then only if that entry's key is the line's.
+    entry: Option<u32>,
 }
 
 impl Scanned {
@@ -386,7 +386,7 @@ impl Batcher {
         let mut lines = parse::lines(datagram);
         let mut scan = std::mem::take(&mut self.scan);
         loop {
-            // Each line's slot is asked for,
+            // Each line's index bucket is asked for,
             for line in lines.by_ref().take(LOOKAHEAD) {
                 let start = offset_in(datagram, line);
                 let end = start + line.len();
@@ -396,7 +396,7 @@ impl Batcher {
                     value_start: end,
                     value_end: end,
                     hash: 0,
-                    slot: None,
+                    entry: None,
                 };
                 if let Some((name, value, fields)) = split_single(line) {
                     scanned.value_start = start + name.len();
@@ -409,35 +409,34 @@ impl Batcher {
             if scan.is_empty() {
                 break;
             }
-            // then read, and its key asked for,
+            // then read, and its entry and key asked for,
             for scanned in &mut scan {
                 if scanned.single() {
-                    scanned.slot = self.lines.probe(scanned.hash);
+                    scanned.entry = self.lines.probe(scanned.hash);
                 }
             }
             // then checked, and the series slot of a line seen before asked for;
             for scanned in &mut scan {
-                if let Some(slot) = scanned.slot {
+                if let Some(entry) = scanned.entry {
                     let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
-                    match self.lines.get(slot, name, fields) {
+                    match self.lines.get(entry, scanned.hash, name, fields) {
                         Some(known) => self.pending.prefetch(known.series),
-                        None => scanned.slot = None,
+                        None => scanned.entry = None,
                     }
                 }
             }
-            // and then the lines are added, in order. A line that takes the long way may grow
-            // the cache, or clear it, and so move its keys: the lines after it are then looked
-            // up again.
+            // and then the lines are added, in order. A line that takes the long way may clear
+            // the cache, and so move its keys: the lines after it are then looked up again.
             let moves = self.lines.moves();
             for scanned in scan.drain(..) {
                 let line = &datagram[scanned.start..scanned.end];
-                let known = scanned.slot.and_then(|slot| {
+                let known = scanned.entry.and_then(|entry| {
                     let value = &datagram[scanned.value_start..scanned.value_end];
                     let known = if self.lines.moves() != moves {
                         let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
                         self.lines.find(scanned.hash, name, fields)
                     } else {
-                        self.lines.value(slot)
+                        self.lines.value(entry)
                     };
                     Some((known?, value_text(value)?))
                 });
@@ -1002,7 +1001,7 @@ mod tests {
         b.ingest(known.join("\n").as_bytes());
         assert_eq!((b.lines.len(), b.take().len()), (31, 31));
         // Looked up together: the known lines are found, then the new ones, added first,
-        // grow the cache and move its slots.
+        // grow the cache's index (its entries stay where they are).
         let mut datagram = vec!["n1:1|c".to_string(), "n2:1|c".into()];
         datagram.extend((0..29).map(|i| format!("k{i}:{}|c", i + 1)));
         b.ingest(datagram.join("\n").as_bytes());
@@ -1019,6 +1018,34 @@ mod tests {
         want.extend([("n1".into(), 1.0), ("n2".into(), 1.0)]);
         want.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_line_known_before_a_new_line_clears_the_cache_still_reaches_its_series() {
+        let (mut b, _) = batcher("");
+        // `k` is the cache's first entry; the others fill it to its limit.
+        b.ingest(b"k:1|c");
+        let others: Vec<String> = (1..LINE_CACHE_LIMIT).map(|i| format!("o{i}:1|c")).collect();
+        for chunk in others.chunks(64) {
+            b.ingest(chunk.join("\n").as_bytes());
+        }
+        assert_eq!(b.lines.len(), LINE_CACHE_LIMIT);
+        drop(b.take());
+        // `k` is found before `x` is added; remembering `x` clears the cache and makes `x`
+        // its first entry, where `k` was.
+        b.ingest(b"x:1|c\nk:5|c");
+        assert_eq!(b.lines.len(), 2);
+        let got: Vec<(String, Vec<Op>)> = sorted_batches(&mut b)
+            .into_iter()
+            .map(|(name, updates)| (name, updates.into_iter().map(|u| u.op).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("k".to_string(), vec![Op::Add(5.0)]),
+                ("x".to_string(), vec![Op::Add(1.0)])
+            ]
+        );
     }
 
     #[test]

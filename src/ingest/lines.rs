@@ -1,24 +1,28 @@
 //! The batcher's line cache: what a line's name and fields (everything but its value) resolve
-//! to, for the lines seen before. An open-addressing table of one cache line per entry, built
-//! to be looked up a datagram at a time, in stages: every line's slot is asked for
-//! ([`LineCache::prefetch`]), then every slot is read and its key asked for
-//! ([`LineCache::probe`]), then every key is checked ([`LineCache::get`]). Between two datagrams
-//! the processor's caches often go cold; so the misses of a datagram's lines overlap instead of
-//! coming one after another. Probes are bounded, so no set of keys makes a look-up slow.
+//! to, for the lines seen before. Entries sit one after another in the order their keys were
+//! first seen, one cache line each, and a small open-addressing index of 8 bytes a key's
+//! bucket finds them by hash. A datagram's lines tend to come in the order they were first
+//! seen, so after an idle time that left the processor's caches cold, a datagram's look-ups
+//! touch a few lines of the index and entries close together, which the processor fetches
+//! ahead, rather than a line of a big table each. It is looked up a datagram at a time, in
+//! stages: every line's bucket is asked for ([`LineCache::prefetch`]), then every bucket is
+//! read and its entry asked for ([`LineCache::probe`]), then every entry's key is checked
+//! ([`LineCache::get`]), so the misses of a datagram's lines overlap instead of coming one
+//! after another. Probes are bounded, so no set of keys makes a look-up slow.
 
 use rustc_hash::FxHasher;
 use std::hash::Hasher;
 
-/// Slots probed at most from a key's home slot: a key that finds no room within them is not
-/// remembered.
+/// Buckets probed at most from a key's home bucket: a key that finds no room within them is
+/// not remembered.
 const MAX_PROBE: usize = 64;
-/// Slots of a table's first allocation.
-const MIN_SLOTS: usize = 64;
+/// Buckets of an index's first allocation.
+const MIN_BUCKETS: usize = 64;
 
 /// A remembered key, where its bytes are, and its value. One per cache line.
 #[derive(Clone, Copy, Debug)]
 #[repr(align(64))]
-struct Slot<V> {
+struct Entry<V> {
     hash: u64,
     /// The key's bytes: `keys[at..at + len]`.
     at: u32,
@@ -26,17 +30,30 @@ struct Slot<V> {
     value: V,
 }
 
-// One slot per cache line, for the line cache's value type too (its `Option` fits in a niche).
-const _: () = assert!(std::mem::size_of::<Option<Slot<super::Resolved>>>() == 64);
+// One entry per cache line, for the line cache's value type too.
+const _: () = assert!(std::mem::size_of::<Entry<super::Resolved>>() == 64);
 
-impl<V> Slot<V> {
-    /// True when this slot's key, in `keys`, is `name` then `fields`.
+impl<V> Entry<V> {
+    /// True when this entry's key, in `keys`, is `name` then `fields`.
     #[inline]
     fn is(&self, keys: &[u8], name: &[u8], fields: &[u8]) -> bool {
         let key = &keys[self.at as usize..][..self.len as usize];
         key.split_at_checked(name.len())
             .is_some_and(|(a, b)| same(a, name) && same(b, fields))
     }
+}
+
+/// An index bucket: the high half of a key's hash, and its entry plus one (0: empty), so
+/// that keys of another hash are passed over without reading their entries.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    tag: u32,
+    entry: u32,
+}
+
+/// The part of a hash a bucket keeps; the low bits choose the home bucket.
+fn tag_of(hash: u64) -> u32 {
+    (hash >> 32) as u32
 }
 
 /// `a == b`, inline: keys are short, and a call to `memcmp` for each would cost more than the
@@ -62,20 +79,26 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// Keys (a name with its `:`, then fields) and the value each resolves to.
 #[derive(Debug)]
 pub(super) struct LineCache<V> {
-    /// A power of two of slots, or none.
-    slots: Box<[Option<Slot<V>>]>,
+    /// A power of two of buckets, at most half of them used, or none.
+    buckets: Box<[Bucket]>,
+    /// The entries, in the order their keys were first remembered. An entry stays where it
+    /// is until a clear; one that a growth of the index could not place again is no longer
+    /// found.
+    entries: Vec<Entry<V>>,
     /// Every key's bytes, one after another.
     keys: Vec<u8>,
+    /// Keys the index finds.
     len: usize,
-    /// Times the keys moved (a growth or a clear): a slot found before may now hold another
-    /// key, or none.
+    /// Times the keys moved (a clear): an entry found before may now hold another key, or
+    /// none.
     moves: u64,
 }
 
 impl<V> Default for LineCache<V> {
     fn default() -> Self {
         LineCache {
-            slots: Box::default(),
+            buckets: Box::default(),
+            entries: Vec::new(),
             keys: Vec::new(),
             len: 0,
             moves: 0,
@@ -118,112 +141,125 @@ impl<V: Copy> LineCache<V> {
 
     /// Forgets every key, keeping the room.
     pub(super) fn clear(&mut self) {
-        self.slots.fill(None);
+        self.buckets.fill(Bucket::default());
+        self.entries.clear();
         self.keys.clear();
         self.len = 0;
         self.moves += 1;
     }
 
-    /// Counts the times the keys moved: while it stays the same, a slot from
+    /// Counts the times the keys moved: while it stays the same, an entry from
     /// [`LineCache::probe`] still holds the key [`LineCache::get`] found there.
     pub(super) fn moves(&self) -> u64 {
         self.moves
     }
 
     fn mask(&self) -> usize {
-        self.slots.len().wrapping_sub(1)
+        self.buckets.len().wrapping_sub(1)
     }
 
-    /// Asks for the home slot of a key of this hash, ahead of [`LineCache::probe`].
+    /// The buckets a key of `hash` may be in, from its home bucket on.
+    fn probes(&self, hash: u64) -> impl Iterator<Item = usize> {
+        let mask = self.mask();
+        let home = hash as usize & mask;
+        (0..MAX_PROBE.min(self.buckets.len())).map(move |step| (home + step) & mask)
+    }
+
+    /// Asks for the home bucket of a key of this hash, ahead of [`LineCache::probe`].
     #[inline]
     pub(super) fn prefetch(&self, hash: u64) {
-        if let Some(slot) = self.slots.get(hash as usize & self.mask()) {
-            prefetch_line(slot);
+        if let Some(bucket) = self.buckets.get(hash as usize & self.mask()) {
+            prefetch_line(bucket);
         }
     }
 
-    /// The slot of the first key with this hash, if any, whose bytes are asked for ahead of
-    /// [`LineCache::get`].
+    /// The entry of the first key whose bucket has this hash's tag, if any, which is asked
+    /// for ahead of [`LineCache::get`]. (Its key's bytes are not: where they are is in the
+    /// entry, and reading it here would wait for it. Keys lie one after another in the order
+    /// of their entries, where the processor's own prefetching finds them.)
     #[inline]
     pub(super) fn probe(&self, hash: u64) -> Option<u32> {
-        let mask = self.mask();
-        let home = hash as usize & mask;
-        for i in (0..MAX_PROBE.min(self.slots.len())).map(|step| (home + step) & mask) {
-            let slot = self.slots[i].as_ref()?;
-            if slot.hash == hash {
-                prefetch_line(self.keys[slot.at as usize..].as_ptr());
-                return Some(i as u32);
+        let tag = tag_of(hash);
+        for i in self.probes(hash) {
+            let bucket = self.buckets[i];
+            let entry = bucket.entry.checked_sub(1)?;
+            if bucket.tag == tag {
+                if let Some(entry) = self.entries.get(entry as usize) {
+                    prefetch_line(entry);
+                }
+                return Some(entry);
             }
         }
         None
     }
 
-    /// The value of slot `slot` (from [`LineCache::probe`]) if its key is `name` then `fields`.
+    /// The value of entry `entry` (from [`LineCache::probe`]) if its key is `name` then
+    /// `fields`, of `hash`.
     #[inline]
-    pub(super) fn get(&self, slot: u32, name: &[u8], fields: &[u8]) -> Option<V> {
-        let slot = self.slots.get(slot as usize)?.as_ref()?;
-        slot.is(&self.keys, name, fields).then_some(slot.value)
+    pub(super) fn get(&self, entry: u32, hash: u64, name: &[u8], fields: &[u8]) -> Option<V> {
+        let entry = self.entries.get(entry as usize)?;
+        (entry.hash == hash && entry.is(&self.keys, name, fields)).then_some(entry.value)
     }
 
-    /// The value of slot `slot`, if it holds a key: the one [`LineCache::get`] found there,
-    /// as long as the keys have not moved since (see [`LineCache::moves`]).
+    /// The value of entry `entry`: the one [`LineCache::get`] found there, as long as the keys
+    /// have not moved since (see [`LineCache::moves`]).
     #[inline]
-    pub(super) fn value(&self, slot: u32) -> Option<V> {
-        Some(self.slots.get(slot as usize)?.as_ref()?.value)
+    pub(super) fn value(&self, entry: u32) -> Option<V> {
+        Some(self.entries.get(entry as usize)?.value)
     }
 
     /// The value of the key `name` then `fields`, of `hash`, if remembered: a look-up in one go.
     pub(super) fn find(&self, hash: u64, name: &[u8], fields: &[u8]) -> Option<V> {
-        self.get(self.probe(hash)?, name, fields)
+        self.get(self.probe(hash)?, hash, name, fields)
     }
 
     /// Remembers that the key `name` then `fields`, of `hash`, resolves to `value`; replaces
     /// what it resolved to before. A key that finds no room within its probe is not remembered.
     pub(super) fn insert(&mut self, hash: u64, name: &[u8], fields: &[u8], value: V) {
-        if (self.len + 1) * 2 > self.slots.len() {
+        if (self.len + 1) * 2 > self.buckets.len() {
             self.grow();
         }
-        let mask = self.mask();
-        let home = hash as usize & mask;
-        for i in (0..MAX_PROBE).map(|step| (home + step) & mask) {
-            match &mut self.slots[i] {
-                Some(slot) if slot.hash == hash && slot.is(&self.keys, name, fields) => {
-                    slot.value = value;
-                    return;
-                }
-                Some(_) => {}
-                empty @ None => {
-                    let at = self.keys.len() as u32;
-                    self.keys.extend_from_slice(name);
-                    self.keys.extend_from_slice(fields);
-                    *empty = Some(Slot {
-                        hash,
-                        at,
-                        len: (name.len() + fields.len()) as u32,
-                        value,
-                    });
-                    self.len += 1;
-                    return;
-                }
+        let tag = tag_of(hash);
+        for i in self.probes(hash) {
+            let bucket = self.buckets[i];
+            let Some(at) = bucket.entry.checked_sub(1) else {
+                let at = self.keys.len() as u32;
+                self.keys.extend_from_slice(name);
+                self.keys.extend_from_slice(fields);
+                self.entries.push(Entry {
+                    hash,
+                    at,
+                    len: (name.len() + fields.len()) as u32,
+                    value,
+                });
+                self.buckets[i] = Bucket {
+                    tag,
+                    entry: self.entries.len() as u32,
+                };
+                self.len += 1;
+                return;
+            };
+            let entry = &mut self.entries[at as usize];
+            if bucket.tag == tag && entry.hash == hash && entry.is(&self.keys, name, fields) {
+                entry.value = value;
+                return;
             }
         }
     }
 
-    /// Doubles the slots, placing every key again.
+    /// Doubles the index, placing every key found again; the entries stay where they are.
     fn grow(&mut self) {
-        self.moves += 1;
-        let size = (self.slots.len() * 2).max(MIN_SLOTS);
-        let old = std::mem::replace(&mut self.slots, vec![None; size].into_boxed_slice());
-        let mask = size - 1;
-        for slot in old.into_vec().into_iter().flatten() {
+        let size = (self.buckets.len() * 2).max(MIN_BUCKETS);
+        let old = std::mem::replace(
+            &mut self.buckets,
+            vec![Bucket::default(); size].into_boxed_slice(),
+        );
+        for bucket in old.iter().filter(|bucket| bucket.entry != 0) {
             // Twice the room: a key placed before finds room again, except when too many of
-            // its neighbours share its home slot; it is then forgotten.
-            let home = slot.hash as usize & mask;
-            if let Some(i) = (0..MAX_PROBE)
-                .map(|step| (home + step) & mask)
-                .find(|&i| self.slots[i].is_none())
-            {
-                self.slots[i] = Some(slot);
+            // its neighbours share its home bucket; it is then forgotten.
+            let hash = self.entries[bucket.entry as usize - 1].hash;
+            if let Some(i) = self.probes(hash).find(|&i| self.buckets[i].entry == 0) {
+                self.buckets[i] = *bucket;
             } else {
                 self.len -= 1;
             }
@@ -291,8 +327,9 @@ mod tests {
             let (a, b) = name.as_bytes().split_at(2);
             let mut fields = b.to_vec();
             fields.extend_from_slice(b"|c");
+            let other = hash(a, &fields);
             assert_eq!(
-                cache.get(cache.probe(hash(a, &fields)).unwrap_or(0), a, &fields),
+                cache.get(cache.probe(other).unwrap_or(0), other, a, &fields),
                 None
             );
         }
@@ -307,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_move_when_the_cache_grows_or_clears_and_only_then() {
+    fn keys_move_when_the_cache_clears_and_only_then() {
         let mut cache = LineCache::default();
         let insert = |cache: &mut LineCache<u32>, i: u32| {
             let name = format!("m.{i}:");
@@ -315,17 +352,25 @@ mod tests {
         };
         insert(&mut cache, 0);
         let moves = cache.moves();
-        // Room for MIN_SLOTS / 2 keys: the ones after the first go in without moving it.
-        let slot = cache.probe(hash(b"m.0:", b"|c")).unwrap();
-        for i in 1..(MIN_SLOTS / 2) as u32 {
-            insert(&mut cache, i);
-        }
+        let entries: Vec<u32> = (0..MIN_BUCKETS as u32 * 8)
+            .map(|i| {
+                insert(&mut cache, i);
+                let name = format!("m.{i}:");
+                cache.probe(hash(name.as_bytes(), b"|c")).unwrap()
+            })
+            .collect();
+        // The index doubled four times; every entry found before is where it was.
+        assert_eq!(cache.buckets.len(), MIN_BUCKETS * 16);
         assert_eq!(cache.moves(), moves);
-        assert_eq!(cache.value(slot), Some(0));
-        insert(&mut cache, MIN_SLOTS as u32);
-        assert_eq!(cache.moves(), moves + 1, "a growth");
+        for (i, &entry) in entries.iter().enumerate() {
+            let name = format!("m.{i}:");
+            let h = hash(name.as_bytes(), b"|c");
+            assert_eq!(cache.probe(h), Some(entry));
+            assert_eq!(cache.get(entry, h, name.as_bytes(), b"|c"), Some(i as u32));
+        }
         cache.clear();
-        assert_eq!(cache.moves(), moves + 2, "a clear");
+        assert_eq!(cache.moves(), moves + 1, "a clear");
+        assert_eq!(cache.value(entries[0]), None);
     }
 
     #[test]
@@ -340,8 +385,8 @@ mod tests {
         assert_eq!(cache.len(), MAX_PROBE);
         for i in 0..100u32 {
             let name = format!("c.{i}:");
-            let slot = cache.probe(7).expect("a slot of hash 7");
-            let found = cache.get(slot, name.as_bytes(), b"|c");
+            let entry = cache.probe(7).expect("an entry of hash 7");
+            let found = cache.get(entry, 7, name.as_bytes(), b"|c");
             // Only the first key of a hash is found by a probe; the others take the long way.
             assert_eq!(found, (i == 0).then_some(0));
         }
