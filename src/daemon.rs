@@ -40,9 +40,11 @@ fn on_own_thread(
     name: String,
     reader: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<impl Future<Output = ()>> {
+    // No collection at each park: a busy reader parks at every pause between its reads, and
+    // its own allocations take back what the families freed into its pages. It gives memory
+    // back as it goes to wait for input, and at each prune tick after (`Pipeline::waiting`).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .on_thread_park(crate::memory::release_freed_memory)
         .build()
         .with_context(|| format!("cannot start the runtime of {name}"))?;
     let runtime = OwnRuntime(Some(runtime));

@@ -147,9 +147,11 @@ impl Pipeline {
         }
     }
 
-    /// The task is about to wait for input: the prune timer starts, if it is not running and
-    /// there is something to let go of.
+    /// The task is about to wait for input: its thread gives back freed memory (a datagram
+    /// reader's runtime does not at each park: that one pauses between reads while busy), and
+    /// the prune timer starts, if it is not running and there is something to let go of.
     fn waiting(&mut self) {
+        crate::memory::release_freed_memory();
         if self.prune.is_none() && !(self.router.is_empty() && self.batcher.is_idle()) {
             self.prune = Some(Box::pin(tokio::time::sleep(PRUNE_EVERY)));
         }
