@@ -158,6 +158,11 @@ impl IdleDue {
         millis(now)
     }
 
+    /// The time set, if any, on the clock of [`IdleDue::clock`].
+    pub fn at(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&due| due != Self::NEVER)
+    }
+
     /// True once the time set has passed `now` (from [`IdleDue::clock`]); then it is unset,
     /// so the family is asked once.
     pub fn take_due(&self, now: u64) -> bool {

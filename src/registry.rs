@@ -59,7 +59,7 @@ pub enum RegistryMsg {
     /// until the family has stopped, and so published.
     HoldTicket(Arc<str>, Ticket),
     /// Ask every live family idle long enough to hibernate to check (sent by the registry to
-    /// itself, every `idle_sweep_every` while families are live).
+    /// itself while families are live, see [`next_sweep_in`]).
     IdleSweep,
 }
 
@@ -71,11 +71,29 @@ struct Live {
     idle: IdleDue,
 }
 
-/// How often the registry looks for idle families: half of `hibernate_after`, so a family
+/// The shortest time between two idle sweeps: half of `hibernate_after`, so a family
 /// hibernates at most that much later than due (between 10 ms and 1 s). A sweep reads every
 /// live family's [`IdleDue`], and wakes the runtime to do so.
 fn idle_sweep_every(hibernate_after: Duration) -> Duration {
     (hibernate_after / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// When the next idle sweep is due, `earliest` ms after a sweep that asked no family to
+/// check (the earliest time any live family was set to be due, if any): then, but at least
+/// [`idle_sweep_every`] and at most twice that (or `hibernate_after`, if less) later. A family
+/// updated after the sweep is due `hibernate_after` after its update at the earliest, so not
+/// before the next sweep; one
+/// that was asked to check sets its time again, which may be sooner: after a sweep that asked
+/// any family, the next comes [`idle_sweep_every`] later. Families that stay busy thus cost
+/// half as many sweeps as a fixed cadence of [`idle_sweep_every`].
+fn next_sweep_in(hibernate_after: Duration, asked: bool, earliest: Option<u64>) -> Duration {
+    let every = idle_sweep_every(hibernate_after);
+    let longest = (every * 2).min(hibernate_after).max(every);
+    match (asked, earliest) {
+        (false, Some(ms)) => Duration::from_millis(ms).clamp(every, longest),
+        (false, None) => longest,
+        (true, _) => every,
+    }
 }
 
 /// The actor; its state is [`RegistryState`].
@@ -200,15 +218,25 @@ impl RegistryState {
         Ok(actor)
     }
 
-    /// Schedules the next idle sweep, if none is due and some family could hibernate.
-    fn schedule_sweep(&mut self, myself: &ActorRef<RegistryMsg>) {
+    /// Schedules the next idle sweep, if none is due and some family could hibernate: `in_`
+    /// from now, given `hibernate_after`.
+    fn schedule_sweep_in(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        in_: impl FnOnce(Duration) -> Duration,
+    ) {
         let Some(after) = self.ctx.hibernate_after else {
             return;
         };
         if !self.sweep_due && !self.families.is_empty() {
             self.sweep_due = true;
-            myself.send_after(idle_sweep_every(after), || RegistryMsg::IdleSweep);
+            myself.send_after(in_(after), || RegistryMsg::IdleSweep);
         }
+    }
+
+    /// Schedules an idle sweep [`idle_sweep_every`] from now, if none is due.
+    fn schedule_sweep(&mut self, myself: &ActorRef<RegistryMsg>) {
+        self.schedule_sweep_in(myself, idle_sweep_every);
     }
 
     /// The family name of actor `id` if that actor is retiring.
@@ -396,13 +424,18 @@ impl Actor for RegistryActor {
             }
             RegistryMsg::IdleSweep => {
                 let now = IdleDue::clock(std::time::Instant::now());
+                let (mut asked, mut earliest) = (false, None::<u64>);
                 for live in state.families.values() {
                     if live.idle.take_due(now) {
                         let _ = live.actor.cast(FamilyMsg::IdleCheck);
+                        asked = true;
+                    } else if let Some(at) = live.idle.at() {
+                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
                     }
                 }
                 state.sweep_due = false;
-                state.schedule_sweep(&myself);
+                let earliest = earliest.map(|at| at.saturating_sub(now));
+                state.schedule_sweep_in(&myself, |after| next_sweep_in(after, asked, earliest));
             }
             RegistryMsg::Retire(name, id) => state.drain(name, id, false),
             RegistryMsg::Hibernate(name, id) => state.drain(name, id, true),
@@ -464,5 +497,30 @@ impl Actor for RegistryActor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_that_asked_no_family_waits_for_the_earliest_due_within_bounds() {
+        let ms = Duration::from_millis;
+        let second = Duration::from_secs(1);
+        // Asked a family: it may be due again soon.
+        assert_eq!(next_sweep_in(second, true, Some(5_000)), ms(500));
+        // Otherwise the earliest due, between half and all of `hibernate_after`.
+        assert_eq!(next_sweep_in(second, false, Some(100)), ms(500));
+        assert_eq!(next_sweep_in(second, false, Some(800)), ms(800));
+        assert_eq!(next_sweep_in(second, false, Some(5_000)), second);
+        assert_eq!(next_sweep_in(second, false, None), second);
+        // Long `hibernate_after`: between 1 s and 2 s.
+        let ten = Duration::from_secs(10);
+        assert_eq!(next_sweep_in(ten, false, Some(1_500)), ms(1_500));
+        assert_eq!(next_sweep_in(ten, false, None), 2 * second);
+        // Short: never later than `hibernate_after`, never sooner than 10 ms.
+        assert_eq!(next_sweep_in(ms(10), false, None), ms(10));
+        assert_eq!(next_sweep_in(ms(30), false, Some(100)), ms(30));
     }
 }
