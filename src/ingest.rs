@@ -409,7 +409,7 @@ impl Batcher {
             if scan.is_empty() {
                 break;
             }
-            // then read, and its entry and key asked for,
+            // then read, and its entry asked for,
             for scanned in &mut scan {
                 if scanned.single() {
                     scanned.entry = self.lines.probe(scanned.hash);

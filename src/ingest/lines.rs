@@ -182,12 +182,12 @@ impl<V: Copy> LineCache<V> {
         let tag = tag_of(hash);
         for i in self.probes(hash) {
             let bucket = self.buckets[i];
-            let entry = bucket.entry.checked_sub(1)?;
+            let index = bucket.entry.checked_sub(1)?;
             if bucket.tag == tag {
-                if let Some(entry) = self.entries.get(entry as usize) {
+                if let Some(entry) = self.entries.get(index as usize) {
                     prefetch_line(entry);
                 }
-                return Some(entry);
+                return Some(index);
             }
         }
         None
@@ -222,7 +222,7 @@ impl<V: Copy> LineCache<V> {
         let tag = tag_of(hash);
         for i in self.probes(hash) {
             let bucket = self.buckets[i];
-            let Some(at) = bucket.entry.checked_sub(1) else {
+            let Some(index) = bucket.entry.checked_sub(1) else {
                 let at = self.keys.len() as u32;
                 self.keys.extend_from_slice(name);
                 self.keys.extend_from_slice(fields);
@@ -239,7 +239,7 @@ impl<V: Copy> LineCache<V> {
                 self.len += 1;
                 return;
             };
-            let entry = &mut self.entries[at as usize];
+            let entry = &mut self.entries[index as usize];
             if bucket.tag == tag && entry.hash == hash && entry.is(&self.keys, name, fields) {
                 entry.value = value;
                 return;
