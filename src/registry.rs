@@ -82,10 +82,10 @@ fn idle_sweep_every(hibernate_after: Duration) -> Duration {
 /// check (the earliest time any live family was set to be due, if any): then, but at least
 /// [`idle_sweep_every`] and at most twice that (or `hibernate_after`, if less) later. A family
 /// updated after the sweep is due `hibernate_after` after its update at the earliest, so not
-/// before the next sweep; one
-/// that was asked to check sets its time again, which may be sooner: after a sweep that asked
-/// any family, the next comes [`idle_sweep_every`] later. Families that stay busy thus cost
-/// half as many sweeps as a fixed cadence of [`idle_sweep_every`].
+/// before the next sweep; one that was asked to check sets its time again, which may be
+/// sooner: after a sweep that asked any family, the next comes [`idle_sweep_every`] later.
+/// Families that stay busy thus cost half as many sweeps as a fixed cadence of
+/// [`idle_sweep_every`].
 fn next_sweep_in(hibernate_after: Duration, asked: bool, earliest: Option<u64>) -> Duration {
     let every = idle_sweep_every(hibernate_after);
     let longest = (every * 2).min(hibernate_after).max(every);
