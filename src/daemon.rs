@@ -153,8 +153,20 @@ fn bind_udp(addr: std::net::SocketAddr, read_buffer: usize) -> std::io::Result<U
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if read_buffer > 0 {
         socket.set_recv_buffer_size(read_buffer)?;
-        let got = socket.recv_buffer_size()?;
         // Linux doubles the request for its own bookkeeping, after capping it at rmem_max.
+        // A process with CAP_NET_ADMIN (root on a host) may go past the cap, as journald
+        // does; any other is refused, and keeps the capped buffer.
+        if socket.recv_buffer_size()? < read_buffer.saturating_mul(2) {
+            use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+            if setsockopt(&socket, RcvBufForce, &read_buffer).is_ok() {
+                info!(
+                    requested = read_buffer,
+                    got = socket.recv_buffer_size()?,
+                    "UDP receive buffer set past net.core.rmem_max (CAP_NET_ADMIN)"
+                );
+            }
+        }
+        let got = socket.recv_buffer_size()?;
         // Capping the default is normal on most hosts: worth a warning only when asked for.
         if got < read_buffer.saturating_mul(2) {
             if read_buffer == DEFAULT_READ_BUFFER {

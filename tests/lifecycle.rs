@@ -240,8 +240,40 @@ fn the_defaults_start_without_a_warning() {
 }
 
 #[test]
+fn a_udp_buffer_past_rmem_max_is_taken_with_cap_net_admin_and_capped_without() {
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // CAP_NET_ADMIN is bit 12 of the effective capabilities, which tallyd inherits.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    let net_admin = caps & (1 << 12) != 0;
+    let asked = rmem_max + 100_000;
+    let t = Tallyd::start(&[&format!("--statsd.read-buffer={asked}")]);
+    let logs = t.logs();
+    let (said, got) = if net_admin {
+        ("set past net.core.rmem_max", 2 * asked)
+    } else {
+        ("capped by the kernel", 2 * rmem_max)
+    };
+    let line = logs
+        .iter()
+        .find(|l| l.contains(said))
+        .unwrap_or_else(|| panic!("{said}: {logs:#?}"));
+    assert!(line.contains(&format!("got={got}")), "{line}");
+    t.send_udp(b"big.buffer:1|c");
+    t.wait_value("big_buffer", &[], 1.0);
+}
+
+#[test]
 fn the_receive_pause_is_shortened_to_what_a_small_udp_buffer_holds() {
-    // 100,000 bytes (the kernel doubles it) holds under 2 ms of a full-speed stream: the 50 ms
+    // 100,000 bytes (the kernel doubles it) holds under 2 ms of a full-speed stream: the 100 ms
     // default pause is shortened, and said so; the lines still all land.
     let t = Tallyd::start(&["--statsd.read-buffer=100000"]);
     let logs = t.logs();
