@@ -10,6 +10,7 @@
 //! Counting happens here too, locally, and is added to the shared telemetry once per flush.
 
 mod lines;
+mod marks;
 mod pending;
 
 use arc_swap::ArcSwap;
@@ -26,6 +27,7 @@ use crate::statsd::parse::{self, Datum, MetricType, RejectReason, Sample, TagSty
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::update::{LabelPairs, LabelSet, Op, Update};
 use lines::LineCache;
+use marks::Marks;
 use pending::Pending;
 
 /// How many raw names a batcher remembers, per cache; past this a cache starts over, which
@@ -230,11 +232,6 @@ fn value_text(value: &[u8]) -> Option<&str> {
     }
 }
 
-/// `inner`, a part of `outer`: where it starts in `outer`.
-fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
-    inner.as_ptr() as usize - outer.as_ptr() as usize
-}
-
 /// A sample's operation, scaled by a mapping rule's `scale`.
 #[inline]
 fn op_for(sample: &Sample<'_>, scale: Option<f64>) -> Result<Op, RejectReason> {
@@ -267,6 +264,8 @@ pub struct Batcher {
     lines: LineCache<Resolved>,
     /// The lines of the datagram being added (see [`Batcher::ingest`]).
     scan: Vec<Scanned>,
+    /// The separators of the datagram being added.
+    marks: Marks,
     /// Lines answered by `lines` while a mapping file is in force: mapping cache hits.
     line_hits: u64,
     /// When the last input came.
@@ -360,6 +359,7 @@ impl Batcher {
             pending: Pending::default(),
             lines: LineCache::default(),
             scan: Vec::new(),
+            marks: Marks::default(),
             line_hits: 0,
             last_input: Instant::now(),
             counts: Counts::default(),
@@ -383,13 +383,14 @@ impl Batcher {
         // stage asking for the memory the next one reads, and only then added in order: the
         // cache misses of a datagram's lines (the caches are often cold after the idle time
         // between datagrams) overlap rather than come one after another.
-        let mut lines = parse::lines(datagram);
         let mut scan = std::mem::take(&mut self.scan);
+        let mut marks = std::mem::take(&mut self.marks);
+        marks.scan(datagram);
+        let mut lines = marks.lines(datagram);
         loop {
             // Each line's index bucket is asked for,
             for line in lines.by_ref().take(LOOKAHEAD) {
-                let start = offset_in(datagram, line);
-                let end = start + line.len();
+                let (start, end) = (line.start, line.end);
                 let mut scanned = Scanned {
                     start,
                     end,
@@ -398,10 +399,9 @@ impl Batcher {
                     hash: 0,
                     entry: None,
                 };
-                if let Some((name, value, fields)) = split_single(line) {
-                    scanned.value_start = start + name.len();
-                    scanned.value_end = scanned.value_start + value.len();
-                    scanned.hash = lines::hash(name, fields);
+                if let Some((value_start, value_end)) = line.value {
+                    (scanned.value_start, scanned.value_end) = (value_start, value_end);
+                    scanned.hash = lines::hash(scanned.name(datagram), scanned.fields(datagram));
                     self.lines.prefetch(scanned.hash);
                 }
                 scan.push(scanned);
@@ -447,6 +447,7 @@ impl Batcher {
             }
         }
         self.scan = scan;
+        self.marks = marks;
     }
 
     /// Adds a line whose name and fields were seen before, with its value, as `known` found it.

@@ -127,27 +127,6 @@ impl std::fmt::Display for RejectReason {
     }
 }
 
-/// Splits a datagram (or a chunk of a TCP stream) into lines: `\n`-separated, a trailing `\r`
-/// removed, empty lines skipped.
-pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(datagram);
-    std::iter::from_fn(move || {
-        let text = rest?;
-        match memchr::memchr(b'\n', text) {
-            Some(end) => {
-                rest = Some(&text[end + 1..]);
-                Some(&text[..end])
-            }
-            None => {
-                rest = None;
-                Some(text)
-            }
-        }
-    })
-    .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-    .filter(|line| !line.is_empty())
-}
-
 /// Which tag styles are parsed; a style switched off leaves its text in the metric name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TagStyles {
