@@ -57,23 +57,34 @@ fn tag_of(hash: u64) -> u32 {
 }
 
 /// `a == b`, inline: keys are short, and a call to `memcmp` for each would cost more than the
-/// comparison (eight bytes at a time, the last eight overlapping the ones before).
+/// comparison (eight bytes at a time, the last eight overlapping the ones before; four and
+/// four overlapping from four bytes to seven).
 #[inline]
 fn same(a: &[u8], b: &[u8]) -> bool {
     fn word(bytes: &[u8], at: usize) -> u64 {
         u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
     }
+    fn half(bytes: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
+    }
     let n = a.len();
     if n != b.len() {
         return false;
     }
-    if n < 8 {
+    if n < 4 {
         return a.iter().zip(b).all(|(x, y)| x == y);
     }
-    (0..n - 8)
-        .step_by(8)
-        .chain([n - 8])
-        .all(|at| word(a, at) == word(b, at))
+    if n < 8 {
+        return half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(a, n - 8) == word(b, n - 8)
 }
 
 /// Keys (a name with its `:`, then fields) and the value each resolves to.
