@@ -199,10 +199,13 @@ struct Scanned {
     /// name is before, its fields after, from the `|`), else `value_start == value_end == end`.
     value_start: usize,
     value_end: usize,
-    /// The line cache's hash of its name and fields.
+    /// The line cache's hash of its name and fields, unless `guessed`.
     hash: u64,
     /// The cache's entry for that hash, then only if that entry's key is the line's.
     entry: Option<u32>,
+    /// `entry` was found by its place, after the line before's (see [`Batcher::guess`]), and
+    /// holds the line's name and fields: `hash` was not needed.
+    guessed: bool,
 }
 
 impl Scanned {
@@ -266,6 +269,9 @@ pub struct Batcher {
     scan: Vec<Scanned>,
     /// The separators of the datagram being added.
     marks: Marks,
+    /// The entry of `lines` after the last line's looked up: the next line's, when lines
+    /// come in the order they were first seen (entries are in that order).
+    guess: Option<u32>,
     /// Lines answered by `lines` while a mapping file is in force: mapping cache hits.
     line_hits: u64,
     /// When the last input came.
@@ -360,6 +366,7 @@ impl Batcher {
             lines: LineCache::default(),
             scan: Vec::new(),
             marks: Marks::default(),
+            guess: None,
             line_hits: 0,
             last_input: Instant::now(),
             counts: Counts::default(),
@@ -388,7 +395,10 @@ impl Batcher {
         marks.scan(datagram);
         let mut lines = marks.lines(datagram);
         loop {
-            // Each line's index bucket is asked for,
+            // Each line is compared with the entry after the last line's, which holds it when
+            // the lines come in the order they were first seen (as a client that sends the
+            // same metrics in the same order does), and else its index bucket is asked for,
+            let mut guess = self.guess;
             for line in lines.by_ref().take(LOOKAHEAD) {
                 let (start, end) = (line.start, line.end);
                 let mut scanned = Scanned {
@@ -398,11 +408,23 @@ impl Batcher {
                     value_end: end,
                     hash: 0,
                     entry: None,
+                    guessed: false,
                 };
                 if let Some((value_start, value_end)) = line.value {
                     (scanned.value_start, scanned.value_end) = (value_start, value_end);
-                    scanned.hash = lines::hash(scanned.name(datagram), scanned.fields(datagram));
-                    self.lines.prefetch(scanned.hash);
+                    let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
+                    match guess.filter(|&entry| self.lines.holds(entry, name, fields)) {
+                        Some(entry) => {
+                            (scanned.entry, scanned.guessed) = (Some(entry), true);
+                            guess = Some(entry + 1);
+                        }
+                        None => {
+                            // Out of order: the rest of these lines are looked up.
+                            guess = None;
+                            scanned.hash = lines::hash(name, fields);
+                            self.lines.prefetch(scanned.hash);
+                        }
+                    }
                 }
                 scan.push(scanned);
             }
@@ -411,7 +433,7 @@ impl Batcher {
             }
             // then read, and its entry asked for,
             for scanned in &mut scan {
-                if scanned.single() {
+                if scanned.single() && !scanned.guessed {
                     scanned.entry = self.lines.probe(scanned.hash);
                 }
             }
@@ -419,12 +441,21 @@ impl Batcher {
             for scanned in &mut scan {
                 if let Some(entry) = scanned.entry {
                     let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
-                    match self.lines.get(entry, scanned.hash, name, fields) {
+                    let known = if scanned.guessed {
+                        self.lines.value(entry)
+                    } else {
+                        self.lines.get(entry, scanned.hash, name, fields)
+                    };
+                    match known {
                         Some(known) => self.pending.prefetch(known.series),
                         None => scanned.entry = None,
                     }
                 }
             }
+            self.guess = scan
+                .last()
+                .and_then(|last| last.entry)
+                .map(|entry| entry + 1);
             // and then the lines are added, in order. A line that takes the long way may clear
             // the cache, and so move its keys: the lines after it are then looked up again.
             let moves = self.lines.moves();
@@ -434,7 +465,12 @@ impl Batcher {
                     let value = &datagram[scanned.value_start..scanned.value_end];
                     let known = if self.lines.moves() != moves {
                         let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
-                        self.lines.find(scanned.hash, name, fields)
+                        let hash = if scanned.guessed {
+                            lines::hash(name, fields)
+                        } else {
+                            scanned.hash
+                        };
+                        self.lines.find(hash, name, fields)
                     } else {
                         self.lines.value(entry)
                     };
@@ -1018,6 +1054,30 @@ mod tests {
             (0..29).map(|i| (format!("k{i}"), i as f64 + 1.0)).collect();
         want.extend([("n1".into(), 1.0), ("n2".into(), 1.0)]);
         want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn lines_found_by_place_or_out_of_order_reach_their_own_series() {
+        let (mut b, _) = batcher("");
+        b.ingest(b"a:1|c\nb:1|c\nc:1|c\nd:1|c");
+        drop(b.take());
+        // In the order first seen, each line is the entry after the line before's; then out
+        // of order, where the entry after `a`'s holds `b`, not `c`, and after `d` comes none.
+        b.ingest(b"a:1|c\nb:2|c\nc:3|c\nd:4|c");
+        b.ingest(b"a:10|c\nc:30|c\nb:20|c\nd:40|c\na:100|c");
+        b.ingest(b"c:300|c\nd:400|c|#k:v\nd:4000|c");
+        assert_eq!(b.lines.len(), 5);
+        let got: Vec<(String, Vec<Op>)> = sorted_batches(&mut b)
+            .into_iter()
+            .map(|(name, updates)| (name, updates.iter().map(|u| u.op).collect()))
+            .collect();
+        let want: Vec<(String, Vec<Op>)> = vec![
+            ("a".into(), vec![Op::Add(111.0)]),
+            ("b".into(), vec![Op::Add(22.0)]),
+            ("c".into(), vec![Op::Add(333.0)]),
+            ("d".into(), vec![Op::Add(4044.0), Op::Add(400.0)]),
+        ];
         assert_eq!(got, want);
     }
 

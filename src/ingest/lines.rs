@@ -8,7 +8,10 @@
 //! stages: every line's bucket is asked for ([`LineCache::prefetch`]), then every bucket is
 //! read and its entry asked for ([`LineCache::probe`]), then every entry's key is checked
 //! ([`LineCache::get`]), so the misses of a datagram's lines overlap instead of coming one
-//! after another. Probes are bounded, so no set of keys makes a look-up slow.
+//! after another. Probes are bounded, so no set of keys makes a look-up slow. A key may also
+//! be looked up by place ([`LineCache::holds`]): the batcher first tries the entry after the
+//! last line's, which is the line's own when lines come in the order first seen, with no hash
+//! and no index.
 
 use rustc_hash::FxHasher;
 use std::hash::Hasher;
@@ -94,7 +97,8 @@ pub(super) struct LineCache<V> {
     buckets: Box<[Bucket]>,
     /// The entries, in the order their keys were first remembered. An entry stays where it
     /// is until a clear; one that a growth of the index could not place again is no longer
-    /// found.
+    /// found by hash (by place it still is, with the value it had, which a key keeps until a
+    /// clear).
     entries: Vec<Entry<V>>,
     /// Every key's bytes, one after another.
     keys: Vec<u8>,
@@ -210,6 +214,15 @@ impl<V: Copy> LineCache<V> {
     pub(super) fn get(&self, entry: u32, hash: u64, name: &[u8], fields: &[u8]) -> Option<V> {
         let entry = self.entries.get(entry as usize)?;
         (entry.hash == hash && entry.is(&self.keys, name, fields)).then_some(entry.value)
+    }
+
+    /// True when entry `entry` holds the key `name` then `fields`: a look-up by place, when
+    /// the caller knows where a key should be.
+    #[inline]
+    pub(super) fn holds(&self, entry: u32, name: &[u8], fields: &[u8]) -> bool {
+        self.entries
+            .get(entry as usize)
+            .is_some_and(|e| e.is(&self.keys, name, fields))
     }
 
     /// The value of entry `entry`: the one [`LineCache::get`] found there, as long as the keys
