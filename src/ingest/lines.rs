@@ -38,7 +38,7 @@ const _: () = assert!(std::mem::size_of::<Entry<super::Resolved>>() == 64);
 
 impl<V> Entry<V> {
     /// True when this entry's key, in `keys`, is `name` then `fields`.
-    #[inline]
+    #[inline(always)]
     fn is(&self, keys: &[u8], name: &[u8], fields: &[u8]) -> bool {
         let key = &keys[self.at as usize..][..self.len as usize];
         key.split_at_checked(name.len())
