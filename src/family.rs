@@ -794,10 +794,13 @@ impl Actor for FamilyActor {
         if state.dirty {
             state.schedule_publish(&myself, state.ctx.publish_interval, Instant::now());
         }
-        if state.is_empty() && state.meta.ttl.is_none() {
+        if state.is_empty() && state.meta.ttl.is_none() && state.idle_left(Instant::now()).is_none()
+        {
             // A new family whose first batch never comes (dropped on the way) must not keep
-            // the series the registry took for it: a sweep retires it if it is still empty
-            // (with a TTL, the regular sweeps do).
+            // the series the registry took for it: a sweep retires it if it is still empty.
+            // With a TTL the regular sweeps do; a family that may hibernate is let go at its
+            // idle check instead (the registry keeps no empty family), which spares every new
+            // family a timer.
             myself.send_after(EMPTY_GRACE, || FamilyMsg::Sweep);
         }
         state.schedule_sweep(&myself);
