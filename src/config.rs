@@ -727,6 +727,13 @@ impl Settings {
                 format!("{mode:?} is not an octal mode like 755"),
             ));
         }
+        // The kernel takes an int and doubles it: past 1 GiB a request would wrap.
+        if self.statsd.read_buffer > 1 << 30 {
+            return Err((
+                "statsd.read_buffer",
+                "must be at most 1073741824 (1 GiB)".into(),
+            ));
+        }
         if self.statsd.receive_coalesce > Duration::from_millis(100) {
             return Err(("statsd.receive_coalesce", "must be at most 100ms".into()));
         }

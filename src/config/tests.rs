@@ -136,6 +136,11 @@ fn semantic_errors_name_their_source() {
             "actors.publish_interval",
             "at most 60s",
         ),
+        (
+            "[statsd]\nread_buffer = 1073741825\n",
+            "statsd.read_buffer",
+            "at most 1073741824",
+        ),
     ] {
         let (f, cli) = write(file);
         let msg = load(&cli, &[]).unwrap_err().to_string();
