@@ -45,7 +45,8 @@ const RENDER_SHARE: u32 = 20;
 /// A set family whose count falls with time publishes at most this often (or per
 /// `publish_interval`, if shorter), however short `statsd.set_window` is.
 const SET_REFRESH_FLOOR: Duration = Duration::from_secs(1);
-/// How long a family born empty waits for its first batch before it retires.
+/// How long a family born empty waits for its first batch before it retires, unless its idle
+/// check comes as soon (see `pre_start`).
 const EMPTY_GRACE: Duration = Duration::from_secs(1);
 
 /// Series-limit warnings logged per second, across families.
@@ -794,13 +795,16 @@ impl Actor for FamilyActor {
         if state.dirty {
             state.schedule_publish(&myself, state.ctx.publish_interval, Instant::now());
         }
-        if state.is_empty() && state.meta.ttl.is_none() && state.idle_left(Instant::now()).is_none()
-        {
+        let checked_soon = state
+            .idle_left(Instant::now())
+            .is_some_and(|left| left <= EMPTY_GRACE);
+        if state.is_empty() && state.meta.ttl.is_none() && !checked_soon {
             // A new family whose first batch never comes (dropped on the way) must not keep
             // the series the registry took for it: a sweep retires it if it is still empty.
-            // With a TTL the regular sweeps do; a family that may hibernate is let go at its
-            // idle check instead (the registry keeps no empty family), which spares every new
-            // family a timer.
+            // With a TTL the regular sweeps do; a family whose idle check comes as soon (with
+            // `hibernate_after` at most `EMPTY_GRACE`, as by default) is let go at that check
+            // instead (the registry keeps no empty family, see `RegistryState::retired`),
+            // which spares every new family a timer.
             myself.send_after(EMPTY_GRACE, || FamilyMsg::Sweep);
         }
         state.schedule_sweep(&myself);

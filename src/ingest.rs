@@ -201,7 +201,8 @@ struct Scanned {
     value_end: usize,
     /// The line cache's hash of its name and fields, unless `guessed`.
     hash: u64,
-    /// The cache's entry for that hash, then only if that entry's key is the line's.
+    /// The cache's entry for that hash (or the one found by place, see `guessed`), then only
+    /// if that entry's key is the line's.
     entry: Option<u32>,
     /// `entry` was found by its place, after the line before's (see [`Batcher::guess`]), and
     /// holds the line's name and fields: `hash` was not needed.

@@ -332,7 +332,9 @@ impl RegistryState {
                     return Ok(());
                 }
                 Some(_) => {}
-                // It failed while draining: its state, and so its snapshot, are gone.
+                // It failed while draining (its state, and so its snapshot, are gone), or it
+                // is empty: a new family whose first batch never came, let go at its idle
+                // check (see `FamilyActor::pre_start`); removing its snapshot does no harm.
                 None => {
                     let _ = self
                         .ctx

@@ -255,6 +255,10 @@ fn a_udp_buffer_past_rmem_max_is_taken_with_cap_net_admin_and_capped_without() {
         .unwrap();
     let net_admin = caps & (1 << 12) != 0;
     let asked = rmem_max + 100_000;
+    if asked > 1 << 30 {
+        // No request past this cap is a valid setting (at most 1 GiB): nothing to show.
+        return;
+    }
     let t = Tallyd::start(&[&format!("--statsd.read-buffer={asked}")]);
     let logs = t.logs();
     let (said, got) = if net_admin {

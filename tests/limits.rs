@@ -143,36 +143,41 @@ fn a_full_queue_drops_and_counts_whole_batches() {
 }
 
 #[test]
-fn a_new_family_whose_first_batch_is_dropped_is_let_go_at_its_idle_check() {
-    // As below, with hibernation on: no grace timer, the empty family's idle check has it
-    // stop, and the registry lets it go (it keeps no empty family) rather than keep it
-    // hibernating; its series goes back to the budget.
-    let t = Tallyd::start_with_env(
-        &["--limits.max-series=2"],
-        &[
-            ("TALLYD_LIMITS__MAX_QUEUED_UPDATES", "1"),
-            ("TALLYD_ACTORS__HIBERNATE_AFTER", "200ms"),
-        ],
-    );
-    t.send_udp(b"lost:1|c|#k:a\nlost:1|c|#k:b");
-    t.wait_value(
-        "tallyd_updates_dropped_total",
-        &[("stage", "queue_full")],
-        2.0,
-    );
-    let e = t.wait_value("tallyd_family_retirements_total", &[], 1.0);
-    assert_eq!(
-        e.value("tallyd_metric_families_hibernating", &[]),
-        Some(0.0)
-    );
-    t.send_udp(b"kept.one:1|c");
-    t.wait_value("kept_one", &[], 1.0);
-    t.send_udp(b"kept.two:1|c");
-    let e = t.wait_value("kept_two", &[], 1.0);
-    assert_eq!(
-        e.value("tallyd_series_refused_total", &[("limit", "max_series")]),
-        Some(0.0)
-    );
+fn a_new_family_whose_first_batch_is_dropped_gives_its_series_back_when_it_may_hibernate() {
+    // As below, with hibernation on. At 200ms there is no grace timer: the empty family's
+    // idle check has it stop, and the registry lets it go (it keeps no empty family) rather
+    // than keep it hibernating. At 30s, an idle check too late for the series to wait for,
+    // the grace timer retires it within the test's wait.
+    for hibernate_after in ["200ms", "30s"] {
+        let t = Tallyd::start_with_env(
+            &["--limits.max-series=2"],
+            &[
+                ("TALLYD_LIMITS__MAX_QUEUED_UPDATES", "1"),
+                ("TALLYD_ACTORS__HIBERNATE_AFTER", hibernate_after),
+            ],
+        );
+        t.send_udp(b"lost:1|c|#k:a\nlost:1|c|#k:b");
+        t.wait_value(
+            "tallyd_updates_dropped_total",
+            &[("stage", "queue_full")],
+            2.0,
+        );
+        let e = t.wait_value("tallyd_family_retirements_total", &[], 1.0);
+        assert_eq!(
+            e.value("tallyd_metric_families_hibernating", &[]),
+            Some(0.0),
+            "{hibernate_after}"
+        );
+        t.send_udp(b"kept.one:1|c");
+        t.wait_value("kept_one", &[], 1.0);
+        t.send_udp(b"kept.two:1|c");
+        let e = t.wait_value("kept_two", &[], 1.0);
+        assert_eq!(
+            e.value("tallyd_series_refused_total", &[("limit", "max_series")]),
+            Some(0.0),
+            "{hibernate_after}"
+        );
+    }
 }
 
 #[test]

@@ -164,7 +164,8 @@ impl<V: Copy> LineCache<V> {
     }
 
     /// Counts the times the keys moved: while it stays the same, an entry from
-    /// [`LineCache::probe`] still holds the key [`LineCache::get`] found there.
+    /// [`LineCache::probe`] still holds the key [`LineCache::get`] found there, and one that
+    /// [`LineCache::holds`] said holds a key still does.
     pub(super) fn moves(&self) -> u64 {
         self.moves
     }
@@ -225,8 +226,9 @@ impl<V: Copy> LineCache<V> {
             .is_some_and(|e| e.is(&self.keys, name, fields))
     }
 
-    /// The value of entry `entry`: the one [`LineCache::get`] found there, as long as the keys
-    /// have not moved since (see [`LineCache::moves`]).
+    /// The value of entry `entry`: the value of the key [`LineCache::get`] found there (or
+    /// [`LineCache::holds`] said it holds), as long as the keys have not moved since (see
+    /// [`LineCache::moves`]).
     #[inline]
     pub(super) fn value(&self, entry: u32) -> Option<V> {
         Some(self.entries.get(entry as usize)?.value)

@@ -1,8 +1,10 @@
 //! A datagram's lines, and where each one's value is: the datagram's newlines, colons and
 //! pipes are found for the whole datagram at once, 64 bytes to a set of bit masks (16 bytes at
-//! a time with SSE2 on x86_64), and each line's separators are then the next set bits, a few
-//! register instructions each, rather than a search call per line and per separator (lines
-//! are about 16 bytes, too short for a search's set-up to pay).
+//! a time with SSE2 on x86_64), and each line's separators are then the next set bits within
+//! the line, a few register instructions each for a line within a block or two, rather than a
+//! search call per line and per separator (lines are about 16 bytes, too short for a search's
+//! set-up to pay). No search goes past its line's end, so a datagram costs time in
+//! proportion to its length, whatever its lines.
 
 /// The masks of 64 bytes: bit `i` of `masks[NEWLINE]` is set when byte `i` is a newline, and
 /// so on.
@@ -10,6 +12,8 @@ type Block = [u64; 3];
 const NEWLINE: usize = 0;
 const COLON: usize = 1;
 const PIPE: usize = 2;
+/// Blocks of room kept from one scan to the next: a 64 KiB datagram's.
+const KEPT_BLOCKS: usize = 1024;
 
 /// A datagram's separators, 64 bytes to a [`Block`]. Kept by its batcher, so its room is
 /// reused from one datagram to the next.
@@ -33,6 +37,10 @@ pub(super) struct Line {
 impl Marks {
     /// Finds the separators of `datagram`, forgetting the last one's.
     pub(super) fn scan(&mut self, datagram: &[u8]) {
+        // The room a chunk bigger than a datagram took (a TCP read) is let go at the next.
+        if self.blocks.capacity() > KEPT_BLOCKS.max(datagram.len().div_ceil(64)) {
+            self.blocks = Vec::new();
+        }
         self.blocks.clear();
         let mut chunks = datagram.chunks_exact(64);
         for chunk in chunks.by_ref() {
@@ -57,17 +65,20 @@ impl Marks {
         }
     }
 
-    /// Where the first separator of those `of` picks from a block is, at or after `from`,
-    /// if there is one.
+    /// Where the first separator of those `of` picks from a block is, at or after `from` and
+    /// before `limit`, if there is one.
     #[inline]
-    fn next(&self, from: usize, of: impl Fn(&Block) -> u64) -> Option<usize> {
+    fn next(&self, from: usize, limit: usize, of: impl Fn(&Block) -> u64) -> Option<usize> {
         let mut i = from / 64;
         let mut bits = of(self.blocks.get(i)?) & (u64::MAX << (from % 64));
         while bits == 0 {
             i += 1;
+            if i * 64 >= limit {
+                return None;
+            }
             bits = of(self.blocks.get(i)?);
         }
-        Some(i * 64 + bits.trailing_zeros() as usize)
+        Some(i * 64 + bits.trailing_zeros() as usize).filter(|&at| at < limit)
     }
 
     /// True when byte `at` is a pipe.
@@ -97,7 +108,9 @@ impl Iterator for Lines<'_> {
                 return None;
             }
             let start = self.at;
-            let newline = marks.next(start, |b| b[NEWLINE]).unwrap_or(datagram.len());
+            let newline = marks
+                .next(start, datagram.len(), |b| b[NEWLINE])
+                .unwrap_or(datagram.len());
             self.at = newline + 1;
             // A `\r` before the newline is not part of the line (it is no separator, so only
             // the end moves).
@@ -107,13 +120,10 @@ impl Iterator for Lines<'_> {
             }
             // The first colon, then the first pipe or colon after it: a colon is a line of
             // several values.
-            let value = marks
-                .next(start, |b| b[COLON])
-                .filter(|&colon| colon < end)
-                .and_then(|colon| {
-                    let pipe = marks.next(colon + 1, |b| b[COLON] | b[PIPE])?;
-                    (pipe < end && marks.is_pipe(pipe)).then_some((colon + 1, pipe))
-                });
+            let value = marks.next(start, end, |b| b[COLON]).and_then(|colon| {
+                let pipe = marks.next(colon + 1, end, |b| b[COLON] | b[PIPE])?;
+                marks.is_pipe(pipe).then_some((colon + 1, pipe))
+            });
             return Some(Line { start, end, value });
         }
     }
