@@ -13,6 +13,7 @@ use tallyd::daemon::{self, Sockets};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    tallyd::memory::purge_at_once();
     let cli = Cli::parse();
     let settings = match Settings::load(&cli) {
         Ok(settings) => settings,
