@@ -466,12 +466,9 @@ impl Batcher {
                     let value = &datagram[scanned.value_start..scanned.value_end];
                     let known = if self.lines.moves() != moves {
                         let (name, fields) = (scanned.name(datagram), scanned.fields(datagram));
-                        let hash = if scanned.guessed {
-                            lines::hash(name, fields)
-                        } else {
-                            scanned.hash
-                        };
-                        self.lines.find(hash, name, fields)
+                        // Rare: hashed again, whether it was by the look-up or not (see
+                        // `guessed`).
+                        self.lines.find(lines::hash(name, fields), name, fields)
                     } else {
                         self.lines.value(entry)
                     };
@@ -842,6 +839,14 @@ mod tests {
         out
     }
 
+    /// Each family's operations, as [`sorted_batches`] gives them.
+    fn sorted_ops(b: &mut Batcher) -> Vec<(String, Vec<Op>)> {
+        sorted_batches(b)
+            .into_iter()
+            .map(|(name, updates)| (name, updates.iter().map(|u| u.op).collect()))
+            .collect()
+    }
+
     #[test]
     fn groups_updates_by_escaped_family() {
         let (got, t) = batches(b"a.b:1|c\nq:+2|g|#k:v\na-b:3|c|#x:y,flag\nbad\n");
@@ -1069,10 +1074,7 @@ mod tests {
         b.ingest(b"a:10|c\nc:30|c\nb:20|c\nd:40|c\na:100|c");
         b.ingest(b"c:300|c\nd:400|c|#k:v\nd:4000|c");
         assert_eq!(b.lines.len(), 5);
-        let got: Vec<(String, Vec<Op>)> = sorted_batches(&mut b)
-            .into_iter()
-            .map(|(name, updates)| (name, updates.iter().map(|u| u.op).collect()))
-            .collect();
+        let got = sorted_ops(&mut b);
         let want: Vec<(String, Vec<Op>)> = vec![
             ("a".into(), vec![Op::Add(111.0)]),
             ("b".into(), vec![Op::Add(22.0)]),
@@ -1097,10 +1099,7 @@ mod tests {
         // its first entry, where `k` was.
         b.ingest(b"x:1|c\nk:5|c");
         assert_eq!(b.lines.len(), 2);
-        let got: Vec<(String, Vec<Op>)> = sorted_batches(&mut b)
-            .into_iter()
-            .map(|(name, updates)| (name, updates.into_iter().map(|u| u.op).collect()))
-            .collect();
+        let got = sorted_ops(&mut b);
         assert_eq!(
             got,
             [
