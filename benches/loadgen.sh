@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One load run against the release binary with the shared C load generator
-# (../shared/tools/statsd_loadgen.c, sendmmsg, loopback only), as in docs/BENCHMARKS.md.
+# One load run against the release binary with the C load generator
+# (benches/statsd_loadgen.c, sendmmsg, loopback only), as in docs/BENCHMARKS.md.
 #
 #   bash benches/loadgen.sh TYPE RATE LINES [NAMES]     e.g.  bash benches/loadgen.sh c 1200000 6000000
 #
@@ -12,7 +12,7 @@ type=$1 rate=$2 lines=$3 names=${4:-1000}
 udp_port=${UDP_PORT:-19125} http_port=${HTTP_PORT:-19102}
 
 loadgen=target/statsd_loadgen
-src=../shared/tools/statsd_loadgen.c
+src=benches/statsd_loadgen.c
 if [ ! -x "$loadgen" ] || [ "$src" -nt "$loadgen" ]; then
   gcc -O2 -Wall -o "$loadgen" "$src"
 fi

@@ -3,7 +3,7 @@
 #
 #   bash tests/soak.sh [MINUTES]        (default 3)
 #
-# Builds tallyd (release) and shared/tools/statsd_loadgen.c, runs tallyd on free loopback ports
+# Builds tallyd (release) and benches/statsd_loadgen.c, runs tallyd on free loopback ports
 # with a short default TTL (--statsd.default-ttl=5s), and drives it for MINUTES with several
 # load generators at once:
 #   - steady counters, timers and gauges over fixed name sets (-P soak.req / soak.lat /
@@ -26,7 +26,7 @@ rate="${SOAK_RATE:-10000}"
 duration=$((minutes * 60))
 [ "$duration" -gt 0 ] || { echo "usage: $0 [MINUTES>0]" >&2; exit 2; }
 
-loadgen_src="../shared/tools/statsd_loadgen.c"
+loadgen_src="benches/statsd_loadgen.c"
 [ -f "$loadgen_src" ] || { echo "soak: $loadgen_src not found" >&2; exit 2; }
 command -v curl >/dev/null || { echo "soak: curl is needed" >&2; exit 2; }
 

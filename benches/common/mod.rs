@@ -1,4 +1,4 @@
-//! Datagrams shaped like the load generator's (`shared/tools/statsd_loadgen.c`): lines for
+//! Datagrams shaped like the load generator's (`benches/statsd_loadgen.c`): lines for
 //! `<prefix>.<i>` with i cycling over `names`, packed into datagrams of at most 1,400 bytes.
 #![allow(dead_code)] // each bench uses a part
 

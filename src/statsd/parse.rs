@@ -1,7 +1,7 @@
 //! The StatsD / DogStatsD line protocol: one line of bytes in, a [`Line`] borrowing those bytes
 //! out, or a [`RejectReason`]. Pure and allocation-free, so it can run per line on the hot path.
 //!
-//! Grammar (see `shared/PROTOCOL.md`, the Etsy StatsD docs and the DogStatsD datagram spec):
+//! Grammar (see the Etsy StatsD docs and the DogStatsD datagram spec):
 //! `<name>:<value>|<type>[|@<rate>][|#<tags>][|c:<container>][|T<unix-seconds>]`, plus the
 //! legacy `name:1|c:2|ms` form (several `value|type` groups) and DogStatsD v1.1 packing
 //! `name:1:2:3|d` (several values sharing one type). Unknown `|` fields are ignored, as
