@@ -19,14 +19,14 @@ use ractor::Actor;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tallyd::aggregator::AggregatorMsg;
+use tallyd::actors::aggregator::AggregatorMsg;
+use tallyd::actors::family::{FamilySpec, FamilyState};
+use tallyd::actors::registry::RegistryActor;
 use tallyd::config::Settings;
-use tallyd::family::{FamilySpec, FamilyState};
 use tallyd::ingest::{Batcher, IngestConfig};
 use tallyd::limits::QueueBound;
 use tallyd::mapping::Mapper;
-use tallyd::registry::RegistryActor;
-use tallyd::router::Router;
+use tallyd::routing::Router;
 use tallyd::telemetry::Telemetry;
 
 const DATAGRAMS: usize = 256;
@@ -138,7 +138,7 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                             for datagram in batch {
                                 batcher.ingest(datagram);
                             }
-                            router.dispatch(&mut batcher).await;
+                            router.dispatch(batcher.take()).await;
                         }
                         sent += lines;
                     }
@@ -151,7 +151,7 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                         let CallResult::Success(view) = view else {
                             panic!("aggregator failed")
                         };
-                        if view.iter().map(|s| s.updates).sum::<u64>() >= sent {
+                        if view.families.iter().map(|s| s.updates).sum::<u64>() >= sent {
                             break;
                         }
                         tokio::time::sleep(Duration::from_micros(200)).await;

@@ -5,8 +5,9 @@
 //!   or 100,000 counter series, or of 10,000 summary series (ten observations each, three
 //!   quantiles); `all_changed` after an update to every series (every series rendered),
 //!   `one_changed` after an update to one (its lines rendered, the others' copied).
-//! - `exposition/*`: `exposition::render`, which every `GET /metrics` runs: the aggregator's
-//!   view of 10,000 families (one counter series each) concatenated, plus the per-family
+//! - `exposition/*`: what every `GET /metrics` runs once its barrier has passed: the
+//!   aggregator's answer for 10,000 families (one counter series each; their rates, which are
+//!   listed) and `exposition::render`, which concatenates them and writes the per-family
 //!   self-metrics and tallyd's own.
 //!
 //! `cargo bench --bench render`
@@ -18,10 +19,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
-use tallyd::aggregator::ScrapeView;
-use tallyd::config::{LimitSettings, ObserverType};
+use tallyd::actors::aggregator::AggregatorMsg;
+use tallyd::actors::family::FamilyState;
+use tallyd::config::ObserverType;
 use tallyd::exposition;
-use tallyd::family::FamilyState;
 use tallyd::telemetry::Telemetry;
 use tallyd::update::{Kind, Op, Update};
 
@@ -44,14 +45,14 @@ fn populated(
     series: usize,
     n: usize,
     op: impl Fn(usize) -> Op,
-    ctx: &Arc<tallyd::family::FamilyContext>,
+    ctx: &Arc<tallyd::actors::family::FamilyContext>,
 ) -> FamilyState {
     let mut state = common::family(name, kind, ObserverType::Summary, ctx);
     state.apply(updates(series, n, op), Instant::now());
     state
 }
 
-fn snapshot(c: &mut Criterion, ctx: &Arc<tallyd::family::FamilyContext>) {
+fn snapshot(c: &mut Criterion, ctx: &Arc<tallyd::actors::family::FamilyContext>) {
     let mut group = c.benchmark_group("snapshot");
     group.sample_size(20);
     let observe = |k: usize| Op::Observe {
@@ -95,39 +96,41 @@ fn snapshot(c: &mut Criterion, ctx: &Arc<tallyd::family::FamilyContext>) {
     group.finish();
 }
 
-fn render(c: &mut Criterion, ctx: &Arc<tallyd::family::FamilyContext>) {
+fn render(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    ctx: &Arc<tallyd::actors::family::FamilyContext>,
+) {
     const FAMILIES: usize = 10_000;
     let now = Instant::now();
-    let mut snapshots: Vec<_> = (0..FAMILIES)
-        .map(|i| {
-            let mut state = populated(
-                &format!("app_req_{i}"),
-                Kind::Counter,
-                1,
-                1,
-                |_| Op::Add(1.0),
-                ctx,
-            );
-            Arc::new(state.snapshot(now))
-        })
-        .collect();
-    snapshots.sort_by(|a, b| a.name.cmp(&b.name));
-    let view: ScrapeView = snapshots.into();
+    for i in 0..FAMILIES {
+        let mut state = populated(
+            &format!("app_req_{i}"),
+            Kind::Counter,
+            1,
+            1,
+            |_| Op::Add(1.0),
+            ctx,
+        );
+        let snapshot = Arc::new(state.snapshot(now));
+        ctx.aggregator
+            .cast(AggregatorMsg::Publish(snapshot))
+            .expect("aggregator runs");
+    }
     let telemetry = Telemetry::new();
     let mut group = c.benchmark_group("exposition");
     group.sample_size(20);
     group.throughput(Throughput::Elements(FAMILIES as u64));
-    group.bench_function("render/10k_families", |b| {
+    group.bench_function("scrape/10k_families", |b| {
         b.iter(|| {
+            let scrape = rt
+                .block_on(ctx.aggregator.call(AggregatorMsg::Scrape, None))
+                .expect("aggregator answers")
+                .expect("aggregator answers");
+            assert_eq!(scrape.families.len(), FAMILIES);
             // A new String per scrape, as the HTTP handler does.
             let mut out = String::new();
-            exposition::render(
-                &view,
-                &telemetry,
-                LimitSettings::default().max_family_self_metrics,
-                Instant::now(),
-                &mut out,
-            );
+            exposition::render(&scrape, &telemetry, &mut out);
             black_box(out)
         })
     });
@@ -138,7 +141,7 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let ctx = common::family_context(&rt, Arc::new(Telemetry::new()), Duration::from_millis(20));
     snapshot(c, &ctx);
-    render(c, &ctx);
+    render(c, &rt, &ctx);
 }
 
 criterion_group!(benches, bench);

@@ -34,7 +34,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -43,11 +43,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::aggregator::AggregatorMsg;
+use crate::actors::aggregator::AggregatorMsg;
+use crate::actors::registry::RegistryMsg;
 use crate::barrier::Barrier;
 use crate::config::WebSettings;
 use crate::exposition;
-use crate::registry::RegistryMsg;
 use crate::reload::Reloader;
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::webconfig::WebConfig;
@@ -60,44 +60,42 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the handlers need.
 #[derive(Debug)]
-pub struct HttpContext {
+pub(crate) struct HttpContext {
     /// Source of every family snapshot.
-    pub aggregator: ActorRef<AggregatorMsg>,
+    pub(crate) aggregator: ActorRef<AggregatorMsg>,
     /// Makes the listeners and families publish what they hold before a scrape.
-    pub barrier: Arc<Barrier>,
-    /// Families listed in the per-family self-metrics, at most.
-    pub max_family_self_metrics: usize,
+    pub(crate) barrier: Arc<Barrier>,
     /// For fault injection.
-    pub registry: ActorRef<RegistryMsg>,
+    pub(crate) registry: ActorRef<RegistryMsg>,
     /// tallyd's own metrics.
-    pub telemetry: Arc<Telemetry>,
+    pub(crate) telemetry: Arc<Telemetry>,
     /// Path of the exposition.
-    pub telemetry_path: String,
+    pub(crate) telemetry_path: String,
     /// Whether `POST /-/fault` is served.
-    pub fault_injection: bool,
+    pub(crate) fault_injection: bool,
     /// Reloads the mapping file on `POST /-/reload`; `None` unless `--web.enable-lifecycle`.
-    pub reloader: Option<Arc<Reloader>>,
+    pub(crate) reloader: Option<Arc<Reloader>>,
     /// False once shutdown has begun: `/-/ready` then answers 503.
-    pub ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     /// Timeouts and caps.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// TLS, basic auth, extra headers and rate limit from `--web.config.file`.
-    pub web: WebConfig,
+    pub(crate) web: WebConfig,
 }
 
 /// The server's timeouts and caps, from `[web]`.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections served at once.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Time to send a request's headers (and to finish a TLS handshake).
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Time from a request's headers to the end of its response.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Largest request head, in bytes (hyper's read buffer; at least 8192).
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// HTTP keep-alive.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
 }
 
 impl From<&WebSettings> for Limits {
@@ -118,7 +116,11 @@ type Reply = Response<Full<Bytes>>;
 static REFUSED_LOG: LogLimiter = LogLimiter::new(1);
 
 /// Serves HTTP on `listener` until `shutdown`, then lets requests in flight finish.
-pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<HttpContext>,
+    shutdown: CancellationToken,
+) {
     for warning in &ctx.web.warnings {
         warn!(file = ?ctx.web.path, "web config: {warning}");
     }
@@ -417,18 +419,11 @@ async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
         .aggregator
         .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
         .await;
-    let view = match asked {
-        Ok(CallResult::Success(view)) => view,
-        _ => return text(StatusCode::SERVICE_UNAVAILABLE, "Aggregator unavailable.\n"),
+    let Ok(CallResult::Success(families)) = asked else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "Aggregator unavailable.\n");
     };
     let mut body = String::new();
-    exposition::render(
-        &view,
-        &ctx.telemetry,
-        ctx.max_family_self_metrics,
-        Instant::now(),
-        &mut body,
-    );
+    exposition::render(&families, &ctx.telemetry, &mut body);
     let gzip = req
         .headers()
         .get_all(ACCEPT_ENCODING)

@@ -37,13 +37,12 @@
 //! what it holds, and every family it reached since the last scrape publishes (`Sync`).
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod aggregator;
+pub mod actors;
 pub mod barrier;
 pub mod config;
 pub mod daemon;
 pub mod exposition;
-pub mod family;
-pub mod http;
+pub(crate) mod http;
 pub mod ingest;
 pub mod kernel;
 pub mod limits;
@@ -51,9 +50,9 @@ pub mod mapping;
 pub mod memory;
 pub mod names;
 pub mod rate;
-pub mod registry;
 pub mod reload;
-pub mod router;
+pub mod routing;
+pub mod sockets;
 pub mod statsd;
 pub mod telemetry;
 pub mod update;

@@ -4,7 +4,8 @@
 use clap::Parser;
 use std::process::ExitCode;
 use tallyd::config::{Cli, LogFormat, Settings};
-use tallyd::daemon::{self, Sockets};
+use tallyd::daemon;
+use tallyd::sockets::Sockets;
 
 /// mimalloc rather than glibc's malloc: the hot path allocates small batches on one thread and
 /// frees them on another, which glibc serialises on its arena locks (seen in profiles as futex

@@ -1,6 +1,4 @@
-//! The StatsD side of tallyd: the line protocol ([`parse`]), the sockets that receive it
-//! ([`listener`]) and the batched receive of datagrams ([`receive`]).
+//! The StatsD / DogStatsD line protocol, and nothing else: [`parse`] turns one line of bytes
+//! into a [`parse::Line`] or a [`parse::RejectReason`], without sockets and without allocating.
 
-pub mod listener;
 pub mod parse;
-pub mod receive;

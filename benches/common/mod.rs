@@ -60,12 +60,12 @@ pub fn tagged(names: usize, count: usize) -> Vec<Vec<u8>> {
 
 use std::sync::Arc;
 use std::time::Duration;
-use tallyd::aggregator::AggregatorActor;
-use tallyd::config::{ObserverSettings, ObserverType};
-use tallyd::family::{FamilyContext, FamilyMeta, FamilySpec, FamilyState, DEFAULT_HELP};
+use tallyd::actors::aggregator::AggregatorActor;
+use tallyd::actors::family::{FamilyContext, FamilySpec, FamilyState};
+use tallyd::config::{LimitSettings, ObserverSettings, ObserverType};
 use tallyd::limits::SeriesBudget;
 use tallyd::telemetry::Telemetry;
-use tallyd::update::{Kind, LabelSet};
+use tallyd::update::{FamilyMeta, Kind, LabelSet, DEFAULT_HELP};
 
 /// What families share, with a real aggregator actor spawned on `rt` (publishing is not
 /// benched here, but the context needs one) and no series limits.
@@ -75,7 +75,11 @@ pub fn family_context(
     publish_interval: Duration,
 ) -> Arc<FamilyContext> {
     let (aggregator, _) = rt
-        .block_on(ractor::Actor::spawn(None, AggregatorActor, ()))
+        .block_on(ractor::Actor::spawn(
+            None,
+            AggregatorActor,
+            LimitSettings::default().max_family_self_metrics,
+        ))
         .expect("aggregator starts");
     Arc::new(FamilyContext {
         aggregator,

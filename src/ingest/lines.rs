@@ -34,7 +34,7 @@ struct Entry<V> {
 }
 
 // One entry per cache line, for the line cache's value type too.
-const _: () = assert!(std::mem::size_of::<Entry<super::Resolved>>() == 64);
+const _: () = assert!(std::mem::size_of::<Entry<super::batcher::KnownLine>>() == 64);
 
 impl<V> Entry<V> {
     /// True when this entry's key, in `keys`, is `name` then `fields`.

@@ -201,7 +201,7 @@ mod tests {
             .split(|&b| b == b'\n')
             .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
             .filter(|line| !line.is_empty())
-            .map(|line| (line, super::super::split_single(line)))
+            .map(|line| (line, super::super::batcher::split_single(line)))
             .collect()
     }
 

@@ -11,8 +11,8 @@ use rustc_hash::FxBuildHasher;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use super::Batch;
-use crate::family::FamilyMeta;
+use crate::update::Batch;
+use crate::update::FamilyMeta;
 use crate::update::{LabelSet, Op, Update};
 
 /// Series slots past which all slots are dropped at the next flush, so that memory stays
@@ -211,7 +211,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::family::DEFAULT_HELP;
+    use crate::update::DEFAULT_HELP;
 
     fn meta() -> Arc<FamilyMeta> {
         Arc::new(FamilyMeta {

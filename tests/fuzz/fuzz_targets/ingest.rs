@@ -21,9 +21,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tallyd::aggregator::AggregatorActor;
+use tallyd::actors::aggregator::AggregatorActor;
 use tallyd::config::{ObserverType, Settings};
-use tallyd::family::{FamilyContext, FamilySpec, FamilyState};
+use tallyd::actors::family::{FamilyContext, FamilySpec, FamilyState};
 use tallyd::ingest::{Batcher, IngestConfig};
 use tallyd::limits::SeriesBudget;
 use tallyd::mapping::Mapper;
@@ -60,7 +60,7 @@ fn config(selector: u8) -> Arc<IngestConfig> {
 struct Shared {
     /// Keeps the aggregator's runtime alive; nothing is ever published to it.
     _runtime: tokio::runtime::Runtime,
-    aggregator: ractor::ActorRef<tallyd::aggregator::AggregatorMsg>,
+    aggregator: ractor::ActorRef<tallyd::actors::aggregator::AggregatorMsg>,
 }
 
 fn shared() -> &'static Shared {
@@ -71,7 +71,7 @@ fn shared() -> &'static Shared {
             .build()
             .expect("runtime");
         let (aggregator, _) = runtime
-            .block_on(Actor::spawn(None, AggregatorActor, ()))
+            .block_on(Actor::spawn(None, AggregatorActor, 0))
             .expect("aggregator starts");
         Shared {
             _runtime: runtime,

@@ -18,17 +18,21 @@
 //! so its series never leave /metrics.
 
 use ractor::actor::ActorRuntime;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort,
+    SupervisionEvent,
+};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
-use crate::aggregator::AggregatorMsg;
-use crate::barrier::Ticket;
-use crate::family::{
+use crate::actors::aggregator::AggregatorMsg;
+use crate::actors::family::{
     Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState, IdleDue,
+    StopReason, StopRequest,
 };
+use crate::barrier::Ticket;
 use crate::limits::shrink;
 
 /// Why a new family was refused.
@@ -51,16 +55,32 @@ pub enum RegistryMsg {
     Lookup(Vec<FamilySpec>, RpcReplyPort<Vec<Lookup>>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
-    /// A family actor with no series left asks to stop.
-    Retire(Arc<str>, ActorId),
-    /// An idle family actor asks to stop, its state kept for its next update.
-    Hibernate(Arc<str>, ActorId),
+    /// A family actor asks to be drained and stopped: it holds no series left, or it is idle
+    /// and its state is to be kept for its next update.
+    Stop(StopRequest),
     /// A scrape's ticket for a family that was draining when a listener passed it on: held
     /// until the family has stopped, and so published.
     HoldTicket(Arc<str>, Ticket),
     /// Ask every live family idle long enough to hibernate to check (sent by the registry to
     /// itself while families are live, see [`next_sweep_in`]).
     IdleSweep,
+}
+
+impl From<StopRequest> for RegistryMsg {
+    fn from(request: StopRequest) -> Self {
+        RegistryMsg::Stop(request)
+    }
+}
+
+impl TryFrom<RegistryMsg> for StopRequest {
+    type Error = RegistryMsg;
+
+    fn try_from(message: RegistryMsg) -> Result<Self, RegistryMsg> {
+        match message {
+            RegistryMsg::Stop(request) => Ok(request),
+            other => Err(other),
+        }
+    }
 }
 
 /// A live family actor, its spec, and when it may be idle enough to hibernate.
@@ -104,6 +124,8 @@ pub struct RegistryActor;
 #[derive(Debug)]
 pub struct RegistryState {
     ctx: Arc<FamilyContext>,
+    /// Where the family actors send their [`StopRequest`]s: this registry.
+    stop_requests: DerivedActorRef<StopRequest>,
     families: FxHashMap<Arc<str>, Live>,
     names: FxHashMap<ActorId, Arc<str>>,
     claims: FxHashMap<Arc<str>, Arc<str>>,
@@ -199,7 +221,7 @@ impl RegistryState {
             idle: idle.clone(),
         };
         let handler = FamilyActor {
-            registry: myself.clone(),
+            supervisor: self.stop_requests.clone(),
         };
         let (actor, _) =
             ActorRuntime::spawn_linked_instant(None, handler, args, myself.get_cell())?;
@@ -289,9 +311,11 @@ impl RegistryState {
         self.spawn(myself, spec, Some(state)).map(Some)
     }
 
-    /// Starts draining the actor of `name` if it is the current one (`id`), to retire or
-    /// hibernate it.
-    fn drain(&mut self, name: Arc<str>, id: ActorId, hibernate: bool) {
+    /// Starts draining the actor of a family that asked to stop, if it is still the family's
+    /// current one, to retire or hibernate it.
+    fn drain(&mut self, request: StopRequest) {
+        let (name, id) = (request.family, request.actor);
+        let hibernate = request.reason == StopReason::Hibernate;
         let current = self.families.get(&name);
         if current.is_some_and(|live| live.actor.get_id() == id) {
             if let Some(Live { actor, spec, .. }) = self.families.remove(&name) {
@@ -359,6 +383,132 @@ impl RegistryState {
     }
 }
 
+/// What the registry does with each message and supervision event.
+impl RegistryState {
+    /// `Lookup`: each family's actor, woken or spawned if there is none; a family that is
+    /// retiring is answered when it is back (see [`RegistryState::retired`]).
+    fn lookup(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        specs: Vec<FamilySpec>,
+        reply: RpcReplyPort<Vec<Lookup>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut answers = Vec::with_capacity(specs.len());
+        let mut retiring = Vec::new();
+        for (index, spec) in specs.into_iter().enumerate() {
+            if self.retiring.contains_key(&spec.name) {
+                retiring.push((index, spec.name));
+                answers.push(None);
+                continue;
+            }
+            let answer = match self.families.get(&spec.name) {
+                Some(live) => Ok(live.actor.clone()),
+                None => match self.wake(myself, &spec.name)? {
+                    Some(actor) => Ok(actor),
+                    None => self.spawn_new(myself, spec)?,
+                },
+            };
+            answers.push(Some(answer));
+        }
+        if retiring.is_empty() {
+            let _ = reply.send(answers.into_iter().flatten().collect());
+            return Ok(());
+        }
+        let partial = Arc::new(std::sync::Mutex::new(PartialAnswer {
+            reply: Some(reply),
+            missing: retiring.len(),
+            answers,
+        }));
+        for (index, name) in retiring {
+            if let Some(r) = self.retiring.get_mut(&name) {
+                r.waiting.push(PendingLookup {
+                    reply: partial.clone(),
+                    index,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `IdleSweep`: asks every live family whose idle time has come to check, and schedules
+    /// the next sweep (see [`next_sweep_in`]).
+    fn idle_sweep(&mut self, myself: &ActorRef<RegistryMsg>) {
+        let now = IdleDue::clock(std::time::Instant::now());
+        let (mut asked, mut earliest) = (false, None::<u64>);
+        for live in self.families.values() {
+            if live.idle.take_due(now) {
+                let _ = live.actor.cast(FamilyMsg::IdleCheck);
+                asked = true;
+            } else if let Some(at) = live.idle.at() {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            }
+        }
+        self.sweep_due = false;
+        let earliest = earliest.map(|at| at.saturating_sub(now));
+        self.schedule_sweep_in(myself, |after| next_sweep_in(after, asked, earliest));
+    }
+
+    /// `InjectFault`: makes the family's actor fail (woken first if it hibernates).
+    fn inject_fault(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: &str,
+        reply: RpcReplyPort<bool>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.wake(myself, name)?;
+        let found = self.families.get(name);
+        if let Some(live) = found {
+            warn!(metric = %name, "injecting a fault into the family actor");
+            let _ = live.actor.cast(FamilyMsg::Fail);
+        }
+        let _ = reply.send(found.is_some());
+        Ok(())
+    }
+
+    /// A family actor failed: one draining has its state gone, as with any failure; any
+    /// other is restarted empty, off /metrics until it has series again.
+    async fn failed(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        cell: ActorCell,
+        error: ActorProcessingErr,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = cell.get_id();
+        if let Some(name) = self.retiring_name(id) {
+            warn!(metric = %name, %error, "retiring family actor failed");
+            self.ctx.telemetry.family_restarts.inc();
+            self.names.remove(&id);
+            self.retired(myself, name, None).await?;
+        } else if let Some(spec) = self.forget(id) {
+            warn!(metric = %spec.name, %error, "family actor failed; restarting it empty");
+            let _ = self
+                .ctx
+                .aggregator
+                .cast(AggregatorMsg::Remove(spec.name.clone()));
+            self.ctx.telemetry.family_restarts.inc();
+            self.spawn(myself, spec, None)?;
+        }
+        Ok(())
+    }
+
+    /// A family actor stopped, with its state: one draining has retired or hibernated.
+    async fn terminated(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        cell: ActorCell,
+        state: Option<Box<FamilyState>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = cell.get_id();
+        if let Some(name) = self.retiring_name(id) {
+            self.names.remove(&id);
+            self.retired(myself, name, state).await?;
+        } else if let Some(spec) = self.forget(id) {
+            debug!(metric = %spec.name, "family actor stopped");
+        }
+        Ok(())
+    }
+}
+
 impl Actor for RegistryActor {
     type Msg = RegistryMsg;
     type State = RegistryState;
@@ -366,11 +516,12 @@ impl Actor for RegistryActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<RegistryMsg>,
+        myself: ActorRef<RegistryMsg>,
         ctx: Arc<FamilyContext>,
     ) -> Result<RegistryState, ActorProcessingErr> {
         Ok(RegistryState {
             ctx,
+            stop_requests: myself.get_derived(),
             families: FxHashMap::default(),
             names: FxHashMap::default(),
             claims: FxHashMap::default(),
@@ -387,60 +538,9 @@ impl Actor for RegistryActor {
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RegistryMsg::Lookup(specs, reply) => {
-                let mut answers = Vec::with_capacity(specs.len());
-                let mut retiring = Vec::new();
-                for (index, spec) in specs.into_iter().enumerate() {
-                    if state.retiring.contains_key(&spec.name) {
-                        retiring.push((index, spec.name));
-                        answers.push(None);
-                        continue;
-                    }
-                    let answer = match state.families.get(&spec.name) {
-                        Some(live) => Ok(live.actor.clone()),
-                        None => match state.wake(&myself, &spec.name)? {
-                            Some(actor) => Ok(actor),
-                            None => state.spawn_new(&myself, spec)?,
-                        },
-                    };
-                    answers.push(Some(answer));
-                }
-                if retiring.is_empty() {
-                    let _ = reply.send(answers.into_iter().flatten().collect());
-                } else {
-                    // Answered when the retiring families are back (see `retired`).
-                    let partial = Arc::new(std::sync::Mutex::new(PartialAnswer {
-                        reply: Some(reply),
-                        missing: retiring.len(),
-                        answers,
-                    }));
-                    for (index, name) in retiring {
-                        if let Some(r) = state.retiring.get_mut(&name) {
-                            r.waiting.push(PendingLookup {
-                                reply: partial.clone(),
-                                index,
-                            });
-                        }
-                    }
-                }
-            }
-            RegistryMsg::IdleSweep => {
-                let now = IdleDue::clock(std::time::Instant::now());
-                let (mut asked, mut earliest) = (false, None::<u64>);
-                for live in state.families.values() {
-                    if live.idle.take_due(now) {
-                        let _ = live.actor.cast(FamilyMsg::IdleCheck);
-                        asked = true;
-                    } else if let Some(at) = live.idle.at() {
-                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                    }
-                }
-                state.sweep_due = false;
-                let earliest = earliest.map(|at| at.saturating_sub(now));
-                state.schedule_sweep_in(&myself, |after| next_sweep_in(after, asked, earliest));
-            }
-            RegistryMsg::Retire(name, id) => state.drain(name, id, false),
-            RegistryMsg::Hibernate(name, id) => state.drain(name, id, true),
+            RegistryMsg::Lookup(specs, reply) => state.lookup(&myself, specs, reply)?,
+            RegistryMsg::IdleSweep => state.idle_sweep(&myself),
+            RegistryMsg::Stop(request) => state.drain(request),
             RegistryMsg::HoldTicket(name, ticket) => {
                 // Still retiring: held until it has stopped. Otherwise it has stopped and
                 // published already, and the ticket goes now.
@@ -448,15 +548,7 @@ impl Actor for RegistryActor {
                     retiring.tickets.push(ticket);
                 }
             }
-            RegistryMsg::InjectFault(name, reply) => {
-                state.wake(&myself, &name)?;
-                let found = state.families.get(&name);
-                if let Some(live) = found {
-                    warn!(metric = %name, "injecting a fault into the family actor");
-                    let _ = live.actor.cast(FamilyMsg::Fail);
-                }
-                let _ = reply.send(found.is_some());
-            }
+            RegistryMsg::InjectFault(name, reply) => state.inject_fault(&myself, &name, reply)?,
         }
         Ok(())
     }
@@ -468,37 +560,13 @@ impl Actor for RegistryActor {
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorFailed(cell, error) => {
-                let id = cell.get_id();
-                if let Some(name) = state.retiring_name(id) {
-                    // Failed while draining: its state is gone, as with any failure.
-                    warn!(metric = %name, %error, "retiring family actor failed");
-                    state.ctx.telemetry.family_restarts.inc();
-                    state.names.remove(&id);
-                    state.retired(&myself, name, None).await?;
-                } else if let Some(spec) = state.forget(id) {
-                    warn!(metric = %spec.name, %error, "family actor failed; restarting it empty");
-                    let _ = state
-                        .ctx
-                        .aggregator
-                        .cast(AggregatorMsg::Remove(spec.name.clone()));
-                    state.ctx.telemetry.family_restarts.inc();
-                    state.spawn(&myself, spec, None)?;
-                }
+            SupervisionEvent::ActorFailed(cell, error) => state.failed(&myself, cell, error).await,
+            SupervisionEvent::ActorTerminated(cell, boxed, _) => {
+                let family = boxed.and_then(|mut b| b.take::<FamilyState>().ok());
+                state.terminated(&myself, cell, family.map(Box::new)).await
             }
-            SupervisionEvent::ActorTerminated(cell, boxed, reason) => {
-                let id = cell.get_id();
-                if let Some(name) = state.retiring_name(id) {
-                    state.names.remove(&id);
-                    let family = boxed.and_then(|mut b| b.take::<FamilyState>().ok());
-                    state.retired(&myself, name, family.map(Box::new)).await?;
-                } else if let Some(spec) = state.forget(id) {
-                    debug!(metric = %spec.name, ?reason, "family actor stopped");
-                }
-            }
-            _ => {}
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// Datagrams one call takes at most. Each has a slot of the longest datagram accepted, plus
 /// one byte; the pages of a slot's unused tail are never written, so they mostly stay out of
 /// memory.
-pub const RECEIVE_MANY: usize = 16;
+pub(super) const RECEIVE_MANY: usize = 16;
 
 /// How far each slot starts past a whole number of pages from the one before it: 24 cache
 /// lines, a common datagram's length. With slots of 64 KiB (the default limit) one after
@@ -21,7 +21,7 @@ const SLOT_SKEW: usize = 1536;
 
 /// A reader's receive buffers and what the last [`Datagrams::receive`] put in them.
 #[derive(Debug)]
-pub struct Datagrams {
+pub(super) struct Datagrams {
     /// [`RECEIVE_MANY`] slots of `slot` bytes, each `stride` bytes after the one before.
     bytes: Vec<u8>,
     slot: usize,
@@ -32,7 +32,7 @@ pub struct Datagrams {
 
 /// One received datagram.
 #[derive(Debug, PartialEq)]
-pub enum Datagram<'a> {
+pub(super) enum Datagram<'a> {
     /// Within the length limit.
     Within(&'a [u8]),
     /// Longer than the limit: these are its first bytes.
@@ -41,7 +41,7 @@ pub enum Datagram<'a> {
 
 impl Datagrams {
     /// Buffers for datagrams of at most `limit` bytes.
-    pub fn new(limit: usize) -> Self {
+    pub(super) fn new(limit: usize) -> Self {
         // One byte more than the limit, so that a datagram over it shows as such.
         let slot = limit + 1;
         let stride = slot.next_multiple_of(4096) + SLOT_SKEW;
@@ -55,7 +55,7 @@ impl Datagrams {
 
     /// Receives up to `max` (at most [`RECEIVE_MANY`]) datagrams already queued on `socket`,
     /// without waiting: `WouldBlock` when none is. Returns how many it received.
-    pub fn receive(&mut self, socket: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+    pub(super) fn receive(&mut self, socket: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         let max = max.clamp(1, RECEIVE_MANY);
         // Built per call: the headers hold raw pointers, so a reader cannot keep them across
         // an await of its (sendable) task.
@@ -80,7 +80,7 @@ impl Datagrams {
     }
 
     /// The datagrams the last [`Datagrams::receive`] received, in order.
-    pub fn received(&self) -> impl Iterator<Item = Datagram<'_>> {
+    pub(super) fn received(&self) -> impl Iterator<Item = Datagram<'_>> {
         self.lens
             .iter()
             .zip(self.bytes.chunks(self.stride))

@@ -1,10 +1,11 @@
 //! The state of one observer series (timer, histogram or distribution): a summary backed by a
-//! DDSketch, or a histogram with fixed buckets, each rendered into the Prometheus model.
+//! DDSketch, or a histogram with fixed buckets, each written in the text format.
 
-use prometheus::proto;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::config::{ObserverSettings, ObserverType};
+use crate::exposition::text::{self, Extra};
+use crate::update::LabelSet;
 
 /// One series of an observer family.
 #[derive(Clone)]
@@ -104,65 +105,86 @@ impl Observer {
         }
     }
 
-    /// Writes the series into `metric` as a summary or a histogram.
-    pub fn fill(&self, settings: &ObserverSettings, metric: &mut proto::Metric) {
-        match self {
+    /// Writes the series' lines as a summary (its quantiles, `_sum`, `_count`) or a histogram
+    /// (its cumulative `_bucket`s up to `+Inf`, `_sum`, `_count`).
+    pub fn write(
+        &self,
+        out: &mut String,
+        name: &str,
+        labels: &LabelSet,
+        settings: &ObserverSettings,
+    ) {
+        let (sum, count) = match self {
             Observer::Summary { sketch, sum, count } => {
-                let mut summary = proto::Summary::default();
-                summary.set_sample_sum(*sum);
-                summary.set_sample_count(*count);
-                let quantiles = settings
-                    .quantiles
-                    .iter()
-                    .map(|q| {
-                        let mut out = proto::Quantile::default();
-                        out.set_quantile(q.quantile);
-                        // A bin's value may lie just outside what was observed; clamping to
-                        // the exact min and max makes one observation read as itself.
-                        let value = sketch
-                            .quantile(sketch_rank(q.quantile, *count))
-                            .ok()
-                            .flatten()
-                            .zip(sketch.min().zip(sketch.max()))
-                            .map_or(f64::NAN, |(v, (lo, hi))| v.clamp(lo, hi));
-                        out.set_value(value);
-                        out
-                    })
-                    .collect();
-                summary.set_quantile(quantiles);
-                metric.set_summary(summary);
+                for q in &settings.quantiles {
+                    let value = quantile(sketch, q.quantile, *count);
+                    text::series_sample(
+                        out,
+                        (name, ""),
+                        labels,
+                        Some(Extra::Quantile(q.quantile)),
+                        value,
+                    );
+                }
+                (*sum, *count)
             }
             Observer::Histogram {
                 buckets,
                 sum,
                 count,
             } => {
-                let mut histogram = proto::Histogram::default();
-                histogram.set_sample_sum(*sum);
-                histogram.set_sample_count(*count);
                 let mut cumulative: u64 = 0;
                 let bounds = settings.buckets.iter().copied().chain([f64::INFINITY]);
-                let out = bounds
-                    .zip(buckets.iter())
-                    .filter(|(bound, _)| bound.is_finite())
-                    .map(|(bound, n)| {
-                        cumulative = cumulative.saturating_add(*n);
-                        let mut bucket = proto::Bucket::default();
-                        bucket.set_upper_bound(bound);
-                        bucket.set_cumulative_count(cumulative);
-                        bucket
-                    })
-                    .collect();
-                histogram.set_bucket(out);
-                metric.set_histogram(histogram);
+                for (bound, n) in bounds.zip(buckets.iter()) {
+                    cumulative = cumulative.saturating_add(*n);
+                    if !bound.is_finite() {
+                        continue;
+                    }
+                    let le = Some(Extra::Le(bound));
+                    text::series_sample(out, (name, "_bucket"), labels, le, cumulative as f64);
+                }
+                let le = Some(Extra::Le(f64::INFINITY));
+                text::series_sample(out, (name, "_bucket"), labels, le, *count as f64);
+                (*sum, *count)
             }
-        }
+        };
+        text::series_sample(out, (name, "_sum"), labels, None, sum);
+        text::series_sample(out, (name, "_count"), labels, None, count as f64);
     }
+}
+
+/// The `q` quantile of `count` observations in `sketch`; NaN for none. A bin's value may lie
+/// just outside what was observed: clamping to the exact min and max makes one observation
+/// read as itself.
+fn quantile(sketch: &DDSketch, q: f64, count: u64) -> f64 {
+    sketch
+        .quantile(sketch_rank(q, count))
+        .ok()
+        .flatten()
+        .zip(sketch.min().zip(sketch.max()))
+        .map_or(f64::NAN, |(v, (lo, hi))| v.clamp(lo, hi))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The series' lines, written with no labels: (name, extra label, value).
+    fn lines(o: &Observer, settings: &ObserverSettings) -> Vec<(String, String, f64)> {
+        let mut out = String::new();
+        o.write(&mut out, "x", &LabelSet::default(), settings);
+        out.lines()
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                let (name, extra) = series.split_once('{').unwrap_or((series, ""));
+                (
+                    name.into(),
+                    extra.trim_end_matches('}').into(),
+                    value.parse().unwrap(),
+                )
+            })
+            .collect()
+    }
 
     #[test]
     fn histogram_buckets_are_upper_inclusive() {
@@ -174,48 +196,61 @@ mod tests {
         for v in [0.005, 0.006, 10.0, 11.0] {
             h.observe(v, 2, &settings.buckets);
         }
-        let mut metric = proto::Metric::default();
-        h.fill(&settings, &mut metric);
-        let hist = metric.get_histogram();
-        assert_eq!(hist.get_sample_count(), 8);
-        assert!((hist.get_sample_sum() - 2.0 * 21.011).abs() < 1e-9);
-        let counts: Vec<u64> = hist
-            .get_bucket()
+        let lines = lines(&h, &settings);
+        let buckets: Vec<(&str, f64)> = lines
             .iter()
-            .map(|b| b.cumulative_count())
+            .filter(|(name, _, _)| name == "x_bucket")
+            .map(|(_, le, n)| (le.as_str(), *n))
             .collect();
-        // .005 | .01 .025 .05 .1 .25 .5 1 2.5 5 | 10; the +Inf bucket is implied by _count.
-        assert_eq!(counts, [2, 4, 4, 4, 4, 4, 4, 4, 4, 4, 6]);
+        // .005 | .01 .025 .05 .1 .25 .5 1 2.5 5 | 10 | +Inf
+        let want = [
+            ("le=\"0.005\"", 2.0),
+            ("le=\"0.01\"", 4.0),
+            ("le=\"0.025\"", 4.0),
+            ("le=\"0.05\"", 4.0),
+            ("le=\"0.1\"", 4.0),
+            ("le=\"0.25\"", 4.0),
+            ("le=\"0.5\"", 4.0),
+            ("le=\"1\"", 4.0),
+            ("le=\"2.5\"", 4.0),
+            ("le=\"5\"", 4.0),
+            ("le=\"10\"", 6.0),
+            ("le=\"+Inf\"", 8.0),
+        ];
+        assert_eq!(buckets, want);
+        let (sum, count) = (&lines[lines.len() - 2], &lines[lines.len() - 1]);
+        assert_eq!((sum.0.as_str(), count.0.as_str()), ("x_sum", "x_count"));
+        assert!((sum.2 - 2.0 * 21.011).abs() < 1e-9);
+        assert_eq!(count.2, 8.0);
+    }
+
+    /// The summary's quantile values, in the order configured.
+    fn quantiles(values: &[f64], settings: &ObserverSettings) -> Vec<f64> {
+        let mut s = Observer::new(settings);
+        for v in values {
+            s.observe(*v, 1, &[]);
+        }
+        lines(&s, settings)
+            .into_iter()
+            .filter(|(_, extra, _)| extra.starts_with("quantile="))
+            .map(|(_, _, v)| v)
+            .collect()
     }
 
     #[test]
     fn few_observations_read_like_a_prometheus_summary() {
         let settings = ObserverSettings::default();
-        let quantiles = |values: &[f64]| {
-            let mut s = Observer::new(&settings);
-            for v in values {
-                s.observe(*v, 1, &[]);
-            }
-            let mut metric = proto::Metric::default();
-            s.fill(&settings, &mut metric);
-            let got: Vec<f64> = metric
-                .get_summary()
-                .get_quantile()
-                .iter()
-                .map(|q| q.value())
-                .collect();
-            got
-        };
-        let two = quantiles(&[300.0, 500.0]);
+        let two = quantiles(&[300.0, 500.0], &settings);
         assert!((two[0] - 300.0).abs() <= 3.0, "{two:?}");
         assert_eq!(two[1..], [500.0, 500.0]);
         let one_to_ten: Vec<f64> = (1..=10).map(f64::from).collect();
-        let got = quantiles(&one_to_ten);
+        let got = quantiles(&one_to_ten, &settings);
         assert_eq!(got[2], 10.0, "p99 of ten is the largest");
         assert!(
             (got[0] - 5.0).abs() <= 0.05 && (got[1] - 9.0).abs() <= 0.09,
             "{got:?}"
         );
+        assert!(quantiles(&[], &settings).iter().all(|q| q.is_nan()));
     }
 
     #[test]
@@ -225,18 +260,12 @@ mod tests {
         for v in 1..=1000 {
             s.observe(f64::from(v), 1, &[]);
         }
-        let mut metric = proto::Metric::default();
-        s.fill(&settings, &mut metric);
-        let summary = metric.get_summary();
-        assert_eq!(summary.sample_count(), 1000);
-        assert_eq!(summary.sample_sum(), 500_500.0);
-        for (q, want) in summary.get_quantile().iter().zip([500.0, 900.0, 990.0]) {
-            let got = q.value();
-            assert!(
-                (got - want).abs() / want <= 0.011,
-                "q{} = {got}",
-                q.quantile()
-            );
+        let lines = lines(&s, &settings);
+        let names: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
+        assert_eq!(names, ["x", "x", "x", "x_sum", "x_count"]);
+        assert_eq!((lines[3].2, lines[4].2), (500_500.0, 1000.0));
+        for ((_, q, got), want) in lines.iter().zip([500.0, 900.0, 990.0]) {
+            assert!((got - want).abs() / want <= 0.011, "{q} = {got}");
         }
     }
 }

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
+use crate::actors::family::{FamilyMsg, FamilySpec};
+use crate::actors::registry::{Refusal, RegistryMsg};
 use crate::barrier::Ticket;
-use crate::family::{FamilyMsg, FamilySpec};
-use crate::ingest::{Batch, Batcher};
 use crate::limits::{shrink, QueueBound, Queued};
-use crate::registry::{Refusal, RegistryMsg};
 use crate::telemetry::{DropStage, LogLimiter, Telemetry};
-use crate::update::Update;
+use crate::update::{Batch, Update};
 
 /// Entries past which the cache starts over, so it stays bounded with endless new names.
 const CACHE_LIMIT: usize = 100_000;
@@ -138,13 +137,12 @@ impl Router {
         }
     }
 
-    /// Sends every batch the batcher holds to its family actor. The families not in the cache
-    /// are looked up together, in one call to the registry.
-    pub async fn dispatch(&mut self, batcher: &mut Batcher) {
+    /// Sends each batch to its family actor. The families not in the cache are looked up
+    /// together, in one call to the registry.
+    pub async fn dispatch(&mut self, batches: Vec<(Arc<str>, Batch)>) {
         if self.pruned.elapsed() >= PRUNE_EVERY {
             self.prune();
         }
-        let batches = batcher.take();
         let unknown: Vec<FamilySpec> = batches
             .iter()
             .filter(|(family, _)| self.cached(family).is_none())

@@ -1,0 +1,75 @@
+//! One series' value, by the family's type, and how it is written.
+
+use std::time::Instant;
+
+use super::observer::Observer;
+use super::set::SetSeries;
+use super::FamilyContext;
+use crate::config::ObserverSettings;
+use crate::exposition::text;
+use crate::update::{FamilyMeta, Kind, LabelSet, Op};
+
+/// One series' value.
+#[derive(Clone, Debug)]
+pub(crate) enum Series {
+    /// A counter's total.
+    Counter(f64),
+    /// A gauge's value.
+    Gauge(f64),
+    /// A summary's or histogram's observations.
+    Observer(Observer),
+    /// A set's members over a sliding window (boxed: every series of every type is as large
+    /// as the largest, and sets are rare).
+    Set(Box<SetSeries>),
+}
+
+impl Series {
+    pub(super) fn new(kind: Kind, meta: &FamilyMeta, ctx: &FamilyContext, now: Instant) -> Self {
+        match kind {
+            Kind::Counter => Series::Counter(0.0),
+            Kind::Gauge => Series::Gauge(0.0),
+            Kind::Observer => Series::Observer(Observer::new(&meta.observer)),
+            Kind::Set => Series::Set(Box::new(SetSeries::new(ctx.set_window, now))),
+        }
+    }
+
+    /// Applies one operation of this series' kind; the caller has checked the kind.
+    pub(super) fn apply(&mut self, op: Op, buckets: &[f64], now: Instant) {
+        match (self, op) {
+            (Series::Counter(total), Op::Add(v)) => *total += v,
+            (Series::Gauge(value), Op::Set(v)) => *value = v,
+            (Series::Gauge(value), Op::Shift(v)) => *value += v,
+            (Series::Observer(o), Op::Observe { value, count }) => o.observe(value, count, buckets),
+            (Series::Set(set), Op::Insert(hash)) => set.insert(hash, now),
+            (series, op) => unreachable!("{op:?} applied to {series:?} after the kind check"),
+        }
+    }
+
+    /// The series' value as a gauge or counter would show it, or its observations' sum.
+    pub(super) fn value_sum(&self, now: Instant) -> f64 {
+        match self {
+            Series::Counter(v) | Series::Gauge(v) => *v,
+            Series::Observer(o) => o.sum(),
+            Series::Set(set) => set.distinct(now) as f64,
+        }
+    }
+
+    /// Writes the series' lines in the text format: `name` with `labels`, and an observer's
+    /// `_sum`, `_count` and quantiles or buckets as `observer` says.
+    pub(super) fn write(
+        &self,
+        out: &mut String,
+        name: &str,
+        labels: &LabelSet,
+        observer: &ObserverSettings,
+        now: Instant,
+    ) {
+        match self {
+            Series::Counter(v) => text::series_sample(out, (name, ""), labels, None, *v),
+            Series::Gauge(_) | Series::Set(_) => {
+                text::series_sample(out, (name, ""), labels, None, self.value_sum(now));
+            }
+            Series::Observer(o) => o.write(out, name, labels, observer),
+        }
+    }
+}

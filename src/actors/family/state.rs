@@ -1,0 +1,636 @@
+//! A family's state, owned by its actor: its series, applying batches to them, rendering its
+//! snapshot, and when to publish, sweep and hibernate.
+
+use prometheus::IntGauge;
+use ractor::ActorRef;
+use rustc_hash::FxHashMap;
+use std::collections::hash_map;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+use super::idle::IdleDue;
+use super::series::Series;
+use super::{FamilyContext, FamilyMsg, FamilySpec, StopReason};
+use crate::actors::aggregator::AggregatorMsg;
+use crate::barrier::Ticket;
+use crate::config::ObserverType;
+use crate::exposition::{text, FamilySnapshot};
+use crate::rate::RateWindow;
+use crate::telemetry::LogLimiter;
+use crate::update::{FamilyMeta, Kind, LabelSet, Update};
+
+/// Series-limit warnings logged per second, across families.
+static LIMIT_LOG: LogLimiter = LogLimiter::new(10);
+/// Type-conflict warnings logged per second, across families.
+static CONFLICT_LOG: LogLimiter = LogLimiter::new(10);
+/// A family waits at least this many times its last render before rendering again.
+const RENDER_SHARE: u32 = 20;
+/// A set family whose count falls with time publishes at most this often (or per
+/// `publish_interval`, if shorter), however short `statsd.set_window` is.
+const SET_REFRESH_FLOOR: Duration = Duration::from_secs(1);
+/// How long a family born empty waits for its first batch before it retires, unless its idle
+/// check comes as soon (see [`FamilyState::start`]).
+const EMPTY_GRACE: Duration = Duration::from_secs(1);
+
+/// A series, when it was last updated, and its lines as last rendered (empty once an update
+/// changes them).
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) value: Series,
+    pub(super) last_seen: Instant,
+    pub(super) text: String,
+}
+
+/// Everything the family owns.
+#[derive(Debug)]
+pub struct FamilyState {
+    pub(super) name: Arc<str>,
+    pub(super) meta: Arc<FamilyMeta>,
+    pub(super) ctx: Arc<FamilyContext>,
+    pub(super) kind: Kind,
+    pub(super) series: FxHashMap<LabelSet, Entry>,
+    /// `tallyd_series{type}` for this family's type.
+    pub(super) series_gauge: IntGauge,
+    pub(super) updates: u64,
+    /// The registry took this family's first series from the budget, not yet used.
+    pub(super) reserved: bool,
+    pub(super) rate: RateWindow,
+    pub(super) dirty: bool,
+    /// When the `Publish` on its way is due; one that comes before that was superseded by a
+    /// sooner one, and is ignored.
+    pub(super) publish_due: Option<Instant>,
+    pub(super) sweep_scheduled: bool,
+    pub(super) refresh_scheduled: bool,
+    /// When it may be idle enough to hibernate, for the registry's idle sweep.
+    pub(super) idle: IdleDue,
+    /// When the last update was applied, or the family was born or woken: its idle time
+    /// counts from there.
+    pub(super) last_update: Instant,
+    /// When the last update was applied, if one ever was (before it hibernated, too).
+    pub(super) last_batch: Option<Instant>,
+    /// The last two updates came within a flush window and a half of each other (see
+    /// [`FamilyContext::hibernate_after`]).
+    pub(super) steady: bool,
+    /// How long the last snapshot took to render.
+    pub(super) render_cost: Duration,
+    /// When the last snapshot was sent.
+    pub(super) published_at: Option<Instant>,
+    /// The HELP text as the exposition writes it.
+    pub(super) help: Arc<str>,
+}
+
+/// `n` series leave the budget and `tallyd_series{type}` (`gauge`).
+pub(super) fn release_series(ctx: &FamilyContext, gauge: &IntGauge, n: usize) {
+    ctx.budget.give_back(n);
+    gauge.sub(n as i64);
+}
+
+impl Drop for FamilyState {
+    /// A family's series leave the budget and the gauge with it (failure, retirement, exit).
+    fn drop(&mut self) {
+        release_series(&self.ctx, &self.series_gauge, self.series.len());
+        if self.reserved {
+            self.ctx.budget.give_back(1);
+        }
+    }
+}
+
+impl FamilyState {
+    /// An empty family that already holds one series of the budget, for its first series
+    /// (given back if it never has one).
+    pub fn with_reserved_series(spec: FamilySpec, ctx: Arc<FamilyContext>) -> Self {
+        let mut state = FamilyState::new(spec, ctx);
+        state.reserved = true;
+        state
+    }
+
+    /// An empty family.
+    pub fn new(spec: FamilySpec, ctx: Arc<FamilyContext>) -> Self {
+        FamilyState {
+            help: text::escape_help(&spec.meta.help),
+            series_gauge: ctx.telemetry.series_gauge(spec.kind.as_str()),
+            name: spec.name,
+            meta: spec.meta,
+            ctx,
+            kind: spec.kind,
+            series: FxHashMap::default(),
+            updates: 0,
+            reserved: false,
+            rate: RateWindow::new(Instant::now()),
+            dirty: false,
+            publish_due: None,
+            sweep_scheduled: false,
+            refresh_scheduled: false,
+            idle: IdleDue::new(),
+            last_update: Instant::now(),
+            last_batch: None,
+            steady: false,
+            render_cost: Duration::ZERO,
+            published_at: None,
+        }
+    }
+
+    /// The family name.
+    pub fn name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    /// True while the family holds no series.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Applies a batch; updates of another type than the family's are refused and counted.
+    pub fn apply(&mut self, updates: Vec<Update>, now: Instant) {
+        // Counted in samples: an update combined at the edge stands for several.
+        let mut applied = 0u64;
+        let mut conflicts = [0u64; 4];
+        // Samples refused for a new series: over the total, over the family's own limit.
+        let mut refused = [0u64; 2];
+        for update in updates {
+            let kind = update.op.kind();
+            if kind != self.kind {
+                conflicts[kind as usize] += update.samples;
+                continue;
+            }
+            let (meta, ctx) = (&self.meta, &self.ctx);
+            let held = self.series.len();
+            let entry = match self.series.entry(update.labels) {
+                hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                hash_map::Entry::Vacant(vacant) => {
+                    if held >= ctx.budget.max_per_family {
+                        refused[1] += update.samples;
+                        continue;
+                    }
+                    if self.reserved {
+                        self.reserved = false;
+                    } else if !ctx.budget.try_take() {
+                        refused[0] += update.samples;
+                        continue;
+                    }
+                    self.series_gauge.inc();
+                    vacant.insert(Entry {
+                        value: Series::new(kind, meta, ctx, now),
+                        last_seen: now,
+                        text: String::new(),
+                    })
+                }
+            };
+            entry.value.apply(update.op, &meta.observer.buckets, now);
+            entry.last_seen = now;
+            entry.text.clear();
+            applied += update.samples;
+        }
+        self.count_refused(refused, conflicts);
+        if applied > 0 {
+            // Two updates in one batch came within a window of each other.
+            self.steady = applied > 1
+                || self
+                    .last_batch
+                    .is_some_and(|last| self.ctx.steady(now.saturating_duration_since(last)));
+            self.last_batch = Some(now);
+            self.last_update = now;
+            self.ctx.telemetry.updates.inc_by(applied);
+            self.updates += applied;
+            self.rate.record(now, applied);
+            self.dirty = true;
+        }
+    }
+
+    /// Counts and logs (rate-limited) the samples `apply` refused: for a new series over
+    /// `limits.max_series` and over `limits.max_series_per_family`, and by type for a type
+    /// other than the family's.
+    fn count_refused(&self, refused: [u64; 2], conflicts: [u64; 4]) {
+        for (limit, n) in ["max_series", "max_series_per_family"]
+            .into_iter()
+            .zip(refused)
+        {
+            if n > 0 {
+                self.ctx.telemetry.series_refused(limit, n);
+                if let Some(suppressed) = LIMIT_LOG.allow() {
+                    warn!(metric = %self.name, limit, updates = n, suppressed, "series limit reached: new series refused");
+                }
+            }
+        }
+        for kind in [Kind::Counter, Kind::Gauge, Kind::Observer, Kind::Set] {
+            let n = conflicts[kind as usize];
+            if n > 0 {
+                self.ctx
+                    .telemetry
+                    .type_conflict(&self.name, kind.as_str(), n);
+                if let Some(suppressed) = CONFLICT_LOG.allow() {
+                    warn!(
+                        metric = %self.name,
+                        family_type = self.kind.as_str(),
+                        sample_type = kind.as_str(),
+                        samples = n,
+                        suppressed,
+                        "type conflict: samples refused"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Renders the family as it is at `now`. The lines of each series are kept from their
+    /// last rendering until an update changes them, so a family of many series under a trickle
+    /// of updates renders only what changed; a set's lines (its count falls with time) and a
+    /// lone series' are rendered every time.
+    pub fn snapshot(&mut self, now: Instant) -> FamilySnapshot {
+        let type_name = match (self.kind, self.meta.observer.observer_type) {
+            (Kind::Counter, _) => "counter",
+            (Kind::Gauge | Kind::Set, _) => "gauge",
+            (Kind::Observer, ObserverType::Summary) => "summary",
+            (Kind::Observer, ObserverType::Histogram) => "histogram",
+        };
+        let keep = self.series.len() > 1;
+        let observer = &self.meta.observer;
+        let mut series: Vec<_> = self.series.iter_mut().collect();
+        series.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut text = String::new();
+        for (labels, entry) in series {
+            if !entry.text.is_empty() && keep && !matches!(entry.value, Series::Set(_)) {
+                text.push_str(&entry.text);
+                continue;
+            }
+            let start = text.len();
+            entry
+                .value
+                .write(&mut text, &self.name, labels, observer, now);
+            if keep {
+                entry.text.clear();
+                entry.text.push_str(&text[start..]);
+            }
+        }
+        // The aggregator keeps it until the next snapshot, for every family, hibernating
+        // ones included: no spare capacity.
+        text.shrink_to_fit();
+        FamilySnapshot {
+            name: self.name.clone(),
+            help: self.help.clone(),
+            type_name,
+            text,
+            updates: self.updates,
+            series: self.series.len(),
+            value_sum: self.series.values().map(|e| e.value.value_sum(now)).sum(),
+            rate: self.rate.clone(),
+        }
+    }
+
+    fn publish(&mut self, now: Instant) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        // A family with no series has nothing to show: it leaves /metrics.
+        let message = if self.series.is_empty() {
+            AggregatorMsg::Remove(self.name.clone())
+        } else {
+            let started = Instant::now();
+            let snapshot = self.snapshot(now);
+            self.render_cost = started.elapsed();
+            AggregatorMsg::Publish(Arc::new(snapshot))
+        };
+        self.published_at = Some(now);
+        // The aggregator only stops after every family: a failed cast means shutdown.
+        let _ = self.ctx.aggregator.cast(message);
+    }
+}
+
+impl FamilyState {
+    /// Publishes now if the last snapshot is at least `after` old, else when it will be (or
+    /// at a publish already due sooner); or later for a family whose rendering is costly: at
+    /// most one part in [`RENDER_SHARE`] of a family's time goes to rendering it, so a family
+    /// of many series under steady updates cannot starve ingestion. An update to a quiet
+    /// family is thus on /metrics at once, and a busy family renders at most once per `after`.
+    fn schedule_publish(&mut self, myself: &ActorRef<FamilyMsg>, after: Duration, now: Instant) {
+        let after = after.max(self.render_cost * RENDER_SHARE);
+        match after.checked_sub(self.since_published(now)) {
+            Some(wait) if !wait.is_zero() => {
+                let due = now + wait;
+                if self.publish_due.is_some_and(|scheduled| scheduled <= due) {
+                    return;
+                }
+                self.publish_due = Some(due);
+                myself.send_after(wait, || FamilyMsg::Publish);
+            }
+            _ => self.publish_and_follow(myself, now),
+        }
+    }
+
+    /// Time since the last snapshot was sent (forever, if none was).
+    fn since_published(&self, now: Instant) -> Duration {
+        self.published_at
+            .map_or(Duration::MAX, |at| now.saturating_duration_since(at))
+    }
+
+    /// Publishes; a set with members still in its window is refreshed when its count next
+    /// falls.
+    fn publish_and_follow(&mut self, myself: &ActorRef<FamilyMsg>, now: Instant) {
+        self.publish(now);
+        if !self.refresh_scheduled {
+            if let Some(slot) = self.live_set_slot(now) {
+                self.refresh_scheduled = true;
+                myself.send_after(slot, || FamilyMsg::Refresh);
+            }
+        }
+    }
+
+    /// For a set family with members still in its window: how often to republish.
+    fn live_set_slot(&self, now: Instant) -> Option<Duration> {
+        if self.kind != Kind::Set {
+            // Asked at every batch (for the idle check): no walk over other families' series.
+            return None;
+        }
+        self.series.values().find_map(|entry| match &entry.value {
+            Series::Set(set) if set.is_live(now) => Some(set.slot()),
+            _ => None,
+        })
+    }
+
+    /// How long until the family may hibernate, if it ever may: it has no TTL (its series
+    /// must be swept, which a stopped actor cannot do) and no set members still counting.
+    fn idle_left(&self, now: Instant) -> Option<Duration> {
+        let limit = self.ctx.idle_limit(self.steady)?;
+        if self.meta.ttl.is_some() || self.live_set_slot(now).is_some() {
+            return None;
+        }
+        Some(limit.saturating_sub(now.saturating_duration_since(self.last_update)))
+    }
+
+    /// Tells the registry's idle sweep when to ask this family to check whether it is idle
+    /// (never, while it may not hibernate).
+    fn arm_idle_check(&self, now: Instant) {
+        self.idle.set(self.idle_left(now).map(|left| now + left));
+    }
+
+    fn schedule_sweep(&mut self, myself: &ActorRef<FamilyMsg>) {
+        if let Some(ttl) = self.meta.ttl {
+            if !self.sweep_scheduled {
+                self.sweep_scheduled = true;
+                // A series leaves between `kept_for` its TTL and a quarter of a TTL after that.
+                let every = (ttl / 4).max(Duration::from_millis(10));
+                myself.send_after(every, || FamilyMsg::Expire);
+            }
+        }
+    }
+
+    /// Removes the series idle for their TTL; returns how many.
+    fn sweep(&mut self, now: Instant) -> usize {
+        let Some(ttl) = self.meta.ttl else {
+            return 0;
+        };
+        let kept = self.ctx.kept_for(ttl);
+        let before = self.series.len();
+        self.series
+            .retain(|_, entry| now.saturating_duration_since(entry.last_seen) < kept);
+        let expired = before - self.series.len();
+        if expired > 0 {
+            release_series(&self.ctx, &self.series_gauge, expired);
+            self.ctx.telemetry.series_expired.inc_by(expired as u64);
+            self.dirty = true;
+        }
+        expired
+    }
+}
+
+/// What the actor does with each message (see [`FamilyMsg`]); a handler that finds the family
+/// should stop says why, and the actor asks its supervisor.
+impl FamilyState {
+    /// As the actor starts, new or woken: its timers died with any earlier actor.
+    pub(super) fn start(&mut self, myself: &ActorRef<FamilyMsg>, idle: IdleDue) {
+        let now = Instant::now();
+        self.idle = idle;
+        self.publish_due = None;
+        self.sweep_scheduled = false;
+        self.refresh_scheduled = false;
+        if self.dirty {
+            self.schedule_publish(myself, self.ctx.publish_interval, now);
+        }
+        let checked_soon = self.idle_left(now).is_some_and(|left| left <= EMPTY_GRACE);
+        if self.is_empty() && self.meta.ttl.is_none() && !checked_soon {
+            // A new family whose first batch never comes (dropped on the way) must not keep
+            // the series the registry took for it. With a TTL the regular sweeps let it go;
+            // a family whose idle check comes as soon (with `hibernate_after` at most
+            // `EMPTY_GRACE`, as by default) is let go at that check instead (the registry
+            // keeps no empty family), which spares every new family a timer.
+            myself.send_after(EMPTY_GRACE, || FamilyMsg::FirstBatchDue);
+        }
+        self.schedule_sweep(myself);
+        self.arm_idle_check(now);
+    }
+
+    /// `Apply`: a batch of updates.
+    pub(super) fn on_apply(
+        &mut self,
+        myself: &ActorRef<FamilyMsg>,
+        updates: Vec<Update>,
+    ) -> Option<StopReason> {
+        let now = Instant::now();
+        self.apply(updates, now);
+        if self.is_empty() {
+            // Every update was refused (series limit, type conflict): an actor with nothing
+            // to hold must not linger.
+            return Some(StopReason::Retire);
+        }
+        if self.dirty {
+            self.schedule_publish(myself, self.ctx.publish_interval, now);
+        }
+        self.schedule_sweep(myself);
+        self.arm_idle_check(now);
+        None
+    }
+
+    /// `IdleCheck`: hibernates if idle long enough; else looks again once it has settled.
+    pub(super) fn on_idle_check(&mut self) -> Option<StopReason> {
+        let now = Instant::now();
+        match self.idle_left(now) {
+            Some(left) if left.is_zero() => Some(StopReason::Hibernate),
+            // Updated since, or a set still counting (its refresh re-arms the check).
+            _ => {
+                self.arm_idle_check(now);
+                None
+            }
+        }
+    }
+
+    /// `Expire`: removes the series past their TTL; a family left with none retires.
+    pub(super) fn on_expire(&mut self, myself: &ActorRef<FamilyMsg>) -> Option<StopReason> {
+        self.sweep_scheduled = false;
+        let now = Instant::now();
+        let expired = self.sweep(now);
+        if self.is_empty() {
+            self.publish(now);
+            return Some(StopReason::Retire);
+        }
+        if expired > 0 {
+            // No scrape asks a family about expiries: shown at once, as far as the render
+            // budget allows.
+            self.schedule_publish(myself, Duration::ZERO, now);
+        } else if self.dirty {
+            self.schedule_publish(myself, self.ctx.publish_interval, now);
+        }
+        self.schedule_sweep(myself);
+        None
+    }
+
+    /// `FirstBatchDue`: a family still empty retires.
+    pub(super) fn on_first_batch_due(&mut self) -> Option<StopReason> {
+        self.is_empty().then_some(StopReason::Retire)
+    }
+
+    /// `Publish`: publishes unless a sooner publish superseded this one.
+    pub(super) fn on_publish(&mut self, myself: &ActorRef<FamilyMsg>) {
+        let now = Instant::now();
+        if self.publish_due.is_some_and(|due| now >= due) {
+            self.publish_due = None;
+            self.publish_and_follow(myself, now);
+        }
+    }
+
+    /// `Refresh`: a set's count fell without an update, and no scrape asks a family about
+    /// that: shown at once, as expiries are, but at most once per [`SET_REFRESH_FLOOR`]
+    /// however short the set window.
+    pub(super) fn on_refresh(&mut self, myself: &ActorRef<FamilyMsg>) {
+        self.refresh_scheduled = false;
+        self.dirty = true;
+        let now = Instant::now();
+        let floor = SET_REFRESH_FLOOR.min(self.ctx.publish_interval);
+        self.schedule_publish(myself, floor, now);
+        self.arm_idle_check(now);
+    }
+
+    /// `Sync`: publishes what changed for a scrape, which waits until `ticket` is dropped.
+    /// Rendering is not held back for a scrape; the snapshot is cast before the ticket goes,
+    /// so it reaches the aggregator before the scrape's request.
+    pub(super) fn on_sync(&mut self, myself: &ActorRef<FamilyMsg>, ticket: Ticket) {
+        self.publish_and_follow(myself, Instant::now());
+        drop(ticket);
+    }
+
+    /// As the actor stops, drained: publishes what it applied since its last snapshot.
+    pub(super) fn stop(&mut self) {
+        self.publish(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::aggregator::AggregatorActor;
+    use crate::config::ObserverSettings;
+    use crate::limits::SeriesBudget;
+    use crate::telemetry::Telemetry;
+    use crate::update::Op;
+
+    fn spec(kind: Kind) -> FamilySpec {
+        FamilySpec {
+            name: "lat".into(),
+            kind,
+            meta: Arc::new(FamilyMeta {
+                help: "Help with a \\ backslash.".into(),
+                observer: ObserverSettings::default(),
+                ttl: None,
+            }),
+        }
+    }
+
+    fn update(value: &str, op: Op) -> Update {
+        Update {
+            labels: LabelSet::from_pairs(vec![("k".into(), value.into())]),
+            op,
+            samples: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_family_updated_within_a_window_and_a_half_stays_live_for_two_windows() {
+        let (aggregator, _) = ractor::Actor::spawn(None, AggregatorActor, 0)
+            .await
+            .unwrap();
+        let (after, window) = (Duration::from_millis(100), Duration::from_secs(2));
+        let ctx = Arc::new(FamilyContext {
+            aggregator,
+            telemetry: Arc::new(Telemetry::new()),
+            publish_interval: Duration::from_secs(15),
+            flush_interval: window,
+            hibernate_after: Some(after),
+            set_window: Duration::from_secs(60),
+            budget: Arc::new(SeriesBudget::new(100, 100)),
+        });
+        let ms = Duration::from_millis;
+        let mut family = FamilyState::new(spec(Kind::Counter), ctx.clone());
+        let start = Instant::now();
+        // (batch at, samples in it, idle time allowed after it)
+        for (at, samples, idle) in [
+            // One sample, no batch before: sporadic.
+            (ms(0), 1, after),
+            // The next window's batch: steady.
+            (ms(2_100), 1, window * 2),
+            // A window and a half after the last, to the millisecond: steady.
+            (ms(5_100), 1, window * 2),
+            // Two windows after: sporadic again.
+            (ms(9_100), 1, after),
+            // Two samples in one batch came within a window of each other: steady.
+            (ms(20_000), 2, window * 2),
+        ] {
+            let now = start + at;
+            family.apply(vec![update("a", Op::Add(1.0)); samples], now);
+            assert_eq!(family.idle_left(now), Some(idle), "batch at {at:?}");
+        }
+        assert_eq!(
+            family.idle_left(start + ms(20_000) + window),
+            Some(window),
+            "idle time counts from the last batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshots_render_changed_series_and_reuse_the_rest_exactly() {
+        let (aggregator, _) = ractor::Actor::spawn(None, AggregatorActor, 0)
+            .await
+            .unwrap();
+        let ctx = Arc::new(FamilyContext {
+            aggregator,
+            telemetry: Arc::new(Telemetry::new()),
+            publish_interval: Duration::from_millis(20),
+            flush_interval: Duration::from_secs(2),
+            hibernate_after: None,
+            set_window: Duration::from_secs(60),
+            budget: Arc::new(SeriesBudget::new(100, 100)),
+        });
+        let observe = |ms: f64| Op::Observe {
+            value: ms / 1000.0,
+            count: 1,
+        };
+        for (kind, op) in [
+            (Kind::Counter, Op::Add(2.0)),
+            (Kind::Observer, observe(7.0)),
+        ] {
+            let now = Instant::now();
+            let first = vec![update("a", op), update("b", op), update("c", op)];
+            let second = vec![update("b", op), update("b", op)];
+            let mut incremental = FamilyState::new(spec(kind), ctx.clone());
+            incremental.apply(first.clone(), now);
+            let before = incremental.snapshot(now).text;
+            incremental.apply(second.clone(), now);
+            let snapshot = incremental.snapshot(now);
+            // The help as the text format escapes it; the exposition writes it.
+            assert_eq!(&*snapshot.help, "Help with a \\\\ backslash.");
+            let after = snapshot.text;
+            let mut whole = FamilyState::new(spec(kind), ctx.clone());
+            whole.apply(first, now);
+            whole.apply(second, now);
+            assert_eq!(after, whole.snapshot(now).text);
+            assert_ne!(before, after, "the changed series is rendered again");
+            assert!(after.starts_with("lat"), "no HELP or TYPE line: {after}");
+            let b = if kind == Kind::Counter {
+                "lat{k=\"b\"} 6\n"
+            } else {
+                "lat_count{k=\"b\"} 3\n"
+            };
+            assert!(after.contains(b), "{after}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Binding the sockets the settings ask for: UDP with its receive buffer, TCP, a Unix datagram
+//! socket with its permissions, and the HTTP server's.
+
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use tokio::net::{TcpListener, UdpSocket, UnixDatagram};
+use tracing::{info, warn};
+
+use crate::config::{self, Settings, DEFAULT_READ_BUFFER};
+
+/// The sockets tallyd serves, bound before [`crate::daemon::run`] so callers (and tests) can bind port 0 and
+/// read the real addresses.
+#[derive(Debug)]
+pub struct Sockets {
+    /// The StatsD sockets.
+    pub statsd: StatsdSockets,
+    /// The HTTP server.
+    pub http: TcpListener,
+}
+
+/// The StatsD sockets, each unless disabled.
+#[derive(Debug)]
+pub struct StatsdSockets {
+    /// StatsD over UDP.
+    pub udp: Option<UdpSocket>,
+    /// StatsD over TCP.
+    pub tcp: Option<TcpListener>,
+    /// StatsD over a Unix datagram socket, with its path (removed at exit).
+    pub unixgram: Option<(UnixDatagram, PathBuf)>,
+}
+
+impl Sockets {
+    /// Binds every socket the settings ask for; an error names the setting.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Sockets> {
+        let addr = |key: &str, value: &str| {
+            config::resolve(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+        };
+        let udp = match settings.statsd.listen_udp.as_str() {
+            "" => None,
+            a => Some(
+                bind_udp(addr("statsd.listen_udp", a)?, settings.statsd.read_buffer)
+                    .with_context(|| format!("cannot bind StatsD UDP on {a}"))?,
+            ),
+        };
+        let tcp = match settings.statsd.listen_tcp.as_str() {
+            "" => None,
+            a => Some(
+                TcpListener::bind(addr("statsd.listen_tcp", a)?)
+                    .await
+                    .with_context(|| format!("cannot bind StatsD TCP on {a}"))?,
+            ),
+        };
+        let unixgram = match settings.statsd.listen_unixgram.as_str() {
+            "" => None,
+            path => Some(bind_unixgram(
+                Path::new(path),
+                &settings.statsd.unixsocket_mode,
+            )?),
+        };
+        let web = &settings.web.listen_address;
+        let http = TcpListener::bind(addr("web.listen_address", web)?)
+            .await
+            .with_context(|| format!("cannot bind HTTP on {web}"))?;
+        Ok(Sockets {
+            statsd: StatsdSockets { udp, tcp, unixgram },
+            http,
+        })
+    }
+
+    /// The addresses bound (the path of the Unix socket), or "off": UDP, TCP, Unix, HTTP.
+    pub(crate) fn describe(&self) -> [String; 4] {
+        let statsd = &self.statsd;
+        let udp = statsd.udp.as_ref().and_then(|s| s.local_addr().ok());
+        let tcp = statsd.tcp.as_ref().and_then(|s| s.local_addr().ok());
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+        let unixgram = statsd
+            .unixgram
+            .as_ref()
+            .map_or("off".into(), |(_, path)| path.display().to_string());
+        [
+            show(udp),
+            show(tcp),
+            unixgram,
+            show(self.http.local_addr().ok()),
+        ]
+    }
+}
+
+/// Binds the StatsD UDP socket with the requested receive buffer.
+fn bind_udp(addr: std::net::SocketAddr, read_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if read_buffer > 0 {
+        socket.set_recv_buffer_size(read_buffer)?;
+        // Linux doubles the request for its own bookkeeping, after capping it at rmem_max.
+        // A process with CAP_NET_ADMIN (root on a host) may go past the cap, as journald
+        // does; any other is refused, and keeps the capped buffer.
+        if socket.recv_buffer_size()? < read_buffer.saturating_mul(2) {
+            use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+            if setsockopt(&socket, RcvBufForce, &read_buffer).is_ok() {
+                info!(
+                    requested = read_buffer,
+                    got = socket.recv_buffer_size()?,
+                    "UDP receive buffer set past net.core.rmem_max (CAP_NET_ADMIN)"
+                );
+            }
+        }
+        let got = socket.recv_buffer_size()?;
+        // Capping the default is normal on most hosts: worth a warning only when asked for.
+        if got < read_buffer.saturating_mul(2) {
+            if read_buffer == DEFAULT_READ_BUFFER {
+                info!(
+                    requested = read_buffer,
+                    got, "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+                );
+            } else {
+                warn!(
+                    requested = read_buffer,
+                    got, "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+                );
+            }
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Binds a Unix datagram socket at `path` with permissions `mode` (octal), replacing a stale
+/// socket file left by an earlier run but never another kind of file.
+fn bind_unixgram(path: &Path, mode: &str) -> anyhow::Result<(UnixDatagram, PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "statsd.listen_unixgram: {} exists and is not a socket",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let socket = UnixDatagram::bind(path)
+        .with_context(|| format!("cannot bind StatsD Unix datagram socket {}", path.display()))?;
+    let mode = u32::from_str_radix(mode, 8).context("statsd.unixsocket_mode")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    Ok((socket, path.to_owned()))
+}

@@ -1,0 +1,353 @@
+//! StatsD over UDP or a Unix datagram socket: a reader that takes up to `receive_batch` ready
+//! datagrams at a time, several to a system call ([`super::receive`]), pausing after a read
+//! that found few ([`super::pause`]), so that a steady stream is read in batches.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::pause::PauseClock;
+use super::receive::{Datagram, Datagrams, RECEIVE_MANY};
+use super::{DatagramSocket, ListenerContext};
+use crate::ingest::{Batcher, Due};
+
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+/// How often a datagram socket the runtime cannot watch is read.
+const POLL_UNWATCHED: Duration = Duration::from_millis(10);
+
+/// When a datagram reader reads next.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// At once: the last read stopped before the socket said it was empty.
+    Now,
+    /// At this time, without asking the runtime: the last read took few datagrams, so the
+    /// next ones are left to gather in the socket buffer (see [`super::udp_pause`]).
+    At(Instant),
+    /// When the socket becomes readable.
+    Readable,
+}
+
+/// Reads datagrams until `shutdown`: waits for one, takes every further datagram already
+/// queued (up to `receive_batch`), then sends each touched family one message when its flush
+/// window says so. After a read that found fewer than `receive_batch` datagrams, the reader
+/// pauses for `pause` (see [`super::udp_pause`]) before reading again, so that a steady stream
+/// costs one wake-up per pause rather than one per datagram; after a read that found none, it
+/// waits for the socket. Scrapes and shutdown do not wait for a pause: they read what the
+/// socket holds. At shutdown it also applies what the socket buffer still holds.
+pub(crate) async fn serve_datagrams(
+    socket: DatagramSocket,
+    pause: Duration,
+    ctx: ListenerContext,
+    shutdown: CancellationToken,
+) {
+    // Reads must never block a runtime worker.
+    if let Err(e) = socket.set_nonblocking() {
+        warn!(error = %e, "cannot make the StatsD socket non-blocking; not reading it");
+        return;
+    }
+    let mut pipe = ctx.pipelines.pipeline();
+    let mut reader = Reader::new(&socket, &ctx);
+    // What the kernel holds when a scrape comes, or at shutdown, arrived before it: read
+    // however much a pause let gather, bounded in case a sender keeps sending.
+    let drain = ctx.receive_batch * 1024;
+    loop {
+        if reader.watch() {
+            pipe.waiting();
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            due = pipe.due() => {
+                if matches!(due, Due::Scrape(_)) {
+                    reader.read(&mut pipe.batcher, drain);
+                }
+                pipe.handle(due).await;
+                continue;
+            }
+            watched = reader.ready() => if !watched {
+                reader.unwatch();
+            }
+        }
+        let read = reader.read(&mut pipe.batcher, ctx.receive_batch);
+        if reader.plan(&read, pause) {
+            pipe.pausing();
+        }
+        pipe.after_read().await;
+    }
+    reader.read(&mut pipe.batcher, drain);
+    pipe.flush().await;
+}
+
+/// A datagram reader's socket, buffers, and when it reads next.
+struct Reader<'s> {
+    socket: &'s DatagramSocket,
+    ctx: &'s ListenerContext,
+    buf: Datagrams,
+    next: Next,
+    /// The socket's registration with the runtime: dropped for a pause, so that what arrives
+    /// meanwhile wakes nothing.
+    registered: Option<AsyncFd<BorrowedFd<'s>>>,
+    /// The runtime could not watch the socket this time: it is polled instead.
+    unwatched: bool,
+    /// That was logged (once).
+    warned: bool,
+    /// Ends the pauses; `None` where the system has no timerfd.
+    clock: Option<PauseClock>,
+}
+
+impl<'s> Reader<'s> {
+    fn new(socket: &'s DatagramSocket, ctx: &'s ListenerContext) -> Self {
+        Reader {
+            socket,
+            ctx,
+            buf: Datagrams::new(ctx.max_datagram_bytes.min(MAX_DATAGRAM)),
+            next: Next::Readable,
+            registered: None,
+            unwatched: false,
+            warned: false,
+            clock: PauseClock::new(),
+        }
+    }
+
+    /// Registers the socket with the runtime before a wait for input, or drops its
+    /// registration before a pause; true when the reader is about to wait for input.
+    fn watch(&mut self) -> bool {
+        match self.next {
+            Next::Readable if self.registered.is_none() => {
+                // SAFETY: the borrowed descriptor stays open, and the same, for as long as the
+                // registration lives: it cannot outlive the borrow of `socket`.
+                let fd = unsafe {
+                    AsyncFd::register_with_interest(self.socket.as_fd(), Interest::READABLE)
+                };
+                match fd {
+                    Ok(fd) => self.registered = Some(fd),
+                    Err(e) => {
+                        if !self.warned {
+                            warn!(error = %e, "cannot watch the StatsD socket; polling it");
+                            self.warned = true;
+                        }
+                        self.unwatched = true;
+                        self.next = Next::At(Instant::now() + POLL_UNWATCHED);
+                    }
+                }
+            }
+            Next::At(_) => self.registered = None,
+            _ => {}
+        }
+        matches!(self.next, Next::Readable) || self.unwatched
+    }
+
+    /// Waits until it is time to read; cancel-safe. False when the runtime stopped watching
+    /// the socket (see [`Reader::unwatch`]).
+    async fn ready(&self) -> bool {
+        match (self.next, &self.registered) {
+            (Next::Now, _) => tokio::task::consume_budget().await,
+            (Next::At(at), _) => match &self.clock {
+                Some(clock) => {
+                    if let Err(e) = clock.until(at).await {
+                        debug!(error = %e, "StatsD reader's pause timer");
+                        tokio::time::sleep_until(at).await;
+                    }
+                }
+                None => tokio::time::sleep_until(at).await,
+            },
+            (Next::Readable, Some(fd)) => match fd.readable().await {
+                // Cleared before reading: a datagram that comes after the read sets it again.
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    debug!(error = %e, "StatsD socket readiness");
+                    return false;
+                }
+            },
+            (Next::Readable, None) => std::future::pending().await,
+        }
+        true
+    }
+
+    /// The runtime failed to watch the socket: it is polled until the next read.
+    fn unwatch(&mut self) {
+        self.registered = None;
+        self.unwatched = true;
+    }
+
+    /// Reads up to `limit` datagrams into `batcher`, counted.
+    fn read(&mut self, batcher: &mut Batcher, limit: usize) -> Read {
+        let read = read_batch(self.socket, &mut self.buf, batcher, limit);
+        self.ctx.telemetry.packets(self.socket.kind(), read.packets);
+        read
+    }
+
+    /// When to read next after `read`; true when that is after a `pause`.
+    fn plan(&mut self, read: &Read, pause: Duration) -> bool {
+        let unwatched = std::mem::take(&mut self.unwatched);
+        let (next, pausing) = if !read.emptied {
+            (Next::Now, false)
+        } else if unwatched {
+            (Next::At(Instant::now() + POLL_UNWATCHED), false)
+        } else if read.packets == 0 || pause.is_zero() {
+            (Next::Readable, false)
+        } else {
+            (Next::At(Instant::now() + pause), true)
+        };
+        self.next = next;
+        pausing
+    }
+}
+
+/// What [`read_batch`] did.
+struct Read {
+    /// Datagrams read.
+    packets: u64,
+    /// The socket answered that it holds no more.
+    emptied: bool,
+}
+
+/// Ingests every datagram already queued, up to `limit` of them. Receive errors count
+/// against `limit` too, so that one that persists cannot keep the reader here.
+fn read_batch(
+    socket: &DatagramSocket,
+    buf: &mut Datagrams,
+    batcher: &mut Batcher,
+    limit: usize,
+) -> Read {
+    let (mut packets, mut taken) = (0, 0);
+    while taken < limit {
+        let asked = (limit - taken).min(RECEIVE_MANY);
+        match buf.receive(socket.as_fd(), asked) {
+            Ok(n) => {
+                taken += n;
+                packets += n as u64;
+                for datagram in buf.received() {
+                    match datagram {
+                        Datagram::Within(bytes) => batcher.ingest(bytes),
+                        Datagram::TooLong(bytes) => batcher.reject_datagram(bytes),
+                    }
+                }
+                if n < asked {
+                    // The socket held no more (or an error stopped the call after what it
+                    // took, which the next call reports).
+                    return Read {
+                        packets,
+                        emptied: true,
+                    };
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Read {
+                    packets,
+                    emptied: true,
+                }
+            }
+            // ICMP errors and the like concern one peer, not the socket: counted against the
+            // limit, and the read goes on.
+            Err(e) => {
+                taken += 1;
+                debug!(error = %e, "datagram receive error");
+            }
+        }
+    }
+    Read {
+        packets,
+        emptied: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::ingest::IngestConfig;
+    use crate::mapping::Mapper;
+    use crate::telemetry::Telemetry;
+    use std::sync::Arc;
+
+    fn batcher(telemetry: &Arc<Telemetry>) -> Batcher {
+        let config = IngestConfig::new(&Settings::default(), Mapper::default());
+        Batcher::new(telemetry.clone(), Arc::new(config))
+    }
+
+    fn too_large(telemetry: &Telemetry) -> f64 {
+        let families = telemetry.gather();
+        let rejected = families
+            .iter()
+            .find(|f| f.name() == "tallyd_lines_rejected_total")
+            .unwrap();
+        let metric = rejected.get_metric().iter();
+        metric
+            .filter(|m| m.get_label()[0].value() == "datagram_too_large")
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    /// Datagrams read, whether the socket said it was empty, and the samples the batcher took.
+    fn read(
+        socket: &DatagramSocket,
+        buf: &mut Datagrams,
+        batcher: &mut Batcher,
+        limit: usize,
+    ) -> (u64, bool, u64) {
+        let read = read_batch(socket, buf, batcher, limit);
+        let samples = batcher.take().iter().map(|(_, b)| b.samples()).sum();
+        (read.packets, read.emptied, samples)
+    }
+
+    #[test]
+    fn a_read_takes_its_limit_over_several_calls_and_says_when_the_socket_is_empty() {
+        // A Unix pair queues each datagram before `send` returns (and a pair is not held to
+        // net.unix.max_dgram_qlen), so every read below finds exactly what was sent.
+        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let socket = DatagramSocket::Unix(ours);
+        socket.set_nonblocking().unwrap();
+        let telemetry = Arc::new(Telemetry::new());
+        let (mut buf, mut batcher) = (Datagrams::new(64), batcher(&telemetry));
+        for i in 0..RECEIVE_MANY + 4 {
+            theirs.send(format!("n.{i}:1|c").as_bytes()).unwrap();
+        }
+        theirs.send(&[b'x'; 65]).unwrap();
+        theirs.send(b"last:1|c").unwrap();
+        // Exactly the limit, over two calls: the socket has not said it is empty.
+        let limit = RECEIVE_MANY + 4;
+        let all = RECEIVE_MANY as u64 + 4;
+        assert_eq!(
+            read(&socket, &mut buf, &mut batcher, limit),
+            (all, false, all)
+        );
+        // The over-long datagram is refused whole and counted; the one after it lands.
+        assert_eq!(read(&socket, &mut buf, &mut batcher, limit), (2, true, 1));
+        assert_eq!(too_large(&telemetry), 1.0);
+        assert_eq!(read(&socket, &mut buf, &mut batcher, limit), (0, true, 0));
+    }
+
+    #[test]
+    fn a_udp_socket_is_read_the_same_way() {
+        let ours = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let theirs = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        theirs.connect(ours.local_addr().unwrap()).unwrap();
+        let socket = DatagramSocket::Udp(ours);
+        socket.set_nonblocking().unwrap();
+        let telemetry = Arc::new(Telemetry::new());
+        let (mut buf, mut batcher) = (Datagrams::new(64), batcher(&telemetry));
+        theirs.send(b"u.a:1|c\nu.b:2|c").unwrap();
+        theirs.send(&[b'y'; 100]).unwrap();
+        theirs.send(b"u.a:3|c").unwrap();
+        // Loopback may queue them a moment after `send` returns: read until all three came.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (mut packets, mut samples) = (0, 0);
+        while packets < 3 && std::time::Instant::now() < deadline {
+            let (p, emptied, s) = read(&socket, &mut buf, &mut batcher, 64);
+            assert!(emptied);
+            (packets, samples) = (packets + p, samples + s);
+            if packets < 3 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert_eq!((packets, samples), (3, 3));
+        assert_eq!(too_large(&telemetry), 1.0);
+    }
+}
