@@ -237,35 +237,14 @@ pub enum MappingError {
         source: std::io::Error,
     },
     /// The file is not valid YAML, has an unknown or deprecated key, or a value that makes no
-    /// sense.
-    #[error("invalid mapping file {}{}: {}{message}", file.display(), position(*line, *column), key_prefix(key))]
-    Invalid {
-        /// The file (or the origin given to [`Mapper::from_yaml`]).
-        file: PathBuf,
-        /// The line, from 1, when known.
-        line: Option<u64>,
-        /// The column, from 1, when known.
-        column: Option<u64>,
-        /// Where in the document, e.g. `mappings[2].timer_type`; empty for the whole file.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// sense: the file (or the origin given to [`Mapper::from_yaml`]), where, and what.
+    #[error("invalid mapping file {0}")]
+    Invalid(crate::yaml::Problem),
 }
 
-fn position(line: Option<u64>, column: Option<u64>) -> String {
-    match (line, column) {
-        (Some(line), Some(column)) => format!(":{line}:{column}"),
-        (Some(line), None) => format!(":{line}"),
-        _ => String::new(),
-    }
-}
-
-fn key_prefix(key: &str) -> String {
-    if key.is_empty() {
-        String::new()
-    } else {
-        format!("{key}: ")
+impl From<crate::yaml::Problem> for MappingError {
+    fn from(problem: crate::yaml::Problem) -> Self {
+        MappingError::Invalid(problem)
     }
 }
 

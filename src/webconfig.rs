@@ -34,7 +34,7 @@ use rustls::{
 };
 use serde::Deserialize;
 
-use crate::yaml;
+use crate::yaml::{self, Errors, Problem};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -53,25 +53,15 @@ pub enum WebConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid YAML, has an unknown key, or a value that cannot be used.
-    #[error("invalid web config file {}{at}: {}{message}", file.display(), key_prefix(key))]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// `:line:column` when known, else empty.
-        at: String,
-        /// Where in the document, e.g. `tls_server_config.cert_file`; empty for the whole file.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The file is not valid YAML, has an unknown key, or a value that cannot be used: the
+    /// file, where, and what.
+    #[error("invalid web config file {0}")]
+    Invalid(yaml::Problem),
 }
 
-fn key_prefix(key: &str) -> String {
-    if key.is_empty() {
-        String::new()
-    } else {
-        format!("{key}: ")
+impl From<yaml::Problem> for WebConfigError {
+    fn from(problem: yaml::Problem) -> Self {
+        WebConfigError::Invalid(problem)
     }
 }
 
@@ -116,7 +106,7 @@ impl WebConfig {
     /// Checks a web configuration given as text; `origin` names it in errors, and relative
     /// paths in it are relative to `origin`'s directory, as exporter-toolkit reads them.
     pub fn from_yaml(text: &str, origin: &Path) -> Result<WebConfig, WebConfigError> {
-        let errors = Errors { file: origin };
+        let errors = Errors::new(origin);
         let raw = parse(text, &errors)?;
         let dir = origin.parent().unwrap_or(Path::new(""));
         let mut config = WebConfig {
@@ -220,33 +210,9 @@ struct RawRateLimit {
     burst: Option<u32>,
 }
 
-// ---- errors with the file's name ----------------------------------------------------------
-
-struct Errors<'a> {
-    file: &'a Path,
-}
-
-impl Errors<'_> {
-    fn at(&self, key: &str, message: impl Into<String>) -> WebConfigError {
-        WebConfigError::Invalid {
-            file: self.file.to_owned(),
-            at: String::new(),
-            key: key.to_owned(),
-            message: message.into(),
-        }
-    }
-}
-
 /// Deserializes the document, keeping the key path and location of the first error.
-fn parse(text: &str, errors: &Errors<'_>) -> Result<RawFile, WebConfigError> {
-    yaml::parse(text, yaml::key_path).map_err(|failure| WebConfigError::Invalid {
-        file: errors.file.to_owned(),
-        at: failure
-            .line_column()
-            .map_or(String::new(), |(line, column)| format!(":{line}:{column}")),
-        message: failure.message(),
-        key: failure.key,
-    })
+fn parse(text: &str, errors: &Errors<'_>) -> Result<RawFile, Problem> {
+    yaml::parse(text, yaml::key_path).map_err(|failure| errors.failure(&failure))
 }
 
 // ---- TLS ----------------------------------------------------------------------------------
@@ -333,7 +299,7 @@ impl RawTls {
         dir: &Path,
         errors: &Errors<'_>,
         warnings: &mut Vec<String>,
-    ) -> Result<(Option<Arc<ServerConfig>>, ClientAuth), WebConfigError> {
+    ) -> Result<(Option<Arc<ServerConfig>>, ClientAuth), Problem> {
         const KEY: &str = "tls_server_config";
         if !self.enabled() {
             return Ok((None, ClientAuth::None));
@@ -643,10 +609,7 @@ const EXTRA_HEADERS: [(&str, &[&str]); 5] = [
 ];
 
 impl RawHttp {
-    fn headers(
-        &self,
-        errors: &Errors<'_>,
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, WebConfigError> {
+    fn headers(&self, errors: &Errors<'_>) -> Result<Vec<(HeaderName, HeaderValue)>, Problem> {
         let mut out = Vec::new();
         for (name, value) in &self.headers {
             let key = format!("http_server_config.headers.{name}");
@@ -689,7 +652,7 @@ pub struct BasicAuth {
 }
 
 impl BasicAuth {
-    fn new(users: BTreeMap<String, String>, errors: &Errors<'_>) -> Result<Self, WebConfigError> {
+    fn new(users: BTreeMap<String, String>, errors: &Errors<'_>) -> Result<Self, Problem> {
         for (user, hash) in &users {
             hash.parse::<bcrypt::HashParts>().map_err(|e| {
                 errors.at(
@@ -778,7 +741,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 // ---- rate limit -------------------------------------------------------------------------
 
 impl RawRateLimit {
-    fn build(self, errors: &Errors<'_>) -> Result<Option<RateLimiter>, WebConfigError> {
+    fn build(self, errors: &Errors<'_>) -> Result<Option<RateLimiter>, Problem> {
         let interval = self.interval.unwrap_or_default();
         if interval.is_zero() {
             return Ok(None);

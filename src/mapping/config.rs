@@ -17,7 +17,7 @@ use super::{
     next_id, Action, HistogramOptions, Mapper, MappingError, MetricClass, ObserverChoice, Quantile,
     Rule, Settings, SummaryOptions,
 };
-use crate::yaml;
+use crate::yaml::{self, Errors, Problem};
 
 /// Prometheus's default histogram buckets (client_golang's `DefBuckets`).
 const DEFAULT_BUCKETS: [f64; 11] = [
@@ -256,52 +256,20 @@ pub(super) fn parse_go_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total as u64))
 }
 
-/// Builds errors that name the file.
-struct Errors<'a> {
-    file: &'a Path,
-}
-
-impl Errors<'_> {
-    fn at(
-        &self,
-        key: impl Into<String>,
-        at: Option<Location>,
-        message: impl Into<String>,
-    ) -> MappingError {
-        let (line, column) = at.map_or((None, None), line_column);
-        MappingError::Invalid {
-            file: self.file.to_owned(),
-            line,
-            column,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-fn line_column(at: Location) -> (Option<u64>, Option<u64>) {
-    if at.line() == 0 {
-        (None, None)
-    } else {
-        (Some(at.line()), Some(at.column()))
-    }
-}
-
 /// Deserializes the document, keeping the key path and location of the first error.
-fn parse(text: &str, errors: &Errors<'_>) -> Result<RawFile, MappingError> {
+fn parse(text: &str, errors: &Errors<'_>) -> Result<RawFile, Problem> {
     yaml::parse(text, key_path).map_err(|failure| {
-        let mut key = failure.key.clone();
-        let mut message = failure.message();
+        let mut problem = errors.failure(&failure);
         match &*failure.error {
             serde_saphyr::Error::SerdeUnknownField { field, .. } => {
                 if let Some(hint) = deprecated(field) {
-                    message = format!("`{field}` is no longer accepted: {hint}");
+                    problem.message = format!("`{field}` is no longer accepted: {hint}");
                 }
             }
             serde_saphyr::Error::DuplicateMappingKey { key: dup, .. } => {
-                message = match dup {
+                problem.message = match dup {
                     Some(dup) => {
-                        key = yaml::join(&key, dup);
+                        problem.key = yaml::join(&problem.key, dup);
                         format!("`{dup}` is given twice")
                     }
                     None => "a key is given twice".to_owned(),
@@ -309,7 +277,7 @@ fn parse(text: &str, errors: &Errors<'_>) -> Result<RawFile, MappingError> {
             }
             _ => {}
         }
-        errors.at(key, failure.error.location(), message)
+        problem
     })
 }
 
@@ -397,7 +365,7 @@ pub(super) fn empty() -> Mapper {
 
 /// Parses, checks and compiles a mapping file.
 pub(super) fn compile(text: &str, origin: &Path) -> Result<Mapper, MappingError> {
-    let errors = Errors { file: origin };
+    let errors = Errors::new(origin);
     let raw = parse(text, &errors)?;
     let defaults = raw.defaults.unwrap_or_default();
     let shared = Shared::resolve(&defaults, &errors)?;
@@ -440,7 +408,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn resolve(defaults: &RawDefaults, errors: &Errors<'_>) -> Result<Shared, MappingError> {
+    fn resolve(defaults: &RawDefaults, errors: &Errors<'_>) -> Result<Shared, Problem> {
         let histogram = &defaults.histogram_options;
         let buckets = match histogram.as_ref().and_then(|h| non_empty(&h.value.buckets)) {
             Some(buckets) => check_buckets(
@@ -489,11 +457,11 @@ fn compile_rule(
     item: Spanned<RawMapping>,
     shared: &Shared,
     errors: &Errors<'_>,
-) -> Result<(Rule, Matcher), MappingError> {
+) -> Result<(Rule, Matcher), Problem> {
     let key = format!("mappings[{index}]");
     let m = item.value;
     let Some(pattern) = m.pattern else {
-        return Err(errors.at(key, Some(item.referenced), "a mapping needs `match`"));
+        return Err(errors.located(key, Some(item.referenced), "a mapping needs `match`"));
     };
     let match_at = Some(pattern.referenced);
 
@@ -501,7 +469,7 @@ fn compile_rule(
     let matcher = match m.match_type.unwrap_or(shared.match_type) {
         MatchType::Glob => {
             let glob = Glob::parse(&pattern.value)
-                .map_err(|why| errors.at(format!("{key}.match"), match_at, why))?;
+                .map_err(|why| errors.located(format!("{key}.match"), match_at, why))?;
             Matcher::Glob(glob)
         }
         MatchType::Regex => {
@@ -511,7 +479,7 @@ fn compile_rule(
                     pattern.value,
                     regex_reason(&e)
                 );
-                errors.at(format!("{key}.match"), match_at, why)
+                errors.located(format!("{key}.match"), match_at, why)
             })?;
             Matcher::Regex(regex)
         }
@@ -533,7 +501,7 @@ fn compile_rule(
     if let Some(raw) = &m.labels {
         for (label, value) in &raw.value {
             check_label_name(label).map_err(|why| {
-                errors.at(format!("{key}.labels.{label}"), Some(raw.referenced), why)
+                errors.located(format!("{key}.labels.{label}"), Some(raw.referenced), why)
             })?;
             labels.push((Box::from(label.as_str()), Template::parse(value, resolve)));
         }
@@ -541,7 +509,7 @@ fn compile_rule(
     let name = match &m.name {
         Some(name) => {
             template::check_name(&name.value)
-                .map_err(|why| errors.at(format!("{key}.name"), Some(name.referenced), why))?;
+                .map_err(|why| errors.located(format!("{key}.name"), Some(name.referenced), why))?;
             Some(Template::parse(&name.value, resolve))
         }
         None => None,
@@ -550,7 +518,7 @@ fn compile_rule(
         (Some(RawAction::Drop), _) => Action::Drop,
         (_, Some(name)) => Action::Map { name, labels },
         (_, None) => {
-            return Err(errors.at(
+            return Err(errors.located(
                 key,
                 Some(item.referenced),
                 "a mapping needs a `name` (unless it has `action: drop`)",
@@ -572,7 +540,7 @@ fn compile_rule(
                 "`{}` is not a usable scale: it must be finite and not 0",
                 scale.value
             );
-            return Err(errors.at(format!("{key}.scale"), Some(scale.referenced), why));
+            return Err(errors.located(format!("{key}.scale"), Some(scale.referenced), why));
         }
         scale => scale.map(|s| s.value),
     };
@@ -601,7 +569,7 @@ fn rule_observer(
     shared: &Shared,
     key: &str,
     errors: &Errors<'_>,
-) -> Result<Arc<ObserverChoice>, MappingError> {
+) -> Result<Arc<ObserverChoice>, Problem> {
     let (kind, from) = match kind {
         Some(kind) => (kind, "this mapping's `observer_type`"),
         None => (shared.kind, "the default observer type"),
@@ -609,7 +577,7 @@ fn rule_observer(
     match kind {
         ObserverType::Histogram => {
             if let Some(summary) = summary {
-                return Err(errors.at(
+                return Err(errors.located(
                     format!("{key}.summary_options"),
                     Some(summary.referenced),
                     format!("`summary_options` cannot be used with a histogram ({from})"),
@@ -632,7 +600,7 @@ fn rule_observer(
         }
         ObserverType::Summary => {
             if let Some(histogram) = histogram {
-                return Err(errors.at(
+                return Err(errors.located(
                     format!("{key}.histogram_options"),
                     Some(histogram.referenced),
                     format!(
@@ -666,7 +634,7 @@ fn summary_options(
     key: &str,
     at: Location,
     errors: &Errors<'_>,
-) -> Result<SummaryOptions, MappingError> {
+) -> Result<SummaryOptions, Problem> {
     let quantiles = match non_empty(&raw.quantiles) {
         Some(quantiles) => {
             let mut out: Vec<Quantile> = Vec::with_capacity(quantiles.len());
@@ -684,7 +652,7 @@ fn summary_options(
                     None
                 };
                 if let Some(problem) = problem {
-                    return Err(errors.at(format!("{key}.quantiles"), Some(at), problem));
+                    return Err(errors.located(format!("{key}.quantiles"), Some(at), problem));
                 }
                 out.push(Quantile {
                     quantile: q.quantile,
@@ -717,17 +685,17 @@ fn check_buckets(
     key: &str,
     at: Option<Location>,
     errors: &Errors<'_>,
-) -> Result<Vec<f64>, MappingError> {
+) -> Result<Vec<f64>, Problem> {
     for (i, &b) in buckets.iter().enumerate() {
         if !b.is_finite() {
-            return Err(errors.at(
+            return Err(errors.located(
                 key,
                 at,
                 format!("bucket `{b}` is not finite (`+Inf` is implicit)"),
             ));
         }
         if i > 0 && b <= buckets[i - 1] {
-            return Err(errors.at(
+            return Err(errors.located(
                 key,
                 at,
                 format!(
