@@ -659,7 +659,7 @@ impl Settings {
             })?;
         // Read now, so a bad web config file fails start-up (and --check-config) like a bad
         // setting; the daemon reads it again when it starts the HTTP server.
-        crate::webconfig::WebConfig::from_settings(&settings.web)?;
+        crate::webconfig::WebConfig::from_setting(&settings.web.config_file)?;
         Ok(settings)
     }
 
