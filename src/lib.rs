@@ -45,7 +45,6 @@ pub mod exposition;
 pub mod family;
 pub mod http;
 pub mod ingest;
-pub mod kernel;
 pub mod limits;
 pub mod mapping;
 pub mod memory;
