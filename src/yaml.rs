@@ -11,21 +11,21 @@ use std::path::{Path, PathBuf};
 
 /// Why a document did not parse.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The parser's error (boxed: it is large, and errors are rare).
-    pub error: Box<serde_saphyr::Error>,
+    pub(crate) error: Box<serde_saphyr::Error>,
     /// The key path of the value that failed, including an unknown key itself.
-    pub key: String,
+    pub(crate) key: String,
 }
 
 impl Failure {
     /// The 1-based line and column, when the parser knows them.
-    pub fn line_column(&self) -> Option<(u64, u64)> {
+    pub(crate) fn line_column(&self) -> Option<(u64, u64)> {
         self.error.location().and_then(line_column)
     }
 
     /// The error's text on one line, without the " at line …, column …" the parser appends.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let text = self.error.to_string();
         let text = match self.line_column() {
             Some((line, column)) => {
@@ -41,7 +41,7 @@ impl Failure {
 }
 
 /// `key.field`, or `field` at the top.
-pub fn join(key: &str, field: &str) -> String {
+pub(crate) fn join(key: &str, field: &str) -> String {
     if key.is_empty() {
         field.to_owned()
     } else {
@@ -50,7 +50,7 @@ pub fn join(key: &str, field: &str) -> String {
 }
 
 /// The key path as written: `tls_server_config.cipher_suites[1]`.
-pub fn key_path(path: &serde_path_to_error::Path) -> String {
+pub(crate) fn key_path(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
     for segment in path {
@@ -70,7 +70,7 @@ pub fn key_path(path: &serde_path_to_error::Path) -> String {
 
 /// Parses `text`; an empty document is `T::default()`. `path` renders the key path of a
 /// failure (see [`key_path`]; a caller whose types wrap values may need its own).
-pub fn parse<T: DeserializeOwned + Default>(
+pub(crate) fn parse<T: DeserializeOwned + Default>(
     text: &str,
     path: impl Fn(&serde_path_to_error::Path) -> String,
 ) -> Result<T, Failure> {
@@ -136,23 +136,23 @@ impl fmt::Display for Problem {
 
 /// Builds the [`Problem`]s of one file.
 #[derive(Clone, Copy, Debug)]
-pub struct Errors<'a> {
+pub(crate) struct Errors<'a> {
     file: &'a Path,
 }
 
 impl<'a> Errors<'a> {
     /// Problems in `file`.
-    pub fn new(file: &'a Path) -> Self {
+    pub(crate) fn new(file: &'a Path) -> Self {
         Errors { file }
     }
 
     /// A problem with the value at `key`, without a location.
-    pub fn at(&self, key: impl Into<String>, message: impl Into<String>) -> Problem {
+    pub(crate) fn at(&self, key: impl Into<String>, message: impl Into<String>) -> Problem {
         self.located(key, None, message)
     }
 
     /// A problem with the value at `key`, which the document has at `at`.
-    pub fn located(
+    pub(crate) fn located(
         &self,
         key: impl Into<String>,
         at: Option<Location>,
@@ -167,7 +167,7 @@ impl<'a> Errors<'a> {
     }
 
     /// The parser's failure, with its key path, location and message.
-    pub fn failure(&self, failure: &Failure) -> Problem {
+    pub(crate) fn failure(&self, failure: &Failure) -> Problem {
         self.located(
             failure.key.clone(),
             failure.error.location(),

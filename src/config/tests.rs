@@ -1,3 +1,5 @@
+//! The loader against files, variables and flags: precedence, sources named in errors, flag names.
+
 use super::*;
 
 fn load(cli: &Cli, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {

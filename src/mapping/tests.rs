@@ -1,3 +1,5 @@
+//! Mapping files: matching, templates, defaults, errors with their key and line, the cache.
+
 use super::template::{tokens, Token};
 use super::*;
 use proptest::prelude::*;

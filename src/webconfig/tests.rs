@@ -1,3 +1,5 @@
+//! Web config files: unknown keys, TLS, client certificates, headers, basic auth, rate limit.
+
 use super::*;
 use base64::Engine as _;
 
