@@ -5,122 +5,29 @@
 //!
 //! A bad file, variable or flag fails start-up with a message naming its source (file and line,
 //! variable or flag) and the field.
+//!
+//! This module declares the settings; `cli` the flags, `load` the merge and `validate` the
+//! checks types cannot express.
 
-use clap::{Parser, ValueEnum};
+mod cli;
+mod load;
+mod validate;
 
-use crate::statsd::parse::TagStyles;
-use config::{Config, Environment, File, FileFormat};
+pub use cli::Cli;
+
+use clap::ValueEnum;
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::statsd::parse::TagStyles;
+#[cfg(test)]
+use {clap::Parser, load::environment};
 
 /// The UDP receive buffer asked for unless set: 8 MiB, which the kernel doubles, room for the
 /// default 100 ms receive pause at 128 MiB/s (see `statsd.receive_coalesce`).
 pub const DEFAULT_READ_BUFFER: usize = 8 << 20;
-
-/// Command-line flags. Every flag overrides the file and the environment.
-#[derive(Debug, Default, Parser)]
-#[command(
-    name = "tallyd",
-    version,
-    about = "StatsD/DogStatsD to Prometheus, one actor per metric family."
-)]
-pub struct Cli {
-    /// TOML settings file (see config/tallyd.toml); without it, built-in defaults apply.
-    #[arg(long = "config.file", value_name = "FILE")]
-    pub config_file: Option<PathBuf>,
-    /// UDP address to receive StatsD on ("" disables UDP).
-    #[arg(long = "statsd.listen-udp", value_name = "ADDR")]
-    pub listen_udp: Option<String>,
-    /// TCP address to receive StatsD on, one line per "\n" ("" disables TCP).
-    #[arg(long = "statsd.listen-tcp", value_name = "ADDR")]
-    pub listen_tcp: Option<String>,
-    /// UDP receive buffer size in bytes (SO_RCVBUF; default 8 MiB, capped by net.core.rmem_max unless tallyd has CAP_NET_ADMIN; 0 = system default).
-    #[arg(long = "statsd.read-buffer", value_name = "BYTES")]
-    pub read_buffer: Option<String>,
-    /// Tasks reading the UDP socket in parallel (0 = one per CPU; more than one may reorder datagrams).
-    #[arg(long = "statsd.udp-readers", value_name = "N")]
-    pub udp_readers: Option<String>,
-    /// Longest time a received sample waits at its listener before going to its family (0s = after every receive).
-    #[arg(long = "statsd.event-flush-interval", value_name = "DURATION")]
-    pub event_flush_interval: Option<String>,
-    /// Updates a listener holds, after combining, before it flushes them early.
-    #[arg(long = "statsd.event-flush-threshold", value_name = "N")]
-    pub event_flush_threshold: Option<String>,
-    /// Unix datagram socket path to receive StatsD on ("" disables it).
-    #[arg(long = "statsd.listen-unixgram", value_name = "PATH")]
-    pub listen_unixgram: Option<String>,
-    /// Permissions of the Unix datagram socket, in octal.
-    #[arg(long = "statsd.unixsocket-mode", value_name = "MODE")]
-    pub unixsocket_mode: Option<String>,
-    /// statsd_exporter mapping file (YAML).
-    #[arg(long = "statsd.mapping-config", value_name = "FILE")]
-    pub mapping_config: Option<String>,
-    /// Parse DogStatsD tags (`|#k:v`); `--no-statsd.parse-dogstatsd-tags` turns it off.
-    #[arg(long = "statsd.parse-dogstatsd-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub parse_dogstatsd_tags: Option<bool>,
-    #[arg(long = "no-statsd.parse-dogstatsd-tags", hide = true)]
-    #[doc(hidden)]
-    pub no_parse_dogstatsd_tags: bool,
-    /// Parse InfluxDB tags (`name,k=v`); `--no-statsd.parse-influxdb-tags` turns it off.
-    #[arg(long = "statsd.parse-influxdb-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub parse_influxdb_tags: Option<bool>,
-    #[arg(long = "no-statsd.parse-influxdb-tags", hide = true)]
-    #[doc(hidden)]
-    pub no_parse_influxdb_tags: bool,
-    /// Parse Librato tags (`name#k=v`); `--no-statsd.parse-librato-tags` turns it off.
-    #[arg(long = "statsd.parse-librato-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub parse_librato_tags: Option<bool>,
-    #[arg(long = "no-statsd.parse-librato-tags", hide = true)]
-    #[doc(hidden)]
-    pub no_parse_librato_tags: bool,
-    /// Parse SignalFX tags (`name[k=v]`); `--no-statsd.parse-signalfx-tags` turns it off.
-    #[arg(long = "statsd.parse-signalfx-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub parse_signalfx_tags: Option<bool>,
-    #[arg(long = "no-statsd.parse-signalfx-tags", hide = true)]
-    #[doc(hidden)]
-    pub no_parse_signalfx_tags: bool,
-    /// Series idle this long leave /metrics (0s = never), unless a mapping sets a ttl.
-    #[arg(long = "statsd.default-ttl", value_name = "DURATION")]
-    pub default_ttl: Option<String>,
-    /// Most series in all families together; new series past it are refused and counted.
-    #[arg(long = "limits.max-series", value_name = "N")]
-    pub max_series: Option<String>,
-    /// Most series in one family.
-    #[arg(long = "limits.max-series-per-family", value_name = "N")]
-    pub max_series_per_family: Option<String>,
-    /// Most families with their own tallyd_metric_* series (the busiest by update rate).
-    #[arg(long = "limits.max-family-self-metrics", value_name = "N")]
-    pub max_family_self_metrics: Option<String>,
-    /// After SIGTERM, keep serving the final values this long (e.g. 10s).
-    #[arg(long = "shutdown.grace-period", value_name = "DURATION")]
-    pub shutdown_grace_period: Option<String>,
-    /// Check the settings and the mapping file, then exit (0 when valid).
-    #[arg(long = "check-config")]
-    pub check_config: bool,
-    /// Address of the HTTP server (/metrics, /-/healthy, /-/ready, /-/reload).
-    #[arg(long = "web.listen-address", value_name = "ADDR")]
-    pub web_listen_address: Option<String>,
-    /// Path of the metrics exposition.
-    #[arg(long = "web.telemetry-path", value_name = "PATH")]
-    pub web_telemetry_path: Option<String>,
-    /// exporter-toolkit web config file (YAML): TLS, basic auth, response headers, rate limit.
-    #[arg(long = "web.config.file", value_name = "FILE")]
-    pub web_config_file: Option<String>,
-    /// Enable POST /-/reload, which reloads the mapping file.
-    #[arg(long = "web.enable-lifecycle")]
-    pub web_enable_lifecycle: bool,
-    /// Enable POST /-/fault?family=NAME, which makes a family actor fail (chaos drills).
-    #[arg(long = "web.enable-fault-injection")]
-    pub web_enable_fault_injection: bool,
-    /// Log level.
-    #[arg(long = "log.level", value_enum, value_name = "LEVEL")]
-    pub log_level: Option<LogLevel>,
-    /// Log format.
-    #[arg(long = "log.format", value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-}
 
 /// Every setting of tallyd.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -405,6 +312,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The name `--log.format` and `log.format` take.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Logfmt => "logfmt",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// `[observer]`: timers (`ms`), histograms (`h`) and distributions (`d`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -522,289 +439,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-}
-
-/// Environment variables: `TALLYD_<SECTION>__<FIELD>`, e.g. `TALLYD_STATSD__LISTEN_UDP`.
-///
-/// Only variables of that shape are read. Others that merely start with `TALLYD_`, such as
-/// the `TALLYD_PORT` and `TALLYD_SERVICE_HOST` Kubernetes injects for a Service named
-/// `tallyd`, are not settings and must not fail start-up.
-fn environment(vars: impl Iterator<Item = (String, String)>) -> Environment {
-    let settings = vars
-        .filter(|(key, _)| {
-            key.strip_prefix("TALLYD_")
-                .is_some_and(|rest| rest.contains("__"))
-        })
-        .collect();
-    Environment::with_prefix("TALLYD")
-        .prefix_separator("_")
-        .separator("__")
-        .list_separator(",")
-        .with_list_parse_key("observer.buckets")
-        .try_parsing(true)
-        .source(Some(settings))
-}
-
-impl Settings {
-    /// Loads defaults, the file named by `--config.file`, the environment, then the flags.
-    pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
-        Self::load_from(cli, environment(std::env::vars()))
-    }
-
-    fn load_from(cli: &Cli, env: Environment) -> Result<Settings, ConfigError> {
-        let mut builder = Config::builder();
-        let mut file_text = None;
-        if let Some(path) = &cli.config_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            // The `config` crate loses line numbers; check the file alone first so a mistake
-            // in it is reported with its line, column and field.
-            toml::from_str::<Settings>(&text).map_err(|e| ConfigError::File {
-                path: path.clone(),
-                message: e.to_string().trim_end().to_owned(),
-            })?;
-            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
-            file_text = Some((path.as_path(), text));
-        }
-        let env_keys: Vec<String> = config::Source::collect(&env)?.into_keys().collect();
-        builder = builder.add_source(env);
-        let tag_flag = |on: Option<bool>, off: bool| match (on, off) {
-            (_, true) | (Some(false), _) => Some("false"),
-            (Some(true), false) => Some("true"),
-            (None, false) => None,
-        };
-        let flags: [(&str, Option<&str>); 22] = [
-            ("statsd.default_ttl", cli.default_ttl.as_deref()),
-            ("limits.max_series", cli.max_series.as_deref()),
-            (
-                "limits.max_series_per_family",
-                cli.max_series_per_family.as_deref(),
-            ),
-            (
-                "limits.max_family_self_metrics",
-                cli.max_family_self_metrics.as_deref(),
-            ),
-            ("statsd.read_buffer", cli.read_buffer.as_deref()),
-            ("statsd.udp_readers", cli.udp_readers.as_deref()),
-            (
-                "statsd.event_flush_interval",
-                cli.event_flush_interval.as_deref(),
-            ),
-            (
-                "statsd.event_flush_threshold",
-                cli.event_flush_threshold.as_deref(),
-            ),
-            (
-                "shutdown.grace_period",
-                cli.shutdown_grace_period.as_deref(),
-            ),
-            ("statsd.listen_udp", cli.listen_udp.as_deref()),
-            ("statsd.listen_tcp", cli.listen_tcp.as_deref()),
-            ("statsd.listen_unixgram", cli.listen_unixgram.as_deref()),
-            ("statsd.unixsocket_mode", cli.unixsocket_mode.as_deref()),
-            ("statsd.mapping_config", cli.mapping_config.as_deref()),
-            (
-                "statsd.parse_dogstatsd_tags",
-                tag_flag(cli.parse_dogstatsd_tags, cli.no_parse_dogstatsd_tags),
-            ),
-            (
-                "statsd.parse_influxdb_tags",
-                tag_flag(cli.parse_influxdb_tags, cli.no_parse_influxdb_tags),
-            ),
-            (
-                "statsd.parse_librato_tags",
-                tag_flag(cli.parse_librato_tags, cli.no_parse_librato_tags),
-            ),
-            (
-                "statsd.parse_signalfx_tags",
-                tag_flag(cli.parse_signalfx_tags, cli.no_parse_signalfx_tags),
-            ),
-            ("web.listen_address", cli.web_listen_address.as_deref()),
-            ("web.telemetry_path", cli.web_telemetry_path.as_deref()),
-            ("log.level", cli.log_level.map(LogLevel::as_str)),
-            (
-                "log.format",
-                cli.log_format.map(|f| match f {
-                    LogFormat::Logfmt => "logfmt",
-                    LogFormat::Json => "json",
-                }),
-            ),
-        ];
-        let mut flags_given = Vec::new();
-        for (key, value) in flags {
-            if let Some(value) = value {
-                builder = builder.set_override(key, value)?;
-                flags_given.push(key);
-            }
-        }
-        if cli.web_enable_lifecycle {
-            builder = builder.set_override("web.enable_lifecycle", true)?;
-        }
-        if cli.web_enable_fault_injection {
-            builder = builder.set_override("web.enable_fault_injection", true)?;
-        }
-        if let Some(file) = &cli.web_config_file {
-            builder = builder.set_override("web.config_file", file.as_str())?;
-        }
-        let merged = builder.build()?;
-        let settings: Settings = merged.try_deserialize()?;
-        settings
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                source_name: source_of(&flags_given, &env_keys, key, file_text.as_ref()),
-                key: key.to_owned(),
-                message,
-            })?;
-        // Read now, so a bad web config file fails start-up (and --check-config) like a bad
-        // setting; the daemon reads it again when it starts the HTTP server.
-        crate::webconfig::WebConfig::from_settings(&settings.web)?;
-        Ok(settings)
-    }
-
-    /// Checks what types cannot: returns the offending key and what is wrong with it.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        for (key, addr, may_be_empty) in [
-            ("statsd.listen_udp", &self.statsd.listen_udp, true),
-            ("statsd.listen_tcp", &self.statsd.listen_tcp, true),
-            ("web.listen_address", &self.web.listen_address, false),
-        ] {
-            if !(may_be_empty && addr.is_empty()) {
-                resolve(addr).map_err(|e| (key, e))?;
-            }
-        }
-        if !self.web.telemetry_path.starts_with('/') || self.web.telemetry_path.starts_with("/-/") {
-            return Err((
-                "web.telemetry_path",
-                "must start with / and not with /-/".into(),
-            ));
-        }
-        if self.web.max_connections == 0 {
-            return Err(("web.max_connections", "must be at least 1".into()));
-        }
-        for (key, timeout) in [
-            ("web.header_timeout", self.web.header_timeout),
-            ("web.request_timeout", self.web.request_timeout),
-        ] {
-            if timeout < Duration::from_millis(1) {
-                return Err((key, "must be at least 1ms".into()));
-            }
-        }
-        if self.web.max_header_bytes < 8192 {
-            return Err(("web.max_header_bytes", "must be at least 8192".into()));
-        }
-        let b = &self.observer.buckets;
-        if b.is_empty() || b.iter().any(|v| !v.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
-            return Err((
-                "observer.buckets",
-                "must be finite, strictly ascending and not empty".into(),
-            ));
-        }
-        for q in &self.observer.quantiles {
-            if !(q.quantile > 0.0 && q.quantile < 1.0 && q.error > 0.0 && q.error < 1.0) {
-                return Err((
-                    "observer.quantiles",
-                    format!(
-                        "quantile {} error {}: both must be in (0, 1)",
-                        q.quantile, q.error
-                    ),
-                ));
-            }
-        }
-        if self.statsd.tcp_max_line_bytes == 0 || self.statsd.receive_batch == 0 {
-            let key = if self.statsd.receive_batch == 0 {
-                "statsd.receive_batch"
-            } else {
-                "statsd.tcp_max_line_bytes"
-            };
-            return Err((key, "must be at least 1".into()));
-        }
-        let mode = &self.statsd.unixsocket_mode;
-        if u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o777) {
-            return Err((
-                "statsd.unixsocket_mode",
-                format!("{mode:?} is not an octal mode like 755"),
-            ));
-        }
-        // The kernel takes an int and doubles it: past 1 GiB a request would wrap.
-        if self.statsd.read_buffer > 1 << 30 {
-            return Err((
-                "statsd.read_buffer",
-                "must be at most 1073741824 (1 GiB)".into(),
-            ));
-        }
-        if self.statsd.receive_coalesce > Duration::from_millis(100) {
-            return Err(("statsd.receive_coalesce", "must be at most 100ms".into()));
-        }
-        if self.statsd.event_flush_interval > Duration::from_secs(10) {
-            return Err(("statsd.event_flush_interval", "must be at most 10s".into()));
-        }
-        if self.statsd.event_flush_threshold == 0 {
-            return Err(("statsd.event_flush_threshold", "must be at least 1".into()));
-        }
-        if self.statsd.set_window < Duration::from_millis(4) {
-            return Err(("statsd.set_window", "must be at least 4ms".into()));
-        }
-        let l = &self.limits;
-        for (key, value) in [
-            ("limits.max_series", l.max_series),
-            ("limits.max_series_per_family", l.max_series_per_family),
-            ("limits.max_tags_per_line", l.max_tags_per_line),
-            ("limits.max_label_bytes", l.max_label_bytes),
-            ("limits.max_queued_updates", l.max_queued_updates),
-        ] {
-            if value == 0 {
-                return Err((key, "must be at least 1".into()));
-            }
-        }
-        if !(64..=65_535).contains(&l.max_datagram_bytes) {
-            return Err((
-                "limits.max_datagram_bytes",
-                "must be between 64 and 65535".into(),
-            ));
-        }
-        if self.shutdown.grace_period > Duration::from_secs(600) {
-            return Err(("shutdown.grace_period", "must be at most 10m".into()));
-        }
-        let p = self.actors.publish_interval;
-        if p.is_zero() || p > Duration::from_secs(60) {
-            return Err((
-                "actors.publish_interval",
-                "must be more than 0 and at most 60s".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Names where the value of `key` came from, following the precedence flag > environment >
-/// file > default: the flag, the variable, or the file and line.
-fn source_of(
-    flags_given: &[&str],
-    env_keys: &[String],
-    key: &str,
-    file: Option<&(&Path, String)>,
-) -> String {
-    if flags_given.contains(&key) {
-        return format!("flag --{}", key.replace('_', "-"));
-    }
-    if env_keys.iter().any(|k| k == key) {
-        let var = format!("TALLYD_{}", key.replace('.', "__").to_uppercase());
-        return format!("environment variable {var}");
-    }
-    let leaf = key.rsplit('.').next().unwrap_or(key);
-    if let Some((path, text)) = file {
-        let line = text.lines().position(|l| {
-            l.trim_start()
-                .strip_prefix(leaf)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        });
-        if let Some(line) = line {
-            return format!("{}:{}", path.display(), line + 1);
-        }
-    }
-    "the built-in defaults".into()
 }
 
 /// Resolves a listen address: `host:port`, `ip:port`, or `:port` for every IPv4 interface.

@@ -44,7 +44,6 @@ pub mod daemon;
 pub mod exposition;
 pub(crate) mod http;
 pub mod ingest;
-pub mod kernel;
 pub mod limits;
 pub mod mapping;
 pub mod memory;

@@ -17,9 +17,9 @@
 //! - `match_metric_type` limits a rule to counters, gauges or observers (timers, histograms,
 //!   distributions).
 //! - Each rule's `ttl`, `observer_type`, `histogram_options` and `summary_options` are
-//!   resolved against `defaults` once, at load, into [`Settings`] shared by every name the rule
-//!   maps. Unmapped names take [`Mapper::defaults`] (only `ttl` and the observer come from the
-//!   file there).
+//!   resolved against `defaults` once, at load, into [`RuleSettings`] shared by every name the
+//!   rule maps. Unmapped names take [`Mapper::defaults`] (only `ttl` and the observer come from
+//!   the file there).
 //! - Unknown keys are errors, and so are the keys statsd_exporter deprecated (`timer_type`,
 //!   `buckets` and `quantiles` outside `*_options`). Every error names the file, the line and
 //!   column when known, and the key (`mappings[2].timer_type`).
@@ -141,7 +141,7 @@ pub struct Mapped {
     /// The rule's position in `mappings`, from 0, for log messages.
     pub rule: usize,
     /// The rule's resolved settings, shared by every name it maps.
-    pub settings: Arc<Settings>,
+    pub settings: Arc<RuleSettings>,
 }
 
 impl Mapped {
@@ -167,7 +167,7 @@ impl Mapped {
 /// Everything a rule (or the defaults) says about the series it names, besides the name and the
 /// labels, resolved against `defaults` when the file was loaded.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
+pub struct RuleSettings {
     /// `help`; `None` means the generic help text.
     pub help: Option<Arc<str>>,
     /// `ttl`, or `defaults.ttl` when the rule has none: how long a series may go without a
@@ -237,35 +237,14 @@ pub enum MappingError {
         source: std::io::Error,
     },
     /// The file is not valid YAML, has an unknown or deprecated key, or a value that makes no
-    /// sense.
-    #[error("invalid mapping file {}{}: {}{message}", file.display(), position(*line, *column), key_prefix(key))]
-    Invalid {
-        /// The file (or the origin given to [`Mapper::from_yaml`]).
-        file: PathBuf,
-        /// The line, from 1, when known.
-        line: Option<u64>,
-        /// The column, from 1, when known.
-        column: Option<u64>,
-        /// Where in the document, e.g. `mappings[2].timer_type`; empty for the whole file.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// sense: the file (or the origin given to [`Mapper::from_yaml`]), where, and what.
+    #[error("invalid mapping file {0}")]
+    Invalid(crate::yaml::Problem),
 }
 
-fn position(line: Option<u64>, column: Option<u64>) -> String {
-    match (line, column) {
-        (Some(line), Some(column)) => format!(":{line}:{column}"),
-        (Some(line), None) => format!(":{line}"),
-        _ => String::new(),
-    }
-}
-
-fn key_prefix(key: &str) -> String {
-    if key.is_empty() {
-        String::new()
-    } else {
-        format!("{key}: ")
+impl From<crate::yaml::Problem> for MappingError {
+    fn from(problem: crate::yaml::Problem) -> Self {
+        MappingError::Invalid(problem)
     }
 }
 
@@ -278,14 +257,14 @@ pub struct Mapper {
     globs: GlobSet,
     /// The regex rules, in file order, with their index in `rules`.
     regexes: Vec<(usize, regex::Regex)>,
-    defaults: Arc<Settings>,
+    defaults: Arc<RuleSettings>,
 }
 
 #[derive(Debug)]
 struct Rule {
     class: Option<MetricClass>,
     action: Action,
-    settings: Arc<Settings>,
+    settings: Arc<RuleSettings>,
 }
 
 #[derive(Debug)]
@@ -356,7 +335,7 @@ impl Mapper {
     }
 
     /// The settings for unmapped names: `defaults.ttl` and the default observer.
-    pub fn defaults(&self) -> &Arc<Settings> {
+    pub fn defaults(&self) -> &Arc<RuleSettings> {
         &self.defaults
     }
 

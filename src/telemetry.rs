@@ -3,14 +3,20 @@
 //!
 //! Per-family figures (updates, rates, series) are not here: the aggregator owns them and the
 //! exposition renders them from its snapshot.
+//!
+//! `register` registers every self-metric, by area; [`udp_drops`] reads the kernel's drop
+//! counts for tallyd's UDP sockets at each scrape.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+mod register;
+pub mod udp_drops;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use crate::kernel::UdpDrops;
 use crate::statsd::parse::RejectReason;
+use udp_drops::UdpDrops;
 
 /// Prefix of every tallyd self-metric; user metrics that escape to a name with it are refused.
 pub const PREFIX: &str = "tallyd_";
@@ -125,255 +131,7 @@ pub struct Telemetry {
     foreign_names: Vec<String>,
 }
 
-/// Registers a self-metric: its name is static and unique, so registering cannot fail.
-fn registered<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: M,
-) -> M {
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique static metric");
-    metric
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    registered(
-        registry,
-        IntCounter::new(name, help).expect("valid static metric"),
-    )
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    registered(
-        registry,
-        IntGauge::new(name, help).expect("valid static metric"),
-    )
-}
-
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid static metric");
-    registered(registry, c)
-}
-
 impl Telemetry {
-    /// Registers every self-metric, and the process collector where the platform has one.
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("process collector registers once");
-        let rejected_vec = counter_vec(
-            &registry,
-            "tallyd_lines_rejected_total",
-            "StatsD lines (or samples of a multi-value line) rejected, by reason.",
-            &["reason"],
-        );
-        let rejected = RejectReason::ALL
-            .iter()
-            .map(|r| rejected_vec.with_label_values(&[r.as_str()]))
-            .collect();
-        let packets = counter_vec(
-            &registry,
-            "tallyd_packets_total",
-            "UDP and Unix datagrams and non-empty TCP reads received, by listener.",
-            &["listener"],
-        );
-        for kind in [ListenerKind::Udp, ListenerKind::Tcp, ListenerKind::Unixgram] {
-            packets.with_label_values(&[kind.as_str()]);
-        }
-        let metric_actors = gauge(&registry, "tallyd_metric_actors", "Live family actors.");
-        let families_hibernating = gauge(
-            &registry,
-            "tallyd_metric_families_hibernating",
-            "Families whose actor stopped while idle; their series stay on /metrics and the next update brings the actor back.",
-        );
-        let series = registered(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new("tallyd_series", "Series on /metrics now, by family type."),
-                &["type"],
-            )
-            .expect("valid static metric"),
-        );
-        for kind in ["counter", "gauge", "observer", "set"] {
-            series.with_label_values(&[kind]);
-        }
-        let series_refused = counter_vec(
-            &registry,
-            "tallyd_series_refused_total",
-            "Updates refused because they would create a series past a limit, by limit.",
-            &["limit"],
-        );
-        for limit in ["max_series", "max_series_per_family"] {
-            series_refused.with_label_values(&[limit]);
-        }
-        Telemetry {
-            series,
-            series_refused,
-            series_expired: counter(
-                &registry,
-                "tallyd_series_expired_total",
-                "Series removed from /metrics after their TTL without updates.",
-            ),
-            family_retirements: counter(
-                &registry,
-                "tallyd_family_retirements_total",
-                "Family actors that stopped because every series expired.",
-            ),
-            lines: counter(&registry, "tallyd_lines_total", "StatsD lines received."),
-            samples: counter(
-                &registry,
-                "tallyd_samples_total",
-                "StatsD samples accepted and routed to their family actor.",
-            ),
-            updates: counter(
-                &registry,
-                "tallyd_updates_total",
-                "Updates applied by all family actors.",
-            ),
-            packets,
-            rejected,
-            tag_errors: counter(
-                &registry,
-                "tallyd_tag_errors_total",
-                "Tags dropped because they cannot become labels.",
-            ),
-            events: {
-                let events = counter_vec(
-                    &registry,
-                    "tallyd_events_total",
-                    "DogStatsD events and service checks received (not metrics; not exported).",
-                    &["type"],
-                );
-                for kind in ["event", "service_check"] {
-                    events.with_label_values(&[kind]);
-                }
-                events
-            },
-            family_restarts: counter(
-                &registry,
-                "tallyd_family_restarts_total",
-                "Family actors restarted by the registry after a failure.",
-            ),
-            metric_actors,
-            families_hibernating,
-            family_wakeups: counter(
-                &registry,
-                "tallyd_family_wakeups_total",
-                "Hibernating families whose actor an update brought back.",
-            ),
-            type_conflicts: counter_vec(
-                &registry,
-                "tallyd_type_conflicts_total",
-                "Samples refused because their family has another type, or because a new family's names would collide with another family's.",
-                &["metric", "type"],
-            ),
-            updates_dropped: {
-                let dropped = counter_vec(
-                    &registry,
-                    "tallyd_updates_dropped_total",
-                    "Accepted updates not delivered to their family actor, by where they were dropped.",
-                    &["stage"],
-                );
-                for stage in DropStage::ALL {
-                    dropped.with_label_values(&[stage.as_str()]);
-                }
-                dropped
-            },
-            tcp_connections: counter(
-                &registry,
-                "tallyd_tcp_connections_total",
-                "StatsD TCP connections accepted.",
-            ),
-            tcp_connection_errors: counter(
-                &registry,
-                "tallyd_tcp_connection_errors_total",
-                "StatsD TCP connections ended by a read error.",
-            ),
-            tcp_too_long_lines: counter(
-                &registry,
-                "tallyd_tcp_too_long_lines_total",
-                "StatsD TCP connections closed because a line exceeded the length limit.",
-            ),
-            foreign_names: Vec::new(),
-            mapping_loaded: gauge(
-                &registry,
-                "tallyd_mapping_loaded",
-                "Rules in the mapping file in force.",
-            ),
-            mapping_cache_hits: counter(
-                &registry,
-                "tallyd_mapping_cache_hits_total",
-                "Mapping look-ups answered from the listeners' caches.",
-            ),
-            mapping_cache_misses: counter(
-                &registry,
-                "tallyd_mapping_cache_misses_total",
-                "Mapping look-ups that ran the rules.",
-            ),
-            mapping_unmapped: counter(
-                &registry,
-                "tallyd_mapping_unmapped_total",
-                "Samples whose name no mapping rule matched (counted when a mapping file is configured).",
-            ),
-            mapping_dropped: counter(
-                &registry,
-                "tallyd_mapping_dropped_total",
-                "Samples dropped by a mapping rule with action: drop.",
-            ),
-            reloads: {
-                let reloads = counter_vec(
-                    &registry,
-                    "tallyd_config_reloads_total",
-                    "Mapping file reloads, by outcome.",
-                    &["outcome"],
-                );
-                for outcome in ["success", "failure"] {
-                    reloads.with_label_values(&[outcome]);
-                }
-                reloads
-            },
-            http_connections_rejected: counter(
-                &registry,
-                "tallyd_http_connections_rejected_total",
-                "HTTP connections closed unserved because web.max_connections were open.",
-            ),
-            http_auth_failures: counter(
-                &registry,
-                "tallyd_http_auth_failures_total",
-                "HTTP requests refused for missing or wrong basic-auth credentials.",
-            ),
-            http_requests: counter_vec(
-                &registry,
-                "tallyd_http_requests_total",
-                "HTTP requests answered by tallyd's handlers, by status code.",
-                &["code"],
-            ),
-            scrape_barrier_timeouts: counter(
-                &registry,
-                "tallyd_scrape_barrier_timeouts_total",
-                "Scrapes that stopped waiting for the listeners and families to publish what they held, and showed what was published by then.",
-            ),
-            udp_drops: registered(&registry, UdpDrops::new()),
-            registry,
-        }
-        .with_foreign_names()
-    }
-
-    fn with_foreign_names(mut self) -> Self {
-        self.foreign_names = self
-            .registry
-            .gather()
-            .into_iter()
-            .map(|f| f.name().to_owned())
-            .filter(|name| !name.starts_with(PREFIX))
-            .collect();
-        self
-    }
-
     /// Counts packets received by a listener.
     pub fn packets(&self, kind: ListenerKind, n: u64) {
         self.packets.with_label_values(&[kind.as_str()]).inc_by(n);

@@ -1,30 +1,31 @@
 //! Strict YAML documents, as tallyd reads its mapping file and its web config file: parsed with
 //! serde-saphyr into types that refuse unknown keys, and on error the key path of the offending
 //! value (`mappings[2].timer_type`), its line and column, and the parser's message without the
-//! location it appends, so each caller can word its own error around them.
+//! location it appends; and [`Problem`], the error both files report, rendered
+//! `file:line:column: key: message`, built by [`Errors`].
 
 use serde::de::DeserializeOwned;
+use serde_saphyr::Location;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 /// Why a document did not parse.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The parser's error (boxed: it is large, and errors are rare).
-    pub error: Box<serde_saphyr::Error>,
+    pub(crate) error: Box<serde_saphyr::Error>,
     /// The key path of the value that failed, including an unknown key itself.
-    pub key: String,
+    pub(crate) key: String,
 }
 
 impl Failure {
     /// The 1-based line and column, when the parser knows them.
-    pub fn line_column(&self) -> Option<(u64, u64)> {
-        self.error
-            .location()
-            .filter(|at| at.line() != 0)
-            .map(|at| (at.line(), at.column()))
+    pub(crate) fn line_column(&self) -> Option<(u64, u64)> {
+        self.error.location().and_then(line_column)
     }
 
     /// The error's text on one line, without the " at line …, column …" the parser appends.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let text = self.error.to_string();
         let text = match self.line_column() {
             Some((line, column)) => {
@@ -40,7 +41,7 @@ impl Failure {
 }
 
 /// `key.field`, or `field` at the top.
-pub fn join(key: &str, field: &str) -> String {
+pub(crate) fn join(key: &str, field: &str) -> String {
     if key.is_empty() {
         field.to_owned()
     } else {
@@ -49,7 +50,7 @@ pub fn join(key: &str, field: &str) -> String {
 }
 
 /// The key path as written: `tls_server_config.cipher_suites[1]`.
-pub fn key_path(path: &serde_path_to_error::Path) -> String {
+pub(crate) fn key_path(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
     for segment in path {
@@ -69,7 +70,7 @@ pub fn key_path(path: &serde_path_to_error::Path) -> String {
 
 /// Parses `text`; an empty document is `T::default()`. `path` renders the key path of a
 /// failure (see [`key_path`]; a caller whose types wrap values may need its own).
-pub fn parse<T: DeserializeOwned + Default>(
+pub(crate) fn parse<T: DeserializeOwned + Default>(
     text: &str,
     path: impl Fn(&serde_path_to_error::Path) -> String,
 ) -> Result<T, Failure> {
@@ -97,5 +98,80 @@ pub fn parse<T: DeserializeOwned + Default>(
                 key,
             })
         }
+    }
+}
+
+/// Line and column of a location; the parser marks an unknown one with line 0.
+fn line_column(at: Location) -> Option<(u64, u64)> {
+    (at.line() != 0).then(|| (at.line(), at.column()))
+}
+
+/// What is wrong where in a YAML file: shown as `file:line:column: key: message`, the line and
+/// column when known, the key when not the whole file.
+#[derive(Debug)]
+pub struct Problem {
+    /// The file (or the origin the text was given with).
+    pub file: PathBuf,
+    /// The 1-based line and column, when known.
+    pub line_column: Option<(u64, u64)>,
+    /// Where in the document, e.g. `mappings[2].timer_type`; empty for the whole file.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.line_column {
+            write!(f, ":{line}:{column}")?;
+        }
+        f.write_str(": ")?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Builds the [`Problem`]s of one file.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Errors<'a> {
+    file: &'a Path,
+}
+
+impl<'a> Errors<'a> {
+    /// Problems in `file`.
+    pub(crate) fn new(file: &'a Path) -> Self {
+        Errors { file }
+    }
+
+    /// A problem with the value at `key`, without a location.
+    pub(crate) fn at(&self, key: impl Into<String>, message: impl Into<String>) -> Problem {
+        self.located(key, None, message)
+    }
+
+    /// A problem with the value at `key`, which the document has at `at`.
+    pub(crate) fn located(
+        &self,
+        key: impl Into<String>,
+        at: Option<Location>,
+        message: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            file: self.file.to_owned(),
+            line_column: at.and_then(line_column),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The parser's failure, with its key path, location and message.
+    pub(crate) fn failure(&self, failure: &Failure) -> Problem {
+        self.located(
+            failure.key.clone(),
+            failure.error.location(),
+            failure.message(),
+        )
     }
 }

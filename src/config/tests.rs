@@ -1,3 +1,5 @@
+//! The loader against files, variables and flags: precedence, sources named in errors, flag names.
+
 use super::*;
 
 fn load(cli: &Cli, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
@@ -196,4 +198,28 @@ fn statsd_exporter_flag_names_parse() {
     assert_eq!(s.web.telemetry_path, "/m");
     assert_eq!(s.log.level, LogLevel::Debug);
     assert_eq!(s.log.format, LogFormat::Json);
+}
+
+#[test]
+fn tag_flags_and_their_no_forms() {
+    let parse = |args: &[&str]| {
+        let cli =
+            Cli::try_parse_from(std::iter::once("tallyd").chain(args.iter().copied())).unwrap();
+        load(&cli, &[]).unwrap().statsd.tag_styles()
+    };
+    let all_on = parse(&[]);
+    assert!(all_on.dogstatsd && all_on.influxdb && all_on.librato && all_on.signalfx);
+    let styles = parse(&[
+        "--no-statsd.parse-dogstatsd-tags",
+        "--statsd.parse-influxdb-tags=false",
+        "--statsd.parse-librato-tags",
+        "--no-statsd.parse-librato-tags",
+        "--statsd.parse-signalfx-tags",
+    ]);
+    assert!(!styles.dogstatsd && !styles.influxdb && !styles.librato && styles.signalfx);
+    let (_f, mut cli) = write("[statsd]\nparse_librato_tags = false\n");
+    cli.parse_librato_tags = Some(true);
+    cli.web_enable_lifecycle = true;
+    let s = load(&cli, &[]).unwrap();
+    assert!(s.statsd.parse_librato_tags && s.web.enable_lifecycle);
 }

@@ -1,4 +1,5 @@
-use super::config::parse_go_duration;
+//! Mapping files: matching, templates, defaults, errors with their key and line, the cache.
+
 use super::template::{tokens, Token};
 use super::*;
 use proptest::prelude::*;
@@ -31,7 +32,7 @@ fn mapped(m: &Mapper, name: &str, class: MetricClass) -> Option<(String, Vec<(St
     }
 }
 
-fn settings(m: &Mapper, name: &str, class: MetricClass) -> Arc<Settings> {
+fn settings(m: &Mapper, name: &str, class: MetricClass) -> Arc<RuleSettings> {
     match m.map(name, class) {
         Outcome::Mapped(found) => found.settings.clone(),
         other => panic!("{name}: {other:?}"),
@@ -1203,49 +1204,6 @@ fn realistic_invalid_file_names_file_key_and_line() {
 }
 
 // ---- pieces ----
-
-#[test]
-fn go_durations() {
-    let ok = [
-        ("0", 0),
-        ("0s", 0),
-        ("-0", 0),
-        ("+5s", 5_000_000_000),
-        ("10m", 600_000_000_000),
-        ("1h30m", 5_400_000_000_000),
-        ("1m2s", 62_000_000_000),
-        ("500ms", 500_000_000),
-        ("1.5h", 5_400_000_000_000),
-        (".5s", 500_000_000),
-        ("5.s", 5_000_000_000),
-        ("2h45m30.5s", 9_930_500_000_000),
-        ("1us", 1_000),
-        ("1µs", 1_000),
-        ("3ns", 3),
-        ("1.0000000009s", 1_000_000_000),
-    ];
-    for (text, nanos) in ok {
-        assert_eq!(
-            parse_go_duration(text),
-            Ok(Duration::from_nanos(nanos)),
-            "{text}"
-        );
-    }
-    for bad in [
-        "",
-        "5",
-        "1d",
-        "-1s",
-        "s",
-        ".s",
-        "1h30",
-        "1 h",
-        "9999999999999h",
-        "1e3s",
-    ] {
-        assert!(parse_go_duration(bad).is_err(), "{bad:?}");
-    }
-}
 
 #[test]
 fn template_tokens_follow_go_expand() {

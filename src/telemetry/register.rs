@@ -1,0 +1,371 @@
+//! Registering the self-metrics, one area at a time (ingest, the TCP listener, the family
+//! actors, the mapping file, HTTP), each with its help text and its label values exported at 0
+//! from the start.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use super::udp_drops::UdpDrops;
+use super::{DropStage, ListenerKind, Telemetry, PREFIX};
+use crate::statsd::parse::RejectReason;
+
+/// Registers a self-metric: its name is static and unique, so registering cannot fail.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique static metric");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(
+        registry,
+        IntCounter::new(name, help).expect("valid static metric"),
+    )
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(
+        registry,
+        IntGauge::new(name, help).expect("valid static metric"),
+    )
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid static metric");
+    registered(registry, c)
+}
+
+/// A labelled counter with its `values` exported at 0 from the start.
+fn counter_vec_with(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let vec = counter_vec(registry, name, help, &[label]);
+    for value in values {
+        vec.with_label_values(&[value]);
+    }
+    vec
+}
+
+/// What ingest counts: lines, samples, packets, rejections, and updates it could not deliver.
+struct IngestMetrics {
+    lines: IntCounter,
+    samples: IntCounter,
+    packets: IntCounterVec,
+    rejected: Vec<IntCounter>,
+    tag_errors: IntCounter,
+    events: IntCounterVec,
+    type_conflicts: IntCounterVec,
+    updates_dropped: IntCounterVec,
+}
+
+impl IngestMetrics {
+    fn register(registry: &Registry) -> Self {
+        let reasons: Vec<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        let rejected = counter_vec_with(
+            registry,
+            "tallyd_lines_rejected_total",
+            "StatsD lines (or samples of a multi-value line) rejected, by reason.",
+            "reason",
+            &reasons,
+        );
+        let stages = DropStage::ALL.map(DropStage::as_str);
+        IngestMetrics {
+            lines: counter(registry, "tallyd_lines_total", "StatsD lines received."),
+            samples: counter(
+                registry,
+                "tallyd_samples_total",
+                "StatsD samples accepted and routed to their family actor.",
+            ),
+            packets: counter_vec_with(
+                registry,
+                "tallyd_packets_total",
+                "UDP and Unix datagrams and non-empty TCP reads received, by listener.",
+                "listener",
+                &[ListenerKind::Udp, ListenerKind::Tcp, ListenerKind::Unixgram].map(ListenerKind::as_str),
+            ),
+            rejected: reasons.iter().map(|r| rejected.with_label_values(&[r])).collect(),
+            tag_errors: counter(
+                registry,
+                "tallyd_tag_errors_total",
+                "Tags dropped because they cannot become labels.",
+            ),
+            events: counter_vec_with(
+                registry,
+                "tallyd_events_total",
+                "DogStatsD events and service checks received (not metrics; not exported).",
+                "type",
+                &["event", "service_check"],
+            ),
+            type_conflicts: counter_vec(
+                registry,
+                "tallyd_type_conflicts_total",
+                "Samples refused because their family has another type, or because a new family's names would collide with another family's.",
+                &["metric", "type"],
+            ),
+            updates_dropped: counter_vec_with(
+                registry,
+                "tallyd_updates_dropped_total",
+                "Accepted updates not delivered to their family actor, by where they were dropped.",
+                "stage",
+                &stages,
+            ),
+        }
+    }
+}
+
+/// The StatsD TCP listener's connections.
+struct TcpMetrics {
+    tcp_connections: IntCounter,
+    tcp_connection_errors: IntCounter,
+    tcp_too_long_lines: IntCounter,
+}
+
+impl TcpMetrics {
+    fn register(registry: &Registry) -> Self {
+        TcpMetrics {
+            tcp_connections: counter(
+                registry,
+                "tallyd_tcp_connections_total",
+                "StatsD TCP connections accepted.",
+            ),
+            tcp_connection_errors: counter(
+                registry,
+                "tallyd_tcp_connection_errors_total",
+                "StatsD TCP connections ended by a read error.",
+            ),
+            tcp_too_long_lines: counter(
+                registry,
+                "tallyd_tcp_too_long_lines_total",
+                "StatsD TCP connections closed because a line exceeded the length limit.",
+            ),
+        }
+    }
+}
+
+/// The family actors: their lives, their updates and their series.
+struct FamilyMetrics {
+    updates: IntCounter,
+    family_restarts: IntCounter,
+    metric_actors: IntGauge,
+    families_hibernating: IntGauge,
+    family_wakeups: IntCounter,
+    family_retirements: IntCounter,
+    series: IntGaugeVec,
+    series_refused: IntCounterVec,
+    series_expired: IntCounter,
+}
+
+impl FamilyMetrics {
+    fn register(registry: &Registry) -> Self {
+        let series = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new("tallyd_series", "Series on /metrics now, by family type."),
+                &["type"],
+            )
+            .expect("valid static metric"),
+        );
+        for kind in ["counter", "gauge", "observer", "set"] {
+            series.with_label_values(&[kind]);
+        }
+        FamilyMetrics {
+            updates: counter(
+                registry,
+                "tallyd_updates_total",
+                "Updates applied by all family actors.",
+            ),
+            family_restarts: counter(
+                registry,
+                "tallyd_family_restarts_total",
+                "Family actors restarted by the registry after a failure.",
+            ),
+            metric_actors: gauge(registry, "tallyd_metric_actors", "Live family actors."),
+            families_hibernating: gauge(
+                registry,
+                "tallyd_metric_families_hibernating",
+                "Families whose actor stopped while idle; their series stay on /metrics and the next update brings the actor back.",
+            ),
+            family_wakeups: counter(
+                registry,
+                "tallyd_family_wakeups_total",
+                "Hibernating families whose actor an update brought back.",
+            ),
+            family_retirements: counter(
+                registry,
+                "tallyd_family_retirements_total",
+                "Family actors that stopped because every series expired.",
+            ),
+            series,
+            series_refused: counter_vec_with(
+                registry,
+                "tallyd_series_refused_total",
+                "Updates refused because they would create a series past a limit, by limit.",
+                "limit",
+                &["max_series", "max_series_per_family"],
+            ),
+            series_expired: counter(
+                registry,
+                "tallyd_series_expired_total",
+                "Series removed from /metrics after their TTL without updates.",
+            ),
+        }
+    }
+}
+
+/// The mapping file: its rules, the listeners' caches, what it leaves unmapped or drops, and
+/// its reloads.
+struct MappingMetrics {
+    mapping_loaded: IntGauge,
+    mapping_cache_hits: IntCounter,
+    mapping_cache_misses: IntCounter,
+    mapping_unmapped: IntCounter,
+    mapping_dropped: IntCounter,
+    reloads: IntCounterVec,
+}
+
+impl MappingMetrics {
+    fn register(registry: &Registry) -> Self {
+        MappingMetrics {
+            mapping_loaded: gauge(
+                registry,
+                "tallyd_mapping_loaded",
+                "Rules in the mapping file in force.",
+            ),
+            mapping_cache_hits: counter(
+                registry,
+                "tallyd_mapping_cache_hits_total",
+                "Mapping look-ups answered from the listeners' caches.",
+            ),
+            mapping_cache_misses: counter(
+                registry,
+                "tallyd_mapping_cache_misses_total",
+                "Mapping look-ups that ran the rules.",
+            ),
+            mapping_unmapped: counter(
+                registry,
+                "tallyd_mapping_unmapped_total",
+                "Samples whose name no mapping rule matched (counted when a mapping file is configured).",
+            ),
+            mapping_dropped: counter(
+                registry,
+                "tallyd_mapping_dropped_total",
+                "Samples dropped by a mapping rule with action: drop.",
+            ),
+            reloads: counter_vec_with(
+                registry,
+                "tallyd_config_reloads_total",
+                "Mapping file reloads, by outcome.",
+                "outcome",
+                &["success", "failure"],
+            ),
+        }
+    }
+}
+
+/// The HTTP server and the scrapes it serves.
+struct HttpMetrics {
+    http_connections_rejected: IntCounter,
+    http_auth_failures: IntCounter,
+    http_requests: IntCounterVec,
+    scrape_barrier_timeouts: IntCounter,
+}
+
+impl HttpMetrics {
+    fn register(registry: &Registry) -> Self {
+        HttpMetrics {
+            http_connections_rejected: counter(
+                registry,
+                "tallyd_http_connections_rejected_total",
+                "HTTP connections closed unserved because web.max_connections were open.",
+            ),
+            http_auth_failures: counter(
+                registry,
+                "tallyd_http_auth_failures_total",
+                "HTTP requests refused for missing or wrong basic-auth credentials.",
+            ),
+            http_requests: counter_vec(
+                registry,
+                "tallyd_http_requests_total",
+                "HTTP requests answered by tallyd's handlers, by status code.",
+                &["code"],
+            ),
+            scrape_barrier_timeouts: counter(
+                registry,
+                "tallyd_scrape_barrier_timeouts_total",
+                "Scrapes that stopped waiting for the listeners and families to publish what they held, and showed what was published by then.",
+            ),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Registers every self-metric, and the process collector where the platform has one.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registers once");
+        let ingest = IngestMetrics::register(&registry);
+        let tcp = TcpMetrics::register(&registry);
+        let families = FamilyMetrics::register(&registry);
+        let mapping = MappingMetrics::register(&registry);
+        let http = HttpMetrics::register(&registry);
+        Telemetry {
+            lines: ingest.lines,
+            samples: ingest.samples,
+            updates: families.updates,
+            packets: ingest.packets,
+            rejected: ingest.rejected,
+            tag_errors: ingest.tag_errors,
+            events: ingest.events,
+            family_restarts: families.family_restarts,
+            metric_actors: families.metric_actors,
+            families_hibernating: families.families_hibernating,
+            family_wakeups: families.family_wakeups,
+            series: families.series,
+            series_refused: families.series_refused,
+            series_expired: families.series_expired,
+            family_retirements: families.family_retirements,
+            type_conflicts: ingest.type_conflicts,
+            updates_dropped: ingest.updates_dropped,
+            tcp_connections: tcp.tcp_connections,
+            tcp_connection_errors: tcp.tcp_connection_errors,
+            tcp_too_long_lines: tcp.tcp_too_long_lines,
+            mapping_loaded: mapping.mapping_loaded,
+            mapping_cache_hits: mapping.mapping_cache_hits,
+            mapping_cache_misses: mapping.mapping_cache_misses,
+            mapping_unmapped: mapping.mapping_unmapped,
+            mapping_dropped: mapping.mapping_dropped,
+            reloads: mapping.reloads,
+            http_connections_rejected: http.http_connections_rejected,
+            http_auth_failures: http.http_auth_failures,
+            http_requests: http.http_requests,
+            scrape_barrier_timeouts: http.scrape_barrier_timeouts,
+            udp_drops: registered(&registry, UdpDrops::new()),
+            foreign_names: Vec::new(),
+            registry,
+        }
+        .with_foreign_names()
+    }
+
+    fn with_foreign_names(mut self) -> Self {
+        self.foreign_names = self
+            .registry
+            .gather()
+            .into_iter()
+            .map(|f| f.name().to_owned())
+            .filter(|name| !name.starts_with(PREFIX))
+            .collect();
+        self
+    }
+}
