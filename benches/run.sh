@@ -8,6 +8,10 @@
 #   bash benches/run.sh            # 3 runs per row, ~3–6 minutes on 2 cores (after the build)
 #   bash benches/run.sh --quick    # 1 run per row, fewer rates, ~1 minute
 #   TALLYD_ARGS='--statsd.udp-readers=2' bash benches/run.sh
+#   TALLYD_BIN=/path/to/tallyd bash benches/run.sh   # another build, e.g. to compare two
+#
+# The results go to target/bench-results.md and target/bench-runs.log, or under the name
+# $BENCH_NAME (target/bench-results-$BENCH_NAME.md, ...) when it is set.
 #
 # Each run starts its own tallyd on free loopback ports (UDP and HTTP on port 0, read back
 # from its "tallyd listening" log line; TCP off), with $TALLYD_ARGS appended (not
@@ -45,7 +49,7 @@ else
 fi
 
 cargo build --release -q --bin tallyd --example loadgen
-tallyd=target/release/tallyd
+tallyd=${TALLYD_BIN:-target/release/tallyd}
 loadgen=target/release/examples/loadgen
 cloadgen=target/statsd_loadgen
 csrc=benches/statsd_loadgen.c
@@ -54,7 +58,8 @@ if [ ! -x "$cloadgen" ] || [ "$csrc" -nt "$cloadgen" ]; then
 fi
 
 tmp=$(mktemp -d)
-runlog=target/bench-runs.log
+suffix=${BENCH_NAME:+-$BENCH_NAME}
+runlog=target/bench-runs$suffix.log
 : >"$runlog"
 # Runs happen in command substitutions (subshells): the pid of the tallyd running is also
 # kept in a file, for the clean-up.
@@ -276,4 +281,4 @@ commit=$(git rev-parse --short HEAD)
   echo
   echo "Measured in $(($(date +%s) - started)) s; load average (1 min) $load_start at the start," \
     "$(cut -d' ' -f1 /proc/loadavg) at the end: other work on the machine moves these figures."
-} | tee target/bench-results.md
+} | tee "target/bench-results$suffix.md"

@@ -129,7 +129,7 @@ pub struct StatsdSettings {
     /// gauge sets and shifts folded) and gathers the rest, then sends each family one message.
     /// A scrape does not wait for it: every listener sends what it holds first (see
     /// [`crate::barrier`]). A family updated in every window stays live across windows (see
-    /// [`crate::family::FamilyContext`]). `0s` sends after every receive. Default `2s`: a
+    /// [`crate::actors::family::FamilyContext`]). `0s` sends after every receive. Default `2s`: a
     /// thousand families cost 500 messages a second rather than 2,000 at `500ms`.
     #[serde(with = "humantime_serde")]
     pub event_flush_interval: Duration,

@@ -239,7 +239,7 @@ pub async fn run(
         ready: AtomicBool::new(true),
         limits: http::Limits::from(&settings.web),
         // Already checked by Settings::load; read again here, where it is used.
-        web: crate::webconfig::WebConfig::from_settings(&settings.web)?,
+        web: crate::webconfig::WebConfig::from_setting(&settings.web.config_file)?,
     });
     let stop_serving = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(web, http_ctx.clone(), stop_serving.clone()));

@@ -17,7 +17,7 @@ pub(crate) use text::CONTENT_TYPE;
 pub struct FamilySnapshot {
     /// The family name.
     pub name: Arc<str>,
-    /// The HELP text, escaped as the text format needs (see [`text::escape_help`]).
+    /// The HELP text, escaped as the text format needs (see `text::escape_help`).
     pub help: Arc<str>,
     /// The TYPE: `counter`, `gauge`, `summary` or `histogram`.
     pub type_name: &'static str,

@@ -1,5 +1,5 @@
 //! From received bytes to per-family batches, and on to the family actors: each listener
-//! task's [`Pipeline`](pipeline::Pipeline) holds a [`Batcher`], which parses lines, resolves each name through the
+//! task's `Pipeline` holds a [`Batcher`], which parses lines, resolves each name through the
 //! mapping rules (or escapes it when none applies), turns tags into labels and groups the
 //! updates by family, so that each family actor gets one message per flush, never one per
 //! line; and a [`Router`](crate::routing::Router), which delivers them when the flush window
@@ -7,11 +7,11 @@
 //! increments summed, gauge sets and shifts folded), so a busy series costs its family one
 //! update per flush.
 //!
-//! - [`batcher`]: lines → updates, with the line cache ([`lines`]) and the separators of a
-//!   datagram found at once ([`marks`]);
-//! - [`resolve`]: a name and its tags → a family and a series;
-//! - [`pending`]: the updates held, by series, until the flush;
-//! - [`pipeline`]: the flush window, the router, the scrapes that wait.
+//! - `batcher`: lines → updates, with the line cache (`lines`) and the separators of a
+//!   datagram found at once (`marks`);
+//! - `resolve`: a name and its tags → a family and a series;
+//! - `pending`: the updates held, by series, until the flush;
+//! - `pipeline`: the flush window, the router, the scrapes that wait.
 
 mod batcher;
 mod lines;

@@ -1,40 +1,55 @@
 //! # tallyd
 //!
 //! A StatsD / DogStatsD to Prometheus daemon, built to run next to an application: lines come
-//! in over UDP or TCP, each metric family is owned by its own actor, and Prometheus scrapes the
-//! result on `/metrics`.
+//! in over UDP, TCP or a Unix datagram socket, each metric family is owned by its own actor
+//! while it is active, and Prometheus scrapes the result on `/metrics`. This page is the map
+//! of the code; docs/OPERATIONS.md is the operator's manual.
 //!
 //! ## Layout
-//! - [`config`]: settings: defaults, TOML file, `TALLYD_…` environment, statsd_exporter flags.
-//! - [`statsd::parse`]: the line protocol, zero-copy, one line at a time.
-//! - [`statsd::listener`]: the UDP and TCP sockets, batching receives.
-//! - [`mapping`]: statsd_exporter's YAML mapping file: StatsD names → Prometheus names and labels.
-//! - [`ingest`]: received bytes → per-family batches of [`update::Update`]s (names escaped by
-//!   [`names`], tags turned into labels).
-//! - [`router`]: each batch → its family actor, through a per-listener cache.
-//! - [`registry`]: spawns, finds and supervises the family actors.
-//! - [`family`]: one actor per family: type, series, values, observations, update rate.
-//! - [`limits`]: the series budget shared by the family actors.
-//! - [`aggregator`]: the latest snapshot of every family, for scrapes.
-//! - [`barrier`]: what a scrape waits for, so that it shows every line read before it.
-//! - [`exposition`]: the Prometheus text format, assembled per scrape.
-//! - [`http`]: `/metrics`, `/-/healthy`, `/-/ready`; timeouts and the connection cap.
-//! - [`webconfig`]: exporter-toolkit's `--web.config.file`: TLS, basic auth, headers, rate limit.
-//! - [`yaml`]: strict YAML documents with key paths and locations in their errors.
-//! - [`telemetry`]: tallyd's own metrics; [`rate`]: update rates; [`kernel`]: the kernel's
-//!   UDP drop counts for tallyd's sockets.
-//! - [`reload`]: reloading the mapping file on SIGHUP or `POST /-/reload`.
-//! - [`daemon`]: binds, starts, and shuts everything down in order.
+//! The data path, top to bottom; each module uses only those below it on the path, and the
+//! shared pieces after it.
+//! - [`statsd`]: the line protocol, pure: one line of bytes in, a parsed line or a rejection
+//!   reason out, without allocating.
+//! - [`sockets`]: binds and reads the StatsD sockets: a datagram reader per UDP or Unix socket
+//!   (many datagrams per system call, pausing between reads), a task per TCP connection.
+//! - [`ingest`]: each listener task's pipeline: lines → per-family batches of
+//!   [`update::Update`]s (names mapped or escaped, tags made labels, samples of a series
+//!   combined), held for the flush window.
+//! - [`routing`]: delivers each batch to its family actor, one message per family per flush,
+//!   through a per-task cache of actors.
+//! - [`actors`]: the [`registry`](actors::registry) that spawns, finds, supervises and
+//!   hibernates the [`family`](actors::family) actors, each of which owns one family's series;
+//!   the [`aggregator`](actors::aggregator) that collects their snapshots and computes the
+//!   totals and rates each scrape shows.
+//! - [`exposition`]: what a family publishes and a scrape reads, written in the Prometheus
+//!   text format by one writer ([`exposition::text`]).
+//! - `http`: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`; timeouts, the connection
+//!   cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS, basic auth).
+//! - [`daemon`]: starts the actor tree, the listeners and the HTTP server on bound sockets,
+//!   and shuts them down in order.
+//!
+//! Shared by the path: [`config`] (defaults, TOML file, `TALLYD_…` environment,
+//! statsd_exporter's flags), [`mapping`] (statsd_exporter's mapping file), [`names`]
+//! (Prometheus name escaping), [`update`] (what travels from ingest to a family), [`limits`]
+//! (the series budget and the mailbox bound), [`barrier`] (what a scrape waits for),
+//! [`telemetry`] (tallyd's own metrics), [`rate`] (update rates), [`reload`] (the mapping
+//! file on SIGHUP or `POST /-/reload`), [`memory`] (giving freed memory back), [`yaml`]
+//! (strict YAML with key paths and locations in errors).
 //!
 //! ## The actor tree
 //! ```text
-//!  UDP/TCP listener tasks ──Apply(batch)──▶ FamilyActor "checkout_requests" ─┐
-//!        │ (cache miss)                     FamilyActor "db_query"          ├─Publish(snapshot)─▶ AggregatorActor
-//!        └──Lookup──▶ RegistryActor ─supervises─▶ every FamilyActor          ┘                        ▲
-//!                                                                              HTTP /metrics ──Scrape─┘
+//!  listener tasks ──Apply(batch)──▶ FamilyActor "checkout_requests" ─┐
+//!   (sockets → ingest → routing)   FamilyActor "db_query"          ├─Publish(snapshot)─▶ AggregatorActor
+//!        │ (cache miss)                 ▲ StopRequest ▼              ┘                        ▲
+//!        └──Lookup──▶ RegistryActor ─supervises─▶ every FamilyActor       HTTP /metrics ──Scrape─┘
 //! ```
 //! Before it asks the aggregator, a scrape passes the [`barrier`]: every listener task sends
-//! what it holds, and every family it reached since the last scrape publishes (`Sync`).
+//! what it holds, and every family it reached since the last scrape publishes (`Sync`). A
+//! family with no series left, or idle for `actors.hibernate_after`, asks the registry to stop
+//! it (`StopRequest`); a hibernating family's state stays with the registry, its snapshot with
+//! the aggregator, until its next update wakes it.
+//!
+//! The modules the benchmarks and fuzzers drive directly are public; the HTTP server is not.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod actors;

@@ -13,10 +13,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Has mimalloc give pages back to the OS as soon as they are empty, rather than 10 ms later
 /// (100 ms for its arenas): a delayed purge is done by a later allocation or collection on
 /// the same thread, and a worker that parks for good after a burst (its families hibernated)
-/// makes none, so their memory stayed resident. At 100,000 counter names, after the families
-/// hibernate: 75–81 MB in four runs, against 77–137 MB; the steady state at 100,000 lines a
-/// second costs the same (paired, 85–87 against 83–89 ms of CPU per million lines). Called
-/// once, at start-up.
+/// makes none, so their memory would stay resident. Purging at once costs nothing measurable
+/// in the steady state (docs/BENCHMARKS.md). Called once, at start-up.
 pub fn purge_at_once() {
     // SAFETY: setting an option has no precondition; mimalloc reads it at each purge.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };

@@ -32,7 +32,7 @@ pub struct Router {
     registry: ActorRef<RegistryMsg>,
     telemetry: Arc<Telemetry>,
     bound: Arc<QueueBound>,
-    actors: FxHashMap<Arc<str>, Route>,
+    actors: FxHashMap<Arc<str>, CachedFamily>,
     /// Families sent a batch since the last scrape barrier, with the actor that got it.
     touched: FxHashMap<Arc<str>, ActorRef<FamilyMsg>>,
     /// When the cache was last cleared of stopped actors.
@@ -55,7 +55,7 @@ fn spec(family: &Arc<str>, batch: &Batch) -> FamilySpec {
 
 /// What the cache knows about a family name.
 #[derive(Debug)]
-enum Route {
+enum CachedFamily {
     /// Its actor.
     Actor(ActorRef<FamilyMsg>),
     /// Refused by the registry at this instant; asked again after [`recheck`], since the
@@ -82,10 +82,10 @@ fn recheck(refusal: &Refusal) -> Duration {
 
 /// True for a cached route still good: not an actor on its way out, nor a refusal old enough
 /// to ask again.
-fn current(route: &Route) -> bool {
+fn current(route: &CachedFamily) -> bool {
     match route {
-        Route::Actor(actor) => !stopping(actor),
-        Route::Refused(refusal, at) => at.elapsed() < recheck(refusal),
+        CachedFamily::Actor(actor) => !stopping(actor),
+        CachedFamily::Refused(refusal, at) => at.elapsed() < recheck(refusal),
     }
 }
 
@@ -160,11 +160,11 @@ impl Router {
         let n = batch.samples();
         let spec = spec(&family, &batch);
         let mut actor = match self.route(&spec).await {
-            Some(Route::Actor(actor)) => actor,
-            Some(Route::Refused(Refusal::Clash(_), _)) => {
+            Some(CachedFamily::Actor(actor)) => actor,
+            Some(CachedFamily::Refused(Refusal::Clash(_), _)) => {
                 return self.count_clash(&family, &batch.updates)
             }
-            Some(Route::Refused(Refusal::Full, _)) => {
+            Some(CachedFamily::Refused(Refusal::Full, _)) => {
                 // As the family would have counted it, had it been let in.
                 return self.telemetry.series_refused("max_series", n);
             }
@@ -187,7 +187,7 @@ impl Router {
                     self.actors.remove(&family);
                     message = returned;
                     match self.route(&spec).await {
-                        Some(Route::Actor(fresh)) => actor = fresh,
+                        Some(CachedFamily::Actor(fresh)) => actor = fresh,
                         _ => break,
                     }
                 }
@@ -213,17 +213,17 @@ impl Router {
     /// The cached route of a family, unless it is an actor on its way out (retiring,
     /// hibernating) or a refusal old enough to ask again: those are looked up afresh, with the
     /// rest of the flush's unknown families.
-    fn cached(&self, family: &str) -> Option<&Route> {
+    fn cached(&self, family: &str) -> Option<&CachedFamily> {
         self.actors.get(family).filter(|route| current(route))
     }
 
-    async fn route(&mut self, spec: &FamilySpec) -> Option<Route> {
+    async fn route(&mut self, spec: &FamilySpec) -> Option<CachedFamily> {
         if self.cached(&spec.name).is_none() {
             self.look_up(vec![spec.clone()]).await;
         }
         match self.cached(&spec.name)? {
-            Route::Actor(actor) => Some(Route::Actor(actor.clone())),
-            Route::Refused(refusal, at) => Some(Route::Refused(refusal.clone(), *at)),
+            CachedFamily::Actor(actor) => Some(CachedFamily::Actor(actor.clone())),
+            CachedFamily::Refused(refusal, at) => Some(CachedFamily::Refused(refusal.clone(), *at)),
         }
     }
 
@@ -245,7 +245,7 @@ impl Router {
         let now = Instant::now();
         for (spec, answer) in specs.into_iter().zip(answers) {
             let route = match answer {
-                Ok(actor) => Route::Actor(actor),
+                Ok(actor) => CachedFamily::Actor(actor),
                 Err(refusal) => {
                     if let Some(suppressed) = DROP_LOG.allow() {
                         match &refusal {
@@ -257,7 +257,7 @@ impl Router {
                             }
                         }
                     }
-                    Route::Refused(refusal, now)
+                    CachedFamily::Refused(refusal, now)
                 }
             };
             self.actors.insert(spec.name, route);

@@ -1,6 +1,6 @@
 //! The StatsD sockets, and nothing but reading them: a UDP or Unix datagram reader
-//! ([`serve_datagrams`]) and a TCP acceptor with a task per connection ([`serve_tcp`]), each
-//! task handing what it reads to its own [`Pipeline`](crate::ingest::Pipeline), which owns
+//! (`serve_datagrams`) and a TCP acceptor with a task per connection (`serve_tcp`), each
+//! task handing what it reads to its own `Pipeline` (see [`crate::ingest`]), which owns
 //! everything from there to the family actors. Nothing is shared on the hot path but the
 //! telemetry counters. Both stop reading when the shutdown token fires, after dispatching what
 //! they hold. [`Sockets::bind`] binds them before the daemon starts, so that callers (and

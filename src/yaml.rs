@@ -2,7 +2,7 @@
 //! serde-saphyr into types that refuse unknown keys, and on error the key path of the offending
 //! value (`mappings[2].timer_type`), its line and column, and the parser's message without the
 //! location it appends; and [`Problem`], the error both files report, rendered
-//! `file:line:column: key: message`, built by [`Errors`].
+//! `file:line:column: key: message`, built by `Errors`.
 
 use serde::de::DeserializeOwned;
 use serde_saphyr::Location;

@@ -45,14 +45,14 @@ pub enum Refusal {
 }
 
 /// The answer to a look-up of one family.
-pub type Lookup = Result<ActorRef<FamilyMsg>, Refusal>;
+pub type FamilyAnswer = Result<ActorRef<FamilyMsg>, Refusal>;
 
 /// Messages the registry handles.
 #[derive(Debug)]
 pub enum RegistryMsg {
     /// The family actors for these specs, each spawned if there is none; one answer per spec,
     /// in order. The reply waits for a family that is retiring.
-    Lookup(Vec<FamilySpec>, RpcReplyPort<Vec<Lookup>>),
+    Lookup(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
     /// A family actor asks to be drained and stopped: it holds no series left, or it is idle
@@ -62,7 +62,7 @@ pub enum RegistryMsg {
     /// until the family has stopped, and so published.
     HoldTicket(Arc<str>, Ticket),
     /// Ask every live family idle long enough to hibernate to check (sent by the registry to
-    /// itself while families are live, see [`next_sweep_in`]).
+    /// itself while families are live, see `next_sweep_in`).
     IdleSweep,
 }
 
@@ -160,16 +160,16 @@ struct PendingLookup {
 
 #[derive(Debug)]
 struct PartialAnswer {
-    reply: Option<RpcReplyPort<Vec<Lookup>>>,
-    answers: Vec<Option<Lookup>>,
+    reply: Option<RpcReplyPort<Vec<FamilyAnswer>>>,
+    answers: Vec<Option<FamilyAnswer>>,
     missing: usize,
 }
 
 impl PendingLookup {
     /// Fills in one answer; sends the reply once every answer is in.
-    fn answer(self, lookup: Lookup) {
+    fn answer(self, answer: FamilyAnswer) {
         let mut partial = self.reply.lock().unwrap_or_else(|e| e.into_inner());
-        partial.answers[self.index] = Some(lookup);
+        partial.answers[self.index] = Some(answer);
         partial.missing -= 1;
         if partial.missing == 0 {
             if let Some(reply) = partial.reply.take() {
@@ -193,7 +193,7 @@ impl RegistryState {
         &mut self,
         myself: &ActorRef<RegistryMsg>,
         spec: FamilySpec,
-    ) -> Result<Lookup, ActorProcessingErr> {
+    ) -> Result<FamilyAnswer, ActorProcessingErr> {
         if let Some(clash) = self.clash(&spec) {
             return Ok(Err(clash));
         }
@@ -391,7 +391,7 @@ impl RegistryState {
         &mut self,
         myself: &ActorRef<RegistryMsg>,
         specs: Vec<FamilySpec>,
-        reply: RpcReplyPort<Vec<Lookup>>,
+        reply: RpcReplyPort<Vec<FamilyAnswer>>,
     ) -> Result<(), ActorProcessingErr> {
         let mut answers = Vec::with_capacity(specs.len());
         let mut retiring = Vec::new();
@@ -431,7 +431,7 @@ impl RegistryState {
     }
 
     /// `IdleSweep`: asks every live family whose idle time has come to check, and schedules
-    /// the next sweep (see [`next_sweep_in`]).
+    /// the next sweep (see `next_sweep_in`).
     fn idle_sweep(&mut self, myself: &ActorRef<RegistryMsg>) {
         let now = IdleDue::clock(std::time::Instant::now());
         let (mut asked, mut earliest) = (false, None::<u64>);

@@ -229,7 +229,7 @@ impl Batcher {
 
     /// Adds every line of a datagram (or of a chunk of complete TCP lines).
     ///
-    /// The lines are looked up in the line cache [`LOOKAHEAD`] at a time, in stages, each
+    /// The lines are looked up in the line cache `LOOKAHEAD` at a time, in stages, each
     /// stage asking for the memory the next one reads, and only then added in order: the
     /// cache misses of a datagram's lines (the caches are often cold after the idle time
     /// between datagrams) overlap rather than come one after another.
@@ -373,7 +373,7 @@ impl Batcher {
     }
 
     /// Adds one line (without its newline), and remembers how it resolved when a line with
-    /// the same name and fields can reuse that (see [`KnownLine`]).
+    /// the same name and fields can reuse that (see `KnownLine`).
     pub fn ingest_line(&mut self, raw: &[u8]) {
         self.counts.lines += 1;
         let line = match parse::parse(raw, self.styles) {

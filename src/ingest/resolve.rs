@@ -11,7 +11,7 @@ use super::pending::Pending;
 use super::IngestConfig;
 use crate::config::{ObserverSettings, ObserverType, QuantileSetting};
 use crate::mapping::{
-    MapCache, Mapped, Mapper, MetricClass, ObserverChoice, Outcome, Settings as RuleSettings,
+    MapCache, Mapped, Mapper, MetricClass, ObserverChoice, Outcome, RuleSettings,
 };
 use crate::names;
 use crate::statsd::parse::{MetricType, RejectReason, Tags};
