@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tallyd::actors::aggregator::AggregatorMsg;
 use tallyd::actors::family::{FamilySpec, FamilyState};
-use tallyd::actors::registry::RegistryActor;
+use tallyd::actors::registry::{RegistryActor, RegistryArgs};
 use tallyd::config::Settings;
 use tallyd::ingest::{Batcher, IngestConfig};
 use tallyd::limits::QueueBound;
@@ -121,7 +121,14 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let ctx = common::family_context(rt, telemetry.clone(), Duration::from_millis(1));
         let aggregator = ctx.aggregator.clone();
         let (registry, _) = rt
-            .block_on(Actor::spawn(None, RegistryActor, ctx))
+            .block_on(Actor::spawn(
+                None,
+                RegistryActor,
+                RegistryArgs {
+                    families: ctx,
+                    max_live: usize::MAX,
+                },
+            ))
             .expect("registry starts");
         let mut batcher = Batcher::new(telemetry.clone(), ingest_config());
         let queue = Arc::new(QueueBound::new(usize::MAX));

@@ -31,19 +31,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0
-case "${1:-}" in
-  --quick) quick=1 ;;
-  "") ;;
-  *) echo "usage: bash benches/run.sh [--quick]" >&2; exit 2 ;;
-esac
+quick=0 matrix=all
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    --peer=*) PEER=${arg#--peer=} ;;
+    base | real | all) matrix=$arg ;;
+    *) echo "usage: bash benches/run.sh [--quick] [--peer=PATH] [base|real|all]" >&2; exit 2 ;;
+  esac
+done
 
 if ((quick)); then
-  runs=1 secs=2 cpu_lines=300000 probes=10
+  runs=1 secs=2 cpu_lines=300000 probes=10 real_secs=2
   counter_rates=(800000 1600000 3200000)
   timer_rates=(500000 1000000 2000000)
 else
-  runs=3 secs=3 cpu_lines=1000000 probes=20
+  runs=3 secs=3 cpu_lines=1000000 probes=20 real_secs=3
   counter_rates=(800000 1200000 1600000 2000000 2500000 3000000 4000000 5000000)
   timer_rates=(500000 750000 1000000 1250000 1500000 2000000)
 fi
@@ -69,11 +72,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts tallyd; sets pid, udp and http.
+# Starts tallyd with these flags (after $TALLYD_ARGS); sets pid, udp and http. With $pod set,
+# as in a pod: without CAP_NET_ADMIN, so the kernel holds the receive buffer to rmem_max.
 start() {
+  local wrap=()
+  [ -z "${pod:-}" ] || wrap=(setpriv --bounding-set=-net_admin --inh-caps=-all)
   # shellcheck disable=SC2086 # TALLYD_ARGS is a list of flags
-  "$tallyd" --statsd.listen-udp=127.0.0.1:0 --statsd.listen-tcp= \
-    --web.listen-address=127.0.0.1:0 --log.level=info ${TALLYD_ARGS:-} 2>"$tmp/log" &
+  "${wrap[@]}" "$tallyd" --statsd.listen-udp=127.0.0.1:0 --statsd.listen-tcp= \
+    --web.listen-address=127.0.0.1:0 --log.level=info ${TALLYD_ARGS:-} "$@" 2>"$tmp/log" &
   pid=$!
   echo "$pid" >"$tmp/pid"
   local addr='[0-9]+\.[0-9.]+:[0-9]+'
@@ -104,19 +110,41 @@ stop() {
   : >"$tmp/pid"
 }
 
-# One run on a fresh tallyd: examples/loadgen with these arguments (@PORT@ replaced by
-# tallyd's UDP port); prints its report line.
+# Starts statsd_exporter ($peer) with these flags on fixed loopback ports (it cannot tell
+# which port 0 gave it); sets pid, udp and http.
+start_peer() {
+  udp=127.0.0.1:39125 http=127.0.0.1:39102
+  "$peer" --statsd.listen-udp="$udp" --statsd.listen-tcp= --web.listen-address="$http" \
+    --log.level=warn "$@" 2>"$tmp/log" &
+  pid=$!
+  echo "$pid" >"$tmp/pid"
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/${http%:*}/${http##*:}") 2>/dev/null; then
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  cat "$tmp/log" >&2
+  echo "statsd_exporter did not start" >&2
+  exit 1
+}
+
+# One run on a fresh server, tallyd or (with server=peer) statsd_exporter, started with the
+# flags in the array `flags`: examples/loadgen with these arguments (@PORT@ replaced by the
+# server's UDP port); prints its report line.
+flags=() peer_flags=() server=tallyd pod=
 run() {
-  start
+  if [ "$server" = peer ]; then start_peer "${flags[@]}"; else start "${flags[@]}"; fi
   local out rc=0
   out=$("$loadgen" --statsd "$udp" --http "$http" --pid "$pid" "${@//@PORT@/${udp##*:}}") || rc=$?
   stop
   echo "$*: $out" >>"$runlog"
   if [[ "$out" == *"settled=false"* ]]; then
-    echo "  warning: tallyd's counts were still moving when loadgen gave up waiting" >&2
+    echo "  warning: $server's counts were still moving when loadgen gave up waiting" >&2
   fi
   if [ "$rc" -ne 0 ]; then
-    echo "loadgen failed ($rc): $*; tallyd's log ends:" >&2
+    echo "loadgen failed ($rc): $*; $server's log ends:" >&2
     tail -n 5 "$tmp/log" >&2
     return "$rc"
   fi
@@ -201,40 +229,6 @@ search() {
   done
 }
 
-started=$(date +%s) load_start=$(cut -d' ' -f1 /proc/loadavg)
-echo "counter throughput" >&2
-search c "${counter_rates[@]}"
-counter_found=$found counter_tried=$tried
-echo "timer throughput" >&2
-search ms "${timer_rates[@]}"
-timer_found=$found timer_tried=$tried
-
-echo "CPU per million counter lines at 100,000 lines/s" >&2
-cpu=()
-for ((r = 1; r <= runs; r++)); do
-  cpu+=("$(run --mode counter --rate 100000 --count "$cpu_lines")")
-done
-
-echo "100,000 counter names" >&2
-counters=()
-for ((r = 1; r <= runs; r++)); do
-  counters+=("$(run --mode counter --names 100000 --count 200000 --rate 25000 --scrapes 3 \
-    --wait-hibernation)")
-done
-
-echo "100,000 timer series" >&2
-timers=()
-for ((r = 1; r <= runs; r++)); do
-  timers+=("$(run --mode timer --names 1000 --label-values 100 --count 200000 --rate 25000 \
-    --scrapes 3 --wait-hibernation)")
-done
-
-echo "line to /metrics" >&2
-latency=()
-for ((r = 1; r <= runs; r++)); do
-  latency+=("$(run --mode latency --probes "$probes")")
-done
-
 mb() { summary %.0f " MB" $(values "$1" "${@:2}"); }
 ms() { summary "$1" " ms" $(values "$2" "${@:3}"); }
 series_note() {
@@ -242,43 +236,174 @@ series_note() {
     "$(mb rss_after_scrapes_mb "$@")); series on /metrics $(summary %d "" $(values series "$@")), loss" \
     "$(summary %.2f % $(values loss_pct "$@")), peak RSS $(mb peak_rss_mb "$@")"
 }
+# The base matrix: plain counters and timers, 1,000 names, packed datagrams.
+base_matrix() {
+  echo "counter throughput" >&2
+  search c "${counter_rates[@]}"
+  counter_found=$found counter_tried=$tried
+  echo "timer throughput" >&2
+  search ms "${timer_rates[@]}"
+  timer_found=$found timer_tried=$tried
+
+  echo "CPU per million counter lines at 100,000 lines/s" >&2
+  cpu=()
+  for ((r = 1; r <= runs; r++)); do
+    cpu+=("$(run --mode counter --rate 100000 --count "$cpu_lines")")
+  done
+
+  echo "100,000 counter names" >&2
+  counters=()
+  for ((r = 1; r <= runs; r++)); do
+    counters+=("$(run --mode counter --names 100000 --count 200000 --rate 25000 --scrapes 3 \
+      --wait-hibernation)")
+  done
+
+  echo "100,000 timer series" >&2
+  timers=()
+  for ((r = 1; r <= runs; r++)); do
+    timers+=("$(run --mode timer --names 1000 --label-values 100 --count 200000 --rate 25000 \
+      --scrapes 3 --wait-hibernation)")
+  done
+
+  echo "line to /metrics" >&2
+  latency=()
+  for ((r = 1; r <= runs; r++)); do
+    latency+=("$(run --mode latency --probes "$probes")")
+  done
+
+  {
+    echo "### The base matrix"
+    echo
+    echo "| figure | tallyd | target | how |"
+    echo "|---|---|---|---|"
+    echo "| counter lines/s with < 0.1% loss | $counter_found | ≥ 4,000,000 |" \
+      "C loadgen, 1,000 names, $secs s per rate; $counter_tried |"
+    echo "| timer lines/s with < 0.1% loss | $timer_found | ≥ 1,000,000 |" \
+      "C loadgen, 1,000 names, $secs s per rate; $timer_tried |"
+    echo "| CPU s per million counter lines at 100,000 lines/s |" \
+      "$(summary %.2f "" $(values cpu_s_per_million "${cpu[@]}")) | ≤ 0.1 |" \
+      "examples/loadgen, 1,000 names, $(fmt %d "$cpu_lines") lines; loss" \
+      "$(summary %.3f % $(values loss_pct "${cpu[@]}")) |"
+    echo "| RSS at 100,000 distinct counter names, after 3 scrapes | $(mb rss_mb "${counters[@]}") | — |" \
+      "each name sent twice at 25,000 lines/s; $(series_note "${counters[@]}") |"
+    echo "| RSS at 100,000 timer series, after 3 scrapes | $(mb rss_mb "${timers[@]}") | — |" \
+      "1,000 names × 100 values of a tag, each series sent twice at 25,000 lines/s;" \
+      "$(series_note "${timers[@]}") |"
+    echo "| one /metrics scrape at 100,000 counter series | $(ms %.0f scrape_ms "${counters[@]}") | — |" \
+      "median of the 3 scrapes per run, connect to last byte, no gzip;" \
+      "$(summary %.1f " MB" $(values scrape_bytes "${counters[@]}" | awk '{ print $1 / 1e6 }')) |"
+    echo "| one /metrics scrape at 100,000 timer series | $(ms %.0f scrape_ms "${timers[@]}") | — |" \
+      "same;" \
+      "$(summary %.1f " MB" $(values scrape_bytes "${timers[@]}" | awk '{ print $1 / 1e6 }')) |"
+    read -r _ fastest _ < <(stats $(values latency_ms_min "${latency[@]}"))
+    read -r _ _ slowest < <(stats $(values latency_ms_max "${latency[@]}"))
+    echo "| line sent → visible on /metrics | $(ms %.1f latency_ms_median "${latency[@]}") | — |" \
+      "a gauge line, then /metrics polled every 1 ms; median of $probes probes per run" \
+      "(fastest $(fmt %.1f "$fastest") ms, slowest $(fmt %.1f "$slowest") ms); a new family's" \
+      "first line: $(ms %.1f latency_first_ms "${latency[@]}") |"
+  }
+}
+
+# The real-traffic matrix: what users send, each row on tallyd and, when a statsd_exporter
+# binary is given ($PEER or --peer=PATH), on statsd_exporter in the same run, with the ratio.
+# Loads are measured by what reached the families (loadgen --effect), which any server shows.
+real_matrix() {
+  local airflow=benches/data/airflow-statsd-mappings.yml
+  # A DogStatsD client's lines: six tags, 40 names × 100 values of one tag (4,000 series),
+  # about ten lines to a 1,400-byte datagram.
+  local tagged=(--tags 6 --names 40 --label-values 100 --prefix shop.checkout.api.request)
+  echo "### Real traffic"
+  echo
+  echo "| figure | tallyd | statsd_exporter | ratio | target | how |"
+  echo "|---|---|---|---|---|---|"
+  row "tagged DogStatsD mix, lines/s reaching /metrics, flat out" applied_rate "≥ 10× statsd_exporter" \
+    "counters, gauges, timers; $real_secs s flat out" -- \
+    --mode mixed "${tagged[@]}" --duration "$real_secs" --effect
+  row "the same, one line per datagram" applied_rate "≥ 5× statsd_exporter" \
+    "as an unbuffered client sends" -- \
+    --mode mixed "${tagged[@]}" --lines-per-datagram 1 --duration "$real_secs" --effect
+  flags=(--statsd.mapping-config="$airflow") peer_flags=("${flags[@]}")
+  row "Apache Airflow's mapping file with its names, lines/s, flat out" applied_rate \
+    "≥ 10× statsd_exporter" "its 16 rules (glob and regex), 2,644 names" -- \
+    --mode airflow --duration "$real_secs" --effect
+  flags=() peer_flags=()
+  row "CPU s per million tagged counter lines at 100,000 lines/s" cpu_s_per_million "≤ 0.1" \
+    "4,000 series" -- \
+    --mode counter "${tagged[@]}" --rate 100000 --count "$cpu_lines" --effect
+  row "CPU s per million tagged timer lines at 100,000 lines/s" cpu_s_per_million "≤ 0.2" \
+    "20 names × 100 values: 2,000 series" -- \
+    --mode timer --tags 6 --names 20 --label-values 100 --rate 100000 --count "$cpu_lines" --effect
+  pod=1 flags=(--statsd.read-buffer=212992)
+  row "CPU s per million counter lines at 100,000 lines/s in a pod" cpu_s_per_million "≤ 0.1" \
+    "no CAP_NET_ADMIN, --statsd.read-buffer=212992; 1,000 names" -- \
+    --mode counter --rate 100000 --count "$cpu_lines" --effect
+  pod= flags=()
+  row "peak RSS while 100,000 new names arrive at 200,000 lines/s" peak_rss_mb "≤ 150 MB" \
+    "each name twice" -- \
+    --mode counter --names 100000 --count 200000 --rate 200000 --rss-after 3 --effect
+  echo "| RSS 3 s after those arrived and were scraped | $(cells rss_later_mb) | ≤ 60 MB | |"
+  row "1,000,000 names at 100,000 lines/s: series on /metrics" series "all" "" -- \
+    --mode counter --names 1000000 --count 1000000 --rate 100000 --scrapes 3 --effect \
+    --settle 2
+  echo "| the same: steady RSS | $(cells rss_mb) | ≤ 400 MB | after 3 scrapes |"
+  echo "| the same: peak RSS | $(cells peak_rss_mb) | ≤ 600 MB | |"
+  echo "| the same: one scrape, ms | $(cells scrape_ms) | ≤ 300 | median of 3 |"
+  echo
+}
+
+# Runs a row: `runs` runs of loadgen with the arguments after `--` on tallyd (with `flags`,
+# and as in a pod with `pod` set) and on statsd_exporter if given (with `peer_flags`), then prints the row: FIGURE, the median [range] of KEY
+# for each, their ratio, TARGET and HOW. The reports stay in tallyd_outs and peer_outs, for
+# `cells`.
+row() {
+  local figure=$1 key=$2 target=$3 how=$4 r
+  shift 5
+  echo "$figure" >&2
+  tallyd_outs=() peer_outs=()
+  for ((r = 1; r <= runs; r++)); do
+    tallyd_outs+=("$(run "$@")") || exit 1
+    if [ -n "${PEER:-}" ]; then
+      peer_outs+=("$(
+        server=peer pod=
+        flags=("${peer_flags[@]}")
+        run "$@"
+      )") || exit 1
+    fi
+  done
+  echo "| $figure | $(cells "$key") | $target | $how |"
+}
+
+# "tallyd | statsd_exporter | ratio" cells for KEY over the last row's reports: the medians
+# [ranges], and tallyd's median over statsd_exporter's.
+cells() {
+  local key=$1 t p
+  local f=%.2f
+  case $key in applied_rate | series) f=%d ;; *_mb) f=%.0f ;; esac
+  t=$(summary "$f" "" $(values "$key" "${tallyd_outs[@]}"))
+  if [ ${#peer_outs[@]} -eq 0 ]; then
+    echo "$t | — | —"
+    return
+  fi
+  p=$(summary "$f" "" $(values "$key" "${peer_outs[@]}"))
+  local tm pm
+  read -r tm _ _ < <(stats $(values "$key" "${tallyd_outs[@]}"))
+  read -r pm _ _ < <(stats $(values "$key" "${peer_outs[@]}"))
+  echo "$t | $p | $(awk -v a="$tm" -v b="$pm" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "—" }')"
+}
+
+started=$(date +%s) load_start=$(cut -d' ' -f1 /proc/loadavg)
 commit=$(git rev-parse --short HEAD)
 [ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock)" ] || commit="$commit + uncommitted changes"
 {
-  echo "## Benchmark matrix ($(date -u +%Y-%m-%d), \`benches/run.sh${1:+ $1}\`)"
+  echo "## Benchmark matrix ($(date -u +%Y-%m-%d), \`benches/run.sh $*\`)"
   echo
   echo "Commit $commit; $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1));" \
-    "$runs run(s) per row, each on a fresh tallyd${TALLYD_ARGS:+ with \`$TALLYD_ARGS\`};" \
+    "$runs run(s) per row, each on a fresh server${TALLYD_ARGS:+; tallyd with \`$TALLYD_ARGS\`};" \
     "median [range]. Runs: \`$runlog\`."
   echo
-  echo "| figure | tallyd | target | how |"
-  echo "|---|---|---|---|"
-  echo "| counter lines/s with < 0.1% loss | $counter_found | ≥ 4,000,000 |" \
-    "C loadgen, 1,000 names, $secs s per rate; $counter_tried |"
-  echo "| timer lines/s with < 0.1% loss | $timer_found | ≥ 1,000,000 |" \
-    "C loadgen, 1,000 names, $secs s per rate; $timer_tried |"
-  echo "| CPU s per million counter lines at 100,000 lines/s |" \
-    "$(summary %.2f "" $(values cpu_s_per_million "${cpu[@]}")) | ≤ 0.1 |" \
-    "examples/loadgen, 1,000 names, $(fmt %d "$cpu_lines") lines; loss" \
-    "$(summary %.3f % $(values loss_pct "${cpu[@]}")) |"
-  echo "| RSS at 100,000 distinct counter names, after 3 scrapes | $(mb rss_mb "${counters[@]}") | — |" \
-    "each name sent twice at 25,000 lines/s; $(series_note "${counters[@]}") |"
-  echo "| RSS at 100,000 timer series, after 3 scrapes | $(mb rss_mb "${timers[@]}") | — |" \
-    "1,000 names × 100 values of a tag, each series sent twice at 25,000 lines/s;" \
-    "$(series_note "${timers[@]}") |"
-  echo "| one /metrics scrape at 100,000 counter series | $(ms %.0f scrape_ms "${counters[@]}") | — |" \
-    "median of the 3 scrapes per run, connect to last byte, no gzip;" \
-    "$(summary %.1f " MB" $(values scrape_bytes "${counters[@]}" | awk '{ print $1 / 1e6 }')) |"
-  echo "| one /metrics scrape at 100,000 timer series | $(ms %.0f scrape_ms "${timers[@]}") | — |" \
-    "same;" \
-    "$(summary %.1f " MB" $(values scrape_bytes "${timers[@]}" | awk '{ print $1 / 1e6 }')) |"
-  read -r _ fastest _ < <(stats $(values latency_ms_min "${latency[@]}"))
-  read -r _ _ slowest < <(stats $(values latency_ms_max "${latency[@]}"))
-  echo "| line sent → visible on /metrics | $(ms %.1f latency_ms_median "${latency[@]}") | — |" \
-    "a gauge line, then /metrics polled every 1 ms; median of $probes probes per run" \
-    "(fastest $(fmt %.1f "$fastest") ms, slowest $(fmt %.1f "$slowest") ms); a new family's" \
-    "first line: $(ms %.1f latency_first_ms "${latency[@]}") |"
-  echo
+  [ "$matrix" = real ] || base_matrix
+  [ "$matrix" = base ] || real_matrix
   echo "Measured in $(($(date +%s) - started)) s; load average (1 min) $load_start at the start," \
     "$(cut -d' ' -f1 /proc/loadavg) at the end: other work on the machine moves these figures."
 } | tee "target/bench-results$suffix.md"
+

@@ -1,10 +1,12 @@
 //! A StatsD load generator that also reads back what tallyd made of the load: lines received
 //! and applied, loss, tallyd's CPU time and memory, and what one `/metrics` scrape costs.
 //!
-//! It sends lines `<prefix>.<i>` (i cycling over `--names`), each with a DogStatsD tag
-//! `|#v:<j>` when `--label-values` is above 1 (j advancing once per round of names, so there
-//! are names × label values distinct series), packed newline-separated into datagrams of at
-//! most `--datagram-bytes`. With `--rate` it paces with a token bucket refilled every ~1 ms;
+//! It sends lines `<prefix>.<i>` (i cycling over `--names`; `--mode airflow` sends Apache
+//! Airflow's names instead), each with a DogStatsD tag `|#v:<j>` when `--label-values` is
+//! above 1 (j advancing once per round of names, so there are names × label values distinct
+//! series) and with `--tags N` fixed tags before it (an application's environment, service,
+//! host...), packed newline-separated into datagrams of at most `--datagram-bytes`, or of at
+//! most `--lines-per-datagram` lines. With `--rate` it paces with a token bucket refilled every ~1 ms;
 //! without, it sends flat out. It stops after `--count` lines or `--duration`, whichever comes
 //! first. Loopback targets only.
 //!
@@ -21,6 +23,10 @@
 //! has stopped moving, up to 5 s later, and `rss_after_scrapes_mb` the reading right after the
 //! scrapes); `scrape_ms` (median of the timed
 //! scrapes, connect to last byte) and `scrape_bytes`.
+//!
+//! With `--effect`, what the load did is read from the families it sent to instead of from
+//! tallyd's own metrics, so the same run measures any StatsD server (statsd_exporter too):
+//! `applied` is the sum of their counters, gauges (sent as `+1`) and observer counts.
 //!
 //! `--mode latency` instead sends one gauge line at a time and polls `/metrics` every 1 ms
 //! until its value shows: `latency_ms_*` is the time from the send to the scrape that saw it
@@ -58,6 +64,13 @@ enum Mode {
     Timer,
     /// Counters, gauges and timers by name: name i has type i mod 3
     Mixed,
+    /// `:<v>|d`, v from a table of 100 values (0.5–50)
+    Distribution,
+    /// `:<member>|s`, members from a table of 100
+    Set,
+    /// The names Apache Airflow sends (tasks, DAG runs, pools, executors, operators), with
+    /// their types, for its statsd_exporter mapping file (benches/data/airflow-statsd-mappings.yml)
+    Airflow,
     /// One gauge line at a time, timed until /metrics shows it
     Latency,
 }
@@ -92,9 +105,23 @@ struct Args {
     /// Distinct values of the tag `v`; 1 sends no tag.
     #[arg(long, default_value_t = 1)]
     label_values: usize,
+    /// DogStatsD tags on each line: the tag `v` (see --label-values) and up to 7 fixed ones
+    /// before it (`env:production`, `service:checkout`, ...); 0 sends none but `v`.
+    #[arg(long, default_value_t = 0)]
+    tags: usize,
     /// Largest datagram, bytes.
     #[arg(long, default_value_t = 1400)]
     datagram_bytes: usize,
+    /// Lines in one datagram at most; 0 packs as many as fit (1: what an unbuffered client
+    /// sends).
+    #[arg(long, default_value_t = 0)]
+    lines_per_datagram: u64,
+    /// Read what the load did from the families it sent to, not from tallyd's own metrics,
+    /// so that any StatsD server can be measured (statsd_exporter too): `applied` is the sum
+    /// of the counters, the gauges (sent as `+1`) and the observers' `_count`s whose names
+    /// start with the prefix, and `series` the series among them.
+    #[arg(long)]
+    effect: bool,
     /// Name prefix (default app.req, app.gauge, app.lat, app.mix or loadgen.latency by mode).
     #[arg(long)]
     prefix: Option<String>,
@@ -117,6 +144,10 @@ struct Args {
     /// Latency probes (--mode latency).
     #[arg(long, default_value_t = 20)]
     probes: usize,
+    /// After the timed scrapes, wait this many seconds and read the resident size again
+    /// (`rss_later_mb`).
+    #[arg(long, default_value_t = 0.0)]
+    rss_after: f64,
     /// Ask for gzipped scrapes (as Prometheus does); scrape_bytes is then the compressed size.
     #[arg(long)]
     gzip: bool,
@@ -225,6 +256,9 @@ fn run(args: &Args) -> io::Result<Report> {
     if args.datagram_bytes > 65_000 {
         return Err(fail("--datagram-bytes must be at most 65000"));
     }
+    if args.effect && args.mode == Mode::Set {
+        return Err(fail("--effect counts lines by value: not with --mode set"));
+    }
     let http = if args.no_scrape {
         None
     } else {
@@ -245,15 +279,18 @@ fn run(args: &Args) -> io::Result<Report> {
     let before = http.as_ref().map(|h| h.get()).transpose()?;
     let cpu_before = proc_.as_ref().map(Proc::cpu_seconds).transpose()?;
 
+    let sending = Instant::now();
     let sent = if args.exec.is_empty() {
         send(args, &mut report)?
     } else {
         exec(&args.exec, &mut report)?
     };
+    let send_seconds = sending.elapsed().as_secs_f64();
     let (Some(http), Some(before)) = (http, before) else {
         return Ok(report);
     };
 
+    let family_prefix = prefix(args).replace(|c: char| !c.is_ascii_alphanumeric(), "_");
     // Scrape until the counts stand still for `settle`; the CPU time is read just before the
     // first scrape that showed the final counts, so later scrapes do not count.
     let settle_start = Instant::now();
@@ -265,10 +302,14 @@ fn run(args: &Args) -> io::Result<Report> {
     while settle_start.elapsed().as_secs_f64() < args.settle_timeout {
         let cpu = proc_.as_ref().map(Proc::cpu_seconds).transpose()?;
         let scrape = http.get()?;
-        let counts = (
-            scrape.value("tallyd_lines_total"),
-            scrape.value("tallyd_updates_total"),
-        );
+        let counts = if args.effect {
+            scrape.effect(&family_prefix)
+        } else {
+            (
+                scrape.value("tallyd_lines_total"),
+                scrape.value("tallyd_updates_total"),
+            )
+        };
         if last != Some(counts) {
             last = Some(counts);
             since = Instant::now();
@@ -309,13 +350,23 @@ fn run(args: &Args) -> io::Result<Report> {
 
     let delta = |name| after.value(name) - before.value(name);
     let received = delta("tallyd_lines_total");
-    let applied = delta("tallyd_updates_total");
+    let applied = if args.effect {
+        after.effect(&family_prefix).0 - before.effect(&family_prefix).0
+    } else {
+        delta("tallyd_updates_total")
+    };
     report.num("received", received, 0);
     report.num("applied", applied, 0);
+    report.num("applied_rate", applied / send_seconds, 0);
     report.num("rejected", delta("tallyd_lines_rejected_total"), 0);
     report.num("loss_pct", (1.0 - applied / sent as f64) * 100.0, 4);
     report.num("kernel_drops", delta("tallyd_udp_kernel_drops_total"), 0);
-    report.num("series", after.value("tallyd_series"), 0);
+    let series = if args.effect {
+        after.effect(&family_prefix).1
+    } else {
+        after.value("tallyd_series")
+    };
+    report.num("series", series, 0);
     report.num("families", after.value("tallyd_metric_families"), 0);
     report.bool("settled", settled);
     report.num("settle_ms", settle_ms, 0);
@@ -332,6 +383,10 @@ fn run(args: &Args) -> io::Result<Report> {
             report.num("rss_mb", p.steady_rss_kb(rss)? as f64 / 1024.0, 1);
         } else {
             report.num("rss_mb", rss as f64 / 1024.0, 1);
+        }
+        if args.rss_after > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(args.rss_after));
+            report.num("rss_later_mb", p.memory_kb()?.1 as f64 / 1024.0, 1);
         }
     }
     if !times.is_empty() {
@@ -357,63 +412,169 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// The lines to send, rendered from parts made once.
 struct Lines {
-    /// `<prefix>.<i>` per name.
-    names: Vec<Vec<u8>>,
-    /// `|#v:<j>` per label value (one empty entry without labels).
+    /// Each name (`<prefix>.<i>`, or Airflow's), with the index of its type in `values`.
+    names: Vec<(Vec<u8>, usize)>,
+    /// The tags per label value: `|#<fixed tags>,v:<j>` (one empty entry without tags).
     tags: Vec<Vec<u8>>,
-    /// `:<value>|<type>` per type (counter, gauge, timer), 100 each.
-    values: [Vec<Vec<u8>>; 3],
-    mode: Mode,
+    /// `:<value>|<type>` per type (counter, gauge, timer, distribution, set), 100 each.
+    values: [Vec<Vec<u8>>; 5],
+    /// Lines in a datagram at most (0: as many as fit).
+    per_datagram: u64,
+}
+
+/// Tags a DogStatsD client adds to every line, as an application's environment sets them.
+const FIXED_TAGS: [&str; 7] = [
+    "env:production",
+    "service:checkout",
+    "region:eu-west-1",
+    "host:web-7f9c4d-x2k8p",
+    "version:1.42.0",
+    "team:payments",
+    "kube_namespace:shop",
+];
+
+/// Airflow's names, by template (`{d}` a DAG, `{t}` a task, `{p}` a pool or executor, `{o}` an
+/// operator), with the type index each is sent as.
+const AIRFLOW: [(&str, usize); 17] = [
+    ("airflow.dag.{d}.{t}.duration", 2),
+    ("airflow.dagrun.duration.success.{d}", 2),
+    ("airflow.dagrun.duration.failed.{d}", 2),
+    ("airflow.dagrun.schedule_delay.{d}", 2),
+    ("airflow.dagrun.dependency-check.{d}.{t}", 2),
+    ("airflow.dag_processing.last_runtime.{d}_dag", 1),
+    ("airflow.dag_processing.last_run.seconds_ago.{d}_dag", 1),
+    ("airflow.pool.open_slots.{p}", 1),
+    ("airflow.pool.used_slots.{p}", 1),
+    ("airflow.pool.starving_tasks.{p}", 1),
+    ("airflow.executor.open_slots.{p}", 1),
+    ("airflow.executor.queued_tasks.{p}", 1),
+    ("airflow.executor.running_tasks.{p}", 1),
+    ("airflow.operator_successes_{o}", 0),
+    ("airflow.operator_failures_{o}", 0),
+    ("airflow.scheduler_heartbeat", 0),
+    // Matched by no rule: escaped as they are.
+    ("airflow.ti.finish.{d}.{t}.success", 0),
+];
+
+/// Airflow's names: every template over 20 DAGs of 10 tasks, 4 pools, 10 operators.
+fn airflow_names() -> Vec<(Vec<u8>, usize)> {
+    let operators = [
+        "PythonOperator",
+        "BashOperator",
+        "KubernetesPodOperator",
+        "EmptyOperator",
+        "S3ToRedshiftOperator",
+        "SparkSubmitOperator",
+        "HttpSensor",
+        "SqlSensor",
+        "EmailOperator",
+        "BranchPythonOperator",
+    ];
+    let mut names = Vec::new();
+    for (template, kind) in AIRFLOW {
+        let dags: Vec<String> = if template.contains("{d}") {
+            (0..20).map(|d| format!("etl_dag_{d}")).collect()
+        } else {
+            vec![String::new()]
+        };
+        for dag in &dags {
+            let tasks = if template.contains("{t}") { 10 } else { 1 };
+            for t in 0..tasks {
+                let pools: Vec<String> = if template.contains("{p}") {
+                    (0..4).map(|p| format!("pool_{p}")).collect()
+                } else {
+                    vec![String::new()]
+                };
+                for pool in &pools {
+                    let ops: &[&str] = if template.contains("{o}") {
+                        &operators
+                    } else {
+                        &[""]
+                    };
+                    for op in ops {
+                        let name = template
+                            .replace("{d}", dag)
+                            .replace("{t}", &format!("task_{t}"))
+                            .replace("{p}", pool)
+                            .replace("{o}", op);
+                        names.push((name.into_bytes(), kind));
+                    }
+                }
+            }
+        }
+    }
+    names
 }
 
 impl Lines {
     fn new(args: &Args) -> Self {
-        let prefix = args.prefix.clone().unwrap_or_else(|| {
-            match args.mode {
-                Mode::Counter => "app.req",
-                Mode::Gauge => "app.gauge",
-                Mode::Timer => "app.lat",
-                Mode::Mixed => "app.mix",
-                Mode::Latency => "loadgen.latency",
-            }
-            .to_owned()
-        });
+        let prefix = prefix(args);
         let table = |suffix: &str| -> Vec<Vec<u8>> {
             (0..100)
                 .map(|k| format!(":{:.1}|{suffix}", 0.5 + k as f64 * 0.5).into_bytes())
                 .collect()
         };
-        Lines {
-            names: (0..args.names)
-                .map(|i| format!("{prefix}.{i}").into_bytes())
+        let gauges = if args.effect {
+            vec![b":+1|g".to_vec()]
+        } else {
+            table("g")
+        };
+        let names = match args.mode {
+            Mode::Airflow => airflow_names(),
+            mode => (0..args.names)
+                .map(|i| {
+                    let kind = match mode {
+                        Mode::Counter => 0,
+                        Mode::Gauge | Mode::Latency => 1,
+                        Mode::Timer => 2,
+                        Mode::Distribution => 3,
+                        Mode::Set => 4,
+                        Mode::Mixed | Mode::Airflow => i % 3,
+                    };
+                    (format!("{prefix}.{i}").into_bytes(), kind)
+                })
                 .collect(),
-            tags: if args.label_values > 1 {
-                (0..args.label_values)
-                    .map(|j| format!("|#v:{j}").into_bytes())
-                    .collect()
-            } else {
-                vec![Vec::new()]
-            },
-            values: [vec![b":1|c".to_vec()], table("g"), table("ms")],
-            mode: args.mode,
+        };
+        let fixed = FIXED_TAGS[..args.tags.saturating_sub(1).min(FIXED_TAGS.len())].join(",");
+        let tags = if args.label_values > 1 || args.tags > 0 {
+            (0..args.label_values)
+                .map(|j| {
+                    let sep = if fixed.is_empty() { "" } else { "," };
+                    format!("|#{fixed}{sep}v:{j}").into_bytes()
+                })
+                .collect()
+        } else {
+            vec![Vec::new()]
+        };
+        let members = (0..100).map(|k| format!(":member-{k}|s").into_bytes());
+        Lines {
+            names,
+            tags,
+            values: [
+                vec![b":1|c".to_vec()],
+                gauges,
+                table("ms"),
+                table("d"),
+                members.collect(),
+            ],
+            per_datagram: args.lines_per_datagram,
         }
     }
 
-    /// Appends line `seq` to `out` (after a newline unless first) if it fits in `max` bytes.
-    fn push(&self, seq: u64, out: &mut Vec<u8>, max: usize) -> bool {
+    /// Appends line `seq` to `out` (after a newline unless first), which holds `held` lines,
+    /// if it fits in `max` bytes and under the lines allowed in a datagram.
+    fn push(&self, seq: u64, out: &mut Vec<u8>, held: u64, max: usize) -> bool {
+        if self.per_datagram > 0 && held >= self.per_datagram {
+            return false;
+        }
         let n = self.names.len() as u64;
         let i = (seq % n) as usize;
         let j = ((seq / n) % self.tags.len() as u64) as usize;
         let round = seq / (n * self.tags.len() as u64);
-        let kind = match self.mode {
-            Mode::Counter => 0,
-            Mode::Gauge | Mode::Latency => 1,
-            Mode::Timer => 2,
-            Mode::Mixed => i % 3,
-        };
-        let values = &self.values[kind];
+        let (name, kind) = &self.names[i];
+        let values = &self.values[*kind];
         let value = &values[(i + j + round as usize) % values.len()];
-        let (name, tag) = (&self.names[i], &self.tags[j]);
+        let tag = &self.tags[j];
         let sep = usize::from(!out.is_empty());
         if out.len() + sep + name.len() + value.len() + tag.len() > max {
             return false;
@@ -426,6 +587,23 @@ impl Lines {
         out.extend_from_slice(tag);
         true
     }
+}
+
+/// The names' prefix: `--prefix`, or the mode's.
+fn prefix(args: &Args) -> String {
+    args.prefix.clone().unwrap_or_else(|| {
+        match args.mode {
+            Mode::Counter => "app.req",
+            Mode::Gauge => "app.gauge",
+            Mode::Timer => "app.lat",
+            Mode::Mixed => "app.mix",
+            Mode::Distribution => "app.dist",
+            Mode::Set => "app.set",
+            Mode::Airflow => "airflow",
+            Mode::Latency => "loadgen.latency",
+        }
+        .to_owned()
+    })
 }
 
 /// Linux's "no buffer space available", which a full send buffer may also give.
@@ -486,7 +664,7 @@ fn send(args: &Args, report: &mut Report) -> io::Result<u64> {
             buf.clear();
             let mut n = 0;
             // Full datagrams, as a client library packs them; only the last one is short.
-            while sent + n < count && lines.push(seq + n, &mut buf, args.datagram_bytes) {
+            while sent + n < count && lines.push(seq + n, &mut buf, n, args.datagram_bytes) {
                 n += 1;
             }
             if n == 0 {
@@ -518,7 +696,7 @@ fn send(args: &Args, report: &mut Report) -> io::Result<u64> {
     let seconds = start.elapsed().as_secs_f64();
     report.text("mode", format!("{:?}", args.mode).to_lowercase());
     report.num("target_rate", args.rate, 0);
-    report.int("names", args.names as u64);
+    report.int("names", lines.names.len() as u64);
     report.int("label_values", args.label_values as u64);
     report.int("sent", sent);
     report.int("datagrams", datagrams);
@@ -694,6 +872,27 @@ fn dechunk(mut raw: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 impl Scrape {
+    /// What the load did to the families whose names start with `prefix`: the sum of their
+    /// counters and gauges and of their observers' `_count`s, and how many series that is
+    /// (quantile, bucket and `_sum` lines left out).
+    fn effect(&self, prefix: &str) -> (f64, f64) {
+        let (mut sum, mut series) = (0.0, 0.0);
+        for line in self.body.lines().filter(|l| l.starts_with(prefix)) {
+            let Some((head, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let name = head.split('{').next().unwrap_or(head);
+            if name.ends_with("_sum") || name.ends_with("_bucket") || head.contains("quantile=\"") {
+                continue;
+            }
+            if let Ok(v) = value.parse::<f64>() {
+                sum += v;
+                series += 1.0;
+            }
+        }
+        (sum, series)
+    }
+
     /// The sum of every sample of `metric` (0 when absent).
     fn value(&self, metric: &str) -> f64 {
         self.body

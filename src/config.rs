@@ -70,6 +70,11 @@ pub struct LimitSettings {
     /// Updates waiting in family actors' mailboxes; a batch that would go past it is dropped
     /// and counted (`tallyd_updates_dropped_total{stage="queue_full"}`). Default 1,000,000.
     pub max_queued_updates: usize,
+    /// Live family actors at once, retiring ones included (each holds about 10 KB): a family
+    /// that needs an actor past it has the least recently updated live families hibernate at
+    /// once (`tallyd_family_evictions_total`), and waits until one has stopped
+    /// (`tallyd_family_lookups_waiting`). Bounds what a burst of new names costs. Default 4,096.
+    pub max_live_families: usize,
     /// Families listed in the per-family self-metrics (`tallyd_metric_*{metric}`, four series
     /// each); past it, the busiest by update rate are, and `tallyd_metric_families_unlisted`
     /// counts the rest. `0` lists none. Default 1,000.
@@ -85,6 +90,7 @@ impl Default for LimitSettings {
             max_label_bytes: 1024,
             max_datagram_bytes: 65_535,
             max_queued_updates: 1_000_000,
+            max_live_families: 4_096,
             max_family_self_metrics: 1_000,
         }
     }

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::actors::aggregator::{AggregatorActor, AggregatorMsg};
 use crate::actors::family::FamilyContext;
-use crate::actors::registry::{RegistryActor, RegistryMsg};
+use crate::actors::registry::{RegistryActor, RegistryArgs, RegistryMsg};
 use crate::barrier::Barrier;
 use crate::config::Settings;
 use crate::http::{self, HttpContext};
@@ -101,7 +101,11 @@ impl ActorTree {
                 settings.limits.max_series_per_family,
             )),
         });
-        let (registry, registry_task) = Actor::spawn(None, RegistryActor, family_ctx)
+        let args = RegistryArgs {
+            families: family_ctx,
+            max_live: settings.limits.max_live_families,
+        };
+        let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
             .await
             .context("cannot start the registry")?;
         Ok(ActorTree {

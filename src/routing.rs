@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::actors::family::{FamilyMsg, FamilySpec};
-use crate::actors::registry::{Refusal, RegistryMsg};
+use crate::actors::registry::{FamilyAnswer, Refusal, RegistryMsg};
 use crate::barrier::Ticket;
 use crate::limits::{shrink, QueueBound, Queued};
 use crate::telemetry::{DropStage, LogLimiter, Telemetry};
@@ -77,6 +77,8 @@ fn recheck(refusal: &Refusal) -> Duration {
     match refusal {
         Refusal::Clash(_) => Duration::from_secs(5),
         Refusal::Full => Duration::from_secs(1),
+        // Asked again at once, waiting for room (see `Router::route`).
+        Refusal::NoRoom => Duration::ZERO,
     }
 }
 
@@ -168,7 +170,10 @@ impl Router {
                 // As the family would have counted it, had it been let in.
                 return self.telemetry.series_refused("max_series", n);
             }
-            None => return self.drop_batch(&family, DropStage::Undeliverable, n),
+            // No room in time (see `Router::route`).
+            Some(CachedFamily::Refused(Refusal::NoRoom, _)) | None => {
+                return self.drop_batch(&family, DropStage::Undeliverable, n)
+            }
         };
         let queued = match Queued::reserve(&self.bound, batch.updates) {
             Ok(queued) => queued,
@@ -217,13 +222,43 @@ impl Router {
         self.actors.get(family).filter(|route| current(route))
     }
 
+    /// The family's route: cached, or asked of the registry; a family for whose actor the
+    /// registry had no room is waited for.
     async fn route(&mut self, spec: &FamilySpec) -> Option<CachedFamily> {
         if self.cached(&spec.name).is_none() {
-            self.look_up(vec![spec.clone()]).await;
+            if !self.waits_for_room(&spec.name) {
+                self.look_up(vec![spec.clone()]).await;
+            }
+            if self.waits_for_room(&spec.name) {
+                self.wait_for_room(spec).await;
+            }
         }
         match self.cached(&spec.name)? {
             CachedFamily::Actor(actor) => Some(CachedFamily::Actor(actor.clone())),
             CachedFamily::Refused(refusal, at) => Some(CachedFamily::Refused(refusal.clone(), *at)),
+        }
+    }
+
+    /// True when the registry last answered that there was no room for the family's actor.
+    fn waits_for_room(&self, family: &str) -> bool {
+        matches!(
+            self.actors.get(family),
+            Some(CachedFamily::Refused(Refusal::NoRoom, _))
+        )
+    }
+
+    /// Waits until the registry has room for the family's actor, and caches the answer.
+    async fn wait_for_room(&mut self, spec: &FamilySpec) {
+        let asked = self
+            .registry
+            .call(
+                |reply| RegistryMsg::WaitForRoom(spec.clone(), reply),
+                Some(LOOKUP_TIMEOUT),
+            )
+            .await;
+        self.actors.remove(&spec.name);
+        if let Ok(CallResult::Success(answer)) = asked {
+            self.cache(spec, answer, Instant::now());
         }
     }
 
@@ -243,25 +278,31 @@ impl Router {
             self.actors.clear();
         }
         let now = Instant::now();
-        for (spec, answer) in specs.into_iter().zip(answers) {
-            let route = match answer {
-                Ok(actor) => CachedFamily::Actor(actor),
-                Err(refusal) => {
-                    if let Some(suppressed) = DROP_LOG.allow() {
-                        match &refusal {
-                            Refusal::Clash(owner) => {
-                                warn!(metric = %spec.name, clashes_with = %owner, suppressed, "metric names collide with another family; samples refused")
-                            }
-                            Refusal::Full => {
-                                warn!(metric = %spec.name, limit = "max_series", suppressed, "series limit reached: new family refused")
-                            }
-                        }
-                    }
-                    CachedFamily::Refused(refusal, now)
-                }
-            };
-            self.actors.insert(spec.name, route);
+        for (spec, answer) in specs.iter().zip(answers) {
+            self.cache(spec, answer, now);
         }
+    }
+
+    /// Caches the registry's answer about a family, logging a refusal (rate-limited).
+    fn cache(&mut self, spec: &FamilySpec, answer: FamilyAnswer, now: Instant) {
+        let route = match answer {
+            Ok(actor) => CachedFamily::Actor(actor),
+            Err(refusal) => {
+                if let Some(suppressed) = DROP_LOG.allow() {
+                    match &refusal {
+                        Refusal::Clash(owner) => {
+                            warn!(metric = %spec.name, clashes_with = %owner, suppressed, "metric names collide with another family; samples refused")
+                        }
+                        Refusal::Full => {
+                            warn!(metric = %spec.name, limit = "max_series", suppressed, "series limit reached: new family refused")
+                        }
+                        Refusal::NoRoom => {}
+                    }
+                }
+                CachedFamily::Refused(refusal, now)
+            }
+        };
+        self.actors.insert(spec.name.clone(), route);
     }
 
     /// Counts a refused family's samples as type conflicts, by sample type.

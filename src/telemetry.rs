@@ -65,6 +65,14 @@ impl DropStage {
     }
 }
 
+/// The most resident memory the process has held (`VmHWM`), in bytes.
+fn peak_resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Every self-metric, registered once at start-up and shared by all tasks and actors.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -95,6 +103,14 @@ pub struct Telemetry {
     pub series_expired: IntCounter,
     /// `tallyd_family_retirements_total`: family actors that stopped with no series left.
     pub family_retirements: IntCounter,
+    /// `tallyd_family_evictions_total`: live families hibernated early to make room.
+    pub family_evictions: IntCounter,
+    /// `tallyd_metric_actors_limit`: `limits.max_live_families`.
+    pub max_live_families: IntGauge,
+    /// `tallyd_family_lookups_waiting`: families waiting for room for their actor.
+    pub lookups_waiting: IntGauge,
+    /// `tallyd_resident_memory_peak_bytes`: VmHWM, read at each scrape.
+    peak_memory: IntGauge,
     type_conflicts: IntCounterVec,
     updates_dropped: IntCounterVec,
     /// `tallyd_tcp_connections_total`: StatsD TCP connections accepted.
@@ -199,6 +215,9 @@ impl Telemetry {
 
     /// Every self-metric family, for the exposition.
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Some(peak) = peak_resident_bytes() {
+            self.peak_memory.set(peak);
+        }
         self.registry.gather()
     }
 

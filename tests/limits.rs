@@ -182,3 +182,45 @@ fn a_new_family_whose_first_batch_is_dropped_gives_its_series_back() {
         assert_eq!(e.value("lost", &[("k", "a")]), None, "{hibernate_after}");
     }
 }
+
+#[test]
+fn a_burst_of_new_names_is_held_to_the_live_family_limit_and_loses_nothing() {
+    // Ten live actors at most, whatever comes: 300 new names in bursts of 50, each family
+    // taking the place of the least recently updated one, which hibernates with its series.
+    let t = Tallyd::start(&[
+        "--limits.max-live-families=10",
+        "--statsd.event-flush-interval=50ms",
+    ]);
+    let names = 300;
+    for round in 1..=2 {
+        for chunk in (0..names).collect::<Vec<_>>().chunks(50) {
+            let lines: Vec<String> = chunk
+                .iter()
+                .map(|i| format!("burst.n{i}:{round}|c\nburst.g{i}:{i}|g"))
+                .collect();
+            t.send_udp(lines.join("\n").as_bytes());
+        }
+        // Every increment reached its series: round one sent 1 each, round two 2 more.
+        let want = f64::from(round * (round + 1) / 2);
+        let e = t.wait_for("every series of the round", |e| {
+            (0..names).all(|i| e.value(&format!("burst_n{i}"), &[]) == Some(want))
+        });
+        for i in (0..names).step_by(37) {
+            assert_eq!(e.value(&format!("burst_g{i}"), &[]), Some(f64::from(i)));
+        }
+        let actors = e.value("tallyd_metric_actors", &[]).unwrap();
+        assert!(actors <= 10.0, "{actors} live actors over the limit of 10");
+        assert_eq!(e.value("tallyd_metric_actors_limit", &[]), Some(10.0));
+        assert_eq!(e.sum("tallyd_updates_dropped_total"), 0.0);
+    }
+    let e = t.scrape();
+    let evictions = e.value("tallyd_family_evictions_total", &[]).unwrap();
+    assert!(
+        evictions >= 1000.0,
+        "600 families twice through 10 places: {evictions}"
+    );
+    assert!(e.value("tallyd_family_wakeups_total", &[]).unwrap() >= 500.0);
+    assert_eq!(e.value("tallyd_family_lookups_waiting", &[]), Some(0.0));
+    assert!(e.value("tallyd_resident_memory_peak_bytes", &[]).unwrap() > 1e6);
+    common::promtool_check(&t.scrape_text());
+}

@@ -17,12 +17,16 @@
 //! spawns its actor again with that state. Its snapshot stays with the aggregator meanwhile,
 //! so its series never leave /metrics.
 
+mod room;
+
 use ractor::actor::ActorRuntime;
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort,
     SupervisionEvent,
 };
+use room::Now;
 use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
@@ -42,6 +46,9 @@ pub enum Refusal {
     Clash(Arc<str>),
     /// Every series of `limits.max_series` is taken: it could not hold its first one.
     Full,
+    /// No room for its actor under `limits.max_live_families` just now: room is being made,
+    /// and [`RegistryMsg::WaitForRoom`] answers once there is.
+    NoRoom,
 }
 
 /// The answer to a look-up of one family.
@@ -51,8 +58,13 @@ pub type FamilyAnswer = Result<ActorRef<FamilyMsg>, Refusal>;
 #[derive(Debug)]
 pub enum RegistryMsg {
     /// The family actors for these specs, each spawned if there is none; one answer per spec,
-    /// in order. The reply waits for a family that is retiring.
+    /// in order. The reply waits for a family that is retiring; a family for whose actor
+    /// there is no room is answered [`Refusal::NoRoom`] at once.
     Lookup(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>),
+    /// The family actor for this spec, as `Lookup` answers, but waiting for room if there is
+    /// none: each family that waits is answered as soon as its actor exists, so that its
+    /// batch goes on while the next family waits.
+    WaitForRoom(FamilySpec, RpcReplyPort<FamilyAnswer>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
     /// A family actor asks to be drained and stopped: it holds no series left, or it is idle
@@ -120,6 +132,15 @@ fn next_sweep_in(hibernate_after: Duration, asked: bool, earliest: Option<u64>) 
 #[derive(Debug)]
 pub struct RegistryActor;
 
+/// What the registry is started with.
+#[derive(Debug)]
+pub struct RegistryArgs {
+    /// What every family actor shares.
+    pub families: Arc<FamilyContext>,
+    /// Live family actors at most, retiring ones included (`limits.max_live_families`).
+    pub max_live: usize,
+}
+
 /// Live family actors by name, names by actor id, and who owns each exposed name.
 #[derive(Debug)]
 pub struct RegistryState {
@@ -136,6 +157,10 @@ pub struct RegistryState {
     /// An idle sweep is due: one is scheduled at a time, and only while families are live,
     /// so that a registry with none (all hibernated, say) wakes for nothing.
     sweep_due: bool,
+    /// Live family actors at most (see [`room`]).
+    max_live: usize,
+    /// Look-ups waiting for room for their family's actor, in arrival order.
+    waiting_room: VecDeque<(FamilySpec, PendingLookup)>,
 }
 
 /// A family on its way out.
@@ -150,12 +175,15 @@ struct Retiring {
     tickets: Vec<Ticket>,
 }
 
-/// A look-up with answers still missing: the reply, the answers so far (a `None` for each
-/// retiring family) and how many are missing.
+/// An answer still missing: one of a look-up's (the reply, the answers so far, a `None` for
+/// each missing, and how many are missing), or a wait for room's.
 #[derive(Debug)]
-struct PendingLookup {
-    reply: Arc<std::sync::Mutex<PartialAnswer>>,
-    index: usize,
+enum PendingLookup {
+    Part {
+        reply: Arc<std::sync::Mutex<PartialAnswer>>,
+        index: usize,
+    },
+    Whole(RpcReplyPort<FamilyAnswer>),
 }
 
 #[derive(Debug)]
@@ -168,8 +196,16 @@ struct PartialAnswer {
 impl PendingLookup {
     /// Fills in one answer; sends the reply once every answer is in.
     fn answer(self, answer: FamilyAnswer) {
-        let mut partial = self.reply.lock().unwrap_or_else(|e| e.into_inner());
-        partial.answers[self.index] = Some(answer);
+        let (reply, index) = match self {
+            PendingLookup::Part { reply, index } => (reply, index),
+            PendingLookup::Whole(reply) => {
+                // The asker may have given up (timeout).
+                let _ = reply.send(answer);
+                return;
+            }
+        };
+        let mut partial = reply.lock().unwrap_or_else(|e| e.into_inner());
+        partial.answers[index] = Some(answer);
         partial.missing -= 1;
         if partial.missing == 0 {
             if let Some(reply) = partial.reply.take() {
@@ -386,7 +422,8 @@ impl RegistryState {
 /// What the registry does with each message and supervision event.
 impl RegistryState {
     /// `Lookup`: each family's actor, woken or spawned if there is none; a family that is
-    /// retiring is answered when it is back (see [`RegistryState::retired`]).
+    /// retiring is answered when it is back (see [`RegistryState::retired`]), one for which
+    /// there is no room is refused for now, and room is made for it (see [`room`]).
     fn lookup(
         &mut self,
         myself: &ActorRef<RegistryMsg>,
@@ -394,22 +431,23 @@ impl RegistryState {
         reply: RpcReplyPort<Vec<FamilyAnswer>>,
     ) -> Result<(), ActorProcessingErr> {
         let mut answers = Vec::with_capacity(specs.len());
-        let mut retiring = Vec::new();
+        let (mut retiring, mut no_room) = (Vec::new(), 0);
         for (index, spec) in specs.into_iter().enumerate() {
-            if self.retiring.contains_key(&spec.name) {
-                retiring.push((index, spec.name));
-                answers.push(None);
-                continue;
+            match self.answer_now(myself, spec.clone())? {
+                Now::Answer(answer) => answers.push(Some(answer)),
+                Now::AfterRoom => {
+                    no_room += 1;
+                    answers.push(Some(Err(Refusal::NoRoom)));
+                }
+                Now::AfterRetiring => {
+                    answers.push(None);
+                    retiring.push((index, spec.name));
+                }
             }
-            let answer = match self.families.get(&spec.name) {
-                Some(live) => Ok(live.actor.clone()),
-                None => match self.wake(myself, &spec.name)? {
-                    Some(actor) => Ok(actor),
-                    None => self.spawn_new(myself, spec)?,
-                },
-            };
-            answers.push(Some(answer));
         }
+        // The families without room are asked for again, one at a time: room for them is
+        // made now.
+        self.make_room(no_room);
         if retiring.is_empty() {
             let _ = reply.send(answers.into_iter().flatten().collect());
             return Ok(());
@@ -421,11 +459,31 @@ impl RegistryState {
         }));
         for (index, name) in retiring {
             if let Some(r) = self.retiring.get_mut(&name) {
-                r.waiting.push(PendingLookup {
+                r.waiting.push(PendingLookup::Part {
                     reply: partial.clone(),
                     index,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// `WaitForRoom`: the family's actor now, or once it is back from retiring, or once
+    /// there is room for it (see [`room`]).
+    fn wait_for_room_of(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        spec: FamilySpec,
+        reply: RpcReplyPort<FamilyAnswer>,
+    ) -> Result<(), ActorProcessingErr> {
+        let pending = PendingLookup::Whole(reply);
+        match self.answer_now(myself, spec.clone())? {
+            Now::Answer(answer) => pending.answer(answer),
+            Now::AfterRetiring => match self.retiring.get_mut(&spec.name) {
+                Some(retiring) => retiring.waiting.push(pending),
+                None => self.wait_for_room(spec, pending),
+            },
+            Now::AfterRoom => self.wait_for_room(spec, pending),
         }
         Ok(())
     }
@@ -488,7 +546,7 @@ impl RegistryState {
             self.ctx.telemetry.family_restarts.inc();
             self.spawn(myself, spec, None)?;
         }
-        Ok(())
+        self.admit_waiting(myself)
     }
 
     /// A family actor stopped, with its state: one draining has retired or hibernated.
@@ -505,22 +563,26 @@ impl RegistryState {
         } else if let Some(spec) = self.forget(id) {
             debug!(metric = %spec.name, "family actor stopped");
         }
-        Ok(())
+        self.admit_waiting(myself)
     }
 }
 
 impl Actor for RegistryActor {
     type Msg = RegistryMsg;
     type State = RegistryState;
-    type Arguments = Arc<FamilyContext>;
+    type Arguments = RegistryArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<RegistryMsg>,
-        ctx: Arc<FamilyContext>,
+        args: RegistryArgs,
     ) -> Result<RegistryState, ActorProcessingErr> {
+        let ctx = args.families;
+        ctx.telemetry.max_live_families.set(args.max_live as i64);
         Ok(RegistryState {
             ctx,
+            max_live: args.max_live.max(1),
+            waiting_room: VecDeque::new(),
             stop_requests: myself.get_derived(),
             families: FxHashMap::default(),
             names: FxHashMap::default(),
@@ -539,6 +601,9 @@ impl Actor for RegistryActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RegistryMsg::Lookup(specs, reply) => state.lookup(&myself, specs, reply)?,
+            RegistryMsg::WaitForRoom(spec, reply) => {
+                state.wait_for_room_of(&myself, spec, reply)?
+            }
             RegistryMsg::IdleSweep => state.idle_sweep(&myself),
             RegistryMsg::Stop(request) => state.drain(request),
             RegistryMsg::HoldTicket(name, ticket) => {

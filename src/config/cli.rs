@@ -152,6 +152,9 @@ pub struct Cli {
     /// Most series in one family.
     #[arg(long = "limits.max-series-per-family", value_name = "N")]
     pub max_series_per_family: Option<String> => "limits.max_series_per_family",
+    /// Most live family actors at once; past it the least recently updated families hibernate early.
+    #[arg(long = "limits.max-live-families", value_name = "N")]
+    pub max_live_families: Option<String> => "limits.max_live_families",
     /// Most families with their own tallyd_metric_* series (the busiest by update rate).
     #[arg(long = "limits.max-family-self-metrics", value_name = "N")]
     pub max_family_self_metrics: Option<String> => "limits.max_family_self_metrics",

@@ -136,6 +136,7 @@ impl LimitSettings {
             ("limits.max_tags_per_line", self.max_tags_per_line),
             ("limits.max_label_bytes", self.max_label_bytes),
             ("limits.max_queued_updates", self.max_queued_updates),
+            ("limits.max_live_families", self.max_live_families),
         ] {
             if value == 0 {
                 return Err((key, "must be at least 1".into()));
