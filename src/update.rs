@@ -2,6 +2,7 @@
 //! series, named by its [`LabelSet`], with an [`Op`] that already carries the StatsD semantics
 //! (sample-rate scaling, timer units, relative gauges).
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,14 +43,23 @@ impl Batch {
 /// Label pairs as they arrive, unsorted: `(name, value)`.
 pub type LabelPairs = Vec<(Box<str>, Box<str>)>;
 
-/// The label pairs of one series, sorted by label name, each name at most once.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+/// The label pairs of one series, sorted by label name, each name at most once. Shared, not
+/// copied: every update of a series, its batcher's slot and its family's table hold the same
+/// pairs, so that passing an update on costs a reference count, not a copy of its labels. Its
+/// hash is computed once, as it is made, so that finding a series by its labels hashes a word.
+#[derive(Clone, Debug)]
+pub struct LabelSet {
+    pairs: Arc<[(Box<str>, Box<str>)]>,
+    hash: u64,
+}
 
 impl LabelSet {
     /// Builds a label set from pairs in the order they were sent; when a name repeats, the last
     /// value wins (as a later DogStatsD tag overrides an earlier one in statsd_exporter).
     pub fn from_pairs(mut pairs: LabelPairs) -> Self {
+        if pairs.is_empty() {
+            return LabelSet::default();
+        }
         if pairs.len() > 1 {
             // Reverse, then a stable sort keeps the last-sent value first within equal names,
             // and dedup keeps the first of each run.
@@ -57,17 +67,60 @@ impl LabelSet {
             pairs.sort_by(|a, b| a.0.cmp(&b.0));
             pairs.dedup_by(|later, earlier| later.0 == earlier.0);
         }
-        LabelSet(pairs.into_boxed_slice())
+        let hash = rustc_hash::FxBuildHasher.hash_one(&pairs);
+        LabelSet {
+            pairs: pairs.into(),
+            hash,
+        }
     }
 
     /// The `(name, value)` pairs, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (&**k, &**v))
+        self.pairs.iter().map(|(k, v)| (&**k, &**v))
     }
 
     /// True when the series has no labels.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs.is_empty()
+    }
+}
+
+impl Default for LabelSet {
+    /// No labels: one shared empty set, so a series without labels allocates nothing.
+    fn default() -> Self {
+        static EMPTY: std::sync::LazyLock<LabelSet> = std::sync::LazyLock::new(|| LabelSet {
+            pairs: Arc::from([]),
+            hash: rustc_hash::FxBuildHasher.hash_one(Vec::<(Box<str>, Box<str>)>::new()),
+        });
+        EMPTY.clone()
+    }
+}
+
+impl PartialEq for LabelSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && (Arc::ptr_eq(&self.pairs, &other.pairs) || self.pairs == other.pairs)
+    }
+}
+
+impl Eq for LabelSet {}
+
+impl std::hash::Hash for LabelSet {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for LabelSet {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LabelSet {
+    /// By the pairs, as the exposition sorts series.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.pairs.cmp(&other.pairs)
     }
 }
 
@@ -225,6 +278,34 @@ mod tests {
         let set = labels(&[("z", "1"), ("a", "2"), ("z", "3")]);
         assert_eq!(set.iter().collect::<Vec<_>>(), [("a", "2"), ("z", "3")]);
         assert_eq!(set, labels(&[("a", "2"), ("z", "3")]));
+    }
+
+    #[test]
+    fn label_sets_equal_by_content_hash_alike_and_share_their_pairs() {
+        use std::hash::BuildHasher;
+        let hash = |set: &LabelSet| rustc_hash::FxBuildHasher.hash_one(set);
+        let (a, b) = (
+            labels(&[("k", "v"), ("j", "w")]),
+            labels(&[("j", "w"), ("k", "v")]),
+        );
+        assert!(!Arc::ptr_eq(&a.pairs, &b.pairs));
+        assert_eq!((a == b, hash(&a) == hash(&b)), (true, true));
+        assert_ne!(a, labels(&[("j", "w"), ("k", "x")]));
+        assert!(
+            Arc::ptr_eq(&a.pairs, &a.clone().pairs),
+            "a clone shares the pairs"
+        );
+        // Every empty set is the one shared set, equal to one built from no pairs.
+        assert!(Arc::ptr_eq(&LabelSet::default().pairs, &labels(&[]).pairs));
+        assert_eq!(labels(&[]), LabelSet::default());
+        let mut sorted = vec![
+            labels(&[("b", "1")]),
+            LabelSet::default(),
+            labels(&[("a", "9")]),
+        ];
+        sorted.sort();
+        let firsts: Vec<_> = sorted.iter().map(|s| s.iter().next()).collect();
+        assert_eq!(firsts, [None, Some(("a", "9")), Some(("b", "1"))]);
     }
 
     #[test]
