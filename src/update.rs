@@ -298,7 +298,7 @@ mod tests {
         // Every empty set is the one shared set, equal to one built from no pairs.
         assert!(Arc::ptr_eq(&LabelSet::default().pairs, &labels(&[]).pairs));
         assert_eq!(labels(&[]), LabelSet::default());
-        let mut sorted = vec![
+        let mut sorted = [
             labels(&[("b", "1")]),
             LabelSet::default(),
             labels(&[("a", "9")]),
