@@ -110,11 +110,11 @@ stop() {
   : >"$tmp/pid"
 }
 
-# Starts statsd_exporter ($peer) with these flags on fixed loopback ports (it cannot tell
+# Starts statsd_exporter ($PEER) with these flags on fixed loopback ports (it cannot tell
 # which port 0 gave it); sets pid, udp and http.
 start_peer() {
   udp=127.0.0.1:39125 http=127.0.0.1:39102
-  "$peer" --statsd.listen-udp="$udp" --statsd.listen-tcp= --web.listen-address="$http" \
+  "$PEER" --statsd.listen-udp="$udp" --statsd.listen-tcp= --web.listen-address="$http" \
     --log.level=warn "$@" 2>"$tmp/log" &
   pid=$!
   echo "$pid" >"$tmp/pid"

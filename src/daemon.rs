@@ -23,7 +23,7 @@ use crate::ingest::{IngestConfig, PipelineContext};
 use crate::limits::{QueueBound, SeriesBudget};
 use crate::mapping::Mapper;
 use crate::reload::Reloader;
-use crate::sockets::{self, DatagramSocket, ListenerContext, Sockets, StatsdSockets};
+use crate::sockets::{self, DatagramSocket, ListenerContext, Pause, Sockets, StatsdSockets};
 use crate::telemetry::Telemetry;
 
 /// How long each shutdown step may take before tallyd moves on.
@@ -173,7 +173,7 @@ fn start_listeners(
     if let Some((unix, _)) = sockets.unixgram {
         let socket = DatagramSocket::Unix(unix.into_std().context("Unix datagram socket")?);
         // No pause: a Unix datagram socket's queue is short (see `sockets::udp_pause`).
-        let reader = sockets::serve_datagrams(socket, Duration::ZERO, ctx.clone(), stop.clone());
+        let reader = sockets::serve_datagrams(socket, Pause::NONE, ctx.clone(), stop.clone());
         listeners.spawn(on_own_thread("tallyd-unixgram".into(), reader)?);
     }
     if let Some(tcp) = sockets.tcp {

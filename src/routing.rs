@@ -8,6 +8,7 @@
 
 use ractor::{rpc::CallResult, ActorRef, MessagingErr};
 use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -25,6 +26,9 @@ const CACHE_LIMIT: usize = 100_000;
 static DROP_LOG: LogLimiter = LogLimiter::new(10);
 /// How long a look-up may take before the batch is counted as dropped.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Families waited for at once when the registry has no room for their actors (see
+/// [`Router::send_when_room`]).
+const WAIT_CHUNK: usize = 1024;
 
 /// A listener's route to the family actors.
 #[derive(Debug)]
@@ -153,8 +157,49 @@ impl Router {
         if !unknown.is_empty() {
             self.look_up(unknown).await;
         }
+        let mut later = VecDeque::new();
         for (family, batch) in batches {
-            self.send(family, batch).await;
+            if self.waits_for_room(&family) {
+                later.push_back((family, batch));
+            } else {
+                self.send(family, batch).await;
+            }
+        }
+        self.send_when_room(later).await;
+    }
+
+    /// Sends the batches of families for whose actor the registry had no room, as room is
+    /// made: [`WAIT_CHUNK`] families at a time are waited for, and the registry answers once
+    /// the first of them fit, so each batch goes as soon as its actor exists. The cache lets
+    /// go of stopped actors meanwhile, as at a dispatch: a burst of new names makes many.
+    async fn send_when_room(&mut self, mut later: VecDeque<(Arc<str>, Batch)>) {
+        while !later.is_empty() {
+            let n = later.len().min(WAIT_CHUNK);
+            let specs: Vec<FamilySpec> = later
+                .iter()
+                .take(n)
+                .map(|(family, batch)| spec(family, batch))
+                .collect();
+            let answers = self.wait_for_room(specs).await;
+            if answers.is_empty() {
+                // No room in time: these are dropped, and counted, the rest tried again.
+                for (family, batch) in later.drain(..n) {
+                    self.actors.remove(&family);
+                    self.drop_batch(&family, DropStage::Undeliverable, batch.samples());
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for answer in answers {
+                if let Some((family, batch)) = later.pop_front() {
+                    let spec = spec(&family, &batch);
+                    self.cache(&spec, answer, now);
+                    self.send(family, batch).await;
+                }
+            }
+            if self.pruned.elapsed() >= PRUNE_EVERY {
+                self.prune();
+            }
         }
     }
 
@@ -230,7 +275,11 @@ impl Router {
                 self.look_up(vec![spec.clone()]).await;
             }
             if self.waits_for_room(&spec.name) {
-                self.wait_for_room(spec).await;
+                let answer = self.wait_for_room(vec![spec.clone()]).await.pop();
+                self.actors.remove(&spec.name);
+                if let Some(answer) = answer {
+                    self.cache(spec, answer, Instant::now());
+                }
             }
         }
         match self.cached(&spec.name)? {
@@ -247,18 +296,19 @@ impl Router {
         )
     }
 
-    /// Waits until the registry has room for the family's actor, and caches the answer.
-    async fn wait_for_room(&mut self, spec: &FamilySpec) {
+    /// Waits until the registry has room for the first of these families' actors: the
+    /// answers for as many as fit, in order; none when that took too long.
+    async fn wait_for_room(&mut self, specs: Vec<FamilySpec>) -> Vec<FamilyAnswer> {
         let asked = self
             .registry
             .call(
-                |reply| RegistryMsg::WaitForRoom(spec.clone(), reply),
+                |reply| RegistryMsg::WaitForRoom(specs, reply),
                 Some(LOOKUP_TIMEOUT),
             )
             .await;
-        self.actors.remove(&spec.name);
-        if let Ok(CallResult::Success(answer)) = asked {
-            self.cache(spec, answer, Instant::now());
+        match asked {
+            Ok(CallResult::Success(answers)) => answers,
+            _ => Vec::new(),
         }
     }
 

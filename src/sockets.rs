@@ -21,7 +21,7 @@ use crate::ingest::PipelineContext;
 use crate::telemetry::{ListenerKind, Telemetry};
 pub use bind::{Sockets, StatsdSockets};
 pub(crate) use datagram::serve_datagrams;
-pub(crate) use pause::udp_pause;
+pub(crate) use pause::{udp_pause, Pause};
 pub(crate) use tcp::serve_tcp;
 
 /// What every listener task needs.

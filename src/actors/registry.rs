@@ -61,10 +61,11 @@ pub enum RegistryMsg {
     /// in order. The reply waits for a family that is retiring; a family for whose actor
     /// there is no room is answered [`Refusal::NoRoom`] at once.
     Lookup(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>),
-    /// The family actor for this spec, as `Lookup` answers, but waiting for room if there is
-    /// none: each family that waits is answered as soon as its actor exists, so that its
-    /// batch goes on while the next family waits.
-    WaitForRoom(FamilySpec, RpcReplyPort<FamilyAnswer>),
+    /// The family actors for these specs, as `Lookup` answers, but waiting for room when
+    /// there is none: answered as soon as the first ones have an actor, with the answers for
+    /// as many as there was room for, in order (at least one); the asker sends their batches
+    /// and asks again for the rest.
+    WaitForRoom(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
     /// A family actor asks to be drained and stopped: it holds no series left, or it is idle
@@ -159,8 +160,8 @@ pub struct RegistryState {
     sweep_due: bool,
     /// Live family actors at most (see [`room`]).
     max_live: usize,
-    /// Look-ups waiting for room for their family's actor, in arrival order.
-    waiting_room: VecDeque<(FamilySpec, PendingLookup)>,
+    /// Waits for room for families' actors, in arrival order.
+    waiting_room: VecDeque<(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>)>,
 }
 
 /// A family on its way out.
@@ -175,15 +176,12 @@ struct Retiring {
     tickets: Vec<Ticket>,
 }
 
-/// An answer still missing: one of a look-up's (the reply, the answers so far, a `None` for
-/// each missing, and how many are missing), or a wait for room's.
+/// A look-up with answers still missing: the reply, the answers so far (a `None` for each
+/// retiring family) and how many are missing.
 #[derive(Debug)]
-enum PendingLookup {
-    Part {
-        reply: Arc<std::sync::Mutex<PartialAnswer>>,
-        index: usize,
-    },
-    Whole(RpcReplyPort<FamilyAnswer>),
+struct PendingLookup {
+    reply: Arc<std::sync::Mutex<PartialAnswer>>,
+    index: usize,
 }
 
 #[derive(Debug)]
@@ -196,16 +194,8 @@ struct PartialAnswer {
 impl PendingLookup {
     /// Fills in one answer; sends the reply once every answer is in.
     fn answer(self, answer: FamilyAnswer) {
-        let (reply, index) = match self {
-            PendingLookup::Part { reply, index } => (reply, index),
-            PendingLookup::Whole(reply) => {
-                // The asker may have given up (timeout).
-                let _ = reply.send(answer);
-                return;
-            }
-        };
-        let mut partial = reply.lock().unwrap_or_else(|e| e.into_inner());
-        partial.answers[index] = Some(answer);
+        let mut partial = self.reply.lock().unwrap_or_else(|e| e.into_inner());
+        partial.answers[self.index] = Some(answer);
         partial.missing -= 1;
         if partial.missing == 0 {
             if let Some(reply) = partial.reply.take() {
@@ -459,31 +449,11 @@ impl RegistryState {
         }));
         for (index, name) in retiring {
             if let Some(r) = self.retiring.get_mut(&name) {
-                r.waiting.push(PendingLookup::Part {
+                r.waiting.push(PendingLookup {
                     reply: partial.clone(),
                     index,
                 });
             }
-        }
-        Ok(())
-    }
-
-    /// `WaitForRoom`: the family's actor now, or once it is back from retiring, or once
-    /// there is room for it (see [`room`]).
-    fn wait_for_room_of(
-        &mut self,
-        myself: &ActorRef<RegistryMsg>,
-        spec: FamilySpec,
-        reply: RpcReplyPort<FamilyAnswer>,
-    ) -> Result<(), ActorProcessingErr> {
-        let pending = PendingLookup::Whole(reply);
-        match self.answer_now(myself, spec.clone())? {
-            Now::Answer(answer) => pending.answer(answer),
-            Now::AfterRetiring => match self.retiring.get_mut(&spec.name) {
-                Some(retiring) => retiring.waiting.push(pending),
-                None => self.wait_for_room(spec, pending),
-            },
-            Now::AfterRoom => self.wait_for_room(spec, pending),
         }
         Ok(())
     }
@@ -601,9 +571,7 @@ impl Actor for RegistryActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RegistryMsg::Lookup(specs, reply) => state.lookup(&myself, specs, reply)?,
-            RegistryMsg::WaitForRoom(spec, reply) => {
-                state.wait_for_room_of(&myself, spec, reply)?
-            }
+            RegistryMsg::WaitForRoom(specs, reply) => state.wait_for_room(&myself, specs, reply)?,
             RegistryMsg::IdleSweep => state.idle_sweep(&myself),
             RegistryMsg::Stop(request) => state.drain(request),
             RegistryMsg::HoldTicket(name, ticket) => {

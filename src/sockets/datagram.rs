@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::pause::PauseClock;
+use super::pause::{Pause, PauseClock};
 use super::receive::{Datagram, Datagrams, RECEIVE_MANY};
 use super::{DatagramSocket, ListenerContext};
 use crate::ingest::{Batcher, Due};
@@ -36,13 +36,13 @@ enum Next {
 /// Reads datagrams until `shutdown`: waits for one, takes every further datagram already
 /// queued (up to `receive_batch`), then sends each touched family one message when its flush
 /// window says so. After a read that found fewer than `receive_batch` datagrams, the reader
-/// pauses for `pause` (see [`super::udp_pause`]) before reading again, so that a steady stream
-/// costs one wake-up per pause rather than one per datagram; after a read that found none, it
+/// pauses (see [`Pause`]) before reading again, so that a steady stream costs one wake-up per
+/// pause rather than one per datagram; after a read that found none, it
 /// waits for the socket. Scrapes and shutdown do not wait for a pause: they read what the
 /// socket holds. At shutdown it also applies what the socket buffer still holds.
 pub(crate) async fn serve_datagrams(
     socket: DatagramSocket,
-    pause: Duration,
+    pause: Pause,
     ctx: ListenerContext,
     shutdown: CancellationToken,
 ) {
@@ -75,7 +75,7 @@ pub(crate) async fn serve_datagrams(
             }
         }
         let read = reader.read(&mut pipe.batcher, ctx.receive_batch);
-        if reader.plan(&read, pause) {
+        if reader.plan(&read, &pause) {
             pipe.pausing();
         }
         pipe.after_read().await;
@@ -99,6 +99,13 @@ struct Reader<'s> {
     warned: bool,
     /// Ends the pauses; `None` where the system has no timerfd.
     clock: Option<PauseClock>,
+    /// Bytes and datagrams read since the last pause was planned, and when that was: what
+    /// the next pause is sized by.
+    taken: (usize, u64),
+    planned: Instant,
+    /// The last pause, `None` after a wait for input: a pause grows at most twofold from one
+    /// to the next, so that a stream that starts is first read after short ones.
+    last_pause: Option<Duration>,
 }
 
 impl<'s> Reader<'s> {
@@ -112,6 +119,9 @@ impl<'s> Reader<'s> {
             unwatched: false,
             warned: false,
             clock: PauseClock::new(),
+            taken: (0, 0),
+            planned: Instant::now(),
+            last_pause: None,
         }
     }
 
@@ -180,23 +190,32 @@ impl<'s> Reader<'s> {
     fn read(&mut self, batcher: &mut Batcher, limit: usize) -> Read {
         let read = read_batch(self.socket, &mut self.buf, batcher, limit);
         self.ctx.telemetry.packets(self.socket.kind(), read.packets);
+        self.taken = (self.taken.0 + read.bytes, self.taken.1 + read.packets);
         read
     }
 
-    /// When to read next after `read`; true when that is after a `pause`.
-    fn plan(&mut self, read: &Read, pause: Duration) -> bool {
+    /// When to read next after `read`; true when that is after a pause.
+    fn plan(&mut self, read: &Read, pause: &Pause) -> bool {
         let unwatched = std::mem::take(&mut self.unwatched);
-        let (next, pausing) = if !read.emptied {
-            (Next::Now, false)
+        let now = Instant::now();
+        let (bytes, datagrams) = std::mem::take(&mut self.taken);
+        let since = now.saturating_duration_since(std::mem::replace(&mut self.planned, now));
+        let next = if !read.emptied {
+            Next::Now
         } else if unwatched {
-            (Next::At(Instant::now() + POLL_UNWATCHED), false)
+            Next::At(now + POLL_UNWATCHED)
         } else if read.packets == 0 || pause.is_zero() {
-            (Next::Readable, false)
+            self.last_pause = None;
+            Next::Readable
         } else {
-            (Next::At(Instant::now() + pause), true)
+            let sized = pause.after(bytes, datagrams, since);
+            let grown = self.last_pause.map_or(Duration::ZERO, |last| last * 2);
+            let wait = sized.min(grown.max(pause.shortest()));
+            self.last_pause = Some(wait);
+            Next::At(now + wait)
         };
         self.next = next;
-        pausing
+        matches!(next, Next::At(_)) && !unwatched
     }
 }
 
@@ -204,6 +223,8 @@ impl<'s> Reader<'s> {
 struct Read {
     /// Datagrams read.
     packets: u64,
+    /// Their bytes.
+    bytes: usize,
     /// The socket answered that it holds no more.
     emptied: bool,
 }
@@ -216,7 +237,7 @@ fn read_batch(
     batcher: &mut Batcher,
     limit: usize,
 ) -> Read {
-    let (mut packets, mut taken) = (0, 0);
+    let (mut packets, mut bytes, mut taken) = (0, 0, 0);
     while taken < limit {
         let asked = (limit - taken).min(RECEIVE_MANY);
         match buf.receive(socket.as_fd(), asked) {
@@ -225,8 +246,14 @@ fn read_batch(
                 packets += n as u64;
                 for datagram in buf.received() {
                     match datagram {
-                        Datagram::Within(bytes) => batcher.ingest(bytes),
-                        Datagram::TooLong(bytes) => batcher.reject_datagram(bytes),
+                        Datagram::Within(datagram) => {
+                            bytes += datagram.len();
+                            batcher.ingest(datagram);
+                        }
+                        Datagram::TooLong(first) => {
+                            bytes += first.len();
+                            batcher.reject_datagram(first);
+                        }
                     }
                 }
                 if n < asked {
@@ -234,6 +261,7 @@ fn read_batch(
                     // took, which the next call reports).
                     return Read {
                         packets,
+                        bytes,
                         emptied: true,
                     };
                 }
@@ -241,6 +269,7 @@ fn read_batch(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Read {
                     packets,
+                    bytes,
                     emptied: true,
                 }
             }
@@ -254,6 +283,7 @@ fn read_batch(
     }
     Read {
         packets,
+        bytes,
         emptied: false,
     }
 }

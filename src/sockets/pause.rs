@@ -68,29 +68,110 @@ impl PauseClock {
 /// of buffer a second: 128 MiB/s is about 57,000 datagrams of 1,400 bytes a second (each takes
 /// about 2.1–2.3 KiB of buffer), what tallyd reads flat out on 2 cores (5 million counter lines
 /// a second). A sender faster than that overflows the buffer whether the reader pauses or not;
-/// up to it, a pause never does.
+/// up to it, the shortest pause never does.
 const FILL_RATE: f64 = 128.0 * 1024.0 * 1024.0;
 
-/// The pause of a UDP reader after a read that found few datagrams (see [`super::serve_datagrams`]):
-/// `configured` (`statsd.receive_coalesce`), shortened so that the socket's receive buffer
-/// holds what can arrive meanwhile at `FILL_RATE`. (A Unix datagram reader does not pause:
-/// its queue is a few datagrams long, `net.unix.max_dgram_qlen`, and refuses senders when full.)
-pub(crate) fn udp_pause(udp: &std::net::UdpSocket, configured: Duration) -> Duration {
+/// What a datagram takes of the receive buffer beyond its bytes (the kernel's bookkeeping,
+/// about 0.9 KiB for a datagram of 1,400 bytes on loopback), counted high.
+const DATAGRAM_OVERHEAD: usize = 1024;
+
+/// The share of the receive buffer a pause is planned to fill at the rate the last one did:
+/// traffic four times as fast as that still fits.
+const PLANNED_FILL: f64 = 0.25;
+
+/// How long a UDP reader pauses after a read that found few datagrams (see
+/// [`super::serve_datagrams`]): long enough that a steady stream costs few wake-ups, short
+/// enough that the socket's receive buffer holds what arrives meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pause {
+    /// The receive buffer, in bytes.
+    buffer: usize,
+    /// The pause after which the buffer is full at [`FILL_RATE`]: never overflowed by a sender
+    /// tallyd can keep up with (`statsd.receive_coalesce` if shorter).
+    shortest: Duration,
+    /// `statsd.receive_coalesce`.
+    longest: Duration,
+}
+
+impl Pause {
+    /// No pause: the reader reads as datagrams come (a Unix datagram socket, whose queue is a
+    /// few datagrams long, `net.unix.max_dgram_qlen`, and refuses senders when full).
+    pub(crate) const NONE: Pause = Pause {
+        buffer: 0,
+        shortest: Duration::ZERO,
+        longest: Duration::ZERO,
+    };
+
+    /// The pause after a read that took `bytes` in `datagrams` that arrived over `since` (the
+    /// time since the read before): the time in which that rate fills a quarter of the buffer,
+    /// between the shortest pause and `statsd.receive_coalesce`. With a large buffer (root, or
+    /// `net.core.rmem_max` raised) that is `statsd.receive_coalesce`; with a node's usual
+    /// 208 KiB, a moderate stream still costs tens of wake-ups a second rather than hundreds.
+    pub(crate) fn after(&self, bytes: usize, datagrams: u64, since: Duration) -> Duration {
+        let filled = bytes + datagrams as usize * DATAGRAM_OVERHEAD;
+        if filled == 0 || since.is_zero() {
+            return self.shortest;
+        }
+        let rate = filled as f64 / since.as_secs_f64();
+        let fits = Duration::from_secs_f64(self.buffer as f64 * PLANNED_FILL / rate);
+        fits.clamp(self.shortest, self.longest)
+    }
+
+    /// The shortest pause: what the buffer holds at full rate.
+    pub(crate) fn shortest(&self) -> Duration {
+        self.shortest
+    }
+
+    /// True when the reader never pauses.
+    pub(crate) fn is_zero(&self) -> bool {
+        self.longest.is_zero()
+    }
+}
+
+/// The pauses of a UDP reader (see [`Pause`]), from its receive buffer and `configured`
+/// (`statsd.receive_coalesce`).
+pub(crate) fn udp_pause(udp: &std::net::UdpSocket, configured: Duration) -> Pause {
     let buffer = socket2::SockRef::from(udp).recv_buffer_size().unwrap_or(0);
     let fits = Duration::from_secs_f64(buffer as f64 / FILL_RATE);
     if fits < configured {
         info!(
             receive_buffer = buffer,
-            pause = ?fits,
-            "statsd.receive_coalesce shortened to what the UDP receive buffer holds (see net.core.rmem_max)"
+            shortest_pause = ?fits,
+            "UDP pauses between reads follow the traffic, from what the receive buffer holds at full rate up to statsd.receive_coalesce (see net.core.rmem_max)"
         );
     }
-    configured.min(fits)
+    Pause {
+        buffer,
+        shortest: configured.min(fits),
+        longest: configured,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_fills_a_quarter_of_the_buffer_at_the_last_rate_within_bounds() {
+        let ms = Duration::from_millis;
+        // A node's usual rmem_max, doubled by the kernel: 416 KiB.
+        let pause = Pause {
+            buffer: 425_984,
+            shortest: ms(3),
+            longest: ms(100),
+        };
+        // 1,136 datagrams of 1,400 bytes a second (100,000 counter lines): 2.7 MB/s, a quarter
+        // of the buffer in 39 ms.
+        let after = pause.after(1_136 * 1_400 / 10, 1_136 / 10, ms(100));
+        assert!((ms(38)..=ms(40)).contains(&after), "{after:?}");
+        // A hundred times as fast: the shortest pause; a trickle: the longest.
+        assert_eq!(pause.after(113_600 * 1_400, 113_600, ms(100)), ms(3));
+        assert_eq!(pause.after(100, 1, ms(100)), ms(100));
+        // Nothing read, or no time: the shortest.
+        assert_eq!(pause.after(0, 0, ms(100)), ms(3));
+        assert_eq!(pause.after(1_400, 1, Duration::ZERO), ms(3));
+        assert!(Pause::NONE.is_zero() && !pause.is_zero());
+    }
 
     #[tokio::test]
     async fn the_pause_clock_waits_until_its_deadline_after_a_cancelled_wait_too() {

@@ -6,13 +6,13 @@
 //! bounded number of actors at any moment, each new family taking the place of an older
 //! one, rather than an actor per name until they all go idle. A look-up of many families
 //! answers those without room [`Refusal::NoRoom`](super::Refusal::NoRoom) at once; the router
-//! then waits for each in turn (`WaitForRoom`), so that each gets its batch as soon as its
-//! actor exists and can in turn make room.
+//! then waits for them (`WaitForRoom`), and is answered as soon as the first of them fit,
+//! so that their batches go on while the rest wait, and their actors can in turn make room.
 
-use ractor::{ActorProcessingErr, ActorRef};
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 
-use super::{FamilyAnswer, PendingLookup, RegistryMsg, RegistryState};
+use super::{FamilyAnswer, RegistryMsg, RegistryState};
 use crate::actors::family::{FamilySpec, StopReason, StopRequest};
 
 /// Live families hibernated at least at once when room is made, as a share of the limit: one
@@ -56,20 +56,40 @@ impl RegistryState {
         }))
     }
 
-    /// Queues a look-up of `spec` until there is room, and makes room for every look-up
-    /// waiting.
-    pub(super) fn wait_for_room(&mut self, spec: FamilySpec, pending: PendingLookup) {
-        self.waiting_room.push_back((spec, pending));
-        self.make_room(self.waiting_room.len());
-        self.ctx
-            .telemetry
-            .lookups_waiting
-            .set(self.waiting_room.len() as i64);
+    /// `WaitForRoom`: answers the first of `specs` that fit now, or queues the request
+    /// until they do, and makes room for every family waiting.
+    pub(super) fn wait_for_room(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        specs: Vec<FamilySpec>,
+        reply: RpcReplyPort<Vec<FamilyAnswer>>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.waiting_room.push_back((specs, reply));
+        self.admit_waiting(myself)
+    }
+
+    /// The answers for the first of `specs` that can be answered now, in order, up to the
+    /// first that must wait (for room, or for its family to be back from retiring).
+    fn answer_prefix(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        specs: &[FamilySpec],
+    ) -> Result<Vec<FamilyAnswer>, ActorProcessingErr> {
+        let mut answers = Vec::new();
+        for spec in specs {
+            match self.answer_now(myself, spec.clone())? {
+                Now::Answer(answer) => answers.push(answer),
+                Now::AfterRetiring | Now::AfterRoom => break,
+            }
+        }
+        Ok(answers)
     }
 
     /// Makes room for `needed` more actors, beyond the families already on their way out:
     /// the least recently updated live families that may hibernate are drained now.
     pub(super) fn make_room(&mut self, needed: usize) {
+        // More than the limit never fit at once: draining that many is all there is to do.
+        let needed = needed.min(self.max_live);
         let on_their_way = self.retiring.len();
         if needed == 0 || on_their_way >= needed {
             return;
@@ -103,31 +123,26 @@ impl RegistryState {
             .collect()
     }
 
-    /// Answers the look-ups waiting for room, in arrival order, while there is room (called
-    /// whenever an actor has stopped).
+    /// Answers the waits for room, in arrival order, while their first family fits; then
+    /// makes room for the families still waiting (called whenever an actor has stopped, and
+    /// for each new wait).
     pub(super) fn admit_waiting(
         &mut self,
         myself: &ActorRef<RegistryMsg>,
     ) -> Result<(), ActorProcessingErr> {
-        while let Some((spec, pending)) = self.waiting_room.pop_front() {
-            let name = spec.name.clone();
-            match self.answer_now(myself, spec.clone())? {
-                Now::Answer(answer) => pending.answer(answer),
-                Now::AfterRetiring => {
-                    if let Some(retiring) = self.retiring.get_mut(&name) {
-                        retiring.waiting.push(pending);
-                    }
-                }
-                Now::AfterRoom => {
-                    self.waiting_room.push_front((spec, pending));
-                    break;
-                }
+        while let Some((specs, reply)) = self.waiting_room.pop_front() {
+            let answers = self.answer_prefix(myself, &specs)?;
+            if answers.is_empty() {
+                self.waiting_room.push_front((specs, reply));
+                break;
             }
+            // The asker may have given up (timeout): the actors stay, and are let go of
+            // when idle.
+            let _ = reply.send(answers);
         }
-        self.ctx
-            .telemetry
-            .lookups_waiting
-            .set(self.waiting_room.len() as i64);
+        let waiting: usize = self.waiting_room.iter().map(|(specs, _)| specs.len()).sum();
+        self.make_room(waiting);
+        self.ctx.telemetry.lookups_waiting.set(waiting as i64);
         Ok(())
     }
 }
