@@ -82,19 +82,29 @@ start() {
     --web.listen-address=127.0.0.1:0 --log.level=info ${TALLYD_ARGS:-} "$@" 2>"$tmp/log" &
   pid=$!
   echo "$pid" >"$tmp/pid"
+  wait_started tallyd_listening tallyd
+}
+
+# True once tallyd says it listens; then sets udp and http from its log line (logfmt,
+# udp=ADDR, or JSON, "udp":"ADDR").
+tallyd_listening() {
   local addr='[0-9]+\.[0-9.]+:[0-9]+'
+  grep -q "tallyd listening" "$tmp/log" || return 1
+  udp=$(grep -oE "udp\"?[=:]\"?$addr" "$tmp/log" | grep -oE "$addr" | head -n1)
+  http=$(grep -oE "http\"?[=:]\"?$addr" "$tmp/log" | grep -oE "$addr" | head -n1)
+}
+
+# Waits until READY (a function) says the server just started (NAME) is up; fails with its log
+# if it exits or takes over 10 s.
+wait_started() {
+  local ready=$1 name=$2
   for _ in $(seq 200); do
-    if grep -q "tallyd listening" "$tmp/log"; then
-      # logfmt (udp=ADDR) or JSON ("udp":"ADDR").
-      udp=$(grep -oE "udp\"?[=:]\"?$addr" "$tmp/log" | grep -oE "$addr" | head -n1)
-      http=$(grep -oE "http\"?[=:]\"?$addr" "$tmp/log" | grep -oE "$addr" | head -n1)
-      return
-    fi
+    "$ready" && return
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
   done
   cat "$tmp/log" >&2
-  echo "tallyd did not start" >&2
+  echo "$name did not start" >&2
   exit 1
 }
 
@@ -118,16 +128,12 @@ start_peer() {
     --log.level=warn "$@" 2>"$tmp/log" &
   pid=$!
   echo "$pid" >"$tmp/pid"
-  for _ in $(seq 200); do
-    if (exec 3<>"/dev/tcp/${http%:*}/${http##*:}") 2>/dev/null; then
-      return
-    fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  cat "$tmp/log" >&2
-  echo "statsd_exporter did not start" >&2
-  exit 1
+  wait_started peer_listening statsd_exporter
+}
+
+# True once statsd_exporter's HTTP port takes connections.
+peer_listening() {
+  (exec 3<>"/dev/tcp/${http%:*}/${http##*:}") 2>/dev/null
 }
 
 # One run on a fresh server, tallyd or (with server=peer) statsd_exporter, started with the
