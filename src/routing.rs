@@ -182,18 +182,20 @@ impl Router {
                 .collect();
             let answers = self.wait_for_room(specs).await;
             if answers.is_empty() {
-                // No room in time: these are dropped, and counted, the rest tried again.
-                for (family, batch) in later.drain(..n) {
+                // No room in time: these and the rest are dropped, and counted, rather than
+                // keep the listener from its socket for another timeout each.
+                for (family, batch) in later.drain(..) {
                     self.actors.remove(&family);
                     self.drop_batch(&family, DropStage::Undeliverable, batch.samples());
                 }
-                continue;
+                return;
             }
             let now = Instant::now();
             for answer in answers {
                 if let Some((family, batch)) = later.pop_front() {
                     let spec = spec(&family, &batch);
                     self.cache(&spec, answer, now);
+                    // Refused for now (`NoRoom`): `send` drops and counts it.
                     self.send(family, batch).await;
                 }
             }
@@ -215,7 +217,8 @@ impl Router {
                 // As the family would have counted it, had it been let in.
                 return self.telemetry.series_refused("max_series", n);
             }
-            // No room in time (see `Router::route`).
+            // No room in time, or none to be made (see `Router::route`); a `NoRoom` refusal is
+            // never current, so `route` gives `None` for it.
             Some(CachedFamily::Refused(Refusal::NoRoom, _)) | None => {
                 return self.drop_batch(&family, DropStage::Undeliverable, n)
             }

@@ -31,6 +31,10 @@ use crate::config::ObserverType;
 use crate::limits::{Queued, SeriesBudget};
 use crate::telemetry::Telemetry;
 use crate::update::{FamilyMeta, Kind};
+
+/// The idle time of a family that never hibernates by itself (see
+/// [`FamilyContext::idle_limit`]): ten years.
+const NEVER_IDLE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub use dormant::Dormant;
 pub use idle::IdleDue;
 pub use state::FamilyState;
@@ -68,14 +72,17 @@ impl FamilyContext {
     }
 
     /// How long a family, steady or not, may go without an update before it hibernates (see
-    /// [`FamilyContext::hibernate_after`]); `None`: never.
-    pub(super) fn idle_limit(&self, steady: bool) -> Option<Duration> {
-        let after = self.hibernate_after?;
-        Some(if steady {
+    /// [`FamilyContext::hibernate_after`]). Without `hibernate_after` a family never does by
+    /// itself, but may still be made to, to make room for another (see the registry's
+    /// `room`): its idle time then counts against [`NEVER_IDLE`], which orders the families
+    /// by their last update all the same.
+    pub(super) fn idle_limit(&self, steady: bool) -> Duration {
+        let after = self.hibernate_after.unwrap_or(NEVER_IDLE);
+        if steady {
             after.max(self.flush_interval * 2)
         } else {
             after
-        })
+        }
     }
 
     /// How long a series of this TTL is kept after its family last applied it: its TTL, and

@@ -76,6 +76,9 @@ pub enum RegistryMsg {
     /// Ask every live family idle long enough to hibernate to check (sent by the registry to
     /// itself while families are live, see `next_sweep_in`).
     IdleSweep,
+    /// Try again to make room for the families that wait (sent by the registry to itself
+    /// while none of the live families could be made to hibernate yet, see [`room`]).
+    MakeRoom,
 }
 
 impl From<StopRequest> for RegistryMsg {
@@ -161,12 +164,16 @@ pub struct RegistryState {
     max_live: usize,
     /// Waits for room for families' actors, in arrival order.
     waiting_room: VecDeque<(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>)>,
+    /// A `MakeRoom` is on its way.
+    room_retry: bool,
 }
 
 /// A family on its way out.
 #[derive(Debug)]
 struct Retiring {
     spec: FamilySpec,
+    actor: ActorRef<FamilyMsg>,
+    since: std::time::Instant,
     /// Hibernating rather than retiring: the state is to be kept.
     hibernate: bool,
     /// Look-ups that named it, each waiting for the new actor.
@@ -338,7 +345,7 @@ impl RegistryState {
 
     /// Starts draining the actor of a family that asked to stop, if it is still the family's
     /// current one, to retire or hibernate it.
-    fn drain(&mut self, request: StopRequest) {
+    fn drain(&mut self, myself: &ActorRef<RegistryMsg>, request: StopRequest) {
         let (name, id) = (request.family, request.actor);
         let hibernate = request.reason == StopReason::Hibernate;
         let current = self.families.get(&name);
@@ -348,6 +355,8 @@ impl RegistryState {
                     name,
                     Retiring {
                         spec,
+                        actor: actor.clone(),
+                        since: std::time::Instant::now(),
                         hibernate,
                         waiting: Vec::new(),
                         tickets: Vec::new(),
@@ -355,6 +364,7 @@ impl RegistryState {
                 );
                 // Applies what is queued, refuses what comes after; then stops.
                 let _ = actor.drain();
+                self.check_room_in(myself, handlers::REAP_AFTER);
             }
         }
     }
@@ -424,6 +434,7 @@ impl Actor for RegistryActor {
             ctx,
             max_live: args.max_live.max(1),
             waiting_room: VecDeque::new(),
+            room_retry: false,
             stop_requests: myself.get_derived(),
             families: FxHashMap::default(),
             names: FxHashMap::default(),
@@ -443,8 +454,16 @@ impl Actor for RegistryActor {
         match message {
             RegistryMsg::Lookup(specs, reply) => state.lookup(&myself, specs, reply)?,
             RegistryMsg::WaitForRoom(specs, reply) => state.wait_for_room(&myself, specs, reply)?,
-            RegistryMsg::IdleSweep => state.idle_sweep(&myself),
-            RegistryMsg::Stop(request) => state.drain(request),
+            RegistryMsg::IdleSweep => state.idle_sweep(&myself).await?,
+            RegistryMsg::MakeRoom => {
+                state.room_retry = false;
+                state.reap_stopped(&myself).await?;
+                state.admit_waiting(&myself)?;
+                if !state.retiring.is_empty() {
+                    state.check_room_in(&myself, handlers::REAP_AFTER);
+                }
+            }
+            RegistryMsg::Stop(request) => state.drain(&myself, request),
             RegistryMsg::HoldTicket(name, ticket) => {
                 // Still retiring: held until it has stopped. Otherwise it has stopped and
                 // published already, and the ticket goes now.

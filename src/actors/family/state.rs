@@ -29,8 +29,8 @@ const RENDER_SHARE: u32 = 20;
 /// A set family whose count falls with time publishes at most this often (or per
 /// `publish_interval`, if shorter), however short `statsd.set_window` is.
 const SET_REFRESH_FLOOR: Duration = Duration::from_secs(1);
-/// How long a family born empty waits for its first batch before it retires, unless its idle
-/// check comes as soon (see [`FamilyState::start`]).
+/// How long a family born empty waits for its first batch before it retires (see
+/// [`FamilyState::start`]).
 const EMPTY_GRACE: Duration = Duration::from_secs(1);
 
 /// A series, when it was last updated, and its lines as last rendered (empty once an update
@@ -352,7 +352,7 @@ impl FamilyState {
     /// How long until the family may hibernate, if it ever may: it has no TTL (its series
     /// must be swept, which a stopped actor cannot do) and no set members still counting.
     fn idle_left(&self, now: Instant) -> Option<Duration> {
-        let limit = self.ctx.idle_limit(self.steady)?;
+        let limit = self.ctx.idle_limit(self.steady);
         if self.meta.ttl.is_some() || self.live_set_slot(now).is_some() {
             return None;
         }
@@ -408,17 +408,17 @@ impl FamilyState {
         if self.dirty {
             self.schedule_publish(myself, self.ctx.publish_interval, now);
         }
-        let checked_soon = self.idle_left(now).is_some_and(|left| left <= EMPTY_GRACE);
-        if self.is_empty() && self.meta.ttl.is_none() && !checked_soon {
+        if self.is_empty() && self.meta.ttl.is_none() {
             // A new family whose first batch never comes (dropped on the way) must not keep
-            // the series the registry took for it. With a TTL the regular sweeps let it go;
-            // a family whose idle check comes as soon (with `hibernate_after` at most
-            // `EMPTY_GRACE`, as by default) is let go at that check instead (the registry
-            // keeps no empty family), which spares every new family a timer.
+            // the series the registry took for it (with a TTL the regular sweeps let it go).
             myself.send_after(EMPTY_GRACE, || FamilyMsg::FirstBatchDue);
         }
         self.schedule_sweep(myself);
-        self.arm_idle_check(now);
+        if !self.is_empty() {
+            // A new family is not idle until it has applied its first batch, which is on its
+            // way: until then it is no candidate to hibernate, nor to make room.
+            self.arm_idle_check(now);
+        }
     }
 
     /// `Apply`: a batch of updates.

@@ -12,6 +12,10 @@ use super::{
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::family::{FamilyMsg, FamilySpec, FamilyState, IdleDue};
 
+/// How long a retiring family's actor may be stopped before the registry stops waiting for
+/// its termination (see [`RegistryState::reap_stopped`]).
+pub(super) const REAP_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What the registry does with each message and supervision event.
 impl RegistryState {
     /// `Lookup`: each family's actor, woken or spawned if there is none; a family that is
@@ -40,7 +44,7 @@ impl RegistryState {
         }
         // The families without room are asked for again, one at a time: room for them is
         // made now.
-        self.make_room(no_room);
+        self.make_room(myself, no_room);
         if retiring.is_empty() {
             let _ = reply.send(answers.into_iter().flatten().collect());
             return Ok(());
@@ -63,7 +67,11 @@ impl RegistryState {
 
     /// `IdleSweep`: asks every live family whose idle time has come to check, and schedules
     /// the next sweep (see `next_sweep_in`).
-    pub(super) fn idle_sweep(&mut self, myself: &ActorRef<RegistryMsg>) {
+    pub(super) async fn idle_sweep(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.reap_stopped(myself).await?;
         let now = IdleDue::clock(std::time::Instant::now());
         let (mut asked, mut earliest) = (false, None::<u64>);
         for live in self.families.values() {
@@ -77,6 +85,33 @@ impl RegistryState {
         self.sweep_due = false;
         let earliest = earliest.map(|at| at.saturating_sub(now));
         self.schedule_sweep_in(myself, |after| next_sweep_in(after, asked, earliest));
+        Ok(())
+    }
+
+    /// Retiring families whose actor has stopped without its termination reaching the
+    /// registry (seen under heavy load while many families are made to hibernate at once):
+    /// handled as a failure while draining, its state gone and counted as a restart, so that
+    /// neither the look-ups waiting for the family nor the room it holds wait forever.
+    pub(super) async fn reap_stopped(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let stopped: Vec<(Arc<str>, ractor::ActorId)> = self
+            .retiring
+            .iter()
+            .filter(|(_, r)| {
+                r.actor.get_status() == ractor::ActorStatus::Stopped
+                    && r.since.elapsed() >= REAP_AFTER
+            })
+            .map(|(name, r)| (name.clone(), r.actor.get_id()))
+            .collect();
+        for (name, id) in stopped {
+            warn!(metric = %name, "retiring family actor stopped unseen; restarting it empty");
+            self.ctx.telemetry.family_restarts.inc();
+            self.names.remove(&id);
+            self.retired(myself, name, None).await?;
+        }
+        Ok(())
     }
 
     /// `InjectFault`: makes the family's actor fail (woken first if it hibernates).

@@ -1,8 +1,9 @@
 //! Room for live family actors: at most `limits.max_live_families` at once, retiring ones
 //! included, whatever arrives and however fast. A look-up that needs one more actor when
-//! there is no room has the least recently updated live families hibernate at once (those
-//! whose idle check is due soonest: they may hibernate, having no TTL and no set still
-//! counting), and waits until one of them has stopped. So a burst of new names costs a
+//! there is no room has the live families whose idle time is up soonest (the least recently
+//! updated) hibernate at once, of those that may (no TTL, no set still counting), and waits
+//! until one of them has stopped; when none may and none is on its way out, the families that
+//! wait are refused for now (`NoRoom`), and their samples counted as undeliverable. So a burst of new names costs a
 //! bounded number of actors at any moment, each new family taking the place of an older
 //! one, rather than an actor per name until they all go idle. A look-up of many families
 //! answers those without room [`Refusal::NoRoom`](super::Refusal::NoRoom) at once; the router
@@ -11,13 +12,17 @@
 
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{FamilyAnswer, RegistryMsg, RegistryState};
+use super::{FamilyAnswer, Refusal, RegistryMsg, RegistryState};
 use crate::actors::family::{FamilySpec, StopReason, StopRequest};
+use crate::update::Kind;
 
 /// Live families hibernated at least at once when room is made, as a share of the limit: one
 /// walk over the live families pays for many look-ups.
 const EVICT_SHARE: usize = 16;
+/// How soon room is tried for again when no live family could be made to hibernate yet.
+const ROOM_RETRY: Duration = Duration::from_millis(10);
 
 /// What a look-up of one family gets now.
 pub(super) enum Now {
@@ -87,7 +92,7 @@ impl RegistryState {
 
     /// Makes room for `needed` more actors, beyond the families already on their way out:
     /// the least recently updated live families that may hibernate are drained now.
-    pub(super) fn make_room(&mut self, needed: usize) {
+    pub(super) fn make_room(&mut self, myself: &ActorRef<RegistryMsg>, needed: usize) {
         // More than the limit never fit at once: draining that many is all there is to do.
         let needed = needed.min(self.max_live);
         let on_their_way = self.retiring.len();
@@ -95,19 +100,48 @@ impl RegistryState {
             return;
         }
         let count = (needed - on_their_way).max(self.max_live / EVICT_SHARE);
-        for (family, actor) in self.least_recently_updated(count) {
+        for (family, actor) in self.soonest_idle(count) {
             let request = StopRequest {
                 family,
                 actor,
                 reason: StopReason::Hibernate,
             };
-            self.drain(request);
+            self.drain(myself, request);
             self.ctx.telemetry.family_evictions.inc();
         }
     }
 
-    /// Up to `count` live families that may hibernate, the least recently updated first.
-    fn least_recently_updated(&self, count: usize) -> Vec<(Arc<str>, ractor::ActorId)> {
+    /// Nothing was made to hibernate for the families that wait, and none is on its way out.
+    /// If some live family may hibernate (it has not started yet, or was just asked to check
+    /// whether it is idle), room is tried for again shortly; if none may (all have a TTL or
+    /// are sets still counting), nothing would make room: the waits are refused for now.
+    fn no_room_made(&mut self, myself: &ActorRef<RegistryMsg>) {
+        let may_hibernate = self
+            .families
+            .values()
+            .any(|live| live.spec.meta.ttl.is_none() && live.spec.kind != Kind::Set);
+        if !may_hibernate {
+            for (specs, reply) in self.waiting_room.drain(..) {
+                let _ = reply.send(specs.iter().map(|_| Err(Refusal::NoRoom)).collect());
+            }
+        } else {
+            self.check_room_in(myself, ROOM_RETRY);
+        }
+    }
+
+    /// Sends the registry a `MakeRoom` after `after`, unless one is on its way: while
+    /// families wait for room, or are on their way out (see `reap_stopped`).
+    pub(super) fn check_room_in(&mut self, myself: &ActorRef<RegistryMsg>, after: Duration) {
+        if !self.room_retry {
+            self.room_retry = true;
+            myself.send_after(after, || RegistryMsg::MakeRoom);
+        }
+    }
+
+    /// Up to `count` live families that may hibernate, those whose idle time is up soonest
+    /// first: the least recently updated, a family updated in every flush window counting as
+    /// updated later than it was (it hibernates only once it misses a window).
+    fn soonest_idle(&self, count: usize) -> Vec<(Arc<str>, ractor::ActorId)> {
         let mut candidates: Vec<(u64, &Arc<str>, ractor::ActorId)> = self
             .families
             .iter()
@@ -130,18 +164,22 @@ impl RegistryState {
         &mut self,
         myself: &ActorRef<RegistryMsg>,
     ) -> Result<(), ActorProcessingErr> {
+        // A wait whose asker gave up (timeout) is let go of: its batches are gone.
+        self.waiting_room.retain(|(_, reply)| !reply.is_closed());
         while let Some((specs, reply)) = self.waiting_room.pop_front() {
             let answers = self.answer_prefix(myself, &specs)?;
             if answers.is_empty() {
                 self.waiting_room.push_front((specs, reply));
                 break;
             }
-            // The asker may have given up (timeout): the actors stay, and are let go of
-            // when idle.
             let _ = reply.send(answers);
         }
         let waiting: usize = self.waiting_room.iter().map(|(specs, _)| specs.len()).sum();
-        self.make_room(waiting);
+        self.make_room(myself, waiting);
+        if !self.waiting_room.is_empty() && self.retiring.is_empty() {
+            self.no_room_made(myself);
+        }
+        let waiting: usize = self.waiting_room.iter().map(|(specs, _)| specs.len()).sum();
         self.ctx.telemetry.lookups_waiting.set(waiting as i64);
         Ok(())
     }
