@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
-use crate::actors::family::{FamilyMsg, FamilySpec};
+use crate::actors::family::{FamilyLink, FamilyMsg, FamilySpec};
 use crate::actors::registry::{FamilyAnswer, Refusal, RegistryMsg};
 use crate::barrier::Ticket;
 use crate::limits::{shrink, QueueBound, Queued};
@@ -38,14 +38,14 @@ pub struct Router {
     bound: Arc<QueueBound>,
     actors: FxHashMap<Arc<str>, CachedFamily>,
     /// Families sent a batch since the last scrape barrier, with the actor that got it.
-    touched: FxHashMap<Arc<str>, ActorRef<FamilyMsg>>,
+    touched: FxHashMap<Arc<str>, Arc<FamilyLink>>,
     /// When the cache was last cleared of stopped actors.
     pruned: Instant,
 }
 
-/// How often the cache lets go of actors that have stopped (retired, hibernated or failed),
-/// whose mailboxes it would otherwise keep alive: at a dispatch, and on the listener's tick
-/// once no traffic has come for this long.
+/// How often the cache lets go of the links to actors that have stopped (retired,
+/// hibernated or failed): at a dispatch, and on the listener's tick once no traffic has come
+/// for this long.
 pub const PRUNE_EVERY: Duration = Duration::from_millis(250);
 
 /// What a family's first batch says it is, in case it has to be born.
@@ -61,19 +61,27 @@ fn spec(family: &Arc<str>, batch: &Batch) -> FamilySpec {
 #[derive(Debug)]
 enum CachedFamily {
     /// Its actor.
-    Actor(ActorRef<FamilyMsg>),
+    Actor(Arc<FamilyLink>),
     /// Refused by the registry at this instant; asked again after [`recheck`], since the
     /// family it clashed with may go away, or series may expire and make room.
     Refused(Refusal, Instant),
 }
 
 /// True for an actor that is draining or stopped: it takes no new message.
-fn stopping(actor: &ActorRef<FamilyMsg>) -> bool {
+fn stopping(link: &FamilyLink) -> bool {
     use ractor::ActorStatus;
-    matches!(
-        actor.get_status(),
-        ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
-    )
+    link.actor().is_none_or(|actor| {
+        matches!(
+            actor.get_status(),
+            ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+        )
+    })
+}
+
+/// True for an actor that has yet to stop: a draining one still publishes as it stops.
+fn not_stopped(link: &FamilyLink) -> bool {
+    link.actor()
+        .is_some_and(|actor| actor.get_status() != ractor::ActorStatus::Stopped)
 }
 
 /// How long a refused family name stays refused in the cache.
@@ -90,7 +98,7 @@ fn recheck(refusal: &Refusal) -> Duration {
 /// to ask again.
 fn current(route: &CachedFamily) -> bool {
     match route {
-        CachedFamily::Actor(actor) => !stopping(actor),
+        CachedFamily::Actor(link) => !stopping(link),
         CachedFamily::Refused(refusal, at) => at.elapsed() < recheck(refusal),
     }
 }
@@ -123,8 +131,7 @@ impl Router {
         self.pruned = Instant::now();
         self.actors.retain(|_, route| current(route));
         // A stopped family published as it stopped; a draining one has yet to.
-        self.touched
-            .retain(|_, actor| actor.get_status() != ractor::ActorStatus::Stopped);
+        self.touched.retain(|_, link| not_stopped(link));
         shrink(&mut self.actors);
         shrink(&mut self.touched);
     }
@@ -134,7 +141,9 @@ impl Router {
     /// draining (retiring or hibernating) takes no message but still applies what it has and
     /// publishes as it stops: the registry holds its ticket until then.
     pub fn sync(&mut self, ticket: &Ticket) {
-        for (family, actor) in self.touched.drain() {
+        for (family, link) in self.touched.drain() {
+            // A link cut: the actor stopped, and published as it did.
+            let Some(actor) = link.actor() else { continue };
             if let Err(MessagingErr::SendErr(FamilyMsg::Sync(ticket))) =
                 actor.cast(FamilyMsg::Sync(ticket.clone()))
             {
@@ -208,8 +217,8 @@ impl Router {
     async fn send(&mut self, family: Arc<str>, batch: Batch) {
         let n = batch.samples();
         let spec = spec(&family, &batch);
-        let mut actor = match self.route(&spec).await {
-            Some(CachedFamily::Actor(actor)) => actor,
+        let mut link = match self.route(&spec).await {
+            Some(CachedFamily::Actor(link)) => link,
             Some(CachedFamily::Refused(Refusal::Clash(_), _)) => {
                 return self.count_clash(&family, &batch.updates)
             }
@@ -231,16 +240,20 @@ impl Router {
         // A cached actor may have failed, retired or been replaced: one retry after a fresh
         // look-up.
         for attempt in 0..2 {
-            match actor.cast(message) {
+            let sent = match link.actor() {
+                Some(actor) => actor.cast(message),
+                None => Err(MessagingErr::SendErr(message)),
+            };
+            match sent {
                 Ok(()) => {
-                    self.touched.insert(family, actor);
+                    self.touched.insert(family, link);
                     return;
                 }
                 Err(MessagingErr::SendErr(returned)) if attempt == 0 => {
                     self.actors.remove(&family);
                     message = returned;
                     match self.route(&spec).await {
-                        Some(CachedFamily::Actor(fresh)) => actor = fresh,
+                        Some(CachedFamily::Actor(fresh)) => link = fresh,
                         _ => break,
                     }
                 }
@@ -286,7 +299,7 @@ impl Router {
             }
         }
         match self.cached(&spec.name)? {
-            CachedFamily::Actor(actor) => Some(CachedFamily::Actor(actor.clone())),
+            CachedFamily::Actor(link) => Some(CachedFamily::Actor(link.clone())),
             CachedFamily::Refused(refusal, at) => Some(CachedFamily::Refused(refusal.clone(), *at)),
         }
     }
@@ -339,7 +352,7 @@ impl Router {
     /// Caches the registry's answer about a family, logging a refusal (rate-limited).
     fn cache(&mut self, spec: &FamilySpec, answer: FamilyAnswer, now: Instant) {
         let route = match answer {
-            Ok(actor) => CachedFamily::Actor(actor),
+            Ok(link) => CachedFamily::Actor(link),
             Err(refusal) => {
                 if let Some(suppressed) = DROP_LOG.allow() {
                     match &refusal {

@@ -16,10 +16,12 @@
 
 mod dormant;
 mod idle;
+mod link;
 pub mod observer;
 mod series;
 pub mod set;
 mod state;
+mod timers;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef};
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use crate::update::{FamilyMeta, Kind};
 const NEVER_IDLE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub use dormant::Dormant;
 pub use idle::IdleDue;
+pub use link::FamilyLink;
 pub use state::FamilyState;
 
 /// What every family actor shares: where to publish, what to count, how to observe.

@@ -32,8 +32,8 @@ use tracing::debug;
 
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::family::{
-    Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyMsg, FamilySpec, FamilyState, IdleDue,
-    StopReason, StopRequest,
+    Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyLink, FamilyMsg, FamilySpec,
+    FamilyState, IdleDue, StopReason, StopRequest,
 };
 use crate::barrier::Ticket;
 use crate::limits::shrink;
@@ -51,7 +51,7 @@ pub enum Refusal {
 }
 
 /// The answer to a look-up of one family.
-pub type FamilyAnswer = Result<ActorRef<FamilyMsg>, Refusal>;
+pub type FamilyAnswer = Result<Arc<FamilyLink>, Refusal>;
 
 /// Messages the registry handles.
 #[derive(Debug)]
@@ -102,6 +102,8 @@ impl TryFrom<RegistryMsg> for StopRequest {
 #[derive(Debug)]
 struct Live {
     actor: ActorRef<FamilyMsg>,
+    /// What the listeners cache; cut once the actor has stopped.
+    link: Arc<FamilyLink>,
     spec: FamilySpec,
     idle: IdleDue,
 }
@@ -173,6 +175,7 @@ pub struct RegistryState {
 struct Retiring {
     spec: FamilySpec,
     actor: ActorRef<FamilyMsg>,
+    link: Arc<FamilyLink>,
     since: std::time::Instant,
     /// Hibernating rather than retiring: the state is to be kept.
     hibernate: bool,
@@ -244,7 +247,7 @@ impl RegistryState {
         myself: &ActorRef<RegistryMsg>,
         spec: FamilySpec,
         restore: Option<Box<FamilyState>>,
-    ) -> Result<ActorRef<FamilyMsg>, ActorProcessingErr> {
+    ) -> Result<Arc<FamilyLink>, ActorProcessingErr> {
         let idle = IdleDue::new();
         let args = FamilyArgs {
             spec: spec.clone(),
@@ -261,15 +264,17 @@ impl RegistryState {
             self.claims.insert(name, spec.name.clone());
         }
         self.names.insert(actor.get_id(), spec.name.clone());
+        let link = FamilyLink::new(actor.clone());
         let live = Live {
-            actor: actor.clone(),
+            actor,
+            link: link.clone(),
             spec,
             idle,
         };
         self.families.insert(live.spec.name.clone(), live);
         self.count_actors();
         self.schedule_sweep(myself);
-        Ok(actor)
+        Ok(link)
     }
 
     /// Schedules the next idle sweep, if none is due and some family could hibernate: `in_`
@@ -305,6 +310,7 @@ impl RegistryState {
     fn forget(&mut self, id: ActorId) -> Option<FamilySpec> {
         let name = self.names.remove(&id)?;
         let live = self.families.remove(&name)?;
+        live.link.cut();
         self.release(&live.spec);
         Some(live.spec)
     }
@@ -334,7 +340,7 @@ impl RegistryState {
         &mut self,
         myself: &ActorRef<RegistryMsg>,
         name: &str,
-    ) -> Result<Option<ActorRef<FamilyMsg>>, ActorProcessingErr> {
+    ) -> Result<Option<Arc<FamilyLink>>, ActorProcessingErr> {
         let Some((spec, dormant)) = self.hibernating.remove(name) else {
             return Ok(None);
         };
@@ -350,12 +356,16 @@ impl RegistryState {
         let hibernate = request.reason == StopReason::Hibernate;
         let current = self.families.get(&name);
         if current.is_some_and(|live| live.actor.get_id() == id) {
-            if let Some(Live { actor, spec, .. }) = self.families.remove(&name) {
+            if let Some(Live {
+                actor, link, spec, ..
+            }) = self.families.remove(&name)
+            {
                 self.retiring.insert(
                     name,
                     Retiring {
                         spec,
                         actor: actor.clone(),
+                        link,
                         since: std::time::Instant::now(),
                         hibernate,
                         waiting: Vec::new(),
@@ -380,6 +390,7 @@ impl RegistryState {
         let Some(retiring) = self.retiring.remove(&name) else {
             return Ok(());
         };
+        retiring.link.cut();
         let revived = state.filter(|s| !s.is_empty());
         if retiring.hibernate {
             match revived {
@@ -410,9 +421,9 @@ impl RegistryState {
         }
         let spec = retiring.spec;
         self.release(&spec);
-        let actor = self.spawn(myself, spec, revived)?;
+        let link = self.spawn(myself, spec, revived)?;
         for pending in retiring.waiting {
-            pending.answer(Ok(actor.clone()));
+            pending.answer(Ok(link.clone()));
         }
         Ok(())
     }

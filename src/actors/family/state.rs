@@ -11,6 +11,7 @@ use tracing::warn;
 
 use super::idle::IdleDue;
 use super::series::Series;
+use super::timers::{Timer, Timers};
 use super::{FamilyContext, FamilyMsg, FamilySpec, StopReason};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::barrier::Ticket;
@@ -78,6 +79,8 @@ pub struct FamilyState {
     pub(super) published_at: Option<Instant>,
     /// The HELP text as the exposition writes it.
     pub(super) help: Arc<str>,
+    /// The timers pending, cancelled when the state is dropped.
+    pub(super) timers: Timers,
 }
 
 /// `n` series leave the budget and `tallyd_series{type}` (`gauge`).
@@ -128,6 +131,7 @@ impl FamilyState {
             steady: false,
             render_cost: Duration::ZERO,
             published_at: None,
+            timers: Timers::default(),
         }
     }
 
@@ -313,7 +317,7 @@ impl FamilyState {
                     return;
                 }
                 self.publish_due = Some(due);
-                myself.send_after(wait, || FamilyMsg::Publish);
+                self.timers.set(myself, Timer::Publish, wait);
             }
             _ => self.publish_and_follow(myself, now),
         }
@@ -332,7 +336,7 @@ impl FamilyState {
         if !self.refresh_scheduled {
             if let Some(slot) = self.live_set_slot(now) {
                 self.refresh_scheduled = true;
-                myself.send_after(slot, || FamilyMsg::Refresh);
+                self.timers.set(myself, Timer::Refresh, slot);
             }
         }
     }
@@ -371,7 +375,7 @@ impl FamilyState {
                 self.sweep_scheduled = true;
                 // A series leaves between `kept_for` its TTL and a quarter of a TTL after that.
                 let every = (ttl / 4).max(Duration::from_millis(10));
-                myself.send_after(every, || FamilyMsg::Expire);
+                self.timers.set(myself, Timer::Expire, every);
             }
         }
     }
@@ -398,9 +402,10 @@ impl FamilyState {
 /// What the actor does with each message (see [`FamilyMsg`]); a handler that finds the family
 /// should stop says why, and the actor asks its supervisor.
 impl FamilyState {
-    /// As the actor starts, new or woken: its timers died with any earlier actor.
+    /// As the actor starts, new or woken: the timers of an earlier actor are cancelled.
     pub(super) fn start(&mut self, myself: &ActorRef<FamilyMsg>, idle: IdleDue) {
         let now = Instant::now();
+        self.timers.cancel_all();
         self.idle = idle;
         self.publish_due = None;
         self.sweep_scheduled = false;
@@ -411,7 +416,7 @@ impl FamilyState {
         if self.is_empty() && self.meta.ttl.is_none() {
             // A new family whose first batch never comes (dropped on the way) must not keep
             // the series the registry took for it (with a TTL the regular sweeps let it go).
-            myself.send_after(EMPTY_GRACE, || FamilyMsg::FirstBatchDue);
+            self.timers.set(myself, Timer::FirstBatchDue, EMPTY_GRACE);
         }
         self.schedule_sweep(myself);
         if !self.is_empty() {

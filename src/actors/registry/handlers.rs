@@ -89,9 +89,10 @@ impl RegistryState {
     }
 
     /// Retiring families whose actor has stopped without its termination reaching the
-    /// registry (seen under heavy load while many families are made to hibernate at once):
-    /// handled as a failure while draining, its state gone and counted as a restart, so that
-    /// neither the look-ups waiting for the family nor the room it holds wait forever.
+    /// registry (ractor reports no stop of an actor drained before it was linked to its
+    /// supervisor, which `room` avoids by draining running actors only): handled as a failure
+    /// while draining, its state gone and counted as a restart, so that neither the look-ups
+    /// waiting for the family nor the room it holds wait forever.
     pub(super) async fn reap_stopped(
         &mut self,
         myself: &ActorRef<RegistryMsg>,

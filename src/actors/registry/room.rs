@@ -50,13 +50,13 @@ impl RegistryState {
             return Ok(Now::AfterRetiring);
         }
         if let Some(live) = self.families.get(&spec.name) {
-            return Ok(Now::Answer(Ok(live.actor.clone())));
+            return Ok(Now::Answer(Ok(live.link.clone())));
         }
         if !self.has_room() {
             return Ok(Now::AfterRoom);
         }
         Ok(Now::Answer(match self.wake(myself, &spec.name)? {
-            Some(actor) => Ok(actor),
+            Some(link) => Ok(link),
             None => self.spawn_new(myself, spec)?,
         }))
     }
@@ -145,6 +145,10 @@ impl RegistryState {
         let mut candidates: Vec<(u64, &Arc<str>, ractor::ActorId)> = self
             .families
             .iter()
+            // Only a running actor: one still starting (a woken family is idle from its
+            // start) would not be linked to the registry once drained, and its stop would
+            // go unreported.
+            .filter(|(_, live)| live.actor.get_status() == ractor::ActorStatus::Running)
             .filter_map(|(name, live)| Some((live.idle.at()?, name, live.actor.get_id())))
             .collect();
         if candidates.len() > count {
