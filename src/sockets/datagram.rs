@@ -204,13 +204,28 @@ impl<'s> Reader<'s> {
             Next::Now
         } else if unwatched {
             Next::At(now + POLL_UNWATCHED)
-        } else if read.packets == 0 || pause.is_zero() {
-            self.last_pause = None;
+        } else if pause.is_zero() {
             Next::Readable
+        } else if read.packets == 0 {
+            // Nothing came during the pause: a pause twice as long, until one of
+            // `statsd.receive_coalesce` finds nothing either; then, or when a wait for input
+            // found nothing, wait for input. A sparse stream is thus read after pauses long
+            // enough to find something, not woken for by each datagram.
+            match self.last_pause {
+                Some(last) if last < pause.longest() => {
+                    let wait = (last * 2).min(pause.longest());
+                    self.last_pause = Some(wait);
+                    Next::At(now + wait)
+                }
+                _ => {
+                    self.last_pause = None;
+                    Next::Readable
+                }
+            }
         } else {
             let sized = pause.after(bytes, datagrams, since);
-            let grown = self.last_pause.map_or(Duration::ZERO, |last| last * 2);
-            let wait = sized.min(grown.max(pause.shortest()));
+            let grown = self.last_pause.map_or(pause.shortest(), |last| last * 2);
+            let wait = sized.min(grown);
             self.last_pause = Some(wait);
             Next::At(now + wait)
         };

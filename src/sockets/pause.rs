@@ -64,12 +64,12 @@ impl PauseClock {
     }
 }
 
-/// How fast the kernel may fill a UDP socket's receive buffer while its reader pauses, in bytes
-/// of buffer a second: 128 MiB/s is about 57,000 datagrams of 1,400 bytes a second (each takes
-/// about 2.1–2.3 KiB of buffer), what tallyd reads flat out on 2 cores (5 million counter lines
-/// a second). A sender faster than that overflows the buffer whether the reader pauses or not;
-/// up to it, the shortest pause never does.
-const FILL_RATE: f64 = 128.0 * 1024.0 * 1024.0;
+/// How fast a sender may fill a UDP socket's receive buffer while its reader pauses, in bytes
+/// of buffer a second: one-line datagrams sent flat out on loopback come at about 1.3 million
+/// a second and take about 830 bytes of buffer each (1.1 GB/s); this is twice that. The
+/// shortest pause is the time in which the buffer fills at this rate, so that the pause sized
+/// from the rate a reader saw (a quarter of the buffer at that rate) is never held longer.
+const FILL_RATE: f64 = 2.0 * 1024.0 * 1024.0 * 1024.0;
 
 /// What a datagram takes of the receive buffer beyond its bytes, counted high: the kernel's
 /// bookkeeping is about 0.9 KiB for a datagram of 1,400 bytes on loopback, and a network
@@ -88,7 +88,7 @@ pub(crate) struct Pause {
     /// The receive buffer, in bytes.
     buffer: usize,
     /// The pause after which the buffer is full at [`FILL_RATE`]: never overflowed by a sender
-    /// tallyd can keep up with (`statsd.receive_coalesce` if shorter).
+    /// on this machine (`statsd.receive_coalesce` if shorter).
     shortest: Duration,
     /// `statsd.receive_coalesce`.
     longest: Duration,
@@ -118,9 +118,14 @@ impl Pause {
         fits.clamp(self.shortest, self.longest)
     }
 
-    /// The shortest pause: what the buffer holds at full rate.
+    /// The shortest pause: what the buffer holds at the fastest rate.
     pub(crate) fn shortest(&self) -> Duration {
         self.shortest
+    }
+
+    /// The longest pause: `statsd.receive_coalesce`.
+    pub(crate) fn longest(&self) -> Duration {
+        self.longest
     }
 
     /// True when the reader never pauses.
@@ -133,17 +138,17 @@ impl Pause {
 /// (`statsd.receive_coalesce`).
 pub(crate) fn udp_pause(udp: &std::net::UdpSocket, configured: Duration) -> Pause {
     let buffer = socket2::SockRef::from(udp).recv_buffer_size().unwrap_or(0);
-    let fits = Duration::from_secs_f64(buffer as f64 / FILL_RATE);
-    if fits < configured {
+    let shortest = configured.min(Duration::from_secs_f64(buffer as f64 / FILL_RATE));
+    if shortest < configured {
         info!(
             receive_buffer = buffer,
-            shortest_pause = ?fits,
+            shortest_pause = ?shortest,
             "UDP pauses between reads follow the traffic, from what the receive buffer holds at full rate up to statsd.receive_coalesce (see net.core.rmem_max)"
         );
     }
     Pause {
         buffer,
-        shortest: configured.min(fits),
+        shortest,
         longest: configured,
     }
 }
