@@ -327,6 +327,40 @@ fn names_that_collide_across_families_are_refused() {
 }
 
 #[test]
+fn names_that_collide_with_hibernating_families_are_refused() {
+    let t = Tallyd::start_with_env(&[], &[("TALLYD_ACTORS__HIBERNATE_AFTER", "100ms")]);
+    t.send_udp(
+        b"db.query:5|ms
+jobs.count:1|c",
+    );
+    t.wait_for("both families hibernating", |e| {
+        e.value("tallyd_metric_families_hibernating", &[]) == Some(2.0)
+    });
+    // The owners are asleep: the summary still owns its derived names, the counter its own.
+    t.send_udp(
+        b"db.query.sum:2|g
+jobs:3|h
+ok:1|c",
+    );
+    let e = t.wait_value("ok", &[], 1.0);
+    let conflict = |metric, kind| {
+        e.value(
+            "tallyd_type_conflicts_total",
+            &[("metric", metric), ("type", kind)],
+        )
+    };
+    assert_eq!(conflict("db_query_sum", "gauge"), Some(1.0));
+    assert_eq!(conflict("jobs", "observer"), Some(1.0));
+    assert_eq!(
+        e.value("db_query_sum", &[]),
+        Some(0.005),
+        "the summary's own sum"
+    );
+    assert_eq!(e.value("jobs_count", &[]), Some(1.0));
+    promtool_check(&e.text);
+}
+
+#[test]
 fn http_routes() {
     let t = Tallyd::start(&[]);
     assert_eq!(t.get("/-/healthy").0, 200);

@@ -174,24 +174,24 @@ pub struct FamilySpec {
 }
 
 impl FamilySpec {
-    /// Every metric name the family's exposition uses: its own, plus `_sum` and `_count` for a
-    /// summary, or `_bucket`, `_sum` and `_count` for a histogram. Two families must not
-    /// share any of them, or the exposition would be invalid.
-    pub fn exposed_names(&self) -> Vec<Arc<str>> {
+    /// Every metric name the family's exposition uses: its own, then its
+    /// [`derived_names`](Self::derived_names). Two families must not share any of them, or
+    /// the exposition would be invalid.
+    pub fn exposed_names(&self) -> impl Iterator<Item = Arc<str>> + '_ {
+        std::iter::once(self.name.clone()).chain(self.derived_names())
+    }
+
+    /// The names the family's exposition uses besides its own: `_sum` and `_count` for a
+    /// summary, `_bucket`, `_sum` and `_count` for a histogram, none for the other types.
+    pub fn derived_names(&self) -> impl Iterator<Item = Arc<str>> + '_ {
         let suffixes: &[&str] = match (self.kind, self.meta.observer.observer_type) {
             (Kind::Observer, ObserverType::Summary) => &["_sum", "_count"],
             (Kind::Observer, ObserverType::Histogram) => &["_bucket", "_sum", "_count"],
             _ => &[],
         };
-        // The family's own name is shared, not copied: the registry keeps these for every
-        // family, hibernating ones included.
-        std::iter::once(self.name.clone())
-            .chain(
-                suffixes
-                    .iter()
-                    .map(|suffix| format!("{}{suffix}", self.name).into()),
-            )
-            .collect()
+        suffixes
+            .iter()
+            .map(|suffix| format!("{}{suffix}", self.name).into())
     }
 }
 

@@ -146,7 +146,8 @@ pub struct RegistryArgs {
     pub max_live: usize,
 }
 
-/// Live family actors by name, names by actor id, and who owns each exposed name.
+/// Live family actors by name, names by actor id, and which family derives each name it
+/// exposes besides its own (a summary's `_sum`, say).
 #[derive(Debug)]
 pub struct RegistryState {
     ctx: Arc<FamilyContext>,
@@ -158,7 +159,9 @@ pub struct RegistryState {
     /// Families being drained before they stop, with the look-ups waiting for them.
     retiring: FxHashMap<Arc<str>, Retiring>,
     /// Families whose actor stopped while idle, with its state.
-    hibernating: FxHashMap<Arc<str>, (FamilySpec, Dormant)>,
+    /// (Boxed: a hash map has room for up to twice as many entries as it holds, and a
+    /// million hibernating families are common.)
+    hibernating: FxHashMap<Arc<str>, Box<(FamilySpec, Dormant)>>,
     /// An idle sweep is due: one is scheduled at a time, and only while families are live,
     /// so that a registry with none (all hibernated, say) wakes for nothing.
     sweep_due: bool,
@@ -216,10 +219,22 @@ impl PendingLookup {
 }
 
 impl RegistryState {
+    /// The family that already uses one of the names `spec` would expose: one that derives
+    /// it (`claims`), or one of that name.
     fn clash(&self, spec: &FamilySpec) -> Option<Refusal> {
-        spec.exposed_names()
-            .iter()
-            .find_map(|name| Some(Refusal::Clash(self.claims.get(name)?.clone())))
+        spec.exposed_names().find_map(|name| {
+            if let Some(owner) = self.claims.get(&name) {
+                return Some(Refusal::Clash(owner.clone()));
+            }
+            (name != spec.name && self.has_family(&name)).then_some(Refusal::Clash(name))
+        })
+    }
+
+    /// True when a family of this name is live, retiring or hibernating.
+    fn has_family(&self, name: &str) -> bool {
+        self.families.contains_key(name)
+            || self.retiring.contains_key(name)
+            || self.hibernating.contains_key(name)
     }
 
     /// Spawns a new family, with its first series taken from the budget now: a burst of new
@@ -260,7 +275,7 @@ impl RegistryState {
         };
         let (actor, _) =
             ActorRuntime::spawn_linked_instant(None, handler, args, myself.get_cell())?;
-        for name in spec.exposed_names() {
+        for name in spec.derived_names() {
             self.claims.insert(name, spec.name.clone());
         }
         self.names.insert(actor.get_id(), spec.name.clone());
@@ -316,8 +331,8 @@ impl RegistryState {
     }
 
     fn release(&mut self, spec: &FamilySpec) {
-        for exposed in spec.exposed_names() {
-            self.claims.remove(&exposed);
+        for derived in spec.derived_names() {
+            self.claims.remove(&derived);
         }
         self.count_actors();
     }
@@ -341,7 +356,7 @@ impl RegistryState {
         myself: &ActorRef<RegistryMsg>,
         name: &str,
     ) -> Result<Option<Arc<FamilyLink>>, ActorProcessingErr> {
-        let Some((spec, dormant)) = self.hibernating.remove(name) else {
+        let Some((spec, dormant)) = self.hibernating.remove(name).map(|entry| *entry) else {
             return Ok(None);
         };
         self.ctx.telemetry.family_wakeups.inc();
@@ -397,7 +412,7 @@ impl RegistryState {
                 Some(state) if retiring.waiting.is_empty() => {
                     debug!(metric = %name, "family hibernating");
                     self.hibernating
-                        .insert(name, (retiring.spec, state.into_dormant()));
+                        .insert(name, Box::new((retiring.spec, state.into_dormant())));
                     self.count_actors();
                     return Ok(());
                 }
