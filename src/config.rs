@@ -116,6 +116,13 @@ pub struct StatsdSettings {
     pub listen_tcp: String,
     /// Longest TCP line in bytes; a longer one is counted and its connection closed.
     pub tcp_max_line_bytes: usize,
+    /// StatsD TCP connections open at once, at most; one past it is closed as it is accepted,
+    /// and counted. Default 1,024.
+    pub tcp_max_connections: usize,
+    /// How long a StatsD TCP connection may go without completing a line before it is
+    /// closed (counted); `0s`: forever. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
     /// Datagrams read in one go from a ready socket (at most) before the listener looks at
     /// its flush window again. Default 64.
     pub receive_batch: usize,
@@ -124,8 +131,9 @@ pub struct StatsdSettings {
     /// wake-up per pause rather than one per datagram, which saves a third of the CPU time at
     /// moderate rates. Scrapes do not wait for it (every listener reads what its socket holds
     /// first), and a full read is followed by another at once. The socket buffer
-    /// (`read_buffer`) holds what comes meanwhile; the pause is shortened to what it holds at
-    /// 128 MiB/s, what tallyd reads flat out (logged at start-up). Unix datagram readers do not
+    /// (`read_buffer`) holds what comes meanwhile; the pause follows the traffic, the time in
+    /// which the rate the last pause saw fills a quarter of it, down to what it holds at
+    /// 2 GiB/s (logged at start-up; see [`crate::sockets::Pause`]). Unix datagram readers do not
     /// pause. `0s` reads each datagram as it comes; at most `100ms`. Default `100ms`: at
     /// 100,000 lines a second it takes about a tenth off the CPU time of `50ms`.
     #[serde(with = "humantime_serde")]
@@ -193,6 +201,8 @@ impl Default for StatsdSettings {
             listen_udp: "127.0.0.1:9125".into(),
             listen_tcp: "127.0.0.1:9125".into(),
             tcp_max_line_bytes: 65_536,
+            tcp_max_connections: 1024,
+            tcp_idle_timeout: Duration::from_secs(600),
             receive_batch: 64,
             receive_coalesce: Duration::from_millis(100),
             event_flush_interval: Duration::from_secs(2),

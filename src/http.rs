@@ -49,6 +49,7 @@ use crate::barrier::Barrier;
 use crate::config::WebSettings;
 use crate::exposition;
 use crate::reload::Reloader;
+use crate::sockets::AcceptBackoff;
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::webconfig::WebConfig;
 
@@ -136,17 +137,19 @@ pub(crate) async fn serve(
     }
     let tls = ctx.web.tls.clone().map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let mut backoff = AcceptBackoff::default();
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff.accepted();
+                    accepted
+                }
                 Err(e) => {
-                    warn!(error = %e, "HTTP accept failed");
-                    // Out of file descriptors, most likely: retrying at once would spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(&ctx.telemetry, "http", &e).await;
                     continue;
                 }
             },

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&settings);
+    check_open_file_limit(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(tallyd::memory::release_freed_memory)
@@ -92,4 +93,26 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
+}
+
+/// Descriptors kept for what is not a connection: sockets, the mapping and config files,
+/// the runtime's own.
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the open file limit to the hard limit, and warns when even that leaves no room for
+/// every StatsD TCP and HTTP connection the limits let in.
+fn check_open_file_limit(settings: &Settings) {
+    let Some(limit) = tallyd::sockets::raise_open_file_limit() else {
+        return;
+    };
+    let connections =
+        settings.statsd.tcp_max_connections as u64 + settings.web.max_connections as u64;
+    if limit < connections + RESERVED_FDS {
+        tracing::warn!(
+            open_file_limit = limit,
+            tcp_max_connections = settings.statsd.tcp_max_connections,
+            web_max_connections = settings.web.max_connections,
+            "the open file limit is below the connections the limits let in; lower statsd.tcp_max_connections or raise the limit (LimitNOFILE)"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 
 mod bind;
 mod datagram;
+mod fds;
 mod pause;
 mod receive;
 mod tcp;
@@ -21,6 +22,8 @@ use crate::ingest::PipelineContext;
 use crate::telemetry::{ListenerKind, Telemetry};
 pub use bind::{Sockets, StatsdSockets};
 pub(crate) use datagram::serve_datagrams;
+pub use fds::raise_open_file_limit;
+pub(crate) use fds::AcceptBackoff;
 pub(crate) use pause::{udp_pause, Pause};
 pub(crate) use tcp::serve_tcp;
 
@@ -33,6 +36,10 @@ pub(crate) struct ListenerContext {
     pub(crate) receive_batch: usize,
     /// Longest TCP line.
     pub(crate) tcp_max_line_bytes: usize,
+    /// StatsD TCP connections open at once, at most.
+    pub(crate) tcp_max_connections: usize,
+    /// How long a TCP connection may go without completing a line; `None`: forever.
+    pub(crate) tcp_idle_timeout: Option<std::time::Duration>,
     /// Longest datagram accepted.
     pub(crate) max_datagram_bytes: usize,
     /// Makes each task's way to the family actors.
@@ -50,6 +57,8 @@ impl ListenerContext {
             telemetry,
             receive_batch: settings.statsd.receive_batch,
             tcp_max_line_bytes: settings.statsd.tcp_max_line_bytes,
+            tcp_max_connections: settings.statsd.tcp_max_connections,
+            tcp_idle_timeout: Some(settings.statsd.tcp_idle_timeout).filter(|t| !t.is_zero()),
             max_datagram_bytes: settings.limits.max_datagram_bytes,
             pipelines,
         }

@@ -119,6 +119,19 @@ pub struct Telemetry {
     pub tcp_connection_errors: IntCounter,
     /// `tallyd_tcp_too_long_lines_total`: TCP connections closed for an over-long line.
     pub tcp_too_long_lines: IntCounter,
+    /// `tallyd_tcp_connections_open`: StatsD TCP connections open now.
+    pub tcp_connections_open: IntGauge,
+    /// `tallyd_tcp_connections_limit`: `statsd.tcp_max_connections`.
+    pub tcp_connections_limit: IntGauge,
+    /// `tallyd_tcp_connections_refused_total`: StatsD TCP connections closed as they were
+    /// accepted, `statsd.tcp_max_connections` being open.
+    pub tcp_connections_refused: IntCounter,
+    /// `tallyd_tcp_idle_closed_total`: StatsD TCP connections closed after
+    /// `statsd.tcp_idle_timeout` without a complete line.
+    pub tcp_idle_closed: IntCounter,
+    /// `tallyd_accept_errors_total{listener}`: failed accepts (out of file descriptors, most
+    /// often), by listener: `statsd_tcp`, `http`.
+    pub accept_errors: IntCounterVec,
     /// `tallyd_mapping_loaded`: rules in the mapping file in force.
     pub mapping_loaded: IntGauge,
     /// `tallyd_mapping_cache_hits_total`.

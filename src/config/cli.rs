@@ -98,6 +98,12 @@ pub struct Cli {
     /// TCP address to receive StatsD on, one line per "\n" ("" disables TCP).
     #[arg(long = "statsd.listen-tcp", value_name = "ADDR")]
     pub listen_tcp: Option<String> => "statsd.listen_tcp",
+    /// StatsD TCP connections open at once, at most (one past it is closed as it is accepted).
+    #[arg(long = "statsd.tcp-max-connections", value_name = "N")]
+    pub tcp_max_connections: Option<String> => "statsd.tcp_max_connections",
+    /// Close a StatsD TCP connection that completes no line for this long (0s = never).
+    #[arg(long = "statsd.tcp-idle-timeout", value_name = "DURATION")]
+    pub tcp_idle_timeout: Option<String> => "statsd.tcp_idle_timeout",
     /// UDP receive buffer size in bytes (SO_RCVBUF; default 8 MiB, capped by net.core.rmem_max unless tallyd has CAP_NET_ADMIN; 0 = system default).
     #[arg(long = "statsd.read-buffer", value_name = "BYTES")]
     pub read_buffer: Option<String> => "statsd.read_buffer",

@@ -90,6 +90,9 @@ impl ObserverSettings {
 
 impl StatsdSettings {
     fn check(&self) -> Result<(), Invalid> {
+        if self.tcp_max_connections == 0 {
+            return Err(("statsd.tcp_max_connections", "must be at least 1".into()));
+        }
         if self.tcp_max_line_bytes == 0 || self.receive_batch == 0 {
             let key = if self.receive_batch == 0 {
                 "statsd.receive_batch"

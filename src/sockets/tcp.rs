@@ -1,17 +1,28 @@
 //! StatsD over TCP: an acceptor with one task per connection, reading newline-separated
-//! lines into its own pipeline.
+//! lines into its own pipeline. At most `statsd.tcp_max_connections` are open at once (one
+//! past it is closed as it is accepted, and counted), and a connection that completes no line
+//! for `statsd.tcp_idle_timeout` is closed (counted): a client that opens connections and
+//! never sends, or sends a byte now and then, holds a slot for that long at most.
 
 use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::fds::AcceptBackoff;
 use super::ListenerContext;
 use crate::ingest::{Batcher, Due};
 use crate::statsd::parse::RejectReason;
-use crate::telemetry::ListenerKind;
+use crate::telemetry::{ListenerKind, LogLimiter};
+
+/// Connections refused at the cap, logged per second.
+static REFUSED_LOG: LogLimiter = LogLimiter::new(1);
 
 /// Accepts StatsD TCP connections until `shutdown`, each served by its own task; waits for
 /// those tasks to dispatch what they received before returning.
@@ -21,17 +32,27 @@ pub(crate) async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(ctx.tcp_max_connections));
+    ctx.telemetry
+        .tcp_connections_limit
+        .set(ctx.tcp_max_connections as i64);
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    backoff.accepted();
                     ctx.telemetry.tcp_connections.inc();
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        refuse(&ctx, peer);
+                        continue;
+                    };
                     debug!(%peer, "StatsD TCP connection");
-                    connections.spawn(serve_connection(stream, ctx.clone(), shutdown.clone()));
+                    connections.spawn(serve_connection(stream, ctx.clone(), shutdown.clone(), slot));
                 }
-                Err(e) => warn!(error = %e, "StatsD TCP accept failed"),
+                Err(e) => backoff.failed(&ctx.telemetry, "statsd_tcp", &e).await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -39,13 +60,36 @@ pub(crate) async fn serve_tcp(
     while connections.join_next().await.is_some() {}
 }
 
+/// Closes a connection accepted past `statsd.tcp_max_connections` (by dropping it), counted.
+fn refuse(ctx: &ListenerContext, peer: std::net::SocketAddr) {
+    ctx.telemetry.tcp_connections_refused.inc();
+    if let Some(suppressed) = REFUSED_LOG.allow() {
+        warn!(
+            %peer,
+            max_connections = ctx.tcp_max_connections,
+            suppressed,
+            "StatsD TCP connection refused: statsd.tcp_max_connections are open"
+        );
+    }
+}
+
+/// When a connection that completes no line is closed: `timeout` from now, or never.
+fn idle_deadline(timeout: Option<Duration>) -> Instant {
+    // A century stands for never: a timer must have a deadline.
+    Instant::now() + timeout.unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 async fn serve_connection(
     mut stream: TcpStream,
     ctx: ListenerContext,
     shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
 ) {
+    ctx.telemetry.tcp_connections_open.inc();
     let mut pipe = ctx.pipelines.pipeline();
     let mut buf = Vec::with_capacity(16 * 1024);
+    let idle = tokio::time::sleep_until(idle_deadline(ctx.tcp_idle_timeout));
+    tokio::pin!(idle);
     loop {
         pipe.waiting();
         if buf.capacity() - buf.len() < 4096 {
@@ -59,7 +103,11 @@ async fn serve_connection(
                 if matches!(due, Due::Scrape(_)) {
                     // What the client sent before the scrape goes in too.
                     match read_queued(&stream, &mut buf) {
-                        Ok(Some(n)) => open = consume(&ctx, &mut pipe.batcher, &mut buf, n),
+                        Ok(Some(n)) => match consume(&ctx, &mut pipe.batcher, &mut buf, n) {
+                            Consumed::Lines => idle.as_mut().reset(idle_deadline(ctx.tcp_idle_timeout)),
+                            Consumed::Partial => {}
+                            Consumed::Closed => open = false,
+                        },
                         Ok(None) => {}
                         Err(e) => {
                             connection_error(&ctx, &e);
@@ -73,6 +121,11 @@ async fn serve_connection(
                 }
                 continue;
             }
+            () = &mut idle => {
+                ctx.telemetry.tcp_idle_closed.inc();
+                debug!("StatsD TCP connection idle; closing it");
+                break;
+            }
             read = stream.read_buf(&mut buf) => read,
         };
         let n = match read {
@@ -82,12 +135,25 @@ async fn serve_connection(
                 break;
             }
         };
-        if !consume(&ctx, &mut pipe.batcher, &mut buf, n) {
-            break;
+        match consume(&ctx, &mut pipe.batcher, &mut buf, n) {
+            Consumed::Lines => idle.as_mut().reset(idle_deadline(ctx.tcp_idle_timeout)),
+            Consumed::Partial => {}
+            Consumed::Closed => break,
         }
         pipe.after_read().await;
     }
     pipe.flush().await;
+    ctx.telemetry.tcp_connections_open.dec();
+}
+
+/// What [`consume`] made of a read.
+enum Consumed {
+    /// At least one line completed, and was ingested.
+    Lines,
+    /// No line completed yet.
+    Partial,
+    /// The connection must close: end of stream, or a line over the limit.
+    Closed,
 }
 
 /// Counts and logs a read error, which ends its connection.
@@ -119,16 +185,21 @@ fn read_queued(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<usize
 }
 
 /// Ingests the complete lines in `buf` after `n` more bytes were read into it (0: end of
-/// stream, where the last line needs no newline); false when the connection must close (end
-/// of stream, or a line over the limit).
-fn consume(ctx: &ListenerContext, batcher: &mut Batcher, buf: &mut Vec<u8>, n: usize) -> bool {
+/// stream, where the last line needs no newline). Only the new bytes are searched for the end
+/// of a line: the bytes before them hold none, or they would have been taken, so a line sent a
+/// byte at a time costs its length once, not its length squared.
+fn consume(ctx: &ListenerContext, batcher: &mut Batcher, buf: &mut Vec<u8>, n: usize) -> Consumed {
     if n > 0 {
         ctx.telemetry.packets(ListenerKind::Tcp, 1);
     }
+    let new = buf.len() - n;
     let complete = if n == 0 {
         buf.len()
     } else {
-        buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+        buf[new..]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| new + i + 1)
     };
     let too_long = buf[..complete]
         .split(|&b| b == b'\n')
@@ -146,9 +217,20 @@ fn consume(ctx: &ListenerContext, batcher: &mut Batcher, buf: &mut Vec<u8>, n: u
             limit = ctx.tcp_max_line_bytes,
             "StatsD TCP line too long; closing the connection"
         );
-        return false;
+        return Consumed::Closed;
+    }
+    if complete == 0 {
+        return if n > 0 {
+            Consumed::Partial
+        } else {
+            Consumed::Closed
+        };
     }
     batcher.ingest(&buf[..complete]);
     buf.drain(..complete);
-    n > 0
+    if n > 0 {
+        Consumed::Lines
+    } else {
+        Consumed::Closed
+    }
 }

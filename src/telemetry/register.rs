@@ -125,6 +125,11 @@ struct TcpMetrics {
     tcp_connections: IntCounter,
     tcp_connection_errors: IntCounter,
     tcp_too_long_lines: IntCounter,
+    tcp_connections_open: IntGauge,
+    tcp_connections_limit: IntGauge,
+    tcp_connections_refused: IntCounter,
+    tcp_idle_closed: IntCounter,
+    accept_errors: IntCounterVec,
 }
 
 impl TcpMetrics {
@@ -144,6 +149,33 @@ impl TcpMetrics {
                 registry,
                 "tallyd_tcp_too_long_lines_total",
                 "StatsD TCP connections closed because a line exceeded the length limit.",
+            ),
+            tcp_connections_open: gauge(
+                registry,
+                "tallyd_tcp_connections_open",
+                "StatsD TCP connections open now.",
+            ),
+            tcp_connections_limit: gauge(
+                registry,
+                "tallyd_tcp_connections_limit",
+                "StatsD TCP connections open at once, at most (statsd.tcp_max_connections).",
+            ),
+            tcp_connections_refused: counter(
+                registry,
+                "tallyd_tcp_connections_refused_total",
+                "StatsD TCP connections closed as they were accepted: statsd.tcp_max_connections were open.",
+            ),
+            tcp_idle_closed: counter(
+                registry,
+                "tallyd_tcp_idle_closed_total",
+                "StatsD TCP connections closed after statsd.tcp_idle_timeout without a complete line.",
+            ),
+            accept_errors: counter_vec_with(
+                registry,
+                "tallyd_accept_errors_total",
+                "Failed accepts (out of file descriptors, most often), by listener.",
+                "listener",
+                &["statsd_tcp", "http"],
             ),
         }
     }
@@ -369,6 +401,11 @@ impl Telemetry {
             tcp_connections: tcp.tcp_connections,
             tcp_connection_errors: tcp.tcp_connection_errors,
             tcp_too_long_lines: tcp.tcp_too_long_lines,
+            tcp_connections_open: tcp.tcp_connections_open,
+            tcp_connections_limit: tcp.tcp_connections_limit,
+            tcp_connections_refused: tcp.tcp_connections_refused,
+            tcp_idle_closed: tcp.tcp_idle_closed,
+            accept_errors: tcp.accept_errors,
             mapping_loaded: mapping.mapping_loaded,
             mapping_cache_hits: mapping.mapping_cache_hits,
             mapping_cache_misses: mapping.mapping_cache_misses,

@@ -85,7 +85,12 @@ impl Tallyd {
 
     /// As [`Tallyd::start`], with environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Tallyd {
-        let mut child = command(extra, env).spawn().expect("tallyd binary starts");
+        Self::start_command(command(extra, env))
+    }
+
+    /// As [`Tallyd::start`], from a [`command`] the test adjusted.
+    pub fn start_command(mut command: Command) -> Tallyd {
+        let mut child = command.spawn().expect("tallyd binary starts");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();

@@ -1,0 +1,177 @@
+//! Hostile and unlucky clients against the real binary on loopback: connections held open or
+//! trickled, file descriptors run out. Each test reproduces the attack, bounded in count and
+//! time, and checks that tallyd keeps serving, with what it refused counted.
+
+mod common;
+
+use common::{command, Tallyd, DEADLINE};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+/// `command` with its open file limit set to `soft` and `hard` before tallyd starts.
+fn with_open_file_limit(extra: &[&str], soft: u64, hard: u64) -> std::process::Command {
+    let mut command = command(extra, &[]);
+    // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                .map_err(std::io::Error::from)
+        });
+    }
+    command
+}
+
+/// True once the server has closed `stream` (end of stream or reset), within the deadline.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+/// CPU time (user and system) of process `pid` so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends with the last ')': utime is the 12th, stime
+    // the 13th; in clock ticks of 1/100 s.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let t = Tallyd::start_command(with_open_file_limit(&[], 256, 4096));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", t.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["4096", "4096"], "{line}");
+    assert!(
+        t.logs()
+            .iter()
+            .any(|l| l.contains("open file limit raised") && l.contains("from=256")),
+        "{:#?}",
+        t.logs()
+    );
+    assert_eq!(t.scrape().value("process_max_fds", &[]), Some(4096.0));
+}
+
+#[test]
+fn statsd_tcp_connections_past_the_limit_are_closed_and_counted() {
+    let t = Tallyd::start(&["--statsd.tcp-max-connections=4"]);
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|i| {
+            let mut stream = TcpStream::connect(t.tcp).unwrap();
+            stream
+                .write_all(format!("held:1|c|#conn:{i}\n").as_bytes())
+                .unwrap();
+            stream
+        })
+        .collect();
+    t.wait_value("tallyd_tcp_connections_open", &[], 4.0);
+    for _ in 0..3 {
+        let mut extra = TcpStream::connect(t.tcp).unwrap();
+        assert!(closed_by_server(&mut extra), "a fifth connection is closed");
+    }
+    let e = t.wait_value("tallyd_tcp_connections_refused_total", &[], 3.0);
+    assert_eq!(e.value("tallyd_tcp_connections_limit", &[]), Some(4.0));
+    assert_eq!(e.value("tallyd_tcp_connections_open", &[]), Some(4.0));
+    for i in 0..4 {
+        let conn = i.to_string();
+        assert_eq!(e.value("held", &[("conn", &conn)]), Some(1.0));
+    }
+    // The held connections still deliver; one closed frees a slot for a new one.
+    held[0].write_all(b"held:1|c|#conn:0\n").unwrap();
+    t.wait_value("held", &[("conn", "0")], 2.0);
+    drop(held.remove(0));
+    t.wait_value("tallyd_tcp_connections_open", &[], 3.0);
+    t.send_tcp(b"late:1|c\n");
+    let e = t.wait_value("late", &[], 1.0);
+    assert_eq!(
+        e.value("tallyd_tcp_connections_refused_total", &[]),
+        Some(3.0)
+    );
+    assert_eq!(t.get("/-/healthy").0, 200);
+}
+
+#[test]
+fn statsd_tcp_connections_that_complete_no_line_are_closed_when_idle() {
+    let t = Tallyd::start(&["--statsd.tcp-idle-timeout=300ms"]);
+    let mut silent = TcpStream::connect(t.tcp).unwrap();
+    let mut trickle = TcpStream::connect(t.tcp).unwrap();
+    let mut chatty = TcpStream::connect(t.tcp).unwrap();
+    let start = Instant::now();
+    // For a second: a byte every 50 ms that never ends a line, and a line every 50 ms.
+    let mut sent_lines = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        let _ = trickle.write_all(b"x");
+        chatty.write_all(b"chatty:1|c\n").unwrap();
+        sent_lines += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        closed_by_server(&mut silent),
+        "a silent connection is closed"
+    );
+    assert!(
+        closed_by_server(&mut trickle),
+        "a trickle without a line is closed"
+    );
+    let e = t.wait_value("chatty", &[], f64::from(sent_lines));
+    assert_eq!(e.value("tallyd_tcp_idle_closed_total", &[]), Some(2.0));
+    // The connection that sent lines is still open.
+    chatty.write_all(b"chatty:1|c\n").unwrap();
+    let e = t.wait_value("chatty", &[], f64::from(sent_lines + 1));
+    assert_eq!(e.value("tallyd_tcp_connections_open", &[]), Some(1.0));
+}
+
+#[test]
+fn out_of_file_descriptors_the_accept_loops_wait_instead_of_spinning() {
+    // 48 descriptors, soft and hard: the connections below take what is left, and accepts fail
+    // (EMFILE) while they stay open.
+    let t = Tallyd::start_command(with_open_file_limit(
+        &["--statsd.tcp-max-connections=1000"],
+        48,
+        48,
+    ));
+    let held: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(t.tcp).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_time(t.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_time(t.pid()) - before;
+    assert!(
+        spent < Duration::from_millis(500),
+        "{spent:?} of CPU in 2 s"
+    );
+    let failures = t
+        .logs()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert!(
+        (1..=5).contains(&failures),
+        "{failures} accept failures logged"
+    );
+    drop(held);
+    // Descriptors back: it accepts again, and counted the failures.
+    t.send_tcp(b"after:1|c\n");
+    let e = t.wait_value("after", &[], 1.0);
+    assert!(
+        e.value("tallyd_accept_errors_total", &[("listener", "statsd_tcp")])
+            .unwrap()
+            >= 1.0
+    );
+}
