@@ -57,6 +57,10 @@ fn spec(family: &Arc<str>, batch: &Batch) -> FamilySpec {
     }
 }
 
+/// Families a router sent a batch to since the last scrape, on their way to another router.
+#[derive(Debug)]
+pub struct Touched(FxHashMap<Arc<str>, Arc<FamilyLink>>);
+
 /// What the cache knows about a family name.
 #[derive(Debug)]
 enum CachedFamily {
@@ -134,6 +138,17 @@ impl Router {
         self.touched.retain(|_, link| not_stopped(link));
         shrink(&mut self.actors);
         shrink(&mut self.touched);
+    }
+
+    /// The families sent a batch since the last scrape, taken: for a task that ends (a TCP
+    /// connection) to hand to one that goes on, whose next scrape then waits for them too.
+    pub fn take_touched(&mut self) -> Touched {
+        Touched(std::mem::take(&mut self.touched))
+    }
+
+    /// Takes on the families another router sent a batch to (see [`Router::take_touched`]).
+    pub fn adopt(&mut self, touched: Touched) {
+        self.touched.extend(touched.0);
     }
 
     /// Passes a scrape's ticket to every family sent a batch since the last scrape, behind

@@ -175,3 +175,22 @@ fn out_of_file_descriptors_the_accept_loops_wait_instead_of_spinning() {
             >= 1.0
     );
 }
+
+#[test]
+fn a_scrape_shows_the_lines_of_tcp_connections_that_already_closed() {
+    let t = Tallyd::start(&[]);
+    // A hundred clients that each connect, send a line and close, as `nc` does and clients
+    // that reconnect for every flush.
+    for _ in 0..100 {
+        t.send_tcp(b"st:1|c\n");
+    }
+    t.wait_for("every connection accepted and closed", |e| {
+        e.value("tallyd_tcp_connections_total", &[]) == Some(100.0)
+            && e.value("tallyd_tcp_connections_open", &[]) == Some(0.0)
+    });
+    // The next scrape has every line, though no connection is left to flush for it and the
+    // family's publish interval (15 s) has not passed.
+    let e = t.scrape();
+    assert_eq!(e.value("st", &[]), Some(100.0));
+    assert_eq!(e.value("tallyd_updates_total", &[]), Some(100.0));
+}

@@ -16,7 +16,7 @@ use super::{Batcher, IngestConfig};
 use crate::actors::registry::RegistryMsg;
 use crate::barrier::{Barrier, Ticket};
 use crate::limits::QueueBound;
-use crate::routing::{Router, PRUNE_EVERY};
+use crate::routing::{Router, Touched, PRUNE_EVERY};
 use crate::telemetry::Telemetry;
 
 /// What every listener task's pipeline is made from.
@@ -148,6 +148,20 @@ impl Pipeline {
     pub(crate) async fn flush(&mut self) {
         self.window.armed = false;
         self.router.dispatch(self.batcher.take()).await;
+    }
+
+    /// As the task ends: sends every held update to its family, and gives back the families
+    /// reached since the last scrape, for a task that goes on to [`adopt`](Self::adopt).
+    pub(crate) async fn finish(mut self) -> Touched {
+        self.flush().await;
+        self.router.take_touched()
+    }
+
+    /// Takes on the families an ended task reached since the last scrape: the next scrape
+    /// waits until they have published.
+    pub(crate) fn adopt(&mut self, touched: Touched) {
+        self.router.adopt(touched);
+        self.waiting();
     }
 }
 

@@ -3,13 +3,18 @@
 //! past it is closed as it is accepted, and counted), and a connection that completes no line
 //! for `statsd.tcp_idle_timeout` is closed (counted): a client that opens connections and
 //! never sends, or sends a byte now and then, holds a slot for that long at most.
+//!
+//! A connection that ends hands the families it reached since the last scrape to the
+//! acceptor, whose own pipeline takes part in the scrape barrier: a scrape after a client
+//! closed its connection waits until those families have published, as it would have had the
+//! connection stayed open.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +23,7 @@ use tracing::{debug, warn};
 use super::fds::AcceptBackoff;
 use super::ListenerContext;
 use crate::ingest::{Batcher, Due};
+use crate::routing::Touched;
 use crate::statsd::parse::RejectReason;
 use crate::telemetry::{ListenerKind, LogLimiter};
 
@@ -32,6 +38,9 @@ pub(crate) async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
+    // The families that ended connections reached, synced at the next scrape.
+    let mut pipe = ctx.pipelines.pipeline();
+    let (handover, mut handed) = mpsc::unbounded_channel::<Touched>();
     let slots = Arc::new(Semaphore::new(ctx.tcp_max_connections));
     ctx.telemetry
         .tcp_connections_limit
@@ -50,10 +59,26 @@ pub(crate) async fn serve_tcp(
                         continue;
                     };
                     debug!(%peer, "StatsD TCP connection");
-                    connections.spawn(serve_connection(stream, ctx.clone(), shutdown.clone(), slot));
+                    let connection = Connection {
+                        ctx: ctx.clone(),
+                        shutdown: shutdown.clone(),
+                        _slot: slot,
+                        handover: handover.clone(),
+                    };
+                    connections.spawn(connection.serve(stream));
                 }
                 Err(e) => backoff.failed(&ctx.telemetry, "statsd_tcp", &e).await,
             },
+            Some(touched) = handed.recv() => pipe.adopt(touched),
+            due = pipe.due() => {
+                if matches!(due, Due::Scrape(_)) {
+                    // A connection that ended before the scrape has handed over its families.
+                    while let Ok(touched) = handed.try_recv() {
+                        pipe.adopt(touched);
+                    }
+                }
+                pipe.handle(due).await;
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
@@ -79,13 +104,33 @@ fn idle_deadline(timeout: Option<Duration>) -> Instant {
     Instant::now() + timeout.unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
+/// What a connection's task holds besides its stream.
+struct Connection {
     ctx: ListenerContext,
     shutdown: CancellationToken,
+    /// Its place under `statsd.tcp_max_connections`, given back as the task ends.
     _slot: OwnedSemaphorePermit,
-) {
-    ctx.telemetry.tcp_connections_open.inc();
+    /// Where the families it reached go as it ends (see the module's doc).
+    handover: mpsc::UnboundedSender<Touched>,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) {
+        let ctx = &self.ctx;
+        ctx.telemetry.tcp_connections_open.inc();
+        let touched = serve_connection(stream, ctx, &self.shutdown).await;
+        // The acceptor is gone only at shutdown, when no scrape is left to wait.
+        let _ = self.handover.send(touched);
+        ctx.telemetry.tcp_connections_open.dec();
+    }
+}
+
+/// Reads a connection until it ends; returns the families it reached since the last scrape.
+async fn serve_connection(
+    mut stream: TcpStream,
+    ctx: &ListenerContext,
+    shutdown: &CancellationToken,
+) -> Touched {
     let mut pipe = ctx.pipelines.pipeline();
     let mut buf = Vec::with_capacity(16 * 1024);
     let idle = tokio::time::sleep_until(idle_deadline(ctx.tcp_idle_timeout));
@@ -103,14 +148,14 @@ async fn serve_connection(
                 if matches!(due, Due::Scrape(_)) {
                     // What the client sent before the scrape goes in too.
                     match read_queued(&stream, &mut buf) {
-                        Ok(Some(n)) => match consume(&ctx, &mut pipe.batcher, &mut buf, n) {
+                        Ok(Some(n)) => match consume(ctx, &mut pipe.batcher, &mut buf, n) {
                             Consumed::Lines => idle.as_mut().reset(idle_deadline(ctx.tcp_idle_timeout)),
                             Consumed::Partial => {}
                             Consumed::Closed => open = false,
                         },
                         Ok(None) => {}
                         Err(e) => {
-                            connection_error(&ctx, &e);
+                            connection_error(ctx, &e);
                             open = false;
                         }
                     }
@@ -131,19 +176,18 @@ async fn serve_connection(
         let n = match read {
             Ok(n) => n,
             Err(e) => {
-                connection_error(&ctx, &e);
+                connection_error(ctx, &e);
                 break;
             }
         };
-        match consume(&ctx, &mut pipe.batcher, &mut buf, n) {
+        match consume(ctx, &mut pipe.batcher, &mut buf, n) {
             Consumed::Lines => idle.as_mut().reset(idle_deadline(ctx.tcp_idle_timeout)),
             Consumed::Partial => {}
             Consumed::Closed => break,
         }
         pipe.after_read().await;
     }
-    pipe.flush().await;
-    ctx.telemetry.tcp_connections_open.dec();
+    pipe.finish().await
 }
 
 /// What [`consume`] made of a read.
