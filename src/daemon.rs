@@ -229,7 +229,7 @@ pub async fn run(
     let hangup_task = reload_on_hangup(hangups, reloader.clone());
     let listener_ctx = ListenerContext::new(&settings, telemetry.clone(), pipelines);
     let Sockets { statsd, http: web } = sockets;
-    let unixgram_path = statsd.unixgram.as_ref().map(|(_, path)| path.clone());
+    let unixgram_file = statsd.unixgram.as_ref().map(|(_, file)| file.clone());
     let stop_reading = CancellationToken::new();
     let listeners = start_listeners(&settings, statsd, listener_ctx, &stop_reading)?;
     let http_ctx = Arc::new(HttpContext {
@@ -270,8 +270,8 @@ pub async fn run(
     }
     actors.stop().await;
     hangup_task.abort();
-    if let Some(path) = unixgram_path {
-        let _ = std::fs::remove_file(path);
+    if let Some(file) = unixgram_file {
+        file.remove_if_own();
     }
     let (lines, updates) = (telemetry.lines.get(), telemetry.updates.get());
     info!(

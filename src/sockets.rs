@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::ingest::PipelineContext;
 use crate::telemetry::{ListenerKind, Telemetry};
-pub use bind::{Sockets, StatsdSockets};
+pub use bind::{SocketFile, Sockets, StatsdSockets};
 pub(crate) use datagram::serve_datagrams;
 pub use fds::raise_open_file_limit;
 pub(crate) use fds::AcceptBackoff;

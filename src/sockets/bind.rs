@@ -25,8 +25,34 @@ pub struct StatsdSockets {
     pub udp: Option<UdpSocket>,
     /// StatsD over TCP.
     pub tcp: Option<TcpListener>,
-    /// StatsD over a Unix datagram socket, with its path (removed at exit).
-    pub unixgram: Option<(UnixDatagram, PathBuf)>,
+    /// StatsD over a Unix datagram socket, with its file (removed at exit).
+    pub unixgram: Option<(UnixDatagram, SocketFile)>,
+}
+
+/// The file of a bound Unix socket: its path, and which file it is, so that tallyd removes it
+/// at exit only while it is still its own.
+#[derive(Clone, Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the file tallyd bound.
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the file, unless it is no longer the one tallyd bound (something replaced it).
+    pub fn remove_if_own(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
 }
 
 impl Sockets {
@@ -76,7 +102,7 @@ impl Sockets {
         let unixgram = statsd
             .unixgram
             .as_ref()
-            .map_or("off".into(), |(_, path)| path.display().to_string());
+            .map_or("off".into(), |(_, file)| file.path().display().to_string());
         [
             show(udp),
             show(tcp),
@@ -127,13 +153,19 @@ fn bind_udp(addr: std::net::SocketAddr, read_buffer: usize) -> std::io::Result<U
 }
 
 /// Binds a Unix datagram socket at `path` with permissions `mode` (octal), replacing a stale
-/// socket file left by an earlier run but never another kind of file.
-fn bind_unixgram(path: &Path, mode: &str) -> anyhow::Result<(UnixDatagram, PathBuf)> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+/// socket file left by an earlier run, but never a socket another process still reads (a
+/// second tallyd started with the same path, say) nor another kind of file.
+fn bind_unixgram(path: &Path, mode: &str) -> anyhow::Result<(UnixDatagram, SocketFile)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         anyhow::ensure!(
             meta.file_type().is_socket(),
             "statsd.listen_unixgram: {} exists and is not a socket",
+            path.display()
+        );
+        anyhow::ensure!(
+            !in_use(path)?,
+            "statsd.listen_unixgram: {} is in use by another process (another tallyd?); stop it, or choose another path",
             path.display()
         );
         std::fs::remove_file(path)
@@ -144,5 +176,24 @@ fn bind_unixgram(path: &Path, mode: &str) -> anyhow::Result<(UnixDatagram, PathB
     let mode = u32::from_str_radix(mode, 8).context("statsd.unixsocket_mode")?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
-    Ok((socket, path.to_owned()))
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let file = SocketFile {
+        path: path.to_owned(),
+        id: (meta.dev(), meta.ino()),
+    };
+    Ok((socket, file))
+}
+
+/// True when a process has a socket bound at `path`: connecting to it succeeds. A socket file
+/// left by a process that has gone refuses the connection.
+fn in_use(path: &Path) -> anyhow::Result<bool> {
+    let probe = std::os::unix::net::UnixDatagram::unbound().context("a Unix datagram socket")?;
+    match probe.connect(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(false),
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot tell whether {} is in use", path.display()))
+        }
+    }
 }
