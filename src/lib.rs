@@ -34,7 +34,8 @@
 //! (the series budget and the mailbox bound), [`barrier`] (what a scrape waits for),
 //! [`telemetry`] (tallyd's own metrics), [`rate`] (update rates), [`reload`] (the mapping
 //! file on SIGHUP or `POST /-/reload`), [`memory`] (giving freed memory back), [`yaml`]
-//! (strict YAML with key paths and locations in errors).
+//! (strict YAML with key paths and locations in errors), [`files`] (reading the files tallyd
+//! is given, bounded in size).
 //!
 //! ## The actor tree
 //! ```text
@@ -57,6 +58,7 @@ pub mod barrier;
 pub mod config;
 pub mod daemon;
 pub mod exposition;
+pub mod files;
 pub(crate) mod http;
 pub mod ingest;
 pub mod limits;

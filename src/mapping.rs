@@ -317,7 +317,7 @@ impl Mapper {
 
     /// Reads and compiles a mapping file.
     pub fn load(path: &Path) -> Result<Mapper, MappingError> {
-        let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
+        let text = crate::files::read_to_string(path).map_err(|source| MappingError::Read {
             path: path.to_owned(),
             source,
         })?;

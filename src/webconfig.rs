@@ -98,7 +98,7 @@ impl WebConfig {
 
     /// Reads and checks a web configuration file, with the certificate files it names.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WebConfigError::Read {
+        let text = crate::files::read_to_string(path).map_err(|source| WebConfigError::Read {
             path: path.to_owned(),
             source,
         })?;

@@ -239,3 +239,34 @@ fn tallyd_leaves_a_unix_socket_that_replaced_its_own_at_exit() {
     drop(other);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn user_signals_and_alarms_do_not_end_tallyd() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let t = Tallyd::start(&[]);
+    for signal in [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM] {
+        kill(Pid::from_raw(t.pid() as i32), signal).unwrap();
+    }
+    t.send_udp(b"alive:1|c");
+    t.wait_value("alive", &[], 1.0);
+    assert_eq!(t.get("/-/healthy").0, 200);
+    let ignored = t
+        .logs()
+        .iter()
+        .filter(|l| l.contains("signal ignored"))
+        .count();
+    assert_eq!(ignored, 3, "{:#?}", t.logs());
+}
+
+#[test]
+fn a_mapping_file_that_never_ends_is_refused_at_once() {
+    let started = Instant::now();
+    let (code, stderr) = common::start_fails(&["--statsd.mapping-config=/dev/zero"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("/dev/zero") && stderr.contains("larger than 16 MiB"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < DEADLINE);
+}

@@ -78,7 +78,7 @@ impl SettingsFile {
     /// Reads the file and checks it alone: the `config` crate loses line numbers, so a mistake
     /// in the file is reported from here, with its line, column and field.
     fn read(path: &Path) -> Result<SettingsFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = crate::files::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;

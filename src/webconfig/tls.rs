@@ -398,7 +398,7 @@ fn read_pem(
         (false, true) => Ok(Some((inline.as_bytes().to_vec(), key(name)))),
         (true, false) => {
             let path = dir.join(file);
-            std::fs::read(&path)
+            crate::files::read(&path)
                 .map(|bytes| Some((bytes, key(file_name))))
                 .map_err(|e| {
                     errors.at(
