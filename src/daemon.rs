@@ -244,6 +244,7 @@ pub async fn run(
         limits: http::Limits::from(&settings.web),
         // Already checked by Settings::load; read again here, where it is used.
         web: crate::webconfig::WebConfig::from_setting(&settings.web.config_file)?,
+        scrapes: Default::default(),
     });
     let stop_serving = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(web, http_ctx.clone(), stop_serving.clone()));

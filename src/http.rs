@@ -10,11 +10,14 @@
 //! request heads are capped at `max_header_bytes` (431). TLS handshakes run in the
 //! connection's own task, under `header_timeout` too.
 //!
+//! Scrapes that ask at once share one rendering, and send the same bytes ([`scrapes`]).
+//!
 //! With `--web.config.file` ([`crate::webconfig`]), in this order: the rate limit (429), the
 //! extra headers (on every response), basic auth (401), then the route.
 
+mod scrapes;
+
 use bytes::Bytes;
-use flate2::{write::GzEncoder, Compression};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
@@ -28,7 +31,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use ractor::{rpc::CallResult, ActorRef};
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +54,7 @@ use crate::reload::Reloader;
 use crate::sockets::AcceptBackoff;
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::webconfig::WebConfig;
+use scrapes::Scrapes;
 
 /// How long a scrape waits for the aggregator's reply.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +85,8 @@ pub(crate) struct HttpContext {
     pub(crate) limits: Limits,
     /// TLS, basic auth, extra headers and rate limit from `--web.config.file`.
     pub(crate) web: WebConfig,
+    /// The rendering concurrent scrapes share.
+    pub(crate) scrapes: Scrapes,
 }
 
 /// The server's timeouts and caps, from `[web]`.
@@ -415,18 +420,6 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
 }
 
 async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
-    if !ctx.barrier.pass(BARRIER_TIMEOUT).await {
-        ctx.telemetry.scrape_barrier_timeouts.inc();
-    }
-    let asked = ctx
-        .aggregator
-        .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
-        .await;
-    let Ok(CallResult::Success(families)) = asked else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "Aggregator unavailable.\n");
-    };
-    let mut body = String::new();
-    exposition::render(&families, &ctx.telemetry, &mut body);
     let gzip = req
         .headers()
         .get_all(ACCEPT_ENCODING)
@@ -434,17 +427,16 @@ async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|enc| enc.split(';').next().is_some_and(|e| e.trim() == "gzip"));
+    let Some(body) = ctx.scrapes.body(ctx, gzip).await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "Aggregator unavailable.\n");
+    };
     let builder = Response::builder().header(CONTENT_TYPE, exposition::CONTENT_TYPE);
     let response = if gzip {
-        let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 8), Compression::fast());
-        // Writing into a Vec cannot fail.
-        let _ = encoder.write_all(body.as_bytes());
-        let compressed = encoder.finish().unwrap_or_default();
         builder
             .header(CONTENT_ENCODING, "gzip")
-            .body(Full::new(Bytes::from(compressed)))
+            .body(Full::new(body))
     } else {
-        builder.body(Full::new(Bytes::from(body)))
+        builder.body(Full::new(body))
     };
     response.unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Bad response.\n"))
 }

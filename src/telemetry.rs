@@ -153,6 +153,8 @@ pub struct Telemetry {
     /// `tallyd_scrape_barrier_timeouts_total`: scrapes that stopped waiting for the
     /// listeners and families to publish what they held.
     pub scrape_barrier_timeouts: IntCounter,
+    /// `tallyd_scrape_renders_total`: expositions rendered; scrapes that ask at once share one.
+    pub scrape_renders: IntCounter,
     /// `tallyd_udp_kernel_drops_total`, read from /proc at each scrape.
     pub udp_drops: UdpDrops,
     /// Names of the families registered here that do not start with [`PREFIX`] (the process

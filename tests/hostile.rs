@@ -270,3 +270,48 @@ fn a_mapping_file_that_never_ends_is_refused_at_once() {
     );
     assert!(started.elapsed() < DEADLINE);
 }
+
+#[test]
+fn scrapes_that_ask_at_once_share_one_rendering() {
+    let t = Tallyd::start(&[]);
+    // 20,000 series: an exposition of about 1 MB.
+    for name in 0..200 {
+        let lines: Vec<String> = (0..100)
+            .map(|v| format!("big.n{name}:1|c|#v:{v}"))
+            .collect();
+        t.send_udp(lines.join("\n").as_bytes());
+    }
+    t.wait_value("tallyd_series", &[("type", "counter")], 20_000.0);
+    let before = t
+        .scrape()
+        .value("tallyd_scrape_renders_total", &[])
+        .unwrap();
+    let start = std::sync::Barrier::new(32);
+    let bodies: Vec<String> = std::thread::scope(|s| {
+        let scrapes: Vec<_> = (0..32)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    t.scrape_text()
+                })
+            })
+            .collect();
+        scrapes.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for body in &bodies {
+        let e = common::Exposition::parse(body);
+        assert_eq!(e.value("big_n199", &[("v", "99")]), Some(1.0));
+    }
+    // This scrape renders once more. A rendering serves every scrape that asked before it
+    // began, so the 32 cost as many as their arrivals spread over renderings, not 32.
+    let renders = t
+        .scrape()
+        .value("tallyd_scrape_renders_total", &[])
+        .unwrap()
+        - before
+        - 1.0;
+    assert!(
+        renders <= 8.0,
+        "{renders} renderings for 32 scrapes at once"
+    );
+}

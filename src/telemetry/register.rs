@@ -331,6 +331,7 @@ struct HttpMetrics {
     http_auth_failures: IntCounter,
     http_requests: IntCounterVec,
     scrape_barrier_timeouts: IntCounter,
+    scrape_renders: IntCounter,
 }
 
 impl HttpMetrics {
@@ -356,6 +357,11 @@ impl HttpMetrics {
                 registry,
                 "tallyd_scrape_barrier_timeouts_total",
                 "Scrapes that stopped waiting for the listeners and families to publish what they held, and showed what was published by then.",
+            ),
+            scrape_renders: counter(
+                registry,
+                "tallyd_scrape_renders_total",
+                "Expositions rendered for scrapes; scrapes that ask at once share one.",
             ),
         }
     }
@@ -416,6 +422,7 @@ impl Telemetry {
             http_auth_failures: http.http_auth_failures,
             http_requests: http.http_requests,
             scrape_barrier_timeouts: http.scrape_barrier_timeouts,
+            scrape_renders: http.scrape_renders,
             udp_drops: registered(&registry, UdpDrops::new()),
             foreign_names: Vec::new(),
             registry,
