@@ -208,6 +208,7 @@ pub async fn run(
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
     let telemetry = Arc::new(Telemetry::new());
+    telemetry.limit_conflict_metrics(settings.limits.max_family_self_metrics);
     telemetry.mapping_loaded.set(mapper.len() as i64);
     let actors = ActorTree::start(&settings, &telemetry).await?;
     let [udp, tcp, unixgram, http] = sockets.describe();

@@ -112,6 +112,10 @@ pub struct Telemetry {
     /// `tallyd_resident_memory_peak_bytes`: VmHWM, read at each scrape.
     peak_memory: IntGauge,
     type_conflicts: IntCounterVec,
+    /// The metrics `type_conflicts` has a series for, at most `conflict_metrics_limit`: past
+    /// it, conflicts are counted with `metric=""`.
+    conflict_metrics: std::sync::Mutex<rustc_hash::FxHashSet<Box<str>>>,
+    conflict_metrics_limit: std::sync::atomic::AtomicUsize,
     updates_dropped: IntCounterVec,
     /// `tallyd_tcp_connections_total`: StatsD TCP connections accepted.
     pub tcp_connections: IntCounter,
@@ -223,9 +227,26 @@ impl Telemetry {
 
     /// Counts samples refused by a family of another type.
     pub fn type_conflict(&self, metric: &str, sample_kind: &str, n: u64) {
+        let listed = {
+            let mut metrics = self
+                .conflict_metrics
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            metrics.contains(metric)
+                || (metrics.len() < self.conflict_metrics_limit.load(Ordering::Relaxed)
+                    && metrics.insert(metric.into()))
+        };
+        let metric = if listed { metric } else { "" };
         self.type_conflicts
             .with_label_values(&[metric, sample_kind])
             .inc_by(n);
+    }
+
+    /// `limits.max_family_self_metrics`: the metrics `tallyd_type_conflicts_total` names at
+    /// most, so that a sender of endless conflicting names cannot grow tallyd's own series
+    /// without bound; the conflicts of any other metric are counted with `metric=""`.
+    pub fn limit_conflict_metrics(&self, limit: usize) {
+        self.conflict_metrics_limit.store(limit, Ordering::Relaxed);
     }
 
     /// Every self-metric family, for the exposition.

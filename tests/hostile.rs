@@ -315,3 +315,34 @@ fn scrapes_that_ask_at_once_share_one_rendering() {
         "{renders} renderings for 32 scrapes at once"
     );
 }
+
+#[test]
+fn type_conflicts_name_at_most_the_listed_number_of_metrics() {
+    let t = Tallyd::start(&["--limits.max-family-self-metrics=5"]);
+    let counters: Vec<String> = (0..10).map(|i| format!("conflict.n{i}:1|c")).collect();
+    t.send_udp(counters.join("\n").as_bytes());
+    t.wait_value("tallyd_metric_families", &[], 10.0);
+    // Each family gets a gauge sample: ten conflicts, five of them named.
+    let gauges: Vec<String> = (0..10).map(|i| format!("conflict.n{i}:2|g")).collect();
+    t.send_udp(gauges.join("\n").as_bytes());
+    let e = t.wait_for("ten conflicts", |e| {
+        e.sum("tallyd_type_conflicts_total") == 10.0
+    });
+    let named = (0..10)
+        .filter(|i| {
+            let metric = format!("conflict_n{i}");
+            e.value(
+                "tallyd_type_conflicts_total",
+                &[("metric", &metric), ("type", "gauge")],
+            ) == Some(1.0)
+        })
+        .count();
+    assert_eq!(named, 5);
+    assert_eq!(
+        e.value(
+            "tallyd_type_conflicts_total",
+            &[("metric", ""), ("type", "gauge")]
+        ),
+        Some(5.0)
+    );
+}

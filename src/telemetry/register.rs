@@ -403,6 +403,8 @@ impl Telemetry {
             lookups_waiting: families.lookups_waiting,
             peak_memory: families.peak_memory,
             type_conflicts: ingest.type_conflicts,
+            conflict_metrics: Default::default(),
+            conflict_metrics_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
             updates_dropped: ingest.updates_dropped,
             tcp_connections: tcp.tcp_connections,
             tcp_connection_errors: tcp.tcp_connection_errors,
