@@ -112,16 +112,14 @@ fn events_and_service_checks_are_counted_not_rejected() {
 #[test]
 fn unix_datagram_listener() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("tallyd-unixgram-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("statsd.sock");
-    let flag = format!("--statsd.listen-unixgram={}", path.display());
-    let t = Tallyd::start(&[&flag, "--statsd.unixsocket-mode=660"]);
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    let socket = common::SocketDir::new("unixgram");
+    let path = &socket.path;
+    let t = Tallyd::start(&[&socket.flag, "--statsd.unixsocket-mode=660"]);
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
     client
-        .send_to(b"unix.req:3|c|#via:uds\nunix.req:4|c|#via:uds", &path)
+        .send_to(b"unix.req:3|c|#via:uds\nunix.req:4|c|#via:uds", path)
         .unwrap();
     let e = t.wait_value("unix_req", &[("via", "uds")], 7.0);
     assert_eq!(
@@ -129,5 +127,4 @@ fn unix_datagram_listener() {
         Some(1.0)
     );
     drop(t);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -307,15 +307,9 @@ fn names_that_collide_across_families_are_refused() {
     t.wait_value("tallyd_metric_families", &[], 2.0);
     t.send_udp(b"db.query.count:1|c\ndb.query.sum:2|g\njobs:3|h\nok:1|c");
     let e = t.wait_value("ok", &[], 1.0);
-    let conflict = |metric, kind| {
-        e.value(
-            "tallyd_type_conflicts_total",
-            &[("metric", metric), ("type", kind)],
-        )
-    };
-    assert_eq!(conflict("db_query_count", "counter"), Some(1.0));
-    assert_eq!(conflict("db_query_sum", "gauge"), Some(1.0));
-    assert_eq!(conflict("jobs", "observer"), Some(1.0));
+    assert_eq!(e.conflicts("db_query_count", "counter"), Some(1.0));
+    assert_eq!(e.conflicts("db_query_sum", "gauge"), Some(1.0));
+    assert_eq!(e.conflicts("jobs", "observer"), Some(1.0));
     assert_eq!(
         e.value("db_query_count", &[]),
         Some(1.0),
@@ -343,14 +337,8 @@ jobs:3|h
 ok:1|c",
     );
     let e = t.wait_value("ok", &[], 1.0);
-    let conflict = |metric, kind| {
-        e.value(
-            "tallyd_type_conflicts_total",
-            &[("metric", metric), ("type", kind)],
-        )
-    };
-    assert_eq!(conflict("db_query_sum", "gauge"), Some(1.0));
-    assert_eq!(conflict("jobs", "observer"), Some(1.0));
+    assert_eq!(e.conflicts("db_query_sum", "gauge"), Some(1.0));
+    assert_eq!(e.conflicts("jobs", "observer"), Some(1.0));
     assert_eq!(
         e.value("db_query_sum", &[]),
         Some(0.005),

@@ -197,47 +197,41 @@ fn a_scrape_shows_the_lines_of_tcp_connections_that_already_closed() {
 
 #[test]
 fn a_second_tallyd_does_not_take_a_live_unix_socket() {
-    let dir = std::env::temp_dir().join(format!("tallyd-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("statsd.sock");
-    let flag = format!("--statsd.listen-unixgram={}", path.display());
-    let first = Tallyd::start(&[&flag]);
+    let socket = common::SocketDir::new("taken");
+    let (path, flag) = (&socket.path, &socket.flag);
+    let first = Tallyd::start(&[flag]);
     // The second refuses to start, and leaves the first's socket alone.
-    let (code, stderr) = common::start_fails(&[&flag], &[]);
+    let (code, stderr) = common::start_fails(&[flag], &[]);
     assert_ne!(code, Some(0));
     assert!(stderr.contains("is in use by another process"), "{stderr}");
     let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    client.send_to(b"first.still:1|c", &path).unwrap();
+    client.send_to(b"first.still:1|c", path).unwrap();
     first.wait_value("first_still", &[], 1.0);
     drop(first);
     // A socket file left behind with no reader is stale: replaced.
-    let stale = std::os::unix::net::UnixDatagram::bind(&path);
+    let stale = std::os::unix::net::UnixDatagram::bind(path);
     drop(stale);
     assert!(path.exists());
-    let next = Tallyd::start(&[&flag]);
-    client.send_to(b"next:1|c", &path).unwrap();
+    let next = Tallyd::start(&[flag]);
+    client.send_to(b"next:1|c", path).unwrap();
     next.wait_value("next", &[], 1.0);
     drop(next);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn tallyd_leaves_a_unix_socket_that_replaced_its_own_at_exit() {
-    let dir = std::env::temp_dir().join(format!("tallyd-replaced-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("statsd.sock");
-    let flag = format!("--statsd.listen-unixgram={}", path.display());
-    let mut t = Tallyd::start(&[&flag]);
+    let socket = common::SocketDir::new("replaced");
+    let (path, flag) = (&socket.path, &socket.flag);
+    let mut t = Tallyd::start(&[flag]);
     // Someone else's socket now stands at the path.
-    std::fs::remove_file(&path).unwrap();
-    let other = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    let other = std::os::unix::net::UnixDatagram::bind(path).unwrap();
     t.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
     assert!(
         path.exists(),
         "tallyd removed a socket that was not its own"
     );
     drop(other);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -278,6 +278,14 @@ impl Exposition {
 
     /// The sum of every counter, gauge or untyped sample named `metric`, whatever its labels
     /// (0 when there is none).
+    /// `tallyd_type_conflicts_total` for `metric` and sample `kind`.
+    pub fn conflicts(&self, metric: &str, kind: &str) -> Option<f64> {
+        self.value(
+            "tallyd_type_conflicts_total",
+            &[("metric", metric), ("type", kind)],
+        )
+    }
+
     pub fn sum(&self, metric: &str) -> f64 {
         use prometheus_parse::Value;
         self.scrape
@@ -383,4 +391,29 @@ pub fn swap_kubernetes_sd(config: &str, replacement: &str) -> String {
     out.extend(replacement.lines().map(|l| format!("{pad}{l}")));
     out.extend(lines[end..].iter().map(|l| l.to_string()));
     out.join("\n") + "\n"
+}
+
+/// A fresh directory for a test's Unix socket, removed when dropped: its socket path, and the
+/// flag that has tallyd listen there.
+pub struct SocketDir {
+    dir: std::path::PathBuf,
+    pub path: std::path::PathBuf,
+    pub flag: String,
+}
+
+impl SocketDir {
+    /// A directory named after `test` and this process.
+    pub fn new(test: &str) -> SocketDir {
+        let dir = std::env::temp_dir().join(format!("tallyd-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("statsd.sock");
+        let flag = format!("--statsd.listen-unixgram={}", path.display());
+        SocketDir { dir, path, flag }
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
