@@ -47,9 +47,20 @@ pub(crate) async fn serve_tcp(
         .set(ctx.tcp_max_connections as i64);
     let mut backoff = AcceptBackoff::default();
     loop {
+        // Scrapes and handovers first: a flood of connections must not hold up a scrape.
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            Some(touched) = handed.recv() => pipe.adopt(touched),
+            due = pipe.due() => {
+                if matches!(due, Due::Scrape(_)) {
+                    // A connection that ended before the scrape has handed over its families.
+                    while let Ok(touched) = handed.try_recv() {
+                        pipe.adopt(touched);
+                    }
+                }
+                pipe.handle(due).await;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff.accepted();
@@ -69,16 +80,6 @@ pub(crate) async fn serve_tcp(
                 }
                 Err(e) => backoff.failed(&ctx.telemetry, "statsd_tcp", &e).await,
             },
-            Some(touched) = handed.recv() => pipe.adopt(touched),
-            due = pipe.due() => {
-                if matches!(due, Due::Scrape(_)) {
-                    // A connection that ended before the scrape has handed over its families.
-                    while let Ok(touched) = handed.try_recv() {
-                        pipe.adopt(touched);
-                    }
-                }
-                pipe.handle(due).await;
-            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
