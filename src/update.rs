@@ -224,15 +224,16 @@ impl Op {
 
     /// `self` followed by `next`, as one operation on the same series, when that is exact:
     /// counter increments add up, a gauge set absorbs the shifts after it and is replaced by a
-    /// later set, shifts add up. Observations and set members stay apart (`None`), as do
-    /// operations of different types.
+    /// later set, shifts add up while their sum is finite (shifts of ±1e308 applied one by one
+    /// leave a gauge at ±∞, but their sum, once ∞, would take it to NaN from the other ∞).
+    /// Observations and set members stay apart (`None`), as do operations of different types.
     #[inline]
     pub fn combine(self, next: Op) -> Option<Op> {
         match (self, next) {
             (Op::Add(a), Op::Add(b)) => Some(Op::Add(a + b)),
             (Op::Set(_) | Op::Shift(_), Op::Set(b)) => Some(Op::Set(b)),
             (Op::Set(a), Op::Shift(d)) => Some(Op::Set(a + d)),
-            (Op::Shift(a), Op::Shift(d)) => Some(Op::Shift(a + d)),
+            (Op::Shift(a), Op::Shift(d)) => Some(Op::Shift(a + d)).filter(|_| (a + d).is_finite()),
             _ => None,
         }
     }
@@ -313,6 +314,7 @@ mod tests {
         assert_eq!(Op::Add(1.0).combine(Op::Add(2.5)), Some(Op::Add(3.5)));
         assert_eq!(Op::Set(4.0).combine(Op::Shift(-1.0)), Some(Op::Set(3.0)));
         assert_eq!(Op::Shift(2.0).combine(Op::Shift(3.0)), Some(Op::Shift(5.0)));
+        assert_eq!(Op::Shift(1e308).combine(Op::Shift(1e308)), None);
         assert_eq!(Op::Shift(2.0).combine(Op::Set(7.0)), Some(Op::Set(7.0)));
         assert_eq!(Op::Set(2.0).combine(Op::Set(7.0)), Some(Op::Set(7.0)));
         let observe = Op::Observe {

@@ -340,3 +340,19 @@ fn type_conflicts_name_at_most_the_listed_number_of_metrics() {
         Some(5.0)
     );
 }
+
+#[test]
+fn a_gauge_driven_past_the_largest_number_stays_infinite_not_nan() {
+    let t = Tallyd::start(&[]);
+    // As statsd_exporter applies them one by one: +1e308 twice makes +Inf, and -1e308 twice
+    // leaves it there.
+    t.send_udp(b"edge:0|g");
+    t.wait_value("edge", &[], 0.0);
+    t.send_udp(b"edge:+1e308|g\nedge:+1e308|g");
+    t.wait_value("edge", &[], f64::INFINITY);
+    t.send_udp(b"edge:-1e308|g\nedge:-1e308|g");
+    t.wait_for("both shifts applied", |e| {
+        e.value("tallyd_updates_total", &[]) == Some(5.0)
+    });
+    assert_eq!(t.scrape().value("edge", &[]), Some(f64::INFINITY));
+}
