@@ -190,7 +190,7 @@ fn reload_on_hangup(
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             // The outcome is counted and logged by the reloader.
-            let _ = reloader.reload();
+            let _ = reloader.reload_in_background().await;
         }
     })
 }

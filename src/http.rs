@@ -412,7 +412,7 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
         }
         "/" | "/-/healthy" | "/-/ready" => not_allowed("GET, HEAD"),
         "/-/fault" if method == Method::POST => fault(ctx, req.uri().query()).await,
-        "/-/reload" if method == Method::POST || method == Method::PUT => reload(ctx),
+        "/-/reload" if method == Method::POST || method == Method::PUT => reload(ctx).await,
         "/-/reload" => not_allowed("POST, PUT"),
         "/-/fault" if ctx.fault_injection => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
@@ -441,15 +441,15 @@ async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
     response.unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Bad response.\n"))
 }
 
-fn reload(ctx: &HttpContext) -> Reply {
+async fn reload(ctx: &HttpContext) -> Reply {
     let Some(reloader) = &ctx.reloader else {
         return text(
             StatusCode::FORBIDDEN,
             "Lifecycle APIs are not enabled (--web.enable-lifecycle).\n",
         );
     };
-    match reloader.reload() {
-        Ok(rules) => {
+    match reloader.reload_in_background().await {
+        Some(Ok(rules)) => {
             let body = format!("Mapping reloaded: {rules} rules.\n");
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
@@ -458,13 +458,17 @@ fn reload(ctx: &HttpContext) -> Reply {
             );
             response
         }
-        Err(e) => {
+        Some(Err(e)) => {
             let mut response = Response::new(Full::new(Bytes::from(format!(
                 "Reload failed, previous mapping kept: {e}\n"
             ))));
             *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             response
         }
+        None => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Reload failed, previous mapping kept.\n",
+        ),
     }
 }
 

@@ -37,6 +37,17 @@ impl Reloader {
         }
     }
 
+    /// As [`Reloader::reload`], on a blocking thread: compiling a large mapping file takes a
+    /// while (a 20,000-rule file about half a second), which must not hold up a runtime worker
+    /// and the requests it serves (`/-/healthy`, scrapes). `None` if the reload task was lost
+    /// (it panicked, which nothing in it does).
+    pub async fn reload_in_background(self: &Arc<Self>) -> Option<Result<usize, MappingError>> {
+        let reloader = self.clone();
+        tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .ok()
+    }
+
     /// Loads the file again; on success the new rules replace the old and the number of rules
     /// is returned, on failure the old rules stay in force and the error is returned.
     pub fn reload(&self) -> Result<usize, MappingError> {
