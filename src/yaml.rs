@@ -68,6 +68,10 @@ pub(crate) fn key_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
+/// YAML nodes (mappings, sequences, scalars) a file may hold: what 16 MiB of short scalars
+/// make, some 400,000 mapping rules of a match, a name and a label.
+const MAX_NODES: usize = 4_000_000;
+
 /// Parses `text`; an empty document is `T::default()`. `path` renders the key path of a
 /// failure (see [`key_path`]; a caller whose types wrap values may need its own).
 pub(crate) fn parse<T: DeserializeOwned + Default>(
@@ -77,6 +81,13 @@ pub(crate) fn parse<T: DeserializeOwned + Default>(
     let mut options = serde_saphyr::Options::default();
     // Callers report the location themselves, on one line.
     options.with_snippet = false;
+    // Room for what a file of `crate::files::MAX_FILE_BYTES` holds: the parser's default
+    // budget (250,000 nodes) refuses a mapping file past about 27,000 rules. The limits on
+    // aliases, anchors and depth, which guard against a small file that expands, stay.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = 2 * MAX_NODES;
+    options.budget = Some(budget);
     let mut key = None;
     let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize::<_, Option<T>>(de).map_err(|e| {

@@ -356,3 +356,25 @@ fn a_gauge_driven_past_the_largest_number_stays_infinite_not_nan() {
     });
     assert_eq!(t.scrape().value("edge", &[]), Some(f64::INFINITY));
 }
+
+#[test]
+fn a_mapping_file_of_40_000_rules_loads() {
+    let socket = common::SocketDir::new("bigmapping");
+    let path = socket.path.with_file_name("mapping.yml");
+    let mut yaml = String::from("mappings:\n");
+    for i in 0..40_000 {
+        yaml.push_str(&format!(
+            "- match: \"app{i}.*.count\"\n  name: \"app{i}_count\"\n  labels:\n    x: \"$1\"\n"
+        ));
+    }
+    std::fs::write(&path, yaml).unwrap();
+    let flag = format!("--statsd.mapping-config={}", path.display());
+    let output = command(&[&flag, "--check-config"], &[])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("40000 rules"), "{stdout}");
+}
