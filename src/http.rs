@@ -16,6 +16,7 @@
 //! extra headers (on every response), basic auth (401), then the route.
 
 mod scrapes;
+mod slots;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -39,7 +40,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,7 @@ use crate::sockets::AcceptBackoff;
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::webconfig::WebConfig;
 use scrapes::Scrapes;
+use slots::{Holder, Slots};
 
 /// How long a scrape waits for the aggregator's reply.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,7 +142,7 @@ pub(crate) async fn serve(
         );
     }
     let tls = ctx.web.tls.clone().map(TlsAcceptor::from);
-    let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let slots = Slots::new(ctx.limits.max_connections);
     let mut backoff = AcceptBackoff::default();
     let graceful = GracefulShutdown::new();
     loop {
@@ -159,13 +160,20 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some((slot, evicted)) = slots.take().await else {
             refuse(stream, peer, tls.is_none(), &ctx);
             continue;
         };
+        if evicted {
+            ctx.telemetry.http_connections_evicted.inc();
+        }
         let (ctx, tls, watcher) = (ctx.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            connection(stream, peer, ctx, tls, watcher).await;
+            let holder = slot.holder.clone();
+            tokio::select! {
+                () = connection(stream, peer, ctx, tls, watcher, holder.clone()) => {}
+                () = holder.evicted() => debug!(%peer, "HTTP connection closed for a new one: it had sent no request"),
+            }
             drop(slot);
         });
     }
@@ -208,15 +216,18 @@ async fn connection(
     ctx: Arc<HttpContext>,
     tls: Option<TlsAcceptor>,
     watcher: Watcher,
+    holder: Arc<Holder>,
 ) {
     let deadline = Arc::new(Deadline::default());
     let stream = Timed::new(stream, deadline.clone());
     match tls {
-        None => http(TokioIo::new(stream), peer, ctx, deadline, watcher).await,
+        None => http(TokioIo::new(stream), peer, ctx, deadline, watcher, holder).await,
         Some(acceptor) => {
             let timeout = ctx.limits.header_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => http(TokioIo::new(stream), peer, ctx, deadline, watcher).await,
+                Ok(Ok(stream)) => {
+                    http(TokioIo::new(stream), peer, ctx, deadline, watcher, holder).await
+                }
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake not finished within web.header_timeout"),
             }
@@ -230,6 +241,7 @@ async fn http<I>(
     ctx: Arc<HttpContext>,
     deadline: Arc<Deadline>,
     watcher: Watcher,
+    holder: Arc<Holder>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -238,8 +250,13 @@ async fn http<I>(
         // hyper calls this once the request's headers are in: the request's time starts.
         let ends = tokio::time::Instant::now() + limits.request_timeout;
         deadline.set(ends);
-        let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&ctx, req, ends).await) }
+        holder.serving();
+        let (ctx, holder) = (ctx.clone(), holder.clone());
+        async move {
+            let response = handle(&ctx, req, ends).await;
+            holder.waiting();
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

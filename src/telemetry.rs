@@ -150,6 +150,9 @@ pub struct Telemetry {
     /// `tallyd_http_connections_rejected_total`: HTTP connections closed unserved because
     /// `web.max_connections` were open.
     pub http_connections_rejected: IntCounter,
+    /// `tallyd_http_connections_evicted_total`: HTTP connections closed, after waiting at
+    /// least a second for a request, to make room for a new one.
+    pub http_connections_evicted: IntCounter,
     /// `tallyd_http_auth_failures_total`: HTTP requests refused (401) for missing or wrong
     /// basic-auth credentials.
     pub http_auth_failures: IntCounter,

@@ -378,3 +378,29 @@ fn a_mapping_file_of_40_000_rules_loads() {
     assert!(output.status.success(), "{stderr}");
     assert!(stdout.contains("40000 rules"), "{stdout}");
 }
+
+#[test]
+fn clients_that_hold_http_connections_silent_cannot_keep_scrapes_out() {
+    let t = Tallyd::start_with_env(&[], &[("TALLYD_WEB__MAX_CONNECTIONS", "8")]);
+    // Eight connections that send nothing: every slot taken, for the 10 s header timeout.
+    let silent: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(t.http).unwrap())
+        .collect();
+    // Silent for longer than a connection may wait before it can be closed for another.
+    std::thread::sleep(Duration::from_millis(1_100));
+    // Probes and scrapes still get answers: the first takes the slot of a silent connection.
+    for _ in 0..5 {
+        assert_eq!(t.get("/-/healthy").0, 200);
+    }
+    let e = t.scrape();
+    assert!(
+        e.value("tallyd_http_connections_evicted_total", &[])
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        e.value("tallyd_http_connections_rejected_total", &[]),
+        Some(0.0)
+    );
+    drop(silent);
+}

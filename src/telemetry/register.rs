@@ -328,6 +328,7 @@ impl MappingMetrics {
 /// The HTTP server and the scrapes it serves.
 struct HttpMetrics {
     http_connections_rejected: IntCounter,
+    http_connections_evicted: IntCounter,
     http_auth_failures: IntCounter,
     http_requests: IntCounterVec,
     scrape_barrier_timeouts: IntCounter,
@@ -341,6 +342,11 @@ impl HttpMetrics {
                 registry,
                 "tallyd_http_connections_rejected_total",
                 "HTTP connections closed unserved because web.max_connections were open.",
+            ),
+            http_connections_evicted: counter(
+                registry,
+                "tallyd_http_connections_evicted_total",
+                "HTTP connections closed, after waiting at least a second for a request, to make room for a new one.",
             ),
             http_auth_failures: counter(
                 registry,
@@ -421,6 +427,7 @@ impl Telemetry {
             mapping_dropped: mapping.mapping_dropped,
             reloads: mapping.reloads,
             http_connections_rejected: http.http_connections_rejected,
+            http_connections_evicted: http.http_connections_evicted,
             http_auth_failures: http.http_auth_failures,
             http_requests: http.http_requests,
             scrape_barrier_timeouts: http.scrape_barrier_timeouts,
