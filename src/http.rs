@@ -155,7 +155,7 @@ pub(crate) async fn serve(
                     accepted
                 }
                 Err(e) => {
-                    backoff.failed(&ctx.telemetry, "http", &e).await;
+                    tokio::time::sleep(backoff.failed(&ctx.telemetry, "http", &e)).await;
                     continue;
                 }
             },

@@ -48,8 +48,9 @@ pub fn raise_open_file_limit() -> Option<u64> {
 }
 
 /// What an accept loop does after a failed accept: counts it, logs it (at most once a second
-/// across listeners), and waits before the next, from 5 ms doubling to 1 s, so that a loop
-/// that cannot accept (out of file descriptors, most often) neither spins nor floods the log.
+/// across listeners), and waits before the next accept, from 5 ms doubling to 1 s, so that a
+/// loop that cannot accept (out of file descriptors, most often) neither spins nor floods the
+/// log. The loop waits as it sees fit: the StatsD TCP acceptor keeps answering scrapes.
 #[derive(Debug, Default)]
 pub(crate) struct AcceptBackoff {
     wait: Option<Duration>,
@@ -61,20 +62,20 @@ impl AcceptBackoff {
         self.wait = None;
     }
 
-    /// An accept of `listener` (`statsd_tcp`, `http`) failed with `error`: counts, logs and
-    /// waits.
-    pub(crate) async fn failed(
+    /// An accept of `listener` (`statsd_tcp`, `http`) failed with `error`: counts and logs it;
+    /// returns how long to wait before the next accept.
+    pub(crate) fn failed(
         &mut self,
         telemetry: &Telemetry,
         listener: &str,
         error: &io::Error,
-    ) {
+    ) -> Duration {
         telemetry.accept_errors.with_label_values(&[listener]).inc();
         let wait = self.wait.map_or(FIRST_WAIT, |w| (w * 2).min(LONGEST_WAIT));
         self.wait = Some(wait);
         if let Some(suppressed) = ACCEPT_LOG.allow() {
             warn!(listener, %error, ?wait, suppressed, "accept failed; waiting before the next");
         }
-        tokio::time::sleep(wait).await;
+        wait
     }
 }

@@ -46,6 +46,8 @@ pub(crate) async fn serve_tcp(
         .tcp_connections_limit
         .set(ctx.tcp_max_connections as i64);
     let mut backoff = AcceptBackoff::default();
+    // After a failed accept, accepts wait until then; scrapes and handovers go on.
+    let mut accepts_resume: Option<Instant> = None;
     loop {
         // Scrapes and handovers first: a flood of connections must not hold up a scrape.
         tokio::select! {
@@ -61,7 +63,10 @@ pub(crate) async fn serve_tcp(
                 }
                 pipe.handle(due).await;
             }
-            accepted = listener.accept() => match accepted {
+            () = tokio::time::sleep_until(accepts_resume.unwrap_or_else(Instant::now)), if accepts_resume.is_some() => {
+                accepts_resume = None;
+            }
+            accepted = listener.accept(), if accepts_resume.is_none() => match accepted {
                 Ok((stream, peer)) => {
                     backoff.accepted();
                     ctx.telemetry.tcp_connections.inc();
@@ -78,7 +83,10 @@ pub(crate) async fn serve_tcp(
                     };
                     connections.spawn(connection.serve(stream));
                 }
-                Err(e) => backoff.failed(&ctx.telemetry, "statsd_tcp", &e).await,
+                Err(e) => {
+                    let wait = backoff.failed(&ctx.telemetry, "statsd_tcp", &e);
+                    accepts_resume = Some(Instant::now() + wait);
+                }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
