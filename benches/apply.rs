@@ -63,7 +63,10 @@ fn bench(c: &mut Criterion) {
                 op: op(k),
                 samples: 1,
             };
-            state.apply((0..series).map(update).collect(), Instant::now());
+            state.apply(
+                &mut (0..series).map(update).collect::<Vec<_>>().into(),
+                Instant::now(),
+            );
             // Enough batches to touch every series before they repeat.
             let batches: Vec<Vec<Update>> = (0..series.div_ceil(BATCH).max(16))
                 .map(|b| (b * BATCH..(b + 1) * BATCH).map(update).collect())
@@ -73,9 +76,9 @@ fn bench(c: &mut Criterion) {
                 b.iter_batched(
                     || {
                         next = (next + 1) % batches.len();
-                        batches[next].clone()
+                        batches[next].clone().into()
                     },
-                    |batch| state.apply(batch, Instant::now()),
+                    |mut batch| state.apply(&mut batch, Instant::now()),
                     BatchSize::SmallInput,
                 )
             });

@@ -55,18 +55,18 @@ fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                 let now = Instant::now();
                 for datagram in &datagrams {
                     batcher.ingest(datagram);
-                    for (family, batch) in batcher.take() {
+                    for (family, mut batch) in batcher.take() {
                         families
                             .entry(family.clone())
                             .or_insert_with(|| {
                                 let spec = FamilySpec {
                                     name: family,
-                                    kind: batch.updates[0].op.kind(),
+                                    kind: batch.updates.list[0].op.kind(),
                                     meta: batch.meta,
                                 };
                                 FamilyState::new(spec, ctx.clone())
                             })
-                            .apply(batch.updates, now);
+                            .apply(&mut batch.updates, now);
                     }
                 }
             })

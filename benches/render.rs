@@ -48,7 +48,7 @@ fn populated(
     ctx: &Arc<tallyd::actors::family::FamilyContext>,
 ) -> FamilyState {
     let mut state = common::family(name, kind, ObserverType::Summary, ctx);
-    state.apply(updates(series, n, op), Instant::now());
+    state.apply(&mut updates(series, n, op).into(), Instant::now());
     state
 }
 
@@ -78,7 +78,7 @@ fn snapshot(c: &mut Criterion, ctx: &Arc<tallyd::actors::family::FamilyContext>)
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
-                    state.apply(every.clone(), Instant::now());
+                    state.apply(&mut every.clone().into(), Instant::now());
                     let started = Instant::now();
                     black_box(state.snapshot(started));
                     spent += started.elapsed();
@@ -88,7 +88,7 @@ fn snapshot(c: &mut Criterion, ctx: &Arc<tallyd::actors::family::FamilyContext>)
         });
         group.bench_function(format!("{name}/one_changed"), |b| {
             b.iter(|| {
-                state.apply(one.clone(), Instant::now());
+                state.apply(&mut one.clone().into(), Instant::now());
                 state.snapshot(Instant::now())
             })
         });

@@ -68,8 +68,8 @@ pub struct LimitSettings {
     /// Bytes in a UDP or Unix datagram; a longer one is rejected whole and counted once
     /// (`datagram_too_large`). At most 65,535. Default 65,535.
     pub max_datagram_bytes: usize,
-    /// Updates waiting in family actors' mailboxes; a batch that would go past it is dropped
-    /// and counted (`tallyd_updates_dropped_total{stage="queue_full"}`). Default 1,000,000.
+    /// Updates waiting in family actors' mailboxes, observations counted one each; a batch
+    /// that would go past it is dropped and counted (`tallyd_updates_dropped_total{stage="queue_full"}`). Default 1,000,000.
     pub max_queued_updates: usize,
     /// Live family actors at once, retiring ones included (each holds about 10 KB): a family
     /// that needs an actor past it has the least recently updated live families hibernate at
@@ -148,7 +148,8 @@ pub struct StatsdSettings {
     /// thousand families cost 500 messages a second rather than 2,000 at `500ms`.
     #[serde(with = "humantime_serde")]
     pub event_flush_interval: Duration,
-    /// Updates a listener holds (after combining) before it flushes early. Default 10,000.
+    /// Updates a listener holds (after combining), observations counted one each, before it
+    /// flushes early. Default 10,000.
     pub event_flush_threshold: usize,
     /// UDP socket receive buffer in bytes (`SO_RCVBUF`), what absorbs bursts while the
     /// reader is busy; 0 keeps the system default (`net.core.rmem_default`). The kernel caps

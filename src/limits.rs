@@ -4,8 +4,8 @@
 //!   expires or the family's state is dropped, so the count is exact and goes down as well as
 //!   up. The registry takes the unit of a new family's first series as it spawns it (so a
 //!   name past the limit costs no actor), and the family uses that unit, or gives it back;
-//! - the queue bound: how many updates may wait in family actors' mailboxes (which ractor does
-//!   not bound). A router reserves room before it sends a batch and the batch gives it back
+//! - the queue bound: how many updates and observations may wait in family actors' mailboxes
+//!   (which ractor does not bound). A router reserves room before it sends a batch and the batch gives it back
 //!   when it is dropped, applied or not, so the count cannot leak;
 //! - the room of maps that swell in a burst (live actors, routes): [`shrink`] gives it back.
 
@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::update::Update;
+use crate::update::Updates;
 
 /// Series limits shared by every family actor.
 #[derive(Debug)]
@@ -54,7 +54,7 @@ impl SeriesBudget {
     }
 }
 
-/// How many updates may wait in family mailboxes at once.
+/// How many updates and observations may wait in family mailboxes at once.
 #[derive(Debug)]
 pub struct QueueBound {
     max: usize,
@@ -62,7 +62,7 @@ pub struct QueueBound {
 }
 
 impl QueueBound {
-    /// Room for `max` queued updates.
+    /// Room for `max` queued updates and observations.
     pub fn new(max: usize) -> Self {
         QueueBound {
             max,
@@ -80,14 +80,14 @@ impl QueueBound {
 /// until it is dropped.
 #[derive(Debug)]
 pub struct Queued {
-    updates: Vec<Update>,
+    updates: Updates,
     reserved: usize,
     bound: Arc<QueueBound>,
 }
 
 impl Queued {
     /// Reserves room for `updates`; gives them back when the bound is full.
-    pub fn reserve(bound: &Arc<QueueBound>, updates: Vec<Update>) -> Result<Queued, Vec<Update>> {
+    pub fn reserve(bound: &Arc<QueueBound>, updates: Updates) -> Result<Queued, Updates> {
         let n = updates.len();
         let reserved = bound
             .queued
@@ -105,11 +105,11 @@ impl Queued {
     }
 
     /// The updates, to apply; the room is given back when `self` is dropped.
-    pub fn take(&mut self) -> Vec<Update> {
+    pub fn take(&mut self) -> Updates {
         std::mem::take(&mut self.updates)
     }
 
-    /// How many updates the batch holds room for.
+    /// How many updates and observations the batch holds room for.
     pub fn len(&self) -> usize {
         self.reserved
     }
@@ -153,13 +153,13 @@ mod tests {
     #[test]
     fn queued_batches_hold_room_until_dropped() {
         let bound = Arc::new(QueueBound::new(3));
-        let update = || Update {
+        let update = || crate::update::Update {
             labels: Default::default(),
             op: crate::update::Op::Add(1.0),
             samples: 1,
         };
-        let mut first = Queued::reserve(&bound, vec![update(), update()]).unwrap();
-        assert!(Queued::reserve(&bound, vec![update(), update()]).is_err());
+        let mut first = Queued::reserve(&bound, vec![update(), update()].into()).unwrap();
+        assert!(Queued::reserve(&bound, vec![update(), update()].into()).is_err());
         assert_eq!(first.take().len(), 2);
         assert_eq!(
             bound.queued(),
@@ -168,6 +168,6 @@ mod tests {
         );
         drop(first);
         assert_eq!(bound.queued(), 0);
-        assert!(Queued::reserve(&bound, vec![update(), update(), update()]).is_ok());
+        assert!(Queued::reserve(&bound, vec![update(), update(), update()].into()).is_ok());
     }
 }

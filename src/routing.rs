@@ -52,7 +52,7 @@ pub const PRUNE_EVERY: Duration = Duration::from_millis(250);
 fn spec(family: &Arc<str>, batch: &Batch) -> FamilySpec {
     FamilySpec {
         name: family.clone(),
-        kind: batch.updates[0].op.kind(),
+        kind: batch.updates.list[0].op.kind(),
         meta: batch.meta.clone(),
     }
 }
@@ -235,7 +235,7 @@ impl Router {
         let mut link = match self.route(&spec).await {
             Some(CachedFamily::Actor(link)) => link,
             Some(CachedFamily::Refused(Refusal::Clash(_), _)) => {
-                return self.count_clash(&family, &batch.updates)
+                return self.count_clash(&family, &batch.updates.list)
             }
             Some(CachedFamily::Refused(Refusal::Full, _)) => {
                 // As the family would have counted it, had it been let in.

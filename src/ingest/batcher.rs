@@ -551,7 +551,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::mapping::Mapper;
-    use crate::update::Update;
+    use crate::update::{Update, Updates};
 
     fn batches(input: &[u8]) -> (Vec<(String, Vec<Update>)>, Arc<Telemetry>) {
         let (mut b, telemetry) = batcher("");
@@ -559,15 +559,38 @@ mod tests {
         (sorted_batches(&mut b), telemetry)
     }
 
-    /// The batches taken, sorted by family.
+    /// The batches taken, sorted by family, with a series' gathered observations as the
+    /// samples they came from (see [`one_by_one`]).
     fn sorted_batches(b: &mut Batcher) -> Vec<(String, Vec<Update>)> {
         let mut out: Vec<_> = b
             .take()
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v.updates))
+            .map(|(k, v)| (k.to_string(), one_by_one(v.updates)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// The updates with each gathered observation as an update of one sample.
+    fn one_by_one(updates: Updates) -> Vec<Update> {
+        let Updates { list, observations } = updates;
+        list.into_iter()
+            .flat_map(|update| match update.op {
+                Op::Observations { start, len } => observations
+                    [start as usize..(start + len) as usize]
+                    .iter()
+                    .map(|o| Update {
+                        labels: update.labels.clone(),
+                        op: Op::Observe {
+                            value: o.value,
+                            count: o.count,
+                        },
+                        samples: 1,
+                    })
+                    .collect(),
+                _ => vec![update],
+            })
+            .collect()
     }
 
     /// Each family's operations, as [`sorted_batches`] gives them.
@@ -620,14 +643,20 @@ mod tests {
     }
 
     #[test]
-    fn packed_values_become_one_update_each() {
-        let (got, _) = batches(b"lat:1:2:3|ms|#k:v");
-        let ops: Vec<_> = got[0].1.iter().map(|u| u.op).collect();
+    fn packed_values_are_observed_each_in_one_update() {
+        let (mut b, _) = batcher("");
+        b.ingest(b"lat:1:2:3|ms|#k:v");
+        let batches = b.take();
+        let updates = &batches[0].1.updates;
+        assert_eq!(updates.list.len(), 1);
+        let update = &updates.list[0];
         assert_eq!(
-            ops,
-            [0.001, 0.002, 0.003].map(|value| Op::Observe { value, count: 1 })
+            (update.op, update.samples),
+            (Op::Observations { start: 0, len: 3 }, 3)
         );
-        assert!(got[0].1.iter().all(|u| u.labels.iter().eq([("k", "v")])));
+        assert!(update.labels.iter().eq([("k", "v")]));
+        let values: Vec<_> = updates.observations.iter().map(|o| o.value).collect();
+        assert_eq!(values, [0.001, 0.002, 0.003]);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The updates a batcher holds until its next flush: one slot per family and one per series,
-//! each found once by name and labels and then by number. A series' latest combinable update
-//! is held in its own slot until the flush (or until a counter or gauge sample that does not
-//! combine with it), so a sample of a busy series touches that slot alone: no hashing of its
-//! family or labels, no visit to its family's updates. Slots outlive a flush, so that the
+//! each found once by name and labels and then by number. A series' latest update is held in
+//! its own slot until the flush (or until a sample that does not combine with it): counter
+//! and gauge samples combine into one update, and a series' observations gather into one
+//! update of several. A sample of a busy series thus touches that slot alone: no hashing of
+//! its family or labels, no visit to its family's updates. Slots outlive a flush, so that the
 //! batcher's line cache can point at them; they are dropped together past [`SLOT_LIMIT`]
 //! series, or when told to.
 
@@ -11,30 +12,36 @@ use rustc_hash::FxBuildHasher;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use crate::update::Batch;
-use crate::update::FamilyMeta;
-use crate::update::{LabelSet, Op, Update};
+use crate::update::{Batch, FamilyMeta, LabelSet, Observation, Op, Update, Updates};
 
 /// Series slots past which all slots are dropped at the next flush, so that memory stays
 /// bounded when applications send endless distinct series.
 pub(super) const SLOT_LIMIT: usize = 32_768;
+
+/// The observations a series slot keeps room for between flushes; a series with more
+/// allocates its room at each flush (a cost spread over its many observations), so that idle
+/// slots hold little.
+const KEPT_OBSERVATIONS: usize = 8;
 
 /// A family's slot: its name, what it is born with, and its updates since the last flush.
 #[derive(Debug)]
 struct FamilySlot {
     name: Arc<str>,
     meta: Arc<FamilyMeta>,
-    updates: Vec<Update>,
+    updates: Updates,
 }
 
-/// A series' slot: its latest combinable update, its family and its labels.
+/// A series' slot: its latest update, its family and its labels.
 #[derive(Debug)]
 struct SeriesSlot {
-    /// `(flush, index)`: if `flush` is the current one, the series' latest counter or gauge
-    /// update is `held`, and its place is `updates[index]` of its family.
+    /// `(flush, index)`: if `flush` is the current one, the series' latest update is `held`,
+    /// and its place is `updates.list[index]` of its family.
     latest: (u64, u32),
-    /// That update's operation and samples, written to its place by [`Pending::settle`].
+    /// That update's operation and samples, written to its place by [`Pending::settle`]; for
+    /// observations, the first of them.
     held: (Op, u64),
+    /// The observations after the first, while `held` is an observation.
+    more: Vec<Observation>,
     family: u32,
     labels: LabelSet,
 }
@@ -54,7 +61,7 @@ pub(super) struct Pending {
     holding: Vec<u32>,
     /// Counts flushes, so that `latest` positions of an earlier flush are ignored.
     flush: u64,
-    /// Updates held, after combining.
+    /// Updates held, after combining, and observations.
     held: usize,
     /// Drop every slot at the next flush.
     reset: bool,
@@ -75,7 +82,7 @@ impl Pending {
         self.families.push(FamilySlot {
             name: name.clone(),
             meta: meta.clone(),
-            updates: Vec::new(),
+            updates: Updates::default(),
         });
         let families = &self.families;
         self.family_index.insert_unique(hash, i, |&j| {
@@ -99,6 +106,7 @@ impl Pending {
         self.series.push(SeriesSlot {
             latest: (self.flush.wrapping_sub(1), 0),
             held: (Op::Add(0.0), 0),
+            more: Vec::new(),
             family,
             labels: labels.clone(),
         });
@@ -111,36 +119,52 @@ impl Pending {
     }
 
     /// Adds one sample's operation to series slot `series`: combined into the series' latest
-    /// update when [`Op::combine`] allows, appended otherwise.
+    /// update when [`Op::combine`] allows, gathered with it when both are observations,
+    /// appended otherwise.
     #[inline]
     pub(super) fn push(&mut self, series: u32, op: Op) {
         let slot = &mut self.series[series as usize];
-        let combinable = matches!(op, Op::Add(_) | Op::Set(_) | Op::Shift(_));
-        if combinable && slot.latest.0 == self.flush {
-            if let Some(combined) = slot.held.0.combine(op) {
-                slot.held = (combined, slot.held.1 + 1);
-                return;
+        let holdable = !matches!(op, Op::Insert(_));
+        if holdable && slot.latest.0 == self.flush {
+            match (slot.held.0, op) {
+                (Op::Observe { .. }, Op::Observe { value, count }) => {
+                    slot.more.push(Observation { value, count });
+                    slot.held.1 += 1;
+                    // Observations count towards the flush threshold: each takes room.
+                    self.held += 1;
+                    return;
+                }
+                (held, op) => {
+                    if let Some(combined) = held.combine(op) {
+                        slot.held = (combined, slot.held.1 + 1);
+                        return;
+                    }
+                }
             }
             self.settle(series);
         }
-        self.append(series, op, combinable);
+        self.append(series, op, holdable);
     }
 
-    /// Appends `op` to its family's updates; a combinable one is then held by its series.
-    fn append(&mut self, series: u32, op: Op, combinable: bool) {
+    /// Appends `op` to its family's updates; one to combine or gather with is then held by
+    /// its series.
+    fn append(&mut self, series: u32, op: Op, holdable: bool) {
         let slot = &mut self.series[series as usize];
         let family = &mut self.families[slot.family as usize];
         if family.updates.is_empty() {
             self.touched.push(slot.family);
+            if family.updates.list.capacity() == 0 {
+                family.updates = Updates::spare();
+            }
         }
-        if combinable {
+        if holdable {
             if slot.latest.0 != self.flush {
                 self.holding.push(series);
             }
-            slot.latest = (self.flush, family.updates.len() as u32);
+            slot.latest = (self.flush, family.updates.list.len() as u32);
             slot.held = (op, 1);
         }
-        family.updates.push(Update {
+        family.updates.list.push(Update {
             labels: slot.labels.clone(),
             op,
             samples: 1,
@@ -148,11 +172,28 @@ impl Pending {
         self.held += 1;
     }
 
-    /// Writes the update series `series` holds to its place in its family's updates.
+    /// Writes the update series `series` holds to its place in its family's updates; several
+    /// observations go to the family's observations, in one run.
     fn settle(&mut self, series: u32) {
-        let slot = &self.series[series as usize];
-        let update = &mut self.families[slot.family as usize].updates[slot.latest.1 as usize];
-        (update.op, update.samples) = slot.held;
+        let slot = &mut self.series[series as usize];
+        let updates = &mut self.families[slot.family as usize].updates;
+        let (mut op, samples) = slot.held;
+        if let (Op::Observe { value, count }, false) = (op, slot.more.is_empty()) {
+            let start = updates.observations.len();
+            updates.observations.push(Observation { value, count });
+            updates.observations.extend_from_slice(&slot.more);
+            op = Op::Observations {
+                start: start as u32,
+                len: (updates.observations.len() - start) as u32,
+            };
+            if slot.more.capacity() > KEPT_OBSERVATIONS {
+                slot.more = Vec::new();
+            } else {
+                slot.more.clear();
+            }
+        }
+        let update = &mut updates.list[slot.latest.1 as usize];
+        (update.op, update.samples) = (op, samples);
     }
 
     /// Asks the processor to fetch series slot `series` into its cache, ahead of a
@@ -164,7 +205,7 @@ impl Pending {
         }
     }
 
-    /// Updates held, after combining.
+    /// Updates held, after combining, and observations.
     pub(super) fn held(&self) -> usize {
         self.held
     }
@@ -248,6 +289,7 @@ mod tests {
             batches[i]
                 .1
                 .updates
+                .list
                 .iter()
                 .map(|u| (u.op, u.samples))
                 .collect()
@@ -259,42 +301,72 @@ mod tests {
             [(Op::Set(5.0), 1), (Op::Add(1.0), 1), (Op::Set(7.0), 1)]
         );
         // An observation between two counter samples of a series (a type conflict its family
-        // refuses) leaves the held update where it was, still absorbing.
+        // refuses) ends the counter's update: arrival order is kept.
+        let observe = |value| Op::Observe { value, count: 1 };
         p.push(s1, Op::Add(1.0));
-        p.push(
-            s1,
-            Op::Observe {
-                value: 1.0,
-                count: 1,
-            },
-        );
+        p.push(s1, observe(1.0));
         p.push(s1, Op::Add(2.0));
         let (batches, _) = p.take();
         let ops: Vec<_> = batches[0]
             .1
             .updates
+            .list
             .iter()
             .map(|u| (u.op, u.samples))
             .collect();
         assert_eq!(
             ops,
-            [
-                (Op::Add(3.0), 2),
-                (
-                    Op::Observe {
-                        value: 1.0,
-                        count: 1
-                    },
-                    1
-                )
-            ]
+            [(Op::Add(1.0), 1), (observe(1.0), 1), (Op::Add(2.0), 1)]
         );
         // The next flush starts afresh, with the same slots.
         p.push(s1, Op::Add(1.0));
         let (batches, _) = p.take();
         assert_eq!(batches.len(), 1);
-        assert_eq!(batches[0].1.updates[0].op, Op::Add(1.0));
+        assert_eq!(batches[0].1.updates.list[0].op, Op::Add(1.0));
         assert_eq!(p.held(), 0);
+    }
+
+    #[test]
+    fn a_series_observations_gather_into_one_update_in_one_run() {
+        let mut p = Pending::default();
+        let f = p.family(&"lat".into(), &meta());
+        let (a, b) = (
+            p.series(f, &LabelSet::default()),
+            p.series(f, &LabelSet::from_pairs(vec![("k".into(), "v".into())])),
+        );
+        let observe = |value, count| Op::Observe { value, count };
+        p.push(a, observe(1.0, 1));
+        p.push(b, observe(5.0, 1));
+        p.push(a, observe(2.0, 10));
+        p.push(a, observe(3.0, 1));
+        // Each observation counts towards the flush threshold.
+        assert_eq!(p.held(), 4);
+        let (batches, _) = p.take();
+        let updates = &batches[0].1.updates;
+        let ops: Vec<_> = updates.list.iter().map(|u| (u.op, u.samples)).collect();
+        // Series a where its first observation came, with its three in one run; series b's
+        // single observation as it came.
+        assert_eq!(
+            ops,
+            [
+                (Op::Observations { start: 0, len: 3 }, 3),
+                (observe(5.0, 1), 1)
+            ]
+        );
+        let values: Vec<_> = updates
+            .observations
+            .iter()
+            .map(|o| (o.value, o.count))
+            .collect();
+        assert_eq!(values, [(1.0, 1), (2.0, 10), (3.0, 1)]);
+        assert_eq!(batches[0].1.samples(), 4);
+        // The next flush gathers afresh.
+        p.push(a, observe(4.0, 1));
+        p.push(a, observe(4.0, 1));
+        let (batches, _) = p.take();
+        let updates = &batches[0].1.updates;
+        assert_eq!(updates.list[0].op, Op::Observations { start: 0, len: 2 });
+        assert_eq!(updates.len(), 3);
     }
 
     #[test]
@@ -321,6 +393,6 @@ mod tests {
         p.reset();
         let (batches, dropped) = p.take();
         assert!(dropped);
-        assert_eq!(batches[0].1.updates[0].op, Op::Add(1.0));
+        assert_eq!(batches[0].1.updates.list[0].op, Op::Add(1.0));
     }
 }

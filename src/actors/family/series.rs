@@ -7,7 +7,7 @@ use super::set::SetSeries;
 use super::FamilyContext;
 use crate::config::ObserverSettings;
 use crate::exposition::text;
-use crate::update::{FamilyMeta, Kind, LabelSet, Op};
+use crate::update::{FamilyMeta, Kind, LabelSet, Observation, Op};
 
 /// One series' value.
 #[derive(Clone, Debug)]
@@ -34,12 +34,25 @@ impl Series {
     }
 
     /// Applies one operation of this series' kind; the caller has checked the kind.
-    pub(super) fn apply(&mut self, op: Op, buckets: &[f64], now: Instant) {
+    /// `observations` are those of the batch the operation came in.
+    pub(super) fn apply(
+        &mut self,
+        op: Op,
+        observations: &[Observation],
+        buckets: &[f64],
+        now: Instant,
+    ) {
         match (self, op) {
             (Series::Counter(total), Op::Add(v)) => *total += v,
             (Series::Gauge(value), Op::Set(v)) => *value = v,
             (Series::Gauge(value), Op::Shift(v)) => *value += v,
             (Series::Observer(o), Op::Observe { value, count }) => o.observe(value, count, buckets),
+            (Series::Observer(o), Op::Observations { start, len }) => {
+                let start = start as usize;
+                for one in &observations[start..start + len as usize] {
+                    o.observe(one.value, one.count, buckets);
+                }
+            }
             (Series::Set(set), Op::Insert(hash)) => set.insert(hash, now),
             (series, op) => unreachable!("{op:?} applied to {series:?} after the kind check"),
         }

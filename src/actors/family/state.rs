@@ -19,7 +19,7 @@ use crate::config::ObserverType;
 use crate::exposition::{text, FamilySnapshot};
 use crate::rate::RateWindow;
 use crate::telemetry::LogLimiter;
-use crate::update::{FamilyMeta, Kind, LabelSet, Update};
+use crate::update::{FamilyMeta, Kind, LabelSet, Updates};
 
 /// Series-limit warnings logged per second, across families.
 static LIMIT_LOG: LogLimiter = LogLimiter::new(10);
@@ -145,14 +145,16 @@ impl FamilyState {
         self.series.is_empty()
     }
 
-    /// Applies a batch; updates of another type than the family's are refused and counted.
-    pub fn apply(&mut self, updates: Vec<Update>, now: Instant) {
+    /// Applies a batch, leaving it empty; updates of another type than the family's are
+    /// refused and counted.
+    pub fn apply(&mut self, updates: &mut Updates, now: Instant) {
         // Counted in samples: an update combined at the edge stands for several.
         let mut applied = 0u64;
         let mut conflicts = [0u64; 4];
         // Samples refused for a new series: over the total, over the family's own limit.
         let mut refused = [0u64; 2];
-        for update in updates {
+        let Updates { list, observations } = updates;
+        for update in list.drain(..) {
             let kind = update.op.kind();
             if kind != self.kind {
                 conflicts[kind as usize] += update.samples;
@@ -181,7 +183,9 @@ impl FamilyState {
                     })
                 }
             };
-            entry.value.apply(update.op, &meta.observer.buckets, now);
+            entry
+                .value
+                .apply(update.op, observations, &meta.observer.buckets, now);
             entry.last_seen = now;
             entry.text.clear();
             applied += update.samples;
@@ -430,10 +434,11 @@ impl FamilyState {
     pub(super) fn on_apply(
         &mut self,
         myself: &ActorRef<FamilyMsg>,
-        updates: Vec<Update>,
+        mut updates: Updates,
     ) -> Option<StopReason> {
         let now = Instant::now();
-        self.apply(updates, now);
+        self.apply(&mut updates, now);
+        updates.recycle();
         if self.is_empty() {
             // Every update was refused (series limit, type conflict): an actor with nothing
             // to hold must not linger.
@@ -528,6 +533,7 @@ mod tests {
     use crate::limits::SeriesBudget;
     use crate::telemetry::Telemetry;
     use crate::update::Op;
+    use crate::update::Update;
 
     fn spec(kind: Kind) -> FamilySpec {
         FamilySpec {
@@ -549,21 +555,30 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_family_updated_within_a_window_and_a_half_stays_live_for_two_windows() {
+    /// A family context with an aggregator, `publish_interval` and `hibernate_after`, a 2 s
+    /// flush window and room for 100 series.
+    async fn context(
+        publish_interval: Duration,
+        hibernate_after: Option<Duration>,
+    ) -> Arc<FamilyContext> {
         let (aggregator, _) = ractor::Actor::spawn(None, AggregatorActor, 0)
             .await
             .unwrap();
-        let (after, window) = (Duration::from_millis(100), Duration::from_secs(2));
-        let ctx = Arc::new(FamilyContext {
+        Arc::new(FamilyContext {
             aggregator,
             telemetry: Arc::new(Telemetry::new()),
-            publish_interval: Duration::from_secs(15),
-            flush_interval: window,
-            hibernate_after: Some(after),
+            publish_interval,
+            flush_interval: Duration::from_secs(2),
+            hibernate_after,
             set_window: Duration::from_secs(60),
             budget: Arc::new(SeriesBudget::new(100, 100)),
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn a_family_updated_within_a_window_and_a_half_stays_live_for_two_windows() {
+        let (after, window) = (Duration::from_millis(100), Duration::from_secs(2));
+        let ctx = context(Duration::from_secs(15), Some(after)).await;
         let ms = Duration::from_millis;
         let mut family = FamilyState::new(spec(Kind::Counter), ctx.clone());
         let start = Instant::now();
@@ -581,7 +596,7 @@ mod tests {
             (ms(20_000), 2, window * 2),
         ] {
             let now = start + at;
-            family.apply(vec![update("a", Op::Add(1.0)); samples], now);
+            family.apply(&mut vec![update("a", Op::Add(1.0)); samples].into(), now);
             assert_eq!(family.idle_left(now), Some(idle), "batch at {at:?}");
         }
         assert_eq!(
@@ -593,18 +608,7 @@ mod tests {
 
     #[tokio::test]
     async fn snapshots_render_changed_series_and_reuse_the_rest_exactly() {
-        let (aggregator, _) = ractor::Actor::spawn(None, AggregatorActor, 0)
-            .await
-            .unwrap();
-        let ctx = Arc::new(FamilyContext {
-            aggregator,
-            telemetry: Arc::new(Telemetry::new()),
-            publish_interval: Duration::from_millis(20),
-            flush_interval: Duration::from_secs(2),
-            hibernate_after: None,
-            set_window: Duration::from_secs(60),
-            budget: Arc::new(SeriesBudget::new(100, 100)),
-        });
+        let ctx = context(Duration::from_millis(20), None).await;
         let observe = |ms: f64| Op::Observe {
             value: ms / 1000.0,
             count: 1,
@@ -617,16 +621,16 @@ mod tests {
             let first = vec![update("a", op), update("b", op), update("c", op)];
             let second = vec![update("b", op), update("b", op)];
             let mut incremental = FamilyState::new(spec(kind), ctx.clone());
-            incremental.apply(first.clone(), now);
+            incremental.apply(&mut first.clone().into(), now);
             let before = incremental.snapshot(now).text;
-            incremental.apply(second.clone(), now);
+            incremental.apply(&mut second.clone().into(), now);
             let snapshot = incremental.snapshot(now);
             // The help as the text format escapes it; the exposition writes it.
             assert_eq!(&*snapshot.help, "Help with a \\\\ backslash.");
             let after = snapshot.text;
             let mut whole = FamilyState::new(spec(kind), ctx.clone());
-            whole.apply(first, now);
-            whole.apply(second, now);
+            whole.apply(&mut first.into(), now);
+            whole.apply(&mut second.into(), now);
             assert_eq!(after, whole.snapshot(now).text);
             assert_ne!(before, after, "the changed series is rendered again");
             assert!(after.starts_with("lat"), "no HELP or TYPE line: {after}");
@@ -637,5 +641,38 @@ mod tests {
             };
             assert!(after.contains(b), "{after}");
         }
+    }
+
+    #[tokio::test]
+    async fn gathered_observations_count_each_with_its_weight() {
+        let ctx = context(Duration::from_secs(15), None).await;
+        let now = Instant::now();
+        let mut family = FamilyState::new(spec(Kind::Observer), ctx);
+        let observation = |value, count| crate::update::Observation { value, count };
+        let mut updates = Updates {
+            list: vec![
+                update(
+                    "a",
+                    Op::Observe {
+                        value: 9.0,
+                        count: 1,
+                    },
+                ),
+                update("a", Op::Observations { start: 1, len: 2 }),
+            ],
+            observations: vec![
+                observation(100.0, 1),
+                observation(1.0, 1),
+                observation(2.0, 10),
+            ],
+        };
+        updates.list[1].samples = 2;
+        family.apply(&mut updates, now);
+        assert!(updates.is_empty(), "applying empties the batch");
+        assert_eq!(family.updates, 3);
+        let text = family.snapshot(now).text;
+        // 9 + 1 + 2 × 10; the observation before the run is not the update's.
+        assert!(text.contains("lat_sum{k=\"a\"} 30\n"), "{text}");
+        assert!(text.contains("lat_count{k=\"a\"} 12\n"), "{text}");
     }
 }

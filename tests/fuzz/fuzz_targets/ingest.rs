@@ -126,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     for _ in 0..2 {
         batcher.ingest(datagram);
-        for (family, batch) in batcher.take() {
+        for (family, mut batch) in batcher.take() {
             assert!(
                 tallyd::names::is_valid(&family),
                 "invalid family name {family:?}"
@@ -136,7 +136,7 @@ fuzz_target!(|data: &[u8]| {
                 "reserved family name {family:?}"
             );
             assert!(!batch.updates.is_empty(), "empty batch for {family:?}");
-            for update in &batch.updates {
+            for update in &batch.updates.list {
                 let labels: Vec<_> = update.labels.iter().collect();
                 for pair in labels.windows(2) {
                     assert!(
@@ -154,12 +154,12 @@ fuzz_target!(|data: &[u8]| {
                 .or_insert_with(|| {
                     let spec = FamilySpec {
                         name: family,
-                        kind: batch.updates[0].op.kind(),
+                        kind: batch.updates.list[0].op.kind(),
                         meta: batch.meta,
                     };
                     FamilyState::new(spec, ctx.clone())
                 })
-                .apply(batch.updates, now);
+                .apply(&mut batch.updates, now);
         }
     }
     let mut held = 0;
