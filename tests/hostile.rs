@@ -358,6 +358,20 @@ fn a_gauge_driven_past_the_largest_number_stays_infinite_not_nan() {
 }
 
 #[test]
+fn control_characters_in_tag_values_never_reach_the_exposition() {
+    let t = Tallyd::start(&[]);
+    t.send_udp(b"ctl:1|c|#a:x\0y,b:ok\nctl:1|c|#a:x\ry,b:ok\nctl:1|c|#a:\x1b[2J,b:ok");
+    let e = t.wait_value("ctl", &[("b", "ok")], 3.0);
+    assert_eq!(e.value("tallyd_tag_errors_total", &[]), Some(3.0));
+    let text = t.scrape_text();
+    assert!(
+        !text.bytes().any(|b| b.is_ascii_control() && b != b'\n'),
+        "a control character in the exposition"
+    );
+    common::promtool_check(&text);
+}
+
+#[test]
 fn a_mapping_file_of_40_000_rules_loads() {
     let socket = common::SocketDir::new("bigmapping");
     let path = socket.path.with_file_name("mapping.yml");

@@ -496,7 +496,9 @@ pub struct TagError;
 impl<'a> Tags<'a> {
     /// The `(name, value)` pairs: `k:v` for DogStatsD, `k=v` for the other styles. A tag
     /// without a value (`k`, or `k:` with an empty one) or with an empty name cannot become a
-    /// label and yields [`TagError`], as statsd_exporter drops it.
+    /// label and yields [`TagError`], as statsd_exporter drops it; so does a value with a
+    /// control character (a NUL, a carriage return, an escape sequence), which the text format
+    /// would carry raw to every reader of the exposition.
     pub fn iter(self) -> impl Iterator<Item = Result<(&'a str, &'a str), TagError>> {
         let (raw, separator) = match self {
             Tags::None => ("", ':'),
@@ -507,7 +509,11 @@ impl<'a> Tags<'a> {
             .filter(|tag| !tag.is_empty())
             .map(move |tag| {
                 tag.split_once(separator)
-                    .filter(|(key, value)| !key.is_empty() && !value.is_empty())
+                    .filter(|(key, value)| {
+                        !key.is_empty()
+                            && !value.is_empty()
+                            && !value.bytes().any(|b| b.is_ascii_control())
+                    })
                     .ok_or(TagError)
             })
     }

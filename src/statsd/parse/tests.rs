@@ -187,6 +187,24 @@ fn tags_without_values_are_errors() {
 }
 
 #[test]
+fn tag_values_with_control_characters_are_errors() {
+    let got: Vec<_> = Tags::DogStatsd("a:x\0y,b:x\ry,c:\u{1b}[31m,d:\u{7f},e:ü\tok,f:ok")
+        .iter()
+        .collect();
+    assert_eq!(
+        got,
+        [
+            Err(TagError),
+            Err(TagError),
+            Err(TagError),
+            Err(TagError),
+            Err(TagError),
+            Ok(("f", "ok"))
+        ]
+    );
+}
+
+#[test]
 fn every_tag_style() {
     let cases: [(&[u8], &str, Tags<'_>); 6] = [
         (b"req:1|c|#k:v", "req", Tags::DogStatsd("k:v")),
