@@ -372,6 +372,24 @@ fn control_characters_in_tag_values_never_reach_the_exposition() {
 }
 
 #[test]
+fn control_characters_in_names_never_reach_mapped_label_values() {
+    let dir = common::SocketDir::new("control-mapped");
+    let mapping = dir.path.with_file_name("mapping.yml");
+    std::fs::write(
+        &mapping,
+        "mappings:\n- match: \"*.c\"\n  name: cap\n  labels:\n    x: \"$1\"\n    y: fixed\n",
+    )
+    .unwrap();
+    let t = Tallyd::start(&[&format!("--statsd.mapping-config={}", mapping.display())]);
+    t.send_udp(b"a\0b.c:1|c\nq\rz.c:1|c\nok.c:1|c");
+    t.wait_value("cap", &[("x", "ok"), ("y", "fixed")], 1.0);
+    let e = t.wait_value("cap", &[("y", "fixed")], 2.0);
+    assert_eq!(e.value("tallyd_tag_errors_total", &[]), Some(2.0));
+    let text = t.scrape_text();
+    assert!(!text.bytes().any(|b| b.is_ascii_control() && b != b'\n'));
+}
+
+#[test]
 fn a_mapping_file_of_40_000_rules_loads() {
     let socket = common::SocketDir::new("bigmapping");
     let path = socket.path.with_file_name("mapping.yml");

@@ -234,7 +234,8 @@ impl Resolver {
     }
 
     /// The series' labels: the tags, with the mapping rule's labels merged in (whose values,
-    /// expanded from the name, are held to the same length limit as tags).
+    /// expanded from the name, are held to the same length limit as tags, and dropped and
+    /// counted as tag errors when they hold a control character).
     fn labels(
         &mut self,
         tags: &[(Box<str>, Box<str>)],
@@ -254,11 +255,13 @@ impl Resolver {
         }
         let mut pairs = tags.to_vec();
         mapped.merge_labels(&mut pairs);
-        if class == MetricClass::Observer {
-            let before = pairs.len();
-            pairs.retain(|(name, _)| !observer_label(name));
-            self.tallies.tag_errors += (before - pairs.len()) as u64;
-        }
+        // A value expanded from the name may hold what a tag value may not (see `Tags::iter`).
+        let before = pairs.len();
+        pairs.retain(|(name, value)| {
+            !(class == MetricClass::Observer && observer_label(name)
+                || value.bytes().any(|b| b.is_ascii_control()))
+        });
+        self.tallies.tag_errors += (before - pairs.len()) as u64;
         Ok(LabelSet::from_pairs(pairs))
     }
 }
