@@ -260,6 +260,10 @@ pub struct WebSettings {
     /// Keep connections open between requests (HTTP keep-alive), for at most
     /// `header_timeout` of idleness. Default on.
     pub keep_alive: bool,
+    /// With basic auth, password checks (bcrypt) running or waiting at once; a request that
+    /// would need another answers 503 unchecked, and is counted in
+    /// `tallyd_http_password_checks_refused_total`. Remembered passwords need none. Default 4.
+    pub max_password_checks: usize,
 }
 
 impl Default for WebSettings {
@@ -275,6 +279,7 @@ impl Default for WebSettings {
             request_timeout: Duration::from_secs(30),
             max_header_bytes: 16_384,
             keep_alive: true,
+            max_password_checks: 4,
         }
     }
 }

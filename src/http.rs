@@ -22,8 +22,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
-    WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -33,6 +33,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use ractor::{rpc::CallResult, ActorRef};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +54,7 @@ use crate::exposition;
 use crate::reload::Reloader;
 use crate::sockets::AcceptBackoff;
 use crate::telemetry::{LogLimiter, Telemetry};
-use crate::webconfig::WebConfig;
+use crate::webconfig::{Verdict, WebConfig};
 use scrapes::Scrapes;
 use slots::{Holder, Slots};
 
@@ -103,6 +104,8 @@ pub(crate) struct Limits {
     pub(crate) max_header_bytes: usize,
     /// HTTP keep-alive.
     pub(crate) keep_alive: bool,
+    /// Password checks running or waiting at once.
+    pub(crate) max_password_checks: usize,
 }
 
 impl From<&WebSettings> for Limits {
@@ -113,6 +116,7 @@ impl From<&WebSettings> for Limits {
             request_timeout: web.request_timeout,
             max_header_bytes: web.max_header_bytes,
             keep_alive: web.keep_alive,
+            max_password_checks: web.max_password_checks,
         }
     }
 }
@@ -160,7 +164,7 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let Some((slot, evicted)) = slots.take().await else {
+        let Some((slot, evicted)) = slots.take(stream.as_raw_fd()).await else {
             refuse(stream, peer, tls.is_none(), &ctx);
             continue;
         };
@@ -277,9 +281,26 @@ async fn handle(ctx: &HttpContext, req: Request<Incoming>, ends: tokio::time::In
     } else {
         let answer = async {
             if let Some(auth) = &ctx.web.basic_auth {
-                if !auth.check(req.headers().get(AUTHORIZATION)).await {
-                    ctx.telemetry.http_auth_failures.inc();
-                    return unauthorized();
+                let authorization = req.headers().get(AUTHORIZATION);
+                match auth
+                    .check(authorization, ctx.limits.max_password_checks)
+                    .await
+                {
+                    Verdict::Allowed => {}
+                    Verdict::Denied => {
+                        ctx.telemetry.http_auth_failures.inc();
+                        return closing(unauthorized());
+                    }
+                    Verdict::Busy => {
+                        ctx.telemetry.http_password_checks_refused.inc();
+                        let mut busy = text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Too many password checks.\n",
+                        );
+                        busy.headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                        return closing(busy);
+                    }
                 }
             }
             route(ctx, req).await
@@ -293,6 +314,15 @@ async fn handle(ctx: &HttpContext, req: Request<Incoming>, ends: tokio::time::In
         headers.insert(name.clone(), value.clone());
     }
     ctx.telemetry.http_request(response.status());
+    response
+}
+
+/// `response`, after which the connection closes: a client refused its credentials takes a new
+/// connection, and so a slot, for its next try (see `slots`), rather than keep one to retry on.
+fn closing(mut response: Reply) -> Reply {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

@@ -156,6 +156,9 @@ pub struct Telemetry {
     /// `tallyd_http_auth_failures_total`: HTTP requests refused (401) for missing or wrong
     /// basic-auth credentials.
     pub http_auth_failures: IntCounter,
+    /// `tallyd_http_password_checks_refused_total`: HTTP requests answered 503 unchecked
+    /// because `web.max_password_checks` were running or waiting.
+    pub http_password_checks_refused: IntCounter,
     http_requests: IntCounterVec,
     /// `tallyd_scrape_barrier_timeouts_total`: scrapes that stopped waiting for the
     /// listeners and families to publish what they held.

@@ -28,7 +28,7 @@ mod headers;
 mod rate_limit;
 mod tls;
 
-pub use auth::BasicAuth;
+pub use auth::{BasicAuth, Verdict};
 pub use rate_limit::RateLimiter;
 pub use tls::ClientAuth;
 

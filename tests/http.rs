@@ -208,8 +208,20 @@ fn a_client_that_stops_reading_is_cut_at_the_request_timeout() {
 #[test]
 fn connections_past_the_cap_are_refused_and_counted() {
     let t = Tallyd::start_with_env(&[], &[("TALLYD_WEB__MAX_CONNECTIONS", "3")]);
+    // Three kept-alive connections that were just served: not to be closed for another
+    // within a second.
     let mut idle: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(t.http).unwrap())
+        .map(|_| {
+            let mut stream = TcpStream::connect(t.http).unwrap();
+            stream
+                .write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut response = [0; 1024];
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let n = stream.read(&mut response).unwrap();
+            assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+            stream
+        })
         .collect();
     // The fourth is answered 503 and closed at once, not queued behind the idle ones.
     let start = Instant::now();
@@ -310,6 +322,85 @@ fn basic_auth_guards_every_path() {
         Some(2.0)
     );
     common::promtool_check(&body);
+}
+
+#[test]
+fn clients_with_wrong_passwords_cannot_keep_scrapes_out() {
+    let dir = TempDir::new("wrong-passwords");
+    // Cost 8: each wrong password costs a real bcrypt, many milliseconds in a debug build.
+    let hash = bcrypt::hash("scrape-me", 8)
+        .unwrap()
+        .replacen("$2b$", "$2y$", 1);
+    let config = dir.write(
+        "web.yml",
+        format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+    );
+    let t = Tallyd::start_with_env(&[&flag(&config)], &[("TALLYD_WEB__MAX_CONNECTIONS", "16")]);
+    let right = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("prometheus:scrape-me")
+    );
+    let request = |authorization: &str| {
+        format!(
+            "GET /-/healthy HTTP/1.1\r\nHost: tallyd\r\nAuthorization: {authorization}\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    // Prometheus' first scrape: its password passes bcrypt once, and is remembered.
+    assert!(raw(t.http, request(&right).as_bytes()).starts_with("HTTP/1.1 200"));
+    // Twice as many strangers as slots, each trying wrong passwords as fast as it is answered.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wrong = request(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("prometheus:guess")
+    ));
+    let attackers: Vec<_> = (0..32)
+        .map(|_| {
+            let (stop, wrong, http) = (stop.clone(), wrong.clone(), t.http);
+            std::thread::spawn(move || {
+                let mut tries = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Refused or closed connections are part of the attack; go on.
+                    if let Ok(mut stream) = TcpStream::connect(http) {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                        let _ = stream.write_all(wrong.as_bytes());
+                        let _ = read_until_closed(&mut stream);
+                    }
+                    tries += 1;
+                }
+                tries
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile the scraper, on a fresh connection each time, keeps getting answers.
+    let mut answered = 0;
+    let asked = 30;
+    for _ in 0..asked {
+        if raw(t.http, request(&right).as_bytes()).starts_with("HTTP/1.1 200") {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tries: u64 = attackers.into_iter().map(|a| a.join().unwrap()).sum();
+    assert!(tries > 100, "the attack ran: {tries} tries");
+    assert_eq!(
+        answered, asked,
+        "scrapes answered while {tries} wrong passwords came"
+    );
+    let metrics = format!("http://{}/metrics", t.http);
+    let (_, _, body) = get(&agent(None), &metrics, Some(("prometheus", "scrape-me"))).unwrap();
+    let e = Exposition::parse(&body);
+    // Most wrong passwords were refused unchecked: bcrypt ran for at most a few at a time.
+    let refused = e
+        .value("tallyd_http_password_checks_refused_total", &[])
+        .unwrap();
+    let failed = e.value("tallyd_http_auth_failures_total", &[]).unwrap();
+    assert!(
+        refused > failed,
+        "refused {refused}, checked and failed {failed}"
+    );
 }
 
 /// A CA, and certificates it signs, made fresh for each test.

@@ -49,6 +49,9 @@ impl WebSettings {
         if self.max_connections == 0 {
             return Err(("web.max_connections", "must be at least 1".into()));
         }
+        if self.max_password_checks == 0 {
+            return Err(("web.max_password_checks", "must be at least 1".into()));
+        }
         for (key, timeout) in [
             ("web.header_timeout", self.header_timeout),
             ("web.request_timeout", self.request_timeout),

@@ -1,21 +1,30 @@
 //! Connection slots under `web.max_connections`, and taking one back from a client that holds
-//! it without asking for anything. A connection that has waited at least [`EVICTABLE_AFTER`]
-//! for a request's headers (a new one, its TLS handshake included, or a kept-alive one between
-//! requests) is closed to make room when a new connection finds every slot taken, the one that
-//! has waited longest first. Strangers that open connections and send nothing (slowloris), or
-//! start TLS handshakes and stall, then cannot keep Prometheus or the kubelet's probes out; a
-//! connection whose request is being served is never cut.
+//! it without asking for anything. When a new connection finds every slot taken, one that
+//! waits for a request's headers is closed to make room, the one that has waited longest
+//! first: a connection that has waited at least [`EVICTABLE_AFTER`] (a silent new one, a
+//! stalled TLS handshake, a kept-alive one between requests), or a new one that has had no
+//! request yet and whose socket holds nothing unread. If none can be closed, the new
+//! connection waits briefly for a slot to come free. Strangers that open connections and send
+//! nothing (slowloris), stall TLS handshakes, or reconnect as fast as they are answered, then
+//! cannot keep Prometheus or the kubelet's probes out, which send their request as they
+//! connect; a connection whose request is being served is never cut.
 
+use nix::sys::socket::{recv, MsgFlags};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long a connection must have waited for a request before it may be closed for another.
+/// How long a connection must have waited for a request before it may be closed for another,
+/// whatever its socket holds: a kept-alive client may have sent its next requests already,
+/// and the server read them ahead.
 const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
-/// How long a new connection waits for the slot of the one closed for it.
-const EVICTION_WAIT: Duration = Duration::from_millis(100);
+/// How long a new connection waits for the slot of the one closed for it, or for one to come
+/// free when none can be closed.
+const SLOT_WAIT: Duration = Duration::from_millis(100);
 
 /// The slots, and the connections that hold them.
 #[derive(Debug)]
@@ -33,10 +42,12 @@ pub(crate) struct Slot {
 }
 
 /// What the slots know of a connection: since when it has waited for a request (none while one
-/// is served), and how to close it.
+/// is served), whether it has had one, its socket, and how to close it.
 #[derive(Debug)]
 pub(crate) struct Holder {
     waiting_since: Mutex<Option<Instant>>,
+    served: AtomicBool,
+    socket: RawFd,
     close: CancellationToken,
 }
 
@@ -44,6 +55,7 @@ impl Holder {
     /// A request's headers are in: the connection is busy.
     pub(crate) fn serving(&self) {
         *self.lock() = None;
+        self.served.store(true, Ordering::Relaxed);
     }
 
     /// The response is done: the connection waits for the next request.
@@ -54,6 +66,15 @@ impl Holder {
     /// Completes when the connection is to be closed for another.
     pub(crate) async fn evicted(&self) {
         self.close.cancelled().await;
+    }
+
+    /// True when the connection's socket has nothing to read: its client has sent nothing
+    /// since it was last read (or has gone). Its socket may be closed already, when its
+    /// connection is ending: that only changes whom a new connection takes the slot of.
+    fn silent(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        !matches!(recv(self.socket, &mut byte, flags), Ok(1))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -73,26 +94,27 @@ impl Slots {
         }
     }
 
-    /// A slot for a new connection: a free one, or that of the connection that has waited
-    /// longest for a request, closed for it; `None` when every connection is busy or new.
-    /// The second element is true when a connection was closed for it.
-    pub(crate) async fn take(&self) -> Option<(Slot, bool)> {
+    /// A slot for a new connection on `socket`: a free one, that of the silent connection that
+    /// has waited longest for a request, closed for it, or one that comes free within
+    /// [`SLOT_WAIT`]; `None` otherwise. The second element is true when a connection was
+    /// closed for it.
+    pub(crate) async fn take(&self, socket: RawFd) -> Option<(Slot, bool)> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Some((self.hold(permit), false));
+            return Some((self.hold(permit, socket), false));
         }
-        if !self.evict_longest_waiting() {
-            return None;
-        }
-        let permit = tokio::time::timeout(EVICTION_WAIT, self.permits.clone().acquire_owned())
+        let evicted = self.evict_longest_waiting();
+        let permit = tokio::time::timeout(SLOT_WAIT, self.permits.clone().acquire_owned())
             .await
             .ok()?
             .ok()?;
-        Some((self.hold(permit), true))
+        Some((self.hold(permit, socket), evicted))
     }
 
-    fn hold(&self, permit: OwnedSemaphorePermit) -> Slot {
+    fn hold(&self, permit: OwnedSemaphorePermit, socket: RawFd) -> Slot {
         let holder = Arc::new(Holder {
             waiting_since: Mutex::new(Some(Instant::now())),
+            served: AtomicBool::new(false),
+            socket,
             close: CancellationToken::new(),
         });
         let mut held = self.lock();
@@ -106,8 +128,8 @@ impl Slots {
         }
     }
 
-    /// Closes the connection that has waited longest for a request, if one has waited at
-    /// least [`EVICTABLE_AFTER`]; true if one was.
+    /// Closes the connection that has waited longest for a request, of those that may be
+    /// closed (see the module's documentation); true if one was.
     fn evict_longest_waiting(&self) -> bool {
         let mut held = self.lock();
         held.retain(|h| h.strong_count() > 0);
@@ -117,7 +139,9 @@ impl Slots {
             .filter(|h| !h.close.is_cancelled())
             .filter_map(|h| {
                 let since = (*h.lock())?;
-                (since.elapsed() >= EVICTABLE_AFTER).then_some((since, h))
+                let evictable = since.elapsed() >= EVICTABLE_AFTER
+                    || !h.served.load(Ordering::Relaxed) && h.silent();
+                evictable.then_some((since, h))
             })
             .min_by_key(|(since, _)| *since);
         match longest {

@@ -330,6 +330,7 @@ struct HttpMetrics {
     http_connections_rejected: IntCounter,
     http_connections_evicted: IntCounter,
     http_auth_failures: IntCounter,
+    http_password_checks_refused: IntCounter,
     http_requests: IntCounterVec,
     scrape_barrier_timeouts: IntCounter,
     scrape_renders: IntCounter,
@@ -352,6 +353,11 @@ impl HttpMetrics {
                 registry,
                 "tallyd_http_auth_failures_total",
                 "HTTP requests refused for missing or wrong basic-auth credentials.",
+            ),
+            http_password_checks_refused: counter(
+                registry,
+                "tallyd_http_password_checks_refused_total",
+                "HTTP requests answered 503 unchecked because web.max_password_checks were running or waiting.",
             ),
             http_requests: counter_vec(
                 registry,
@@ -429,6 +435,7 @@ impl Telemetry {
             http_connections_rejected: http.http_connections_rejected,
             http_connections_evicted: http.http_connections_evicted,
             http_auth_failures: http.http_auth_failures,
+            http_password_checks_refused: http.http_password_checks_refused,
             http_requests: http.http_requests,
             scrape_barrier_timeouts: http.scrape_barrier_timeouts,
             scrape_renders: http.scrape_renders,

@@ -172,21 +172,94 @@ async fn basic_auth_checks_user_and_password() {
         .replacen("$2b$", "$2y$", 1);
     let c = load(&format!("basic_auth_users:\n  alice: '{hash}'\n")).unwrap();
     let auth = c.basic_auth.unwrap();
-    let header = |user: &str, password: &str| {
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        HeaderValue::from_str(&format!("Basic {encoded}")).unwrap()
+    let check = |user, password| {
+        let auth = &auth;
+        async move { auth.check(Some(&header(user, password)), 4).await }
     };
-    assert!(auth.check(Some(&header("alice", "s3cret"))).await);
+    assert_eq!(check("alice", "s3cret").await, Verdict::Allowed);
     // Remembered the second time, and still right.
-    assert!(auth.check(Some(&header("alice", "s3cret"))).await);
-    assert!(!auth.check(Some(&header("alice", "wrong"))).await);
-    assert!(!auth.check(Some(&header("bob", "s3cret"))).await);
-    assert!(!auth.check(None).await);
-    assert!(
-        !auth
-            .check(Some(&HeaderValue::from_static("Bearer abc")))
-            .await
+    assert_eq!(check("alice", "s3cret").await, Verdict::Allowed);
+    assert_eq!(check("alice", "wrong").await, Verdict::Denied);
+    assert_eq!(check("bob", "s3cret").await, Verdict::Denied);
+    assert_eq!(auth.check(None, 4).await, Verdict::Denied);
+    assert_eq!(
+        auth.check(Some(&HeaderValue::from_static("Bearer abc")), 4)
+            .await,
+        Verdict::Denied
+    );
+}
+
+/// An `Authorization` header for `user:password`.
+fn header(user: &str, password: &str) -> HeaderValue {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    HeaderValue::from_str(&format!("Basic {encoded}")).unwrap()
+}
+
+/// Basic auth for alice (bcrypt cost 4) and carol (cost 8, 16 times as slow).
+fn mixed_costs() -> crate::webconfig::BasicAuth {
+    let hash = |cost| {
+        bcrypt::hash("s3cret", cost)
+            .unwrap()
+            .replacen("$2b$", "$2y$", 1)
+    };
+    let config = format!(
+        "basic_auth_users:\n  alice: '{}'\n  carol: '{}'\n",
+        hash(4),
+        hash(8)
+    );
+    load(&config).unwrap().basic_auth.unwrap()
+}
+
+#[tokio::test]
+async fn a_failure_takes_as_long_as_the_costliest_hash_whoever_asks() {
+    let auth = mixed_costs();
+    let timed = |user: &'static str| {
+        let auth = &auth;
+        async move {
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let started = std::time::Instant::now();
+                assert_eq!(
+                    auth.check(Some(&header(user, "wrong")), 4).await,
+                    Verdict::Denied
+                );
+                times.push(started.elapsed());
+            }
+            times.sort();
+            times[1]
+        }
+    };
+    let carol = timed("carol").await;
+    // Without the floor alice's failure takes a sixteenth of carol's; an unknown user's
+    // would take whatever the first user's hash does.
+    for user in ["alice", "nobody"] {
+        let time = timed(user).await;
+        assert!(
+            time * 2 >= carol,
+            "{user}: {time:?} against carol's {carol:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn checks_past_the_limit_are_refused_unchecked() {
+    let auth = std::sync::Arc::new(mixed_costs());
+    let first = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.check(Some(&header("carol", "wrong")), 1).await }
+    });
+    // The first check takes its place as it starts, and holds it through its bcrypt.
+    tokio::task::yield_now().await;
+    assert_eq!(
+        auth.check(Some(&header("carol", "s3cret")), 1).await,
+        Verdict::Busy
+    );
+    assert!(!first.is_finished(), "the first check was still running");
+    assert_eq!(first.await.unwrap(), Verdict::Denied);
+    // Its place is back, and a remembered password needs none.
+    assert_eq!(
+        auth.check(Some(&header("alice", "s3cret")), 1).await,
+        Verdict::Allowed
     );
 }
 
