@@ -134,7 +134,7 @@ pub struct StatsdSettings {
     /// first), and a full read is followed by another at once. The socket buffer
     /// (`read_buffer`) holds what comes meanwhile; the pause follows the traffic, the time in
     /// which the rate the last pause saw fills a quarter of it, down to what it holds at
-    /// 2 GiB/s (logged at start-up; see [`crate::sockets::Pause`]). Unix datagram readers do not
+    /// 2 GiB/s (logged at start-up; see `sockets::Pause`). Unix datagram readers do not
     /// pause. `0s` reads each datagram as it comes; at most `100ms`. Default `100ms`: at
     /// 100,000 lines a second it takes about a tenth off the CPU time of `50ms`.
     #[serde(with = "humantime_serde")]

@@ -16,7 +16,6 @@
 //! extra headers (on every response), basic auth (401), then the route.
 
 mod scrapes;
-mod slots;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -53,10 +52,10 @@ use crate::config::WebSettings;
 use crate::exposition;
 use crate::reload::Reloader;
 use crate::sockets::AcceptBackoff;
+use crate::sockets::{Holder, Slots};
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::webconfig::{Verdict, WebConfig};
 use scrapes::Scrapes;
-use slots::{Holder, Slots};
 
 /// How long a scrape waits for the aggregator's reply.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -318,7 +317,7 @@ async fn handle(ctx: &HttpContext, req: Request<Incoming>, ends: tokio::time::In
 }
 
 /// `response`, after which the connection closes: a client refused its credentials takes a new
-/// connection, and so a slot, for its next try (see `slots`), rather than keep one to retry on.
+/// connection, and so a slot, for its next try (see [`Slots`]), rather than keep one to retry on.
 fn closing(mut response: Reply) -> Reply {
     response
         .headers_mut()

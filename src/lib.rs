@@ -11,10 +11,11 @@
 //! - [`statsd`]: the line protocol, pure: one line of bytes in, a parsed line or a rejection
 //!   reason out, without allocating.
 //! - [`sockets`]: binds and reads the StatsD sockets: a datagram reader per UDP or Unix socket
-//!   (many datagrams per system call, pausing between reads), a task per TCP connection.
+//!   (many datagrams per system call, pausing between reads), a task per TCP connection; and
+//!   the connection slots under a cap that StatsD TCP and HTTP share.
 //! - [`ingest`]: each listener task's pipeline: lines → per-family batches of
 //!   [`update::Update`]s (names mapped or escaped, tags made labels, samples of a series
-//!   combined), held for the flush window.
+//!   combined, a series' observations gathered), held for the flush window.
 //! - [`routing`]: delivers each batch to its family actor, one message per family per flush,
 //!   through a per-task cache of actors.
 //! - [`actors`]: the [`registry`](actors::registry) that spawns, finds, supervises and
@@ -24,7 +25,8 @@
 //! - [`exposition`]: what a family publishes and a scrape reads, written in the Prometheus
 //!   text format by one writer ([`exposition::text`]).
 //! - `http`: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`; timeouts, the connection
-//!   cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS, basic auth).
+//!   cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS, basic auth with a
+//!   bounded number of password checks).
 //! - [`daemon`]: starts the actor tree, the listeners and the HTTP server on bound sockets,
 //!   and shuts them down in order.
 //!

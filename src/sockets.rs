@@ -1,5 +1,7 @@
 //! The StatsD sockets, and nothing but reading them: a UDP or Unix datagram reader
-//! (`serve_datagrams`) and a TCP acceptor with a task per connection (`serve_tcp`), each
+//! (`serve_datagrams`) and a TCP acceptor with a task per connection (`serve_tcp`), whose
+//! connection slots (`Slots`, shared with the HTTP server) keep silent clients from holding
+//! the cap; each
 //! task handing what it reads to its own `Pipeline` (see [`crate::ingest`]), which owns
 //! everything from there to the family actors. Nothing is shared on the hot path but the
 //! telemetry counters. Both stop reading when the shutdown token fires, after dispatching what
@@ -11,6 +13,7 @@ mod datagram;
 mod fds;
 mod pause;
 mod receive;
+mod slots;
 mod tcp;
 
 use std::io;
@@ -25,6 +28,7 @@ pub(crate) use datagram::serve_datagrams;
 pub use fds::raise_open_file_limit;
 pub(crate) use fds::AcceptBackoff;
 pub(crate) use pause::{udp_pause, Pause};
+pub(crate) use slots::{Holder, Slots};
 pub(crate) use tcp::serve_tcp;
 
 /// What every listener task needs.

@@ -130,6 +130,9 @@ pub struct Telemetry {
     /// `tallyd_tcp_connections_refused_total`: StatsD TCP connections closed as they were
     /// accepted, `statsd.tcp_max_connections` being open.
     pub tcp_connections_refused: IntCounter,
+    /// `tallyd_tcp_connections_evicted_total`: StatsD TCP connections closed, having
+    /// completed no line for a second or sent nothing yet, to make room for a new one.
+    pub tcp_connections_evicted: IntCounter,
     /// `tallyd_tcp_idle_closed_total`: StatsD TCP connections closed after
     /// `statsd.tcp_idle_timeout` without a complete line.
     pub tcp_idle_closed: IntCounter,

@@ -62,7 +62,7 @@ pub struct Updates {
 }
 
 /// Buffers of spent [`Updates`], given back by the families that applied them and taken by
-/// the batchers that fill them, up to [`SPARE_BYTES`] in all.
+/// the batchers that fill them, up to `SPARE_BYTES` in all.
 static SPARES: std::sync::Mutex<Spares> = std::sync::Mutex::new(Spares {
     buffers: Vec::new(),
     bytes: 0,
@@ -92,7 +92,7 @@ impl Updates {
     }
 
     /// Empties the updates and keeps their buffers for [`Updates::spare`], unless spare
-    /// buffers already hold [`SPARE_BYTES`].
+    /// buffers already hold `SPARE_BYTES`.
     pub fn recycle(mut self) {
         let bytes = self.bytes();
         if bytes == 0 {

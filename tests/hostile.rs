@@ -106,6 +106,35 @@ fn statsd_tcp_connections_past_the_limit_are_closed_and_counted() {
 }
 
 #[test]
+fn statsd_tcp_connections_that_send_no_line_cannot_keep_a_sender_out() {
+    let t = Tallyd::start(&["--statsd.tcp-max-connections=4"]);
+    // Every slot taken: two connections that send nothing, two that trickle a partial line.
+    let mut held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(t.tcp).unwrap()).collect();
+    t.wait_value("tallyd_tcp_connections_open", &[], 4.0);
+    held[2].write_all(b"part").unwrap();
+    held[3].write_all(b"ial").unwrap();
+    // Longer than a new connection's first bytes may take to arrive.
+    std::thread::sleep(Duration::from_millis(50));
+    // Clients that send a line as they connect, one after another, each get a slot.
+    for i in 0..3 {
+        t.send_tcp(format!("sender:1|c|#i:{i}\n").as_bytes());
+    }
+    let e = t.wait_value("sender", &[("i", "2")], 1.0);
+    assert_eq!(e.value("sender", &[("i", "0")]), Some(1.0));
+    assert_eq!(
+        e.value("tallyd_tcp_connections_refused_total", &[]),
+        Some(0.0)
+    );
+    // At least the first sender took a slot (later ones may find the slot of one before
+    // them, closed by its client); the connection that waited longest went first.
+    let evicted = e
+        .value("tallyd_tcp_connections_evicted_total", &[])
+        .unwrap();
+    assert!(evicted >= 1.0, "evicted {evicted}");
+    assert!(closed_by_server(&mut held[0]));
+}
+
+#[test]
 fn statsd_tcp_connections_that_complete_no_line_are_closed_when_idle() {
     let t = Tallyd::start(&["--statsd.tcp-idle-timeout=300ms"]);
     let mut silent = TcpStream::connect(t.tcp).unwrap();

@@ -51,3 +51,7 @@ bash tests/setup/deploy-tools.sh
 # Docker build context, which needs crates no local build downloads (e.g. Android-only ones).
 cargo fetch --locked
 cargo test --all-targets
+
+# The chaos run (tests/soak.sh --chaos): a minute of good traffic, counted exactly, under every
+# attack tests/chaos.py makes, against the release build.
+bash tests/soak.sh --chaos 1

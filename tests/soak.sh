@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A bounded soak of the release build (not part of the default test run):
+# A bounded soak of the release build:
 #
-#   bash tests/soak.sh [MINUTES]        (default 3)
+#   bash tests/soak.sh [MINUTES]            (default 3; not part of the test run)
+#   bash tests/soak.sh --chaos [MINUTES]    (default 1; see "The chaos run" below; the test
+#                                           run, tests/run.sh, ends with a one-minute one)
 #
 # Builds tallyd (release) and benches/statsd_loadgen.c, runs tallyd on free loopback ports
 # with a short default TTL (--statsd.default-ttl=5s), and drives it for MINUTES with several
@@ -20,6 +22,69 @@
 # itself (-T); the script also ends them, and tallyd, on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The chaos run: good traffic with exact counts (StatsD over TCP, one connection per line, the
+# Unix socket and UDP; probes and scrapes with the right password) interleaved for MINUTES
+# with the attacks tests/chaos.py names (connections held and trickled past the caps, slowloris,
+# wrong passwords, unread scrapes, floods of names, conflicts and bad lines, reload storms,
+# signals, a second tallyd on the same Unix socket). It passes when every good count is exact
+# (UDP: unless the kernel dropped datagrams, which tallyd counts), every probe and authorized
+# scrape was answered, tallyd's peak RSS (VmHWM) stayed within CHAOS_MAX_RSS_MIB (default 256)
+# and its log within 20 MiB, and it exits 0 on SIGTERM with no panic.
+if [ "${1:-}" = "--chaos" ]; then
+  minutes="${2:-1}"
+  max_rss_mib="${CHAOS_MAX_RSS_MIB:-256}"
+  echo "chaos: building tallyd (release)" >&2
+  cargo build --release --quiet --bin tallyd
+  dir=target/chaos
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  log=$dir/tallyd.log
+  printf 'mappings:\n- match: "chaos.mapped.*"\n  name: chaos_mapped\n  labels:\n    which: "$1"\n' \
+    >"$dir/mapping.yml"
+  common=(--statsd.listen-udp=127.0.0.1:0 --statsd.listen-tcp=127.0.0.1:0
+    --web.listen-address=127.0.0.1:0 --statsd.listen-unixgram="$dir/statsd.sock"
+    --web.config.file=tests/data/web/basic-auth.yml --web.enable-lifecycle
+    --statsd.mapping-config="$dir/mapping.yml")
+  target/release/tallyd "${common[@]}" --statsd.tcp-max-connections=100 \
+    --statsd.tcp-idle-timeout=5s --limits.max-series=20000 2>"$log" &
+  tallyd_pid=$!
+  trap 'kill -KILL "$tallyd_pid" 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do
+    grep -q "tallyd listening" "$log" && break
+    kill -0 "$tallyd_pid" 2>/dev/null || { cat "$log" >&2; echo "chaos: tallyd exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  start_line=$(grep -m1 "tallyd listening" "$log")
+  addr() { sed -n "s/.*[ ]$1=\([0-9.:]*\).*/\1/p" <<<"$start_line"; }
+  echo "chaos: tallyd pid $tallyd_pid, $minutes min" >&2
+  second="target/release/tallyd ${common[*]}"
+  python3 tests/chaos.py --udp "$(addr udp)" --tcp "$(addr tcp)" --http "$(addr http)" \
+    --unix "$dir/statsd.sock" --user prometheus --password scrape-me --pid "$tallyd_pid" \
+    --seconds $((minutes * 60)) --tallyd-cmd "$second" >"$dir/report" &
+  driver=$!
+  while kill -0 "$driver" 2>/dev/null; do
+    kill -0 "$tallyd_pid" 2>/dev/null || { tail -20 "$log" >&2; echo "chaos: tallyd died" >&2; exit 1; }
+    sleep 1
+  done
+  driver_status=0
+  wait "$driver" || driver_status=$?
+  hwm_mib=$(awk '/^VmHWM:/ {printf "%d", $2 / 1024}' "/proc/$tallyd_pid/status")
+  rss_mib=$(awk '/^VmRSS:/ {printf "%d", $2 / 1024}' "/proc/$tallyd_pid/status")
+  kill -TERM "$tallyd_pid"
+  status=0
+  wait "$tallyd_pid" || status=$?
+  trap - EXIT
+  log_mib=$(( $(stat -c %s "$log") / 1048576 ))
+  panics=$(grep -c "panicked" "$log" || true)
+  echo "== tallyd chaos: $minutes min =="
+  tr ' ' '\n' <"$dir/report"
+  echo "rss_end_mib=$rss_mib peak_rss_mib=$hwm_mib (bound $max_rss_mib) log_mib=$log_mib" \
+    "exit_status=$status panics=$panics"
+  [ "$driver_status" -eq 0 ] && [ "$status" -eq 0 ] && [ "$panics" -eq 0 ] &&
+    [ "$hwm_mib" -le "$max_rss_mib" ] && [ "$log_mib" -lt 20 ]
+  exit
+fi
 
 minutes="${1:-3}"
 rate="${SOAK_RATE:-10000}"

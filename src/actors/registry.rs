@@ -77,7 +77,7 @@ pub enum RegistryMsg {
     /// itself while families are live, see `next_sweep_in`).
     IdleSweep,
     /// Try again to make room for the families that wait (sent by the registry to itself
-    /// while none of the live families could be made to hibernate yet, see [`room`]).
+    /// while none of the live families could be made to hibernate yet, see `room`).
     MakeRoom,
 }
 
@@ -165,7 +165,7 @@ pub struct RegistryState {
     /// An idle sweep is due: one is scheduled at a time, and only while families are live,
     /// so that a registry with none (all hibernated, say) wakes for nothing.
     sweep_due: bool,
-    /// Live family actors at most (see [`room`]).
+    /// Live family actors at most (see `room`).
     max_live: usize,
     /// Waits for room for families' actors, in arrival order.
     waiting_room: VecDeque<(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>)>,

@@ -1,8 +1,10 @@
 //! StatsD over TCP: an acceptor with one task per connection, reading newline-separated
-//! lines into its own pipeline. At most `statsd.tcp_max_connections` are open at once (one
-//! past it is closed as it is accepted, and counted), and a connection that completes no line
-//! for `statsd.tcp_idle_timeout` is closed (counted): a client that opens connections and
-//! never sends, or sends a byte now and then, holds a slot for that long at most.
+//! lines into its own pipeline. At most `statsd.tcp_max_connections` are open at once: past
+//! it a new connection takes the slot of one that has completed no line for a second, or of a
+//! new one that has sent nothing (see [`Slots`]), closed for it (counted), or is closed as it
+//! is accepted (counted). A connection that completes no line for `statsd.tcp_idle_timeout`
+//! is closed (counted). Clients that open connections and never send, or send a byte now and
+//! then, thus cannot keep out one that sends lines.
 //!
 //! A connection that ends hands the families it reached since the last scrape to the
 //! acceptor, whose own pipeline takes part in the scrape barrier: a scrape after a client
@@ -10,17 +12,18 @@
 //! connection stayed open.
 
 use std::io;
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::fds::AcceptBackoff;
+use super::slots::{Slot, Slots};
 use super::ListenerContext;
 use crate::ingest::{Batcher, Due};
 use crate::routing::Touched;
@@ -41,7 +44,7 @@ pub(crate) async fn serve_tcp(
     // The families that ended connections reached, synced at the next scrape.
     let mut pipe = ctx.pipelines.pipeline();
     let (handover, mut handed) = mpsc::unbounded_channel::<Touched>();
-    let slots = Arc::new(Semaphore::new(ctx.tcp_max_connections));
+    let slots = Slots::new(ctx.tcp_max_connections);
     ctx.telemetry
         .tcp_connections_limit
         .set(ctx.tcp_max_connections as i64);
@@ -70,15 +73,18 @@ pub(crate) async fn serve_tcp(
                 Ok((stream, peer)) => {
                     backoff.accepted();
                     ctx.telemetry.tcp_connections.inc();
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    let Some((slot, evicted)) = slots.take(stream.as_raw_fd()).await else {
                         refuse(&ctx, peer);
                         continue;
                     };
+                    if evicted {
+                        ctx.telemetry.tcp_connections_evicted.inc();
+                    }
                     debug!(%peer, "StatsD TCP connection");
                     let connection = Connection {
                         ctx: ctx.clone(),
                         shutdown: shutdown.clone(),
-                        _slot: slot,
+                        slot,
                         handover: handover.clone(),
                     };
                     connections.spawn(connection.serve(stream));
@@ -118,7 +124,7 @@ struct Connection {
     ctx: ListenerContext,
     shutdown: CancellationToken,
     /// Its place under `statsd.tcp_max_connections`, given back as the task ends.
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
     /// Where the families it reached go as it ends (see the module's doc).
     handover: mpsc::UnboundedSender<Touched>,
 }
@@ -127,7 +133,7 @@ impl Connection {
     async fn serve(self, stream: TcpStream) {
         let ctx = &self.ctx;
         ctx.telemetry.tcp_connections_open.inc();
-        let touched = serve_connection(stream, ctx, &self.shutdown).await;
+        let touched = serve_connection(stream, ctx, &self.shutdown, &self.slot).await;
         // The acceptor is gone only at shutdown, when no scrape is left to wait.
         let _ = self.handover.send(touched);
         ctx.telemetry.tcp_connections_open.dec();
@@ -139,6 +145,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     ctx: &ListenerContext,
     shutdown: &CancellationToken,
+    slot: &Slot,
 ) -> Touched {
     let mut pipe = ctx.pipelines.pipeline();
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -158,7 +165,10 @@ async fn serve_connection(
                     // What the client sent before the scrape goes in too.
                     match read_queued(&stream, &mut buf) {
                         Ok(Some(n)) => match consume(ctx, &mut pipe.batcher, &mut buf, n) {
-                            Consumed::Lines => idle.as_mut().reset(idle_deadline(ctx.tcp_idle_timeout)),
+                            Consumed::Lines => {
+                                slot.holder.served();
+                                idle.as_mut().reset(idle_deadline(ctx.tcp_idle_timeout));
+                            }
                             Consumed::Partial => {}
                             Consumed::Closed => open = false,
                         },
@@ -180,6 +190,10 @@ async fn serve_connection(
                 debug!("StatsD TCP connection idle; closing it");
                 break;
             }
+            () = slot.holder.evicted() => {
+                debug!("StatsD TCP connection closed for a new one: it had completed no line");
+                break;
+            }
             read = stream.read_buf(&mut buf) => read,
         };
         let n = match read {
@@ -190,7 +204,10 @@ async fn serve_connection(
             }
         };
         match consume(ctx, &mut pipe.batcher, &mut buf, n) {
-            Consumed::Lines => idle.as_mut().reset(idle_deadline(ctx.tcp_idle_timeout)),
+            Consumed::Lines => {
+                slot.holder.served();
+                idle.as_mut().reset(idle_deadline(ctx.tcp_idle_timeout));
+            }
             Consumed::Partial => {}
             Consumed::Closed => break,
         }

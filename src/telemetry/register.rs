@@ -128,6 +128,7 @@ struct TcpMetrics {
     tcp_connections_open: IntGauge,
     tcp_connections_limit: IntGauge,
     tcp_connections_refused: IntCounter,
+    tcp_connections_evicted: IntCounter,
     tcp_idle_closed: IntCounter,
     accept_errors: IntCounterVec,
 }
@@ -164,6 +165,11 @@ impl TcpMetrics {
                 registry,
                 "tallyd_tcp_connections_refused_total",
                 "StatsD TCP connections closed as they were accepted: statsd.tcp_max_connections were open.",
+            ),
+            tcp_connections_evicted: counter(
+                registry,
+                "tallyd_tcp_connections_evicted_total",
+                "StatsD TCP connections closed, having completed no line for a second or sent nothing yet, to make room for a new one when statsd.tcp_max_connections were open.",
             ),
             tcp_idle_closed: counter(
                 registry,
@@ -424,6 +430,7 @@ impl Telemetry {
             tcp_connections_open: tcp.tcp_connections_open,
             tcp_connections_limit: tcp.tcp_connections_limit,
             tcp_connections_refused: tcp.tcp_connections_refused,
+            tcp_connections_evicted: tcp.tcp_connections_evicted,
             tcp_idle_closed: tcp.tcp_idle_closed,
             accept_errors: tcp.accept_errors,
             mapping_loaded: mapping.mapping_loaded,

@@ -20,7 +20,7 @@ pub(super) const REAP_AFTER: std::time::Duration = std::time::Duration::from_mil
 impl RegistryState {
     /// `Lookup`: each family's actor, woken or spawned if there is none; a family that is
     /// retiring is answered when it is back (see [`RegistryState::retired`]), one for which
-    /// there is no room is refused for now, and room is made for it (see [`room`]).
+    /// there is no room is refused for now, and room is made for it (see `room`).
     pub(super) fn lookup(
         &mut self,
         myself: &ActorRef<RegistryMsg>,

@@ -1,13 +1,15 @@
-//! Connection slots under `web.max_connections`, and taking one back from a client that holds
-//! it without asking for anything. When a new connection finds every slot taken, one that
-//! waits for a request's headers is closed to make room, the one that has waited longest
-//! first: a connection that has waited at least [`EVICTABLE_AFTER`] (a silent new one, a
-//! stalled TLS handshake, a kept-alive one between requests), or a new one that has had no
-//! request yet and whose socket holds nothing unread. If none can be closed, the new
-//! connection waits briefly for a slot to come free. Strangers that open connections and send
-//! nothing (slowloris), stall TLS handshakes, or reconnect as fast as they are answered, then
-//! cannot keep Prometheus or the kubelet's probes out, which send their request as they
-//! connect; a connection whose request is being served is never cut.
+//! Connection slots under a cap (`web.max_connections`, `statsd.tcp_max_connections`), and
+//! taking one back from a client that holds it without asking for anything. When a new
+//! connection finds every slot taken, one that waits for a request (an HTTP request's headers,
+//! or a StatsD line) is closed to make room, the one that has waited longest first: a
+//! connection that has waited at least [`EVICTABLE_AFTER`] (a silent new one, a stalled TLS
+//! handshake, a kept-alive one between requests, a StatsD client that trickles bytes), or a
+//! new one, at least [`SILENT_AFTER`] old, that has had no request yet and whose socket holds
+//! nothing unread. If none can be
+//! closed, the new connection waits briefly for a slot to come free. Strangers that open
+//! connections and send nothing (slowloris), stall TLS handshakes, or reconnect as fast as they
+//! are answered, then cannot keep Prometheus, the kubelet's probes or StatsD clients out, which
+//! send as they connect; a connection whose request is being served is never cut.
 
 use nix::sys::socket::{recv, MsgFlags};
 use std::os::fd::RawFd;
@@ -20,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a connection must have waited for a request before it may be closed for another,
 /// whatever its socket holds: a kept-alive client may have sent its next requests already,
-/// and the server read them ahead.
+/// and the server read them ahead (or a StatsD client part of its next line).
 const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+/// How long a new connection that has had no request must have sent nothing before it may be
+/// closed for another: a client's first bytes may still be on their way as it is accepted.
+const SILENT_AFTER: Duration = Duration::from_millis(20);
 /// How long a new connection waits for the slot of the one closed for it, or for one to come
 /// free when none can be closed.
 const SLOT_WAIT: Duration = Duration::from_millis(100);
@@ -63,6 +68,13 @@ impl Holder {
         *self.lock() = Some(Instant::now());
     }
 
+    /// A request came and was served at once (a StatsD line): the connection waits for the
+    /// next one from now.
+    pub(crate) fn served(&self) {
+        *self.lock() = Some(Instant::now());
+        self.served.store(true, Ordering::Relaxed);
+    }
+
     /// Completes when the connection is to be closed for another.
     pub(crate) async fn evicted(&self) {
         self.close.cancelled().await;
@@ -94,20 +106,27 @@ impl Slots {
         }
     }
 
-    /// A slot for a new connection on `socket`: a free one, that of the silent connection that
-    /// has waited longest for a request, closed for it, or one that comes free within
-    /// [`SLOT_WAIT`]; `None` otherwise. The second element is true when a connection was
+    /// A slot for a new connection on `socket`: a free one, or within [`SLOT_WAIT`] that of
+    /// the connection that has waited longest for a request, of those that may be closed,
+    /// closed for it, or one that comes free; `None` otherwise. The second element is true when a connection was
     /// closed for it.
     pub(crate) async fn take(&self, socket: RawFd) -> Option<(Slot, bool)> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some((self.hold(permit, socket), false));
         }
-        let evicted = self.evict_longest_waiting();
-        let permit = tokio::time::timeout(SLOT_WAIT, self.permits.clone().acquire_owned())
-            .await
-            .ok()?
-            .ok()?;
-        Some((self.hold(permit, socket), evicted))
+        // Connections too new to close may come of age while this one waits: look again
+        // every SILENT_AFTER.
+        let deadline = Instant::now() + SLOT_WAIT;
+        let mut evicted = false;
+        loop {
+            evicted |= self.evict_longest_waiting();
+            let step = (Instant::now() + SILENT_AFTER).min(deadline);
+            match tokio::time::timeout_at(step, self.permits.clone().acquire_owned()).await {
+                Ok(permit) => return Some((self.hold(permit.ok()?, socket), evicted)),
+                Err(_) if step >= deadline => return None,
+                Err(_) => {}
+            }
+        }
     }
 
     fn hold(&self, permit: OwnedSemaphorePermit, socket: RawFd) -> Slot {
@@ -139,8 +158,9 @@ impl Slots {
             .filter(|h| !h.close.is_cancelled())
             .filter_map(|h| {
                 let since = (*h.lock())?;
-                let evictable = since.elapsed() >= EVICTABLE_AFTER
-                    || !h.served.load(Ordering::Relaxed) && h.silent();
+                let waited = since.elapsed();
+                let evictable = waited >= EVICTABLE_AFTER
+                    || waited >= SILENT_AFTER && !h.served.load(Ordering::Relaxed) && h.silent();
                 evictable.then_some((since, h))
             })
             .min_by_key(|(since, _)| *since);
