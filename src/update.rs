@@ -72,6 +72,9 @@ static SPARES: std::sync::Mutex<Spares> = std::sync::Mutex::new(Spares {
 /// 100,000 timer lines a second, in the batches of ten flushes.
 const SPARE_BYTES: usize = 4 << 20;
 
+/// The smallest buffers worth keeping: those of 64 updates.
+const SPARE_MIN_BYTES: usize = 64 * std::mem::size_of::<Update>();
+
 /// Spent buffers and the memory they hold.
 struct Spares {
     buffers: Vec<Updates>,
@@ -91,11 +94,12 @@ impl Updates {
         }
     }
 
-    /// Empties the updates and keeps their buffers for [`Updates::spare`], unless spare
-    /// buffers already hold `SPARE_BYTES`.
+    /// Empties the updates and keeps their buffers for [`Updates::spare`], unless they are
+    /// small (what a family of few series is sent: quick to allocate, and many of them after
+    /// a burst of new names) or spare buffers already hold `SPARE_BYTES`.
     pub fn recycle(mut self) {
         let bytes = self.bytes();
-        if bytes == 0 {
+        if bytes < SPARE_MIN_BYTES {
             return;
         }
         self.list.clear();
