@@ -441,6 +441,47 @@ fn a_mapping_file_of_40_000_rules_loads() {
 }
 
 #[test]
+fn a_long_reload_does_not_hold_up_the_probes() {
+    let socket = common::SocketDir::new("longreload");
+    let path = socket.path.with_file_name("mapping.yml");
+    let mut yaml = String::from("mappings:\n");
+    for i in 0..20_000 {
+        yaml.push_str(&format!(
+            "- match: \"app{i}.*.count\"\n  name: \"app{i}_count\"\n  labels:\n    x: \"$1\"\n"
+        ));
+    }
+    std::fs::write(&path, yaml).unwrap();
+    let t = Tallyd::start(&[&format!("--statsd.mapping-config={}", path.display())]);
+    let reloaded = || {
+        t.scrape()
+            .value("tallyd_config_reloads_total", &[("outcome", "success")])
+            .unwrap()
+    };
+    let before = reloaded();
+    let pid = nix::unistd::Pid::from_raw(t.pid() as i32);
+    let asked = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    // Probes all through the reload, each timed.
+    let mut slowest = Duration::ZERO;
+    let took = loop {
+        let probe = Instant::now();
+        assert_eq!(t.get("/-/healthy").0, 200);
+        slowest = slowest.max(probe.elapsed());
+        if reloaded() > before {
+            break asked.elapsed();
+        }
+        assert!(asked.elapsed() < DEADLINE, "the reload did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // 20,000 rules take a while to compile (over a second in a debug build); a probe that
+    // waited for them would take as long.
+    assert!(
+        slowest * 3 < took,
+        "slowest probe {slowest:?} during a reload of {took:?}"
+    );
+}
+
+#[test]
 fn clients_that_hold_http_connections_silent_cannot_keep_scrapes_out() {
     let t = Tallyd::start_with_env(&[], &[("TALLYD_WEB__MAX_CONNECTIONS", "8")]);
     // Eight connections that send nothing: every slot taken, for the 10 s header timeout.
