@@ -106,21 +106,24 @@ impl Slots {
         }
     }
 
-    /// A slot for a new connection on `socket`: a free one, or within [`SLOT_WAIT`] that of
-    /// the connection that has waited longest for a request, of those that may be closed,
-    /// closed for it, or one that comes free; `None` otherwise. The second element is true when a connection was
-    /// closed for it.
+    /// A slot for a new connection on `socket`: a free one, that of the connection that has
+    /// waited longest for a request, of those that may be closed, closed for it (one at
+    /// most), or one that comes free within [`SLOT_WAIT`]. New connections too young to close
+    /// may come of age meanwhile: until one is closed, it looks again every [`SILENT_AFTER`].
+    /// `None` when refused; the second element is true when a connection was closed for it.
     pub(crate) async fn take(&self, socket: RawFd) -> Option<(Slot, bool)> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some((self.hold(permit, socket), false));
         }
-        // Connections too new to close may come of age while this one waits: look again
-        // every SILENT_AFTER.
         let deadline = Instant::now() + SLOT_WAIT;
         let mut evicted = false;
         loop {
-            evicted |= self.evict_longest_waiting();
-            let step = (Instant::now() + SILENT_AFTER).min(deadline);
+            evicted = evicted || self.evict_longest_waiting();
+            let step = if evicted {
+                deadline
+            } else {
+                (Instant::now() + SILENT_AFTER).min(deadline)
+            };
             match tokio::time::timeout_at(step, self.permits.clone().acquire_owned()).await {
                 Ok(permit) => return Some((self.hold(permit.ok()?, socket), evicted)),
                 Err(_) if step >= deadline => return None,

@@ -191,7 +191,11 @@ async fn serve_connection(
                 break;
             }
             () = slot.holder.evicted() => {
-                debug!("StatsD TCP connection closed for a new one: it had completed no line");
+                // What came in the meantime goes in: only a partial line is lost.
+                if let Ok(Some(n)) = read_queued(&stream, &mut buf) {
+                    consume(ctx, &mut pipe.batcher, &mut buf, n);
+                }
+                debug!("StatsD TCP connection closed for a new one: it had completed no line for a while");
                 break;
             }
             read = stream.read_buf(&mut buf) => read,

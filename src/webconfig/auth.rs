@@ -82,9 +82,10 @@ impl BasicAuth {
 
     /// Whether an `Authorization` header carries the password of a configured user. A
     /// password that passed bcrypt is remembered for its user and answers at once. Otherwise
-    /// the check takes a place among `max_checks`, or is [`Verdict::Busy`] without one; a
-    /// failed check answers no sooner than a bcrypt of the costliest hash takes, so that
-    /// neither an unknown user nor a user's cost shows in the time it takes.
+    /// the check takes a place among `max_checks`, or is [`Verdict::Busy`] without one, and
+    /// waits for its turn (one bcrypt at a time); a failed check holds its turn for as long
+    /// as a bcrypt of the costliest hash takes, so that neither an unknown user nor a user's
+    /// cost shows in the time it takes, alone or beside others.
     pub async fn check(&self, authorization: Option<&HeaderValue>, max_checks: usize) -> Verdict {
         let Some((user, password)) = authorization.and_then(credentials) else {
             return Verdict::Denied;
@@ -111,6 +112,9 @@ impl BasicAuth {
             return Verdict::Busy;
         }
         let _place = CheckPlace(&self.checks);
+        // A failed check holds the turn for as long as a check of the costliest hash, so that
+        // checks in parallel tell no more than one alone.
+        let turn = self.bcrypt_turn.lock().await;
         let started = tokio::time::Instant::now();
         // An unknown user is checked against the costliest hash.
         let user = found.unwrap_or(self.costliest);
@@ -133,15 +137,15 @@ impl BasicAuth {
             }
             None => {}
         }
+        drop(turn);
         Verdict::Denied
     }
 
-    /// Checks `password` against user `i`'s hash, in its turn and off the async workers
-    /// (bcrypt is deliberately slow); times the costliest hash.
+    /// Checks `password` against user `i`'s hash off the async workers (bcrypt is
+    /// deliberately slow), in the caller's turn; times the costliest hash.
     async fn bcrypt(&self, i: usize, password: &[u8]) -> bool {
         let hash = self.users[i].1.clone();
         let checked = password.to_vec();
-        let turn = self.bcrypt_turn.lock().await;
         let started = std::time::Instant::now();
         let matches =
             tokio::task::spawn_blocking(move || bcrypt::verify(&checked, &hash).unwrap_or(false))
@@ -153,7 +157,6 @@ impl BasicAuth {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(started.elapsed());
         }
-        drop(turn);
         matches
     }
 }

@@ -239,6 +239,23 @@ async fn a_failure_takes_as_long_as_the_costliest_hash_whoever_asks() {
             "{user}: {time:?} against carol's {carol:?}"
         );
     }
+    // Three at once take three turns of the costliest hash, whoever they name: a failed check
+    // holds the turn for that long.
+    for user in ["alice", "nobody"] {
+        let started = std::time::Instant::now();
+        let wrong = header(user, "wrong");
+        let check = || auth.check(Some(&wrong), 4);
+        let verdicts = tokio::join!(check(), check(), check());
+        assert_eq!(
+            verdicts,
+            (Verdict::Denied, Verdict::Denied, Verdict::Denied)
+        );
+        let time = started.elapsed();
+        assert!(
+            time >= carol * 2,
+            "{user}: 3 at once in {time:?}, carol alone {carol:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -190,6 +190,7 @@ impl FamilyState {
             entry.text.clear();
             applied += update.samples;
         }
+        observations.clear();
         self.count_refused(refused, conflicts);
         if applied > 0 {
             // Two updates in one batch came within a window of each other.
