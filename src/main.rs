@@ -31,10 +31,16 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!(
-            "tallyd: configuration valid; mapping file: {} rules",
-            mapper.len()
-        );
+        let path = &settings.statsd.mapping_config;
+        if path.is_empty() {
+            println!("tallyd: configuration valid; no mapping file");
+        } else {
+            println!(
+                "tallyd: configuration valid; mapping file {}: {} rules",
+                path,
+                mapper.len()
+            );
+        }
         return ExitCode::SUCCESS;
     }
     init_logging(&settings);

@@ -118,7 +118,21 @@ fn check_config_validates_and_exits() {
         .output()
         .unwrap();
     assert!(ok.status.success(), "{ok:?}");
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("8 rules"));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("mapping file ") && stdout.contains("valid.yml: 8 rules"),
+        "{stdout}"
+    );
+    // Without a mapping file it says so, rather than count no rules.
+    let none = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(none.status.success(), "{none:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&none.stdout),
+        "tallyd: configuration valid; no mapping file\n"
+    );
     let bad = Command::new(env!("CARGO_BIN_EXE_tallyd"))
         .args(["--check-config", &mapping_flag(INVALID)])
         .output()
