@@ -53,7 +53,18 @@ impl Settings {
                 flags_given.push(key);
             }
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let settings: Settings =
+            builder
+                .build()?
+                .try_deserialize()
+                .map_err(|e| match mistyped(&e) {
+                    Some((key, message)) => ConfigError::Invalid {
+                        source_name: source_of(&flags_given, &env_keys, &key, file.as_ref()),
+                        key,
+                        message,
+                    },
+                    None => ConfigError::Merge(e),
+                })?;
         settings
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -90,6 +101,28 @@ impl SettingsFile {
             path: path.to_owned(),
             text,
         })
+    }
+}
+
+/// The key of a value the merged settings could not take (a duration without its unit, a word
+/// for a number), and what is wrong with it, without the key the message would repeat.
+fn mistyped(error: &config::ConfigError) -> Option<(String, String)> {
+    match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => Some((
+            key.clone(),
+            format!("invalid type: {unexpected}, expected {expected}"),
+        )),
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => Some((key.clone(), error.to_string())),
+        _ => None,
     }
 }
 

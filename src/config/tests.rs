@@ -161,6 +161,27 @@ fn semantic_errors_name_their_source() {
         "{msg}"
     );
 
+    // A value of the wrong type, from a flag or a variable: named with where it came from.
+    let cli = Cli {
+        default_ttl: Some("5".into()),
+        ..Cli::default()
+    };
+    let msg = load(&cli, &[]).unwrap_err().to_string();
+    assert!(
+        msg.contains("statsd.default_ttl")
+            && msg.contains("flag --statsd.default-ttl")
+            && msg.contains("expected a duration"),
+        "{msg}"
+    );
+    let msg = load(&Cli::default(), &[("TALLYD_STATSD__DEFAULT_TTL", "5")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("statsd.default_ttl")
+            && msg.contains("environment variable TALLYD_STATSD__DEFAULT_TTL"),
+        "{msg}"
+    );
+
     let cli = Cli {
         listen_udp: Some("not an address".into()),
         ..Cli::default()
