@@ -9,9 +9,11 @@ const BUCKETS: usize = 10;
 
 /// Counts in one-second buckets over the last ten seconds.
 ///
-/// The rate is the count in the window divided by the time the window covers, which is shorter
-/// than ten seconds while the family is young, so a burst sent a moment ago reads as the rate it
-/// was sent at rather than a tenth of it.
+/// The rate is the count in the window divided by the window's length (nine whole seconds and
+/// the current one so far), whatever the family's age: what a family applied over the last
+/// ten seconds, spread over them, so the same updates read about the same whenever they are
+/// read within the window (ten updates are about 1/s, not ten thousand a second a millisecond
+/// after they came).
 #[derive(Clone, Debug)]
 pub struct RateWindow {
     born: Instant,
@@ -48,7 +50,7 @@ impl RateWindow {
         *bucket = bucket.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
 
-    /// Updates per second at `now`, over the last ten seconds (or the family's life if shorter).
+    /// Updates per second at `now`, over the last ten seconds.
     pub fn per_second(&self, now: Instant) -> f64 {
         let slot = self.slot(now);
         let oldest_live = slot.saturating_sub(BUCKETS as u64 - 1);
@@ -56,10 +58,11 @@ impl RateWindow {
             .filter(|s| self.head - s < BUCKETS as u64)
             .map(|s| u64::from(self.counts[(s % BUCKETS as u64) as usize]))
             .sum();
-        let window_start = self.born + BUCKET * oldest_live as u32;
-        let span = now.saturating_duration_since(window_start).as_secs_f64();
-        // Never divide by less than a millisecond: a burst this instant is not infinitely fast.
-        total as f64 / span.max(0.001)
+        // The window: the nine buckets before the current one, and the current one so far,
+        // whether or not the family lived through them all.
+        let into_bucket = now.saturating_duration_since(self.born + BUCKET * slot as u32);
+        let span = BUCKET * (BUCKETS as u32 - 1) + into_bucket;
+        total as f64 / span.as_secs_f64()
     }
 }
 
@@ -68,12 +71,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn young_window_divides_by_its_age() {
+    fn a_young_window_reads_as_ten_seconds() {
         let t0 = Instant::now();
         let mut w = RateWindow::new(t0);
         w.record(t0, 50);
-        let rate = w.per_second(t0 + Duration::from_millis(500));
-        assert!((rate - 100.0).abs() < 1e-9, "{rate}");
+        // The same 50 updates read about 5/s a millisecond, half a second or nine seconds
+        // later: over nine seconds and the current one so far.
+        for (ms, span) in [(1, 9.001), (500, 9.5), (9_000, 9.0)] {
+            let rate = w.per_second(t0 + Duration::from_millis(ms));
+            assert!((rate - 50.0 / span).abs() < 1e-9, "{ms} ms: {rate}");
+        }
     }
 
     #[test]
