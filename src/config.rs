@@ -228,7 +228,8 @@ impl Default for StatsdSettings {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSettings {
-    /// Listen address; `:9102` means every IPv4 interface. Default `:9102`.
+    /// Listen address; `:9102` means every interface, IPv6 and IPv4 (see [`resolve`]).
+    /// Default `:9102`.
     pub listen_address: String,
     /// Path of the exposition. Default `/metrics`.
     pub telemetry_path: String,
@@ -464,10 +465,11 @@ pub enum ConfigError {
     },
 }
 
-/// Resolves a listen address: `host:port`, `ip:port`, or `:port` for every IPv4 interface.
+/// Resolves a listen address: `host:port`, `ip:port`, or `:port` for every interface, IPv6
+/// and IPv4 (`[::]:port`, bound dual-stack, as Go binds `:port`).
 pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
     let full = match addr.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
+        Some(port) => format!("[::]:{port}"),
         None => addr.to_owned(),
     };
     full.to_socket_addrs()

@@ -388,3 +388,77 @@ fn custom_telemetry_path() {
     assert_eq!(status, 200);
     assert!(body.contains("tallyd_lines_total 0"), "{body}");
 }
+
+#[test]
+fn a_port_alone_listens_on_ipv6_and_ipv4() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"));
+    command
+        .args([
+            "--statsd.listen-udp=:0",
+            "--statsd.listen-tcp=:0",
+            "--web.listen-address=:0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let t = Tallyd::start_command(command);
+    let ipv6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+    // Every address, one socket each: IPv6 taking IPv4 too, or IPv4 alone on a system
+    // without IPv6.
+    let unspecified: std::net::IpAddr = if ipv6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    for addr in [t.udp, t.tcp, t.http] {
+        assert_eq!(addr.ip(), unspecified, "{addr}");
+    }
+    let mut hosts = vec!["127.0.0.1"];
+    if ipv6 {
+        hosts.push("::1");
+    }
+    for host in &hosts {
+        let ip: std::net::IpAddr = host.parse().unwrap();
+        let at = |addr: std::net::SocketAddr| std::net::SocketAddr::new(ip, addr.port());
+        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        udp.send_to(format!("dual:1|c|#via:{host}").as_bytes(), at(t.udp))
+            .unwrap();
+        let mut tcp = std::net::TcpStream::connect(at(t.tcp)).unwrap();
+        tcp.write_all(format!("dual_tcp:1|c|#via:{host}\n").as_bytes())
+            .unwrap();
+        drop(tcp);
+        let mut http = std::net::TcpStream::connect(at(t.http)).unwrap();
+        http.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut http, &mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{host}: {response}");
+    }
+    let scrape = |host: &str| {
+        let mut http = std::net::TcpStream::connect(std::net::SocketAddr::new(
+            host.parse().unwrap(),
+            t.http.port(),
+        ))
+        .unwrap();
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut http, &mut response).unwrap();
+        response
+    };
+    for host in &hosts {
+        let want = [
+            format!("dual{{via=\"{host}\"}} 1\n"),
+            format!("dual_tcp{{via=\"{host}\"}} 1\n"),
+        ];
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        loop {
+            let body = scrape(host);
+            if want.iter().all(|w| body.contains(w.as_str())) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{host}: {body}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

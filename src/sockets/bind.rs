@@ -2,6 +2,7 @@
 //! socket with its permissions, and the HTTP server's.
 
 use anyhow::Context as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tokio::net::{TcpListener, UdpSocket, UnixDatagram};
 use tracing::{info, warn};
@@ -71,8 +72,7 @@ impl Sockets {
         let tcp = match settings.statsd.listen_tcp.as_str() {
             "" => None,
             a => Some(
-                TcpListener::bind(addr("statsd.listen_tcp", a)?)
-                    .await
+                bind_tcp(addr("statsd.listen_tcp", a)?)
                     .with_context(|| format!("cannot bind StatsD TCP on {a}"))?,
             ),
         };
@@ -84,8 +84,7 @@ impl Sockets {
             )?),
         };
         let web = &settings.web.listen_address;
-        let http = TcpListener::bind(addr("web.listen_address", web)?)
-            .await
+        let http = bind_tcp(addr("web.listen_address", web)?)
             .with_context(|| format!("cannot bind HTTP on {web}"))?;
         Ok(Sockets {
             statsd: StatsdSockets { udp, tcp, unixgram },
@@ -112,10 +111,67 @@ impl Sockets {
     }
 }
 
+/// A socket of type `ty` bound to `addr`. Every IPv6 address (`[::]`, what `:port` means)
+/// takes IPv4 too, as Go's listeners do; where the system has no IPv6, every IPv4 address.
+fn bound(
+    addr: SocketAddr,
+    ty: socket2::Type,
+    prepare: impl Fn(&socket2::Socket) -> std::io::Result<()>,
+) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket};
+    let bind = |addr: SocketAddr| -> std::io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), ty, None)?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        prepare(&socket)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket)
+    };
+    match bind(addr) {
+        Err(e)
+            if addr.is_ipv6()
+                && addr.ip().is_unspecified()
+                && matches!(e.raw_os_error(), Some(errno) if no_ipv6(errno)) =>
+        {
+            info!(%addr, error = %e, "no IPv6 here: listening on every IPv4 address");
+            bind(SocketAddr::from(([0, 0, 0, 0], addr.port())))
+        }
+        other => other,
+    }
+}
+
+/// True for the errors of a system without IPv6 (a kernel booted with `ipv6.disable=1`, or a
+/// network namespace without an IPv6 address).
+fn no_ipv6(errno: i32) -> bool {
+    use nix::errno::Errno;
+    [
+        Errno::EAFNOSUPPORT,
+        Errno::EADDRNOTAVAIL,
+        Errno::EPROTONOSUPPORT,
+    ]
+    .contains(&Errno::from_raw(errno))
+}
+
+/// Binds a TCP listener (StatsD or HTTP).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = bound(addr, socket2::Type::STREAM, |s| s.set_reuse_address(true))?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Binds the StatsD UDP socket with the requested receive buffer.
-fn bind_udp(addr: std::net::SocketAddr, read_buffer: usize) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+fn bind_udp(addr: SocketAddr, read_buffer: usize) -> std::io::Result<UdpSocket> {
+    let socket = bound(addr, socket2::Type::DGRAM, |socket| {
+        set_read_buffer(socket, read_buffer)
+    })?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Sets a UDP socket's receive buffer to `read_buffer` (0: the system's default), past
+/// `net.core.rmem_max` where tallyd may.
+fn set_read_buffer(socket: &socket2::Socket, read_buffer: usize) -> std::io::Result<()> {
     if read_buffer > 0 {
         socket.set_recv_buffer_size(read_buffer)?;
         // Linux doubles the request for its own bookkeeping, after capping it at rmem_max.
@@ -147,9 +203,7 @@ fn bind_udp(addr: std::net::SocketAddr, read_buffer: usize) -> std::io::Result<U
             }
         }
     }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(())
 }
 
 /// Binds a Unix datagram socket at `path` with permissions `mode` (octal), replacing a stale
