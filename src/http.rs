@@ -54,6 +54,7 @@ use crate::reload::Reloader;
 use crate::sockets::AcceptBackoff;
 use crate::sockets::{Holder, Slots};
 use crate::telemetry::{LogLimiter, Telemetry};
+use crate::webconfig::rotation::{self, Rotation};
 use crate::webconfig::{Verdict, WebConfig};
 use scrapes::Scrapes;
 
@@ -144,7 +145,8 @@ pub(crate) async fn serve(
             "web config loaded"
         );
     }
-    let tls = ctx.web.tls.clone().map(TlsAcceptor::from);
+    let tls = Rotation::new(&ctx.web).map(Arc::new);
+    let watching = tls.clone().map(|tls| watch_certificates(tls, ctx.clone()));
     let slots = Slots::new(ctx.limits.max_connections);
     let mut backoff = AcceptBackoff::default();
     let graceful = GracefulShutdown::new();
@@ -170,7 +172,8 @@ pub(crate) async fn serve(
         if evicted {
             ctx.telemetry.http_connections_evicted.inc();
         }
-        let (ctx, tls, watcher) = (ctx.clone(), tls.clone(), graceful.watcher());
+        let tls = tls.as_ref().map(|tls| TlsAcceptor::from(tls.current()));
+        let (ctx, watcher) = (ctx.clone(), graceful.watcher());
         tokio::spawn(async move {
             let holder = slot.holder.clone();
             tokio::select! {
@@ -180,12 +183,30 @@ pub(crate) async fn serve(
             drop(slot);
         });
     }
+    if let Some(watching) = watching {
+        watching.abort();
+    }
     if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
         .await
         .is_err()
     {
         warn!("HTTP connections still open after 5s; closing them");
     }
+}
+
+/// Looks at the certificate files every [`rotation::CHECK_EVERY`], so that new handshakes use
+/// a renewed certificate (see [`Rotation`]).
+fn watch_certificates(tls: Arc<Rotation>, ctx: Arc<HttpContext>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(rotation::CHECK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let (tls, ctx) = (tls.clone(), ctx.clone());
+            // It reads files: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || tls.check(&ctx.telemetry)).await;
+        }
+    })
 }
 
 /// Closes a connection over the cap without serving it. Plain HTTP clients get a 503 if the

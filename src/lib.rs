@@ -25,8 +25,8 @@
 //! - [`exposition`]: what a family publishes and a scrape reads, written in the Prometheus
 //!   text format by one writer ([`exposition::text`]).
 //! - `http`: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`; timeouts, the connection
-//!   cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS, basic auth with a
-//!   bounded number of password checks).
+//!   cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS with certificates
+//!   that rotate, basic auth with a bounded number of password checks).
 //! - [`daemon`]: starts the actor tree, the listeners and the HTTP server on bound sockets,
 //!   and shuts them down in order.
 //!

@@ -150,6 +150,7 @@ pub struct Telemetry {
     /// `tallyd_mapping_dropped_total`: samples dropped by an `action: drop` rule.
     pub mapping_dropped: IntCounter,
     reloads: IntCounterVec,
+    tls_reloads: IntCounterVec,
     /// `tallyd_http_connections_rejected_total`: HTTP connections closed unserved because
     /// `web.max_connections` were open.
     pub http_connections_rejected: IntCounter,
@@ -222,6 +223,12 @@ impl Telemetry {
     pub fn reload(&self, success: bool) {
         let outcome = if success { "success" } else { "failure" };
         self.reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a load of the TLS certificates after their files changed, by outcome.
+    pub fn tls_reload(&self, success: bool) {
+        let outcome = if success { "success" } else { "failure" };
+        self.tls_reloads.with_label_values(&[outcome]).inc();
     }
 
     /// Counts an HTTP response by its status code.

@@ -7,7 +7,9 @@
 //! Every key is checked: an unknown one fails start-up with its path (`tls_server_config.certfile`)
 //! and line. Where tallyd cannot do what exporter-toolkit does, it says so:
 //! - The file is read at start-up; exporter-toolkit re-reads it (and the certificates) on every
-//!   connection. Restart tallyd to pick up a new certificate.
+//!   connection. tallyd watches the file and the certificate files it names, and new TLS
+//!   handshakes use a changed certificate within a second or two ([`rotation`]); the other
+//!   sections keep what was read at start-up.
 //! - TLS is rustls: TLS 1.0 and 1.1, the CBC and RSA key-exchange cipher suites and the P-521
 //!   curve do not exist there. Asking for them logs a warning at start-up and they are left out;
 //!   a setting that leaves nothing usable (e.g. `max_version: TLS11`) is an error.
@@ -26,6 +28,7 @@
 mod auth;
 mod headers;
 mod rate_limit;
+pub mod rotation;
 mod tls;
 
 pub use auth::{BasicAuth, Verdict};
@@ -75,6 +78,8 @@ pub struct WebConfig {
     pub path: Option<PathBuf>,
     /// TLS, when `tls_server_config` names a certificate.
     pub tls: Option<Arc<ServerConfig>>,
+    /// The files TLS was read from (certificate, key, client CA), to watch for changes.
+    pub tls_files: Vec<PathBuf>,
     /// Whether the TLS clients must present a certificate (`client_auth_type`), for the logs.
     pub client_auth: ClientAuth,
     /// Users and their bcrypt hashes, when `basic_auth_users` is not empty.
@@ -116,6 +121,7 @@ impl WebConfig {
             ..WebConfig::default()
         };
         if let Some(tls) = raw.tls_server_config {
+            config.tls_files = tls.files(dir);
             (config.tls, config.client_auth) = tls.build(dir, &errors, &mut config.warnings)?;
         }
         if let Some(http) = raw.http_server_config {

@@ -508,6 +508,68 @@ fn tls_serves_https_with_the_configured_certificate() {
 }
 
 #[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let (old, new) = (Pki::new("rotate-old"), Pki::new("rotate-new"));
+    let issue = |pki: &Pki| {
+        pki.issue(
+            &["localhost", "127.0.0.1"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    };
+    let dir = TempDir::new("rotate");
+    let (cert, key) = issue(&old);
+    dir.write("server.pem", &cert);
+    dir.write("server.key", &key);
+    let web = dir.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n",
+    );
+    let t = Tallyd::start(&[&flag(&web)]);
+    let url = format!("https://127.0.0.1:{}/-/healthy", t.http.port());
+    // A fresh agent each time: a new connection, a new handshake.
+    let served = |pki: &Pki| {
+        matches!(
+            get(&agent(Some(trusting(&pki.ca_pem(), None))), &url, None),
+            Ok((200, _, _))
+        )
+    };
+    assert!(served(&old) && !served(&new));
+    // A renewal as cert-manager writes it: the new certificate and key replace the files.
+    let (cert, key) = issue(&new);
+    let (cert_tmp, key_tmp) = (
+        dir.write("server.pem.new", &cert),
+        dir.write("server.key.new", &key),
+    );
+    std::fs::rename(cert_tmp, dir.0.join("server.pem")).unwrap();
+    std::fs::rename(key_tmp, dir.0.join("server.key")).unwrap();
+    let renewed = Instant::now();
+    while !served(&new) {
+        assert!(
+            renewed.elapsed() < Duration::from_secs(5),
+            "the renewed certificate was not served within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!served(&old), "the old certificate is still served");
+    // A broken file keeps the certificate in force, counted.
+    dir.write("server.key", "not a key");
+    let broken = Instant::now();
+    let https = agent(Some(trusting(&new.ca_pem(), None)));
+    let metrics = format!("https://127.0.0.1:{}/metrics", t.http.port());
+    loop {
+        let (_, _, body) = get(&https, &metrics, None).unwrap();
+        let e = Exposition::parse(&body);
+        if e.value("tallyd_tls_reloads_total", &[("outcome", "failure")]) == Some(1.0) {
+            assert!(e.value("tallyd_tls_reloads_total", &[("outcome", "success")]) >= Some(1.0));
+            break;
+        }
+        assert!(broken.elapsed() < Duration::from_secs(5), "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served(&new));
+}
+
+#[test]
 fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let pki = Pki::new("mtls");
     let server = pki.issue(&["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);

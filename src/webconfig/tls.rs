@@ -142,6 +142,16 @@ struct Certificates {
 }
 
 impl RawTls {
+    /// The files the section reads (`cert_file`, `key_file`, `client_ca_file`), relative paths
+    /// taken from `dir`.
+    pub(super) fn files(&self, dir: &Path) -> Vec<std::path::PathBuf> {
+        [&self.cert_file, &self.key_file, &self.client_ca_file]
+            .into_iter()
+            .filter(|file| !file.is_empty())
+            .map(|file| dir.join(file))
+            .collect()
+    }
+
     /// True when any field that turns TLS on is set, as exporter-toolkit's `IsEnabled`.
     fn enabled(&self) -> bool {
         [
