@@ -237,6 +237,10 @@ pub struct WebSettings {
     pub enable_fault_injection: bool,
     /// Serve `POST /-/reload`, which reloads the mapping file. Default off.
     pub enable_lifecycle: bool,
+    /// Serve HTTP on the listening socket systemd passes (socket activation, `LISTEN_FDS`),
+    /// as exporter-toolkit's `--web.systemd-socket`; `listen_address` is then not bound.
+    /// Default off.
+    pub systemd_socket: bool,
     /// Prometheus exporter-toolkit's web configuration file (YAML): TLS, client
     /// certificates, basic auth, extra response headers, rate limit. Empty: plain HTTP, no
     /// authentication. Default empty.
@@ -274,6 +278,7 @@ impl Default for WebSettings {
             telemetry_path: "/metrics".into(),
             enable_fault_injection: false,
             enable_lifecycle: false,
+            systemd_socket: false,
             config_file: String::new(),
             max_connections: 64,
             header_timeout: Duration::from_secs(10),

@@ -13,7 +13,9 @@
 //!   the relabelling against a real Prometheus).
 //! - `deploy/Dockerfile`: parsed by BuildKit's parser (PyPI `dockerfile`), its build context
 //!   resolved by `cargo metadata --locked`, its CMD parsed as tallyd parses flags.
-//! - `deploy/tallyd.service`: `systemd-analyze verify` and `systemd-analyze security`.
+//! - `deploy/tallyd.service`: `systemd-analyze verify` and `systemd-analyze security`;
+//!   `deploy/tallyd.socket`: `systemd-analyze verify`, and socket activation by
+//!   `systemd-socket-activate` with `--web.systemd-socket`.
 //!
 //! A validator that is missing fails the test with "run `bash tests/run.sh`"; a validator that
 //! rejects a file fails it with the validator's own output.
@@ -1135,4 +1137,71 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
             .arg(&file),
     );
     assert!(output.contains("Overall exposure level"), "{output}");
+    // The socket unit, beside the service it starts.
+    std::fs::write(dir.join("tallyd.socket"), read("deploy/tallyd.socket")).unwrap();
+    let output = run_ok(
+        Command::new(&analyze)
+            .args(["verify", "--man=no"])
+            .arg(dir.join("tallyd.socket")),
+    );
+    assert!(
+        output.trim().is_empty(),
+        "systemd-analyze verify tallyd.socket:\n{output}"
+    );
+}
+
+#[test]
+fn socket_activation_serves_http_on_the_socket_systemd_passes() {
+    // systemd-socket-activate does what a .socket unit does: it holds the port, and on the
+    // first connection starts tallyd with the listening socket as descriptor 3.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut activator = Command::new(path_tool("systemd-socket-activate"))
+        .args(["-l", &format!("127.0.0.1:{port}")])
+        .arg(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--web.systemd-socket",
+            "--statsd.listen-udp=127.0.0.1:0",
+            "--statsd.listen-tcp=",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    };
+    let started = std::time::Instant::now();
+    let healthy = loop {
+        match get("/-/healthy") {
+            Some(response) => break response,
+            None if started.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            None => panic!("nothing listens on port {port}"),
+        }
+    };
+    let metrics = get("/metrics").unwrap();
+    let _ = activator.kill();
+    let _ = activator.wait();
+    assert!(healthy.starts_with("HTTP/1.1 200"), "{healthy}");
+    assert!(
+        metrics.starts_with("HTTP/1.1 200") && metrics.contains("\ntallyd_lines_total 0\n"),
+        "{metrics}"
+    );
 }

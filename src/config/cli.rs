@@ -179,6 +179,10 @@ pub struct Cli {
     /// exporter-toolkit web config file (YAML): TLS, basic auth, response headers, rate limit.
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<String> => "web.config_file",
+    /// Serve HTTP on the socket systemd passes (socket activation) instead of
+    /// --web.listen-address.
+    #[arg(long = "web.systemd-socket")]
+    pub web_systemd_socket: bool => "web.systemd_socket",
     /// Enable POST /-/reload, which reloads the mapping file.
     #[arg(long = "web.enable-lifecycle")]
     pub web_enable_lifecycle: bool => "web.enable_lifecycle",

@@ -84,8 +84,12 @@ impl Sockets {
             )?),
         };
         let web = &settings.web.listen_address;
-        let http = bind_tcp(addr("web.listen_address", web)?)
-            .with_context(|| format!("cannot bind HTTP on {web}"))?;
+        let http = if settings.web.systemd_socket {
+            systemd_socket()?
+        } else {
+            bind_tcp(addr("web.listen_address", web)?)
+                .with_context(|| format!("cannot bind HTTP on {web}"))?
+        };
         Ok(Sockets {
             statsd: StatsdSockets { udp, tcp, unixgram },
             http,
@@ -152,6 +156,34 @@ fn no_ipv6(errno: i32) -> bool {
         Errno::EPROTONOSUPPORT,
     ]
     .contains(&Errno::from_raw(errno))
+}
+
+/// The listening TCP socket systemd passed (`LISTEN_PID`, `LISTEN_FDS`: the first, file
+/// descriptor 3), for `--web.systemd-socket`.
+fn systemd_socket() -> anyhow::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const FIRST: i32 = 3;
+    let var = |name: &str| std::env::var(name).ok();
+    let for_us =
+        var("LISTEN_PID").and_then(|pid| pid.parse::<u32>().ok()) == Some(std::process::id());
+    let count = var("LISTEN_FDS")
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        for_us && count >= 1,
+        "--web.systemd-socket: systemd passed no socket (LISTEN_PID, LISTEN_FDS); start tallyd from a .socket unit, or drop the flag"
+    );
+    // SAFETY: descriptor 3 is open: systemd passed it to this process (LISTEN_FDS).
+    let passed = unsafe { std::os::fd::BorrowedFd::borrow_raw(FIRST) };
+    let socket = socket2::SockRef::from(&passed);
+    anyhow::ensure!(
+        (socket.r#type().ok(), socket.is_listener().ok()) == (Some(socket2::Type::STREAM), Some(true)),
+        "--web.systemd-socket: file descriptor {FIRST} is not a listening TCP socket (ListenStream= in the .socket unit)"
+    );
+    // SAFETY: systemd hands the descriptor to this process, which takes it once, here.
+    let listener = std::net::TcpListener::from(unsafe { OwnedFd::from_raw_fd(FIRST) });
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
 }
 
 /// Binds a TCP listener (StatsD or HTTP).

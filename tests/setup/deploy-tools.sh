@@ -36,8 +36,8 @@ if ! command -v kubectl >/dev/null 2>&1; then
   apt_install kubernetes-client
 fi
 
-if ! command -v systemd-analyze >/dev/null 2>&1; then
-  echo "deploy-tools.sh: installing systemd-analyze (Debian package systemd)" >&2
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-socket-activate >/dev/null 2>&1; then
+  echo "deploy-tools.sh: installing systemd-analyze and systemd-socket-activate (Debian package systemd)" >&2
   apt_install systemd
 fi
 
