@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        for warning in mapper.warnings() {
+            eprintln!("tallyd: warning: {warning}");
+        }
         let path = &settings.statsd.mapping_config;
         if path.is_empty() {
             println!("tallyd: configuration valid; no mapping file");
@@ -44,6 +47,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&settings);
+    for warning in mapper.warnings() {
+        tracing::warn!("mapping file: {warning}");
+    }
     check_open_file_limit(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -253,6 +253,8 @@ impl From<crate::yaml::Problem> for MappingError {
 pub struct Mapper {
     /// Distinguishes mappers so that a [`MapCache`] notices a reload.
     id: u64,
+    /// What the file asks in a way statsd_exporter deprecated, each with its file and line.
+    warnings: Vec<String>,
     rules: Vec<Rule>,
     globs: GlobSet,
     /// The regex rules, in file order, with their index in `rules`.
@@ -322,6 +324,12 @@ impl Mapper {
             source,
         })?;
         Mapper::from_yaml(&text, path)
+    }
+
+    /// What the file asks in a way statsd_exporter deprecated (and reads all the same), each
+    /// with its file, line and key: for the log.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The number of rules (`mappings` entries), for the `tallyd_mapping_loaded` gauge.

@@ -58,6 +58,9 @@ impl Reloader {
         }
         match Mapper::load(&self.path) {
             Ok(mapper) => {
+                for warning in mapper.warnings() {
+                    tracing::warn!("mapping file: {warning}");
+                }
                 let rules = mapper.len();
                 self.ingest.mapper.store(Arc::new(mapper));
                 self.telemetry.mapping_loaded.set(rules as i64);

@@ -140,7 +140,7 @@ fn check_config_validates_and_exits() {
     assert_eq!(bad.status.code(), Some(2));
     let msg = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        msg.contains("invalid.yml:12") && msg.contains("mappings[1].timer_type"),
+        msg.contains("invalid.yml:12") && msg.contains("mappings[1].observer_typ"),
         "{msg}"
     );
 }
@@ -211,4 +211,41 @@ fn sighup_and_post_reload_swap_the_rules_and_a_bad_file_keeps_the_old_ones() {
 fn reload_over_http_needs_the_lifecycle_flag() {
     let t = Tallyd::start(&[]);
     assert_eq!(t.post("/-/reload"), 403);
+}
+
+#[test]
+fn a_file_with_deprecated_keys_loads_and_warns() {
+    let dir = common::SocketDir::new("deprecated-keys");
+    let path = dir.path.with_file_name("mapping.yml");
+    write(
+        &path,
+        "mappings:\n- match: api.*.latency\n  name: api_latency\n  timer_type: histogram\n  \
+         buckets: [0.1, 1]\n  labels: {endpoint: \"$1\"}\n",
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(["--check-config", &mapping_flag(path.to_str().unwrap())])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains("mapping.yml:5:12: mappings[0].buckets: deprecated"),
+        "{stderr}"
+    );
+    // The rule is a histogram with the file's buckets, as statsd_exporter 0.30 reads it.
+    let t = Tallyd::start(&[&mapping_flag(path.to_str().unwrap())]);
+    t.send_udp(b"api.cart.latency:500|ms");
+    let e = t.wait_value("api_latency_count", &[("endpoint", "cart")], 1.0);
+    assert_eq!(
+        e.bucket("api_latency", &[("endpoint", "cart")], 1.0),
+        Some(1.0)
+    );
+    assert_eq!(
+        e.bucket("api_latency", &[("endpoint", "cart")], 0.1),
+        Some(0.0)
+    );
+    assert!(t
+        .logs()
+        .iter()
+        .any(|l| l.contains("mappings[0].buckets: deprecated")));
 }

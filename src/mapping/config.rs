@@ -1,6 +1,8 @@
-//! Reading the file: its shape as serde types (every struct denies unknown keys, which also
-//! rejects the deprecated ones), the checks serde cannot express, and the resolution of every
-//! rule against `defaults`, as statsd_exporter's `InitFromYAMLString` resolves them.
+//! Reading the file: its shape as serde types (every struct denies unknown keys), the checks
+//! serde cannot express, and the resolution of every rule against `defaults`, as
+//! statsd_exporter's `InitFromYAMLString` resolves them. The keys statsd_exporter 0.30 still
+//! reads though it deprecated them (`timer_type`, and `buckets` and `quantiles` outside the
+//! observer options) mean what they mean there; outside `defaults`, a warning says where.
 //!
 //! Submodules: `duration` (Go's duration syntax), `defaults` (what `defaults` resolves to, and
 //! each rule's observer resolved against it), `rule` (one `mappings` entry).
@@ -19,7 +21,7 @@ use super::glob::GlobSet;
 use super::{next_id, Mapper, MappingError, MetricClass, RuleSettings};
 use crate::config::ObserverType;
 use crate::yaml::{self, Errors, Problem};
-use defaults::Shared;
+use defaults::{non_empty, Shared};
 use duration::GoDuration;
 use rule::{compile_rule, Matcher};
 
@@ -36,6 +38,12 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     observer_type: Option<ObserverType>,
+    /// Deprecated: `observer_type`, where that is not given.
+    timer_type: Option<ObserverType>,
+    /// Deprecated: `histogram_options.buckets`, where those are not given.
+    buckets: Option<Spanned<Vec<f64>>>,
+    /// Deprecated: `summary_options.quantiles`, where those are not given.
+    quantiles: Option<Spanned<Vec<RawQuantile>>>,
     match_type: Option<MatchType>,
     glob_disable_ordering: Option<bool>,
     ttl: Option<GoDuration>,
@@ -52,6 +60,12 @@ struct RawMapping {
     labels: Option<Spanned<BTreeMap<String, String>>>,
     honor_labels: Option<bool>,
     observer_type: Option<ObserverType>,
+    /// Deprecated: `observer_type`, where that is not given.
+    timer_type: Option<ObserverType>,
+    /// Deprecated: `histogram_options.buckets`, for a histogram.
+    buckets: Option<Spanned<Vec<f64>>>,
+    /// Deprecated: `summary_options.quantiles`, for a summary.
+    quantiles: Option<Spanned<Vec<RawQuantile>>>,
     match_type: Option<MatchType>,
     help: Option<String>,
     action: Option<RawAction>,
@@ -123,22 +137,14 @@ impl From<MatchMetricType> for MetricClass {
 fn parse(text: &str, errors: &Errors<'_>) -> Result<RawFile, Problem> {
     yaml::parse(text, key_path).map_err(|failure| {
         let mut problem = errors.failure(&failure);
-        match &*failure.error {
-            serde_saphyr::Error::SerdeUnknownField { field, .. } => {
-                if let Some(hint) = deprecated(field) {
-                    problem.message = format!("`{field}` is no longer accepted: {hint}");
+        if let serde_saphyr::Error::DuplicateMappingKey { key: dup, .. } = &*failure.error {
+            problem.message = match dup {
+                Some(dup) => {
+                    problem.key = yaml::join(&problem.key, dup);
+                    format!("`{dup}` is given twice")
                 }
-            }
-            serde_saphyr::Error::DuplicateMappingKey { key: dup, .. } => {
-                problem.message = match dup {
-                    Some(dup) => {
-                        problem.key = yaml::join(&problem.key, dup);
-                        format!("`{dup}` is given twice")
-                    }
-                    None => "a key is given twice".to_owned(),
-                };
-            }
-            _ => {}
+                None => "a key is given twice".to_owned(),
+            };
         }
         problem
     })
@@ -211,13 +217,32 @@ fn is_spanned(parts: &[Part]) -> bool {
     }
 }
 
-/// What replaced a key statsd_exporter deprecated.
-fn deprecated(field: &str) -> Option<&'static str> {
-    match field {
-        "timer_type" => Some("use `observer_type`"),
-        "buckets" => Some("put `buckets` under `histogram_options`"),
-        "quantiles" => Some("put `quantiles` under `summary_options`"),
-        _ => None,
+impl RawDefaults {
+    /// The deprecated keys, as statsd_exporter 0.30 reads them in `defaults` (silently):
+    /// `timer_type` where `observer_type` is not given, `buckets` and `quantiles` where the
+    /// observer options give none.
+    fn adopt_deprecated(&mut self) {
+        self.observer_type = self.observer_type.or(self.timer_type.take());
+        if let Some(buckets) = self.buckets.take() {
+            let histogram = self.histogram_options.get_or_insert_with(|| {
+                Spanned::new(RawHistogram::default(), buckets.referenced, buckets.defined)
+            });
+            if non_empty(&histogram.value.buckets).is_none() {
+                histogram.value.buckets = Some(buckets.value);
+            }
+        }
+        if let Some(quantiles) = self.quantiles.take() {
+            let summary = self.summary_options.get_or_insert_with(|| {
+                Spanned::new(
+                    RawSummary::default(),
+                    quantiles.referenced,
+                    quantiles.defined,
+                )
+            });
+            if non_empty(&summary.value.quantiles).is_none() {
+                summary.value.quantiles = Some(quantiles.value);
+            }
+        }
     }
 }
 
@@ -230,13 +255,15 @@ pub(super) fn empty() -> Mapper {
 pub(super) fn compile(text: &str, origin: &Path) -> Result<Mapper, MappingError> {
     let errors = Errors::new(origin);
     let raw = parse(text, &errors)?;
-    let defaults = raw.defaults.unwrap_or_default();
+    let mut defaults = raw.defaults.unwrap_or_default();
+    defaults.adopt_deprecated();
     let shared = Shared::resolve(&defaults, &errors)?;
+    let mut warnings = Vec::new();
     let mut rules = Vec::new();
     let mut globs = GlobSet::new(!defaults.glob_disable_ordering.unwrap_or(false));
     let mut regexes = Vec::new();
     for (index, item) in raw.mappings.unwrap_or_default().into_iter().enumerate() {
-        let (rule, matcher) = compile_rule(index, item, &shared, &errors)?;
+        let (rule, matcher) = compile_rule(index, item, &shared, &errors, &mut warnings)?;
         match matcher {
             Matcher::Glob(glob) => globs.insert(glob, index as u32, rule.class),
             Matcher::Regex(regex) => regexes.push((index, regex)),
@@ -245,6 +272,7 @@ pub(super) fn compile(text: &str, origin: &Path) -> Result<Mapper, MappingError>
     }
     Ok(Mapper {
         id: next_id(),
+        warnings,
         rules,
         globs,
         regexes,

@@ -826,31 +826,79 @@ fn unknown_keys_are_named_with_their_path() {
 }
 
 #[test]
-fn deprecated_keys_are_rejected_with_their_replacement() {
-    assert_error(
-        "mappings:\n- match: a.b\n  name: x\n  timer_type: histogram\n",
-        "mappings[0].timer_type",
-        4,
-        &["`timer_type` is no longer accepted", "observer_type"],
+fn deprecated_keys_mean_what_statsd_exporter_0_30_reads() {
+    use MetricClass::Observer;
+    let histogram = |buckets: &[f64]| {
+        ObserverChoice::Histogram(HistogramOptions {
+            buckets: buckets.to_vec(),
+        })
+    };
+    let quantiles = |qs: &[(f64, f64)]| -> Vec<Quantile> {
+        qs.iter()
+            .map(|&(quantile, error)| Quantile { quantile, error })
+            .collect()
+    };
+    // `timer_type` stands for `observer_type` where that is not given; in `defaults`,
+    // `buckets` and `quantiles` for those of the observer options; silently.
+    let m = mapper(
+        "defaults:\n  timer_type: histogram\n  buckets: [1, 2]\n  quantiles: [{quantile: 0.5, error: 0.1}]\n\
+         mappings:\n\
+         - match: h.*\n  name: h\n\
+         - match: s.*\n  name: s\n  timer_type: summary\n\
+         - match: o.*\n  name: o\n  timer_type: summary\n  observer_type: histogram\n",
     );
-    assert_error(
-        "defaults:\n  timer_type: histogram\n",
-        "defaults.timer_type",
-        2,
-        &["observer_type"],
+    assert!(m.warnings().is_empty(), "{:?}", m.warnings());
+    assert_eq!(
+        *settings(&m, "h.x", Observer).observer,
+        histogram(&[1.0, 2.0])
     );
-    assert_error(
-        "defaults:\n  buckets: [1, 2]\n",
-        "defaults.buckets",
-        2,
-        &["histogram_options"],
+    match &*settings(&m, "s.x", Observer).observer {
+        ObserverChoice::Summary(s) => assert_eq!(s.quantiles, quantiles(&[(0.5, 0.1)])),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        *settings(&m, "o.x", Observer).observer,
+        histogram(&[1.0, 2.0])
     );
-    assert_error(
-        "mappings:\n- match: a.b\n  name: x\n  quantiles: [{quantile: 0.5, error: 0.05}]\n",
-        "mappings[0].quantiles",
-        4,
-        &["summary_options"],
+    // A rule's own `buckets` and `quantiles`: used by the observer they belong to, ignored by
+    // the other, each with a warning naming file, line and key.
+    let m = mapper(
+        "mappings:\n\
+         - match: h.*\n  name: h\n  observer_type: histogram\n  buckets: [3, 4]\n\
+         - match: s.*\n  name: s\n  quantiles: [{quantile: 0.75, error: 0.01}]\n\
+         - match: i.*\n  name: i\n  buckets: [5]\n",
     );
+    assert_eq!(
+        *settings(&m, "h.x", Observer).observer,
+        histogram(&[3.0, 4.0])
+    );
+    match &*settings(&m, "s.x", Observer).observer {
+        ObserverChoice::Summary(s) => assert_eq!(s.quantiles, quantiles(&[(0.75, 0.01)])),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        &*settings(&m, "i.x", Observer).observer,
+        ObserverChoice::Summary(_)
+    ));
+    assert_eq!(
+        m.warnings(),
+        [
+            "test.yml:5:12: mappings[0].buckets: deprecated; put `buckets` under `histogram_options`",
+            "test.yml:8:14: mappings[1].quantiles: deprecated; put `quantiles` under `summary_options`",
+            "test.yml:11:12: mappings[2].buckets: deprecated; put `buckets` under `histogram_options`",
+        ]
+    );
+    // Both places at once is refused, as in statsd_exporter.
+    assert_error(
+        "mappings:\n- match: a.b\n  name: x\n  observer_type: histogram\n  buckets: [1]\n  histogram_options: {buckets: [2]}\n",
+        "mappings[0].buckets",
+        5,
+        &["both here and under `histogram_options`"],
+    );
+    // `match_metric_type: timer` means observer.
+    let m = mapper("mappings:\n- match: t.*\n  name: t\n  match_metric_type: timer\n");
+    assert!(mapped(&m, "t.x", Observer).is_some());
+    assert!(mapped(&m, "t.x", MetricClass::Counter).is_none());
 }
 
 #[test]
@@ -1199,8 +1247,7 @@ fn realistic_invalid_file_names_file_key_and_line() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("tests/data/mapping/invalid.yml:12:"), "{e}");
-    assert!(e.contains("mappings[1].timer_type"), "{e}");
-    assert!(e.contains("observer_type"), "{e}");
+    assert!(e.contains("mappings[1].observer_typ"), "{e}");
 }
 
 // ---- pieces ----

@@ -195,7 +195,7 @@ fn summary_options(
 }
 
 /// `Some` when the list is present and not empty (an empty list means "the default" in Go).
-fn non_empty<T>(list: &Option<Vec<T>>) -> Option<&[T]> {
+pub(super) fn non_empty<T>(list: &Option<Vec<T>>) -> Option<&[T]> {
     list.as_deref().filter(|l| !l.is_empty())
 }
 

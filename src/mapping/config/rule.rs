@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::defaults::{rule_observer, Shared};
-use super::{MatchType, RawAction, RawMapping};
+use super::{MatchType, RawAction, RawHistogram, RawMapping, RawSummary};
+use crate::config::ObserverType;
 use crate::mapping::glob::Glob;
 use crate::mapping::template::{self, Template, Token};
 use crate::mapping::{Action, MetricClass, Rule, RuleSettings};
@@ -57,15 +58,99 @@ impl Matcher {
     }
 }
 
+/// A rule's `buckets` and `quantiles` outside the observer options, as statsd_exporter 0.30
+/// reads them: with a warning, the buckets for a histogram and the quantiles for a summary
+/// (the others are ignored); refused beside the same key in the options.
+fn adopt_deprecated(
+    m: &mut RawMapping,
+    kind: ObserverType,
+    key: &str,
+    errors: &Errors<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<(), Problem> {
+    let mut note = Notes {
+        kind,
+        key,
+        errors,
+        warnings,
+    };
+    let buckets = m.buckets.take();
+    note.adopt(
+        buckets,
+        &mut m.histogram_options,
+        |h: &mut RawHistogram| &mut h.buckets,
+        ("buckets", "histogram_options", ObserverType::Histogram),
+    )?;
+    let quantiles = m.quantiles.take();
+    note.adopt(
+        quantiles,
+        &mut m.summary_options,
+        |s: &mut RawSummary| &mut s.quantiles,
+        ("quantiles", "summary_options", ObserverType::Summary),
+    )
+}
+
+/// What [`adopt_deprecated`] needs to place a key and say where it was.
+struct Notes<'a, 'e> {
+    kind: ObserverType,
+    key: &'a str,
+    errors: &'a Errors<'e>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl Notes<'_, '_> {
+    /// One deprecated key, `field` (which belongs in `options_name` and serves observers of
+    /// type `belongs`): warned about; refused when `options` give it too; moved into them
+    /// when the rule's observer is of type `belongs`.
+    fn adopt<O: Default, T>(
+        &mut self,
+        legacy: Option<Spanned<T>>,
+        options: &mut Option<Spanned<O>>,
+        slot: fn(&mut O) -> &mut Option<T>,
+        (field, options_name, belongs): (&str, &str, ObserverType),
+    ) -> Result<(), Problem> {
+        let Some(legacy) = legacy else {
+            return Ok(());
+        };
+        let key = format!("{}.{field}", self.key);
+        let mut note = self
+            .errors
+            .located(key.clone(), Some(legacy.referenced), "");
+        note.message = format!("deprecated; put `{field}` under `{options_name}`");
+        self.warnings.push(note.to_string());
+        if options
+            .as_mut()
+            .is_some_and(|o| slot(&mut o.value).is_some())
+        {
+            return Err(self.errors.located(
+                key,
+                Some(legacy.referenced),
+                format!("cannot be given both here and under `{options_name}`"),
+            ));
+        }
+        if self.kind == belongs {
+            let (referenced, defined) = (legacy.referenced, legacy.defined);
+            let options =
+                options.get_or_insert_with(|| Spanned::new(O::default(), referenced, defined));
+            *slot(&mut options.value) = Some(legacy.value);
+        }
+        Ok(())
+    }
+}
+
 /// Checks and compiles `mappings[index]`.
 pub(super) fn compile_rule(
     index: usize,
     item: Spanned<RawMapping>,
     shared: &Shared,
     errors: &Errors<'_>,
+    warnings: &mut Vec<String>,
 ) -> Result<(Rule, Matcher), Problem> {
     let key = format!("mappings[{index}]");
-    let m = item.value;
+    let mut m = item.value;
+    m.observer_type = m.observer_type.or(m.timer_type.take());
+    let kind = m.observer_type.unwrap_or(shared.kind);
+    adopt_deprecated(&mut m, kind, &key, errors, warnings)?;
     let Some(pattern) = &m.pattern else {
         return Err(errors.located(key, Some(item.referenced), "a mapping needs `match`"));
     };
