@@ -180,6 +180,13 @@ pub struct StatsdSettings {
     /// at its listener before that. Default `0s`.
     #[serde(with = "humantime_serde")]
     pub default_ttl: Duration,
+    /// Names each listener task remembers the mapping of (statsd_exporter's
+    /// `--statsd.cache-size`); 0 maps every name afresh. Only used with a mapping file.
+    /// Default 100,000.
+    pub cache_size: usize,
+    /// Which name a full mapping cache forgets for a new one: `lru` or `random`
+    /// (statsd_exporter's `--statsd.cache-type`). Default `lru`.
+    pub cache_type: CacheType,
     /// Window over which a set (`s`) counts distinct members. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub set_window: Duration,
@@ -219,6 +226,8 @@ impl Default for StatsdSettings {
             parse_librato_tags: true,
             parse_signalfx_tags: true,
             default_ttl: Duration::ZERO,
+            cache_size: 100_000,
+            cache_type: CacheType::Lru,
             set_window: Duration::from_secs(60),
         }
     }
@@ -298,6 +307,17 @@ pub struct LogSettings {
     pub level: LogLevel,
     /// `logfmt` (default, human-readable) or `json`.
     pub format: LogFormat,
+}
+
+/// What a full mapping cache forgets to make room, as statsd_exporter's `--statsd.cache-type`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheType {
+    /// The name looked up least recently.
+    #[default]
+    Lru,
+    /// A name picked at random: no bookkeeping on a hit.
+    Random,
 }
 
 /// Log levels, as statsd_exporter's `--log.level` takes them.

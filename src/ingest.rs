@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{CacheType, Settings};
 use crate::mapping::Mapper;
 use crate::statsd::parse::TagStyles;
 use crate::update::{FamilyMeta, DEFAULT_HELP};
@@ -46,6 +46,8 @@ pub struct IngestConfig {
     pub max_label_bytes: usize,
     /// A mapping file is configured: unmapped names take its defaults and are counted.
     pub mapping_file: bool,
+    /// Each listener's mapping cache: how many names, and which one a full cache forgets.
+    pub cache: (usize, CacheType),
     /// The mapping rules; a reload swaps them whole, and each batcher picks the new ones up at
     /// its next receive.
     pub mapper: ArcSwap<Mapper>,
@@ -66,6 +68,7 @@ impl IngestConfig {
             max_tags: settings.limits.max_tags_per_line,
             max_label_bytes: settings.limits.max_label_bytes,
             mapping_file: !settings.statsd.mapping_config.is_empty(),
+            cache: (settings.statsd.cache_size, settings.statsd.cache_type),
             mapper: ArcSwap::from_pointee(mapper),
         }
     }

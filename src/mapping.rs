@@ -46,6 +46,7 @@
 //! ## Usage
 //! ```
 //! use std::path::Path;
+//! use tallyd::config::CacheType;
 //! use tallyd::mapping::{MapCache, Mapper, MetricClass, Outcome};
 //!
 //! let yaml = r#"
@@ -55,7 +56,7 @@
 //!     labels: { client: "$1", op: "$2" }
 //! "#;
 //! let mapper = Mapper::from_yaml(yaml, Path::new("mapping.yml")).unwrap();
-//! let mut cache = MapCache::new(1000); // one per listener thread
+//! let mut cache = MapCache::new(1000, CacheType::Lru); // one per listener thread
 //! match cache.get_or_map(&mapper, "client.web.request.get", MetricClass::Counter) {
 //!     Outcome::Mapped(m) => {
 //!         assert_eq!(&*m.name, "client_requests");

@@ -249,3 +249,43 @@ fn a_file_with_deprecated_keys_loads_and_warns() {
         .iter()
         .any(|l| l.contains("mappings[0].buckets: deprecated")));
 }
+
+#[test]
+fn the_mapping_cache_holds_statsd_cache_size_names() {
+    // Lines of one name with new tags each: the line cache misses, the mapping cache is asked.
+    let lines: Vec<String> = (0..5)
+        .map(|i| format!("web.a.b.c.status_200:1|c|#try:{i}"))
+        .collect();
+    for (flags, hits, misses) in [
+        (vec![], 4.0, 1.0),
+        (vec!["--statsd.cache-size=0"], 0.0, 5.0),
+        (
+            vec!["--statsd.cache-size=1", "--statsd.cache-type=random"],
+            4.0,
+            1.0,
+        ),
+    ] {
+        let mut args = vec![mapping_flag(VALID)];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t = Tallyd::start(&args);
+        for line in &lines {
+            t.send_udp(line.as_bytes());
+        }
+        let e = t.wait_value("tallyd_samples_total", &[], 5.0);
+        assert_eq!(
+            (
+                e.value("tallyd_mapping_cache_hits_total", &[]),
+                e.value("tallyd_mapping_cache_misses_total", &[])
+            ),
+            (Some(hits), Some(misses)),
+            "{flags:?}"
+        );
+    }
+    let (code, stderr) = common::start_fails(&["--statsd.cache-type=fifo"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("statsd.cache_type") && stderr.contains("--statsd.cache-type"),
+        "{stderr}"
+    );
+}

@@ -152,6 +152,12 @@ pub struct Cli {
     /// Series idle this long leave /metrics (0s = never), unless a mapping sets a ttl.
     #[arg(long = "statsd.default-ttl", value_name = "DURATION")]
     pub default_ttl: Option<String> => "statsd.default_ttl",
+    /// Names each listener task remembers the mapping of (0: none).
+    #[arg(long = "statsd.cache-size", value_name = "N")]
+    pub cache_size: Option<String> => "statsd.cache_size",
+    /// Which name a full mapping cache forgets: lru or random.
+    #[arg(long = "statsd.cache-type", value_name = "TYPE")]
+    pub cache_type: Option<String> => "statsd.cache_type",
     /// Most series in all families together; new series past it are refused and counted.
     #[arg(long = "limits.max-series", value_name = "N")]
     pub max_series: Option<String> => "limits.max_series",

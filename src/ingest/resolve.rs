@@ -70,8 +70,8 @@ impl Resolver {
         Resolver {
             telemetry,
             mapper: config.mapper.load_full(),
+            map_cache: MapCache::new(config.cache.0, config.cache.1),
             config,
-            map_cache: MapCache::new(NAME_CACHE_LIMIT),
             names: FxHashMap::default(),
             metas: FxHashMap::default(),
             tallies: Tallies::default(),

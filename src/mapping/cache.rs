@@ -1,36 +1,100 @@
 //! A small per-caller cache of mapping results, so a name seen again costs one hash lookup.
 
-use rustc_hash::FxHashMap;
+use indexmap::IndexMap;
+use lru::LruCache;
+use rustc_hash::FxBuildHasher;
 
 use super::{Mapper, MetricClass, Outcome};
+use crate::config::CacheType;
+
+/// The names held, keyed by the sample's class (one byte) and the name.
+#[derive(Debug)]
+enum Entries {
+    Lru(LruCache<Box<str>, Outcome, FxBuildHasher>),
+    Random(IndexMap<Box<str>, Outcome, FxBuildHasher>),
+}
+
+impl Entries {
+    fn new(kind: CacheType) -> Entries {
+        match kind {
+            CacheType::Lru => Entries::Lru(LruCache::unbounded_with_hasher(FxBuildHasher)),
+            CacheType::Random => Entries::Random(IndexMap::with_hasher(FxBuildHasher)),
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<&Outcome> {
+        match self {
+            Entries::Lru(cache) => cache.get(key),
+            Entries::Random(map) => map.get(key),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Entries::Lru(cache) => cache.len(),
+            Entries::Random(map) => map.len(),
+        }
+    }
+
+    /// Forgets one name, as the cache's type says.
+    fn evict(&mut self) {
+        match self {
+            Entries::Lru(cache) => {
+                cache.pop_lru();
+            }
+            Entries::Random(map) => {
+                map.swap_remove_index(fastrand::usize(..map.len()));
+            }
+        }
+    }
+
+    fn insert(&mut self, key: Box<str>, outcome: Outcome) {
+        match self {
+            Entries::Lru(cache) => {
+                cache.put(key, outcome);
+            }
+            Entries::Random(map) => {
+                map.insert(key, outcome);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Entries::Lru(cache) => cache.clear(),
+            Entries::Random(map) => map.clear(),
+        }
+    }
+}
 
 /// Remembers what a [`Mapper`] made of recent names, for one caller (e.g. one listener task):
 /// no locks, and counts of hits and misses for `tallyd_mapping_cache_{hits,misses}_total`.
 ///
-/// Bounded: when `capacity` names are held, the next miss starts the cache over. That keeps
-/// memory bounded and each operation O(1) when an application sends endless distinct names; a
-/// working set larger than the cache misses either way. Passing a different mapper (after a
-/// reload) also starts it over.
+/// Bounded (`statsd.cache_size`): when `capacity` names are held, a new one takes the place of
+/// the least recently used, or of one at random (`statsd.cache_type`). Passing a different
+/// mapper (after a reload) starts it over.
 #[derive(Debug)]
 pub struct MapCache {
     capacity: usize,
+    kind: CacheType,
     /// The mapper the entries came from.
     mapper: u64,
-    /// One map per [`MetricClass`], so that a lookup borrows the name.
-    entries: [FxHashMap<Box<str>, Outcome>; MetricClass::ALL.len()],
-    len: usize,
+    entries: Entries,
+    /// The key being looked up, built here so that a lookup allocates nothing.
+    key: String,
     hits: u64,
     misses: u64,
 }
 
 impl MapCache {
-    /// A cache holding at most `capacity` names; 0 caches nothing.
-    pub fn new(capacity: usize) -> MapCache {
+    /// A cache holding at most `capacity` names, forgetting as `kind` says; 0 caches nothing.
+    pub fn new(capacity: usize, kind: CacheType) -> MapCache {
         MapCache {
             capacity,
+            kind,
             mapper: 0,
-            entries: Default::default(),
-            len: 0,
+            entries: Entries::new(kind),
+            key: String::new(),
             hits: 0,
             misses: 0,
         }
@@ -48,8 +112,10 @@ impl MapCache {
             self.clear();
             self.mapper = mapper.id();
         }
-        let entries = &mut self.entries[class.index()];
-        if let Some(found) = entries.get(name) {
+        self.key.clear();
+        self.key.push(char::from(b'0' + class.index() as u8));
+        self.key.push_str(name);
+        if let Some(found) = self.entries.get(&self.key) {
             self.hits += 1;
             return found.clone();
         }
@@ -58,11 +124,11 @@ impl MapCache {
         if self.capacity == 0 {
             return outcome;
         }
-        if self.len >= self.capacity {
-            self.clear();
+        if self.entries.len() >= self.capacity {
+            self.entries.evict();
         }
-        self.entries[class.index()].insert(name.into(), outcome.clone());
-        self.len += 1;
+        self.entries
+            .insert(self.key.as_str().into(), outcome.clone());
         outcome
     }
 
@@ -78,25 +144,22 @@ impl MapCache {
 
     /// How many names it holds now.
     pub fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     /// True when it holds no name.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Forgets every name and gives back the room it took (the counts are kept).
     pub fn release(&mut self) {
-        self.entries = Default::default();
-        self.len = 0;
+        self.entries = Entries::new(self.kind);
+        self.key = String::new();
     }
 
     /// Forgets every name, keeping the room for the next ones (the counts are kept).
     pub fn clear(&mut self) {
-        for map in &mut self.entries {
-            map.clear();
-        }
-        self.len = 0;
+        self.entries.clear();
     }
 }

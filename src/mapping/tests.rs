@@ -2,6 +2,7 @@
 
 use super::template::{tokens, Token};
 use super::*;
+use crate::config::CacheType;
 use proptest::prelude::*;
 use std::path::Path;
 
@@ -1277,7 +1278,7 @@ fn template_tokens_follow_go_expand() {
 #[test]
 fn cache_counts_hits_and_misses_and_stays_bounded() {
     let m = mapper("mappings:\n- match: a.*\n  name: a_$1\n");
-    let mut cache = MapCache::new(2);
+    let mut cache = MapCache::new(2, CacheType::Lru);
     let name = |o: Outcome| match o {
         Outcome::Mapped(m) => m.name.to_string(),
         other => format!("{other:?}"),
@@ -1288,25 +1289,38 @@ fn cache_counts_hits_and_misses_and_stays_bounded() {
     // Another class is another entry.
     cache.get_or_map(&m, "a.x", Gauge);
     assert_eq!((cache.hits(), cache.misses(), cache.len()), (1, 2, 2));
-    // Full: the next miss starts over.
+    // Full: a new name takes the place of the least recently used (a.x as a counter).
     assert_eq!(name(cache.get_or_map(&m, "b", Counter)), "Unmapped");
-    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.len(), 2);
+    cache.get_or_map(&m, "a.x", Gauge);
+    assert_eq!((cache.hits(), cache.misses()), (2, 3));
     cache.get_or_map(&m, "a.x", Counter);
-    assert_eq!((cache.hits(), cache.misses()), (1, 4));
+    assert_eq!((cache.hits(), cache.misses(), cache.len()), (2, 4, 2));
+    // b was the least recently used: gone; a.x as a gauge stays.
+    cache.get_or_map(&m, "a.x", Gauge);
+    assert_eq!((cache.hits(), cache.misses()), (3, 4));
 
     // A reloaded mapper is not answered from the old one's entries.
     let reloaded = mapper("mappings:\n- match: a.*\n  name: b_$1\n");
     assert_eq!(name(cache.get_or_map(&reloaded, "a.x", Counter)), "b_x");
     assert_eq!(cache.misses(), 5);
 
+    // Random replacement keeps the bound too, and answers what the mapper does.
+    let mut random = MapCache::new(2, CacheType::Random);
+    for n in ["a.1", "a.2", "a.3", "a.4", "a.2"] {
+        assert_eq!(name(random.get_or_map(&m, n, Counter)), n.replace('.', "_"));
+        assert!(random.len() <= 2);
+    }
+    assert_eq!(random.hits() + random.misses(), 5);
+
     // Capacity 0 caches nothing.
-    let mut none = MapCache::new(0);
+    let mut none = MapCache::new(0, CacheType::Lru);
     none.get_or_map(&m, "a.x", Counter);
     none.get_or_map(&m, "a.x", Counter);
     assert_eq!((none.hits(), none.misses(), none.len()), (0, 2, 0));
 
     // Without rules there is nothing to cache or count.
-    let mut cache = MapCache::new(10);
+    let mut cache = MapCache::new(10, CacheType::Random);
     assert!(matches!(
         cache.get_or_map(&Mapper::default(), "a.x", Counter),
         Outcome::Unmapped
@@ -1467,10 +1481,12 @@ proptest! {
     fn cache_agrees_with_the_mapper(
         names in prop::collection::vec((dotted_name(), class()), 1..40),
         capacity in 0usize..8,
+        random in any::<bool>(),
     ) {
         let m = Mapper::load(&fixture("valid.yml")).unwrap();
         let partial = mapper("mappings:\n- match: '*.a*'\n  name: x_$1\n- match: '*.b'\n  action: drop\n");
-        let mut cache = MapCache::new(capacity);
+        let kind = if random { CacheType::Random } else { CacheType::Lru };
+        let mut cache = MapCache::new(capacity, kind);
         for (name, class) in &names {
             for m in [&m, &partial] {
                 let direct = format!("{:?}", m.map(name, *class));
