@@ -418,18 +418,24 @@ fn control_characters_in_names_never_reach_mapped_label_values() {
     assert!(!text.bytes().any(|b| b.is_ascii_control() && b != b'\n'));
 }
 
-#[test]
-fn a_mapping_file_of_40_000_rules_loads() {
-    let socket = common::SocketDir::new("bigmapping");
-    let path = socket.path.with_file_name("mapping.yml");
+/// A mapping file of `rules` glob rules, each with a name and a label, written in `dir`; the
+/// flag that names it.
+fn many_rules(dir: &common::SocketDir, rules: usize) -> String {
+    let path = dir.path.with_file_name("mapping.yml");
     let mut yaml = String::from("mappings:\n");
-    for i in 0..40_000 {
+    for i in 0..rules {
         yaml.push_str(&format!(
             "- match: \"app{i}.*.count\"\n  name: \"app{i}_count\"\n  labels:\n    x: \"$1\"\n"
         ));
     }
     std::fs::write(&path, yaml).unwrap();
-    let flag = format!("--statsd.mapping-config={}", path.display());
+    format!("--statsd.mapping-config={}", path.display())
+}
+
+#[test]
+fn a_mapping_file_of_40_000_rules_loads() {
+    let socket = common::SocketDir::new("bigmapping");
+    let flag = many_rules(&socket, 40_000);
     let output = command(&[&flag, "--check-config"], &[])
         .stdout(std::process::Stdio::piped())
         .output()
@@ -443,15 +449,7 @@ fn a_mapping_file_of_40_000_rules_loads() {
 #[test]
 fn a_long_reload_does_not_hold_up_the_probes() {
     let socket = common::SocketDir::new("longreload");
-    let path = socket.path.with_file_name("mapping.yml");
-    let mut yaml = String::from("mappings:\n");
-    for i in 0..20_000 {
-        yaml.push_str(&format!(
-            "- match: \"app{i}.*.count\"\n  name: \"app{i}_count\"\n  labels:\n    x: \"$1\"\n"
-        ));
-    }
-    std::fs::write(&path, yaml).unwrap();
-    let t = Tallyd::start(&[&format!("--statsd.mapping-config={}", path.display())]);
+    let t = Tallyd::start(&[&many_rules(&socket, 20_000)]);
     let reloaded = || {
         t.scrape()
             .value("tallyd_config_reloads_total", &[("outcome", "success")])
