@@ -1171,21 +1171,8 @@ fn socket_activation_serves_http_on_the_socket_systemd_passes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let get = |path: &str| -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        Some(response)
-    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let get = |path: &str| common::get_at(addr, path);
     let started = std::time::Instant::now();
     let healthy = loop {
         match get("/-/healthy") {

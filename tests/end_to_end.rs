@@ -427,24 +427,12 @@ fn a_port_alone_listens_on_ipv6_and_ipv4() {
         tcp.write_all(format!("dual_tcp:1|c|#via:{host}\n").as_bytes())
             .unwrap();
         drop(tcp);
-        let mut http = std::net::TcpStream::connect(at(t.http)).unwrap();
-        http.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut http, &mut response).unwrap();
+        let response = common::get_at(at(t.http), "/-/healthy").unwrap();
         assert!(response.starts_with("HTTP/1.1 200"), "{host}: {response}");
     }
     let scrape = |host: &str| {
-        let mut http = std::net::TcpStream::connect(std::net::SocketAddr::new(
-            host.parse().unwrap(),
-            t.http.port(),
-        ))
-        .unwrap();
-        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut http, &mut response).unwrap();
-        response
+        let at = std::net::SocketAddr::new(host.parse().unwrap(), t.http.port());
+        common::get_at(at, "/metrics").unwrap()
     };
     for host in &hosts {
         let want = [

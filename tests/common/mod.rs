@@ -31,6 +31,21 @@ pub fn command(extra: &[&str], env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// `GET path` on a new connection to `addr`, closed after the response: the whole response
+/// (status line, headers, body), or `None` when nothing answers within the deadline.
+pub fn get_at(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(DEADLINE)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).ok()?;
+    Some(response)
+}
+
 /// Waits for `child` to exit; kills it and panics, naming `what`, past the deadline.
 pub fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
     let start = Instant::now();
