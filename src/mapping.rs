@@ -10,8 +10,9 @@
 //! - Regex rules (`match_type: regex`, unanchored, Rust `regex` syntax, which for mapping
 //!   files is Go's RE2 syntax) are tried in file order, but only when no glob matched: globs
 //!   always win over regexes, wherever they are in the file.
-//! - `$1`, `${1}` and `$0` (the whole name) in `name` and label values, with Go's
-//!   `regexp.Expand` rules (see `template.rs`). The expanded name is escaped like an unmapped
+//! - `$1`, `${1}` and `$0` (the whole name) in a regex rule's `name` and label values, with
+//!   Go's `regexp.Expand` rules; `$1` to `$n` for a glob of n `*`s, read as statsd_exporter's
+//!   glob formatter reads them (see `template.rs`). The expanded name is escaped like an unmapped
 //!   one (every character outside `[a-zA-Z0-9_]` becomes `_`); one that expands to nothing is
 //!   [`Outcome::EmptyName`], which statsd_exporter counts as `empty_metric_name` and drops.
 //! - `match_metric_type` limits a rule to counters, gauges or observers (timers, histograms,
@@ -20,9 +21,10 @@
 //!   resolved against `defaults` once, at load, into [`RuleSettings`] shared by every name the
 //!   rule maps. Unmapped names take [`Mapper::defaults`] (only `ttl` and the observer come from
 //!   the file there).
-//! - Unknown keys are errors, and so are the keys statsd_exporter deprecated (`timer_type`,
-//!   `buckets` and `quantiles` outside `*_options`). Every error names the file, the line and
-//!   column when known, and the key (`mappings[2].timer_type`).
+//! - Unknown keys are errors. The keys statsd_exporter deprecated (`timer_type`, and `buckets`
+//!   and `quantiles` outside `*_options`) are read as statsd_exporter 0.30 reads them, the
+//!   latter two with a warning ([`Mapper::warnings`]). Every error names the file, the line
+//!   and column when known, and the key (`mappings[2].observer_type`).
 //!
 //! ## Where tallyd differs
 //! - A `*` may also sit inside a component (`req_*`, `*_ms`, `a*b*c`) and is captured like a
@@ -40,8 +42,6 @@
 //!   `name`; `match_metric_type: timer` is read as `observer`.
 //! - Regexes use Rust's engine: `\w`, `\d`, `\s` and `\b` are Unicode-aware, where Go's are
 //!   ASCII-only; this matters only for non-ASCII names.
-//! - Glob rules expand `$n` with the same Go rules as regex rules; statsd_exporter's glob
-//!   formatter differs only for oddities such as `$$` or an unclosed `${1`.
 //!
 //! ## Usage
 //! ```

@@ -5,7 +5,8 @@ use std::borrow::Cow;
 
 /// Escapes a StatsD name into a Prometheus metric or label name, as statsd_exporter's
 /// `EscapeMetricName` does: every character outside `[a-zA-Z0-9_]` becomes `_` (one `_` per
-/// character, not per byte), and a name that starts with a digit gets a leading `_`.
+/// character, not per byte), except that a run of dashes becomes a single `_`, and a name that
+/// starts with a digit gets a leading `_`.
 ///
 /// Borrows when the name is already valid, which is the common case on the hot path.
 pub fn escape(name: &str) -> Cow<'_, str> {
@@ -17,13 +18,15 @@ pub fn escape(name: &str) -> Cow<'_, str> {
     if starts_with_digit {
         out.push('_');
     }
-    out.extend(name.chars().map(|c| {
+    let mut previous = None;
+    for c in name.chars() {
         if c.is_ascii() && is_name_byte(c as u8) {
-            c
-        } else {
-            '_'
+            out.push(c);
+        } else if !(c == '-' && previous == Some('-')) {
+            out.push('_');
         }
-    }));
+        previous = Some(c);
+    }
     Cow::Owned(out)
 }
 
@@ -53,6 +56,9 @@ mod tests {
             ("héllo", "h_llo"),
             ("a b/c:d", "a_b_c_d"),
             ("_x", "_x"),
+            ("with--doubledash", "with_doubledash"),
+            ("with---multiple-dashes", "with_multiple_dashes"),
+            ("a.-b", "a__b"),
         ];
         for (input, want) in cases {
             assert_eq!(escape(input), want, "escape({input:?})");

@@ -273,6 +273,9 @@ fn pystatsd_tcp_client() {
     promtool_check(&e.text);
 }
 
+/// The container id the Datadog clients here send (`|c:4f1c2b9e`), a label as in statsd_exporter.
+const CONTAINER: (&str, &str) = ("container_id", "4f1c2b9e");
+
 #[test]
 fn datadog_dogstatsd_types_tags_and_extension_fields() {
     let t = Tallyd::start(&[]);
@@ -283,22 +286,33 @@ fn datadog_dogstatsd_types_tags_and_extension_fields() {
         t.udp,
         &[("DD_EXTERNAL_ENV", "it-false,cn-app,pu-1234")],
     );
-    let eu: &[(&str, &str)] = &[("region", "eu"), ("payment", "card"), ("env", "test")];
-    let us: &[(&str, &str)] = &[("region", "us"), ("payment", "card"), ("env", "test")];
-    let env: &[(&str, &str)] = &[("env", "test")];
-    let api: &[(&str, &str)] = &[("route", "/api"), ("env", "test")];
-    let home: &[(&str, &str)] = &[("page", "home"), ("env", "test")];
-    let db: &[(&str, &str)] = &[("db", "main"), ("env", "test")];
+    let eu: &[(&str, &str)] = &[
+        ("region", "eu"),
+        ("payment", "card"),
+        ("env", "test"),
+        CONTAINER,
+    ];
+    let us: &[(&str, &str)] = &[
+        ("region", "us"),
+        ("payment", "card"),
+        ("env", "test"),
+        CONTAINER,
+    ];
+    let env: &[(&str, &str)] = &[("env", "test"), CONTAINER];
+    let api: &[(&str, &str)] = &[("route", "/api"), ("env", "test"), CONTAINER];
+    let home: &[(&str, &str)] = &[("page", "home"), ("env", "test"), CONTAINER];
+    let db: &[(&str, &str)] = &[("db", "main"), ("env", "test"), CONTAINER];
     let e = wait_all(
         &t,
         &[
-            // Tags, then the constant tag, become labels; the extension fields do not.
+            // Tags, then the constant tag, become labels; of the extension fields, the
+            // container id does too (`container_id`, as in statsd_exporter 0.30).
             ("shop_checkout_requests", eu, 2.0),
             ("shop_checkout_requests", us, 3.0),
             ("shop_checkout_items", env, 7.0),
             (
                 "shop_queue_depth",
-                &[("queue", "orders"), ("env", "test")],
+                &[("queue", "orders"), ("env", "test"), CONTAINER],
                 40.0,
             ),
             // gauge(10) then gauge(-5): DogStatsD means "set to -5", but a leading "-" makes
@@ -408,10 +422,10 @@ fn datadog_dogstatsd_untagged_lines_with_extension_fields() {
 fn hot_shots_udp_in_datadog_mode_with_its_telemetry() {
     let t = Tallyd::start(&[]);
     let version = hot_shots("udp", t.udp);
-    let api: &[(&str, &str)] = &[("env", "test"), ("route", "/api")];
-    let env: &[(&str, &str)] = &[("env", "test")];
-    let home: &[(&str, &str)] = &[("env", "test"), ("page", "home")];
-    let db: &[(&str, &str)] = &[("env", "test"), ("db", "main")];
+    let api: &[(&str, &str)] = &[("env", "test"), CONTAINER, ("route", "/api")];
+    let env: &[(&str, &str)] = &[("env", "test"), CONTAINER];
+    let home: &[(&str, &str)] = &[("env", "test"), CONTAINER, ("page", "home")];
+    let db: &[(&str, &str)] = &[("env", "test"), CONTAINER, ("db", "main")];
     // On close(), hot-shots sends its own counters of what it sent, tagged with itself.
     let client = |kind: Option<&'static str>| {
         let mut labels = vec![
@@ -437,7 +451,11 @@ fn hot_shots_udp_in_datadog_mode_with_its_telemetry() {
     let mut wants: Vec<Want<'_>> = vec![
         // 1 (array tags) + 2 (object tags); the decrement "-1|c" is refused.
         ("web_requests", api, 3.0),
-        ("web_requests", &[("env", "test"), ("route", "/home")], 1.0),
+        (
+            "web_requests",
+            &[("env", "test"), CONTAINER, ("route", "/home")],
+            1.0,
+        ),
         // 1024, +100, -24.
         ("web_heap_used", env, 1100.0),
         ("web_db_query_count", db, 2.0),

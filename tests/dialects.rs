@@ -18,7 +18,14 @@ fn all_four_tag_styles_become_labels() {
     );
     let labels = [("region", "eu"), ("tier", "web")];
     let e = t.wait_value("tallyd_metric_families", &[], 5.0);
-    assert_eq!(e.value("dog_req", &labels), Some(2.0));
+    assert_eq!(e.value("dog_req", &labels), Some(1.0));
+    // The container id becomes a label, as in statsd_exporter 0.30; the timestamp is ignored.
+    let contained = [
+        ("container_id", "container-1"),
+        ("region", "eu"),
+        ("tier", "web"),
+    ];
+    assert_eq!(e.value("dog_req", &contained), Some(1.0));
     assert_eq!(e.value("influx_req", &labels), Some(2.0));
     assert_eq!(e.value("librato_req", &labels), Some(3.0));
     assert_eq!(e.value("signalfx_req", &labels), Some(4.0));
@@ -53,8 +60,17 @@ fn a_style_switched_off_stays_in_the_name() {
 #[test]
 fn mixing_styles_is_rejected_with_its_own_reason() {
     let t = Tallyd::start(&[]);
-    t.send_udp(b"a,k=v:1|c|#x:y\nb#k=v,x=y[z=1]:1|c\nc,k=v#x=y:1|c\nok:1|c");
+    t.send_udp(b"a,k=v:1|c|#x:y\nb[k=v]:1|c|#x:y\nc#k=v:1|c|@0.5|#x:y\nok:1|c");
     let e = t.wait_value("ok", &[], 1.0);
+    assert_eq!(e.rejected("mixed_tagging_styles"), 3.0);
+    // Name styles among themselves are read as statsd_exporter reads them: a SignalFX `[…]`
+    // first, else from the first `#` or `,`, the rest of the name being tag text.
+    t.send_udp(b"b#k=v,x=y[z=1]:1|c\nc,k=v#x=y:1|c");
+    // (prometheus-parse cuts a value at `#`: read that line as text.)
+    let e = t.wait_for("c{k=\"v#x=y\"} 1", |e| {
+        e.text.lines().any(|l| l == "c{k=\"v#x=y\"} 1")
+    });
+    assert_eq!(e.value("b_k_v_x_y", &[("z", "1")]), Some(1.0));
     assert_eq!(e.rejected("mixed_tagging_styles"), 3.0);
 }
 

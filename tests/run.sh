@@ -51,6 +51,8 @@ bash tests/setup/deploy-tools.sh
 # Docker build context, which needs crates no local build downloads (e.g. Android-only ones).
 cargo fetch --locked
 cargo test --all-targets
+# The fuzz targets (tests/fuzz, run with cargo fuzz) must keep building against the library.
+cargo check --locked --manifest-path tests/fuzz/Cargo.toml --bins
 
 # The chaos run (tests/soak.sh --chaos): a minute of good traffic, counted exactly, under every
 # attack tests/chaos.py makes, against the release build.

@@ -193,6 +193,16 @@ impl FamilySpec {
             .iter()
             .map(|suffix| format!("{}{suffix}", self.name).into())
     }
+
+    /// The names kept from new families while this one exists: its
+    /// [`derived_names`](Self::derived_names), and for a summary `_bucket` too, as
+    /// statsd_exporter keeps a counter or gauge `x_bucket` out beside a summary `x`.
+    pub fn reserved_names(&self) -> impl Iterator<Item = Arc<str>> + '_ {
+        let summary = self.kind == Kind::Observer
+            && self.meta.observer.observer_type == ObserverType::Summary;
+        self.derived_names()
+            .chain(summary.then(|| format!("{}_bucket", self.name).into()))
+    }
 }
 
 /// Arguments to spawn a family actor.

@@ -3,8 +3,9 @@
 //! is restarted empty and the restart counted, while the others keep running.
 //!
 //! It also keeps every metric name each family's exposition uses (`x`, and `x_sum`, `x_count`,
-//! `x_bucket` for observers), so that a new family whose names would collide with another's,
-//! such as a counter `x_count` beside a summary `x`, is refused before it exists.
+//! `x_bucket` for observers; a summary keeps `x_bucket` too, as statsd_exporter does), so that
+//! a new family whose names would collide with another's, such as a counter `x_count` beside a
+//! summary `x`, is refused before it exists.
 //!
 //! A family whose series have all expired asks to retire. The registry forgets its actor, so
 //! that no new look-up finds it, and drains it: what is already in its mailbox is applied,
@@ -275,7 +276,7 @@ impl RegistryState {
         };
         let (actor, _) =
             ActorRuntime::spawn_linked_instant(None, handler, args, myself.get_cell())?;
-        for name in spec.derived_names() {
+        for name in spec.reserved_names() {
             self.claims.insert(name, spec.name.clone());
         }
         self.names.insert(actor.get_id(), spec.name.clone());
@@ -331,8 +332,8 @@ impl RegistryState {
     }
 
     fn release(&mut self, spec: &FamilySpec) {
-        for derived in spec.derived_names() {
-            self.claims.remove(&derived);
+        for reserved in spec.reserved_names() {
+            self.claims.remove(&reserved);
         }
         self.count_actors();
     }

@@ -742,11 +742,11 @@ mod tests {
         assert_eq!(batches[0].0, "mapped");
         assert_eq!(ops[0], [observe(-0.002), observe(-0.003)]);
         assert_eq!(batches[1].0, "u");
-        // 2 + 4, then the packed line's 2 + 4, which is parsed afresh.
-        assert_eq!(ops[1], [Op::Add(12.0)]);
+        // 2 + 4; the packed line is parsed afresh, and refused: a counter packs no values.
+        assert_eq!(ops[1], [Op::Add(6.0)]);
         let count = |name: &str| counts.iter().find(|c| c.starts_with(name)).unwrap();
         assert!(count("tallyd_lines_total").ends_with(" 8"));
-        assert!(count("tallyd_samples_total").ends_with(" 6"));
+        assert!(count("tallyd_samples_total").ends_with(" 4"));
         // `flag` on every m.a line, `le` from the rule on the two timers.
         assert!(count("tallyd_tag_errors_total").ends_with(" 6"));
         let rejected: Vec<_> = counts
@@ -758,6 +758,7 @@ mod tests {
             [
                 "tallyd_lines_rejected_total[\"bad_value\"] 1",
                 "tallyd_lines_rejected_total[\"negative_counter\"] 2",
+                "tallyd_lines_rejected_total[\"packed_values\"] 1",
             ]
         );
     }

@@ -207,7 +207,7 @@ impl Resolver {
         tags: Tags<'_>,
         observer: bool,
     ) -> Result<LabelPairs, RejectReason> {
-        if tags == Tags::None {
+        if tags.is_empty() {
             return Ok(Vec::new());
         }
         let mut pairs = Vec::new();

@@ -82,8 +82,8 @@ impl Partial {
 
 impl Glob {
     /// Parses and validates a glob. statsd_exporter's rule (its `metricLineRE`): components
-    /// separated by `.`, each either `*` or letters, digits and `_` with single `-` between
-    /// them, the first not starting with a digit. A component may also mix `*` into that text.
+    /// separated by `.`, each either `*` or letters, digits, `_` and `-`, not starting with `-`,
+    /// the first not starting with a digit. A component may also mix `*` into that text.
     pub(super) fn parse(pattern: &str) -> Result<Glob, String> {
         let mut components = Vec::new();
         let mut stars = 0;
@@ -106,10 +106,8 @@ impl Glob {
             if text.contains("**") {
                 return Err(why("`**` is ambiguous; one `*` matches a whole component"));
             }
-            if text.contains("--") || text.starts_with('-') || text.ends_with('-') {
-                return Err(why(&format!(
-                    "in `{text}`, a `-` must sit between letters, digits, `_` or `*`"
-                )));
+            if text.starts_with('-') {
+                return Err(why(&format!("`{text}` starts with `-`")));
             }
             if i == 0 && text.as_bytes()[0].is_ascii_digit() {
                 return Err(why("the first component may not start with a digit"));

@@ -6,7 +6,10 @@
 //! named `1_total`, which never exists, and expands to nothing: write `${1}_total`), `${name}`
 //! is braced, `$$` is a literal `$`, and a `$` not followed by a name is kept as it is. A
 //! reference to a group that does not exist, or did not take part in the match, expands to
-//! nothing. Glob rules number their `*`s from 1, and `$0` is the whole StatsD name.
+//! nothing.
+//!
+//! Glob rules number their `*`s from 1 and read their templates as statsd_exporter's glob
+//! formatter does ([`Template::parse_glob`]), which differs in the corners.
 
 /// A parsed template: literal text and group references, resolved to group indexes.
 #[derive(Clone, Debug)]
@@ -88,6 +91,41 @@ fn reference(s: &str) -> Option<(&str, &str)> {
     }
 }
 
+/// The matches of statsd_exporter's `\$\{?([a-zA-Z0-9_$]+)\}?` in `src`, leftmost first, not
+/// overlapping.
+fn glob_references(src: &str) -> Vec<&str> {
+    let bytes = src.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] != b'$' {
+            at += 1;
+            continue;
+        }
+        let mut end = at + 1;
+        if bytes.get(end) == Some(&b'{') {
+            end += 1;
+        }
+        let body = end;
+        while end < bytes.len() && word(bytes[end]) {
+            end += 1;
+        }
+        if end == body {
+            // With the `{` optional, Go's regexp also tries without it; `${` followed by no
+            // word character matches nothing either way.
+            at += 1;
+            continue;
+        }
+        if bytes.get(end) == Some(&b'}') {
+            end += 1;
+        }
+        found.push(&src[at..end]);
+        at = end;
+    }
+    found
+}
+
 /// A reference name read as a group number: ASCII digits, no leading zero, below 10^8.
 fn group_number(name: &str) -> Option<usize> {
     let bytes = name.as_bytes();
@@ -122,6 +160,69 @@ impl Template {
         }
         if !literal.is_empty() {
             pieces.push(Piece::Literal(literal.into()));
+        }
+        Template {
+            pieces: pieces.into(),
+        }
+    }
+
+    /// Parses a glob rule's template the way statsd_exporter 0.30's glob formatter reads it:
+    /// every match of `\$\{?[a-zA-Z0-9_$]+\}?`, in order, replaces each occurrence of its
+    /// text still in the template, by a placeholder when it is a number from 1 to `stars`
+    /// and by nothing otherwise (`$0`, `$name`, `$1_total`); then each placeholder takes the
+    /// next of those numbers' groups, in the order they were found. So `$1.$10` fills
+    /// `$1`'s text inside `$10` first and expands to the first group, `.`, the tenth group
+    /// and `0`, as in statsd_exporter. Placeholders left without a group, or groups left
+    /// without a placeholder, are written as Go's `fmt.Sprintf` writes them.
+    pub(super) fn parse_glob(src: &str, stars: usize) -> Template {
+        const PLACEHOLDER: &str = "%s";
+        let mut format = src.to_owned();
+        let mut groups = Vec::new();
+        for whole in glob_references(src) {
+            // The reference's inner text as Go's regexp captured it: after one `$` and an
+            // optional `{`, before an optional `}`.
+            let inner = whole.strip_prefix("${").unwrap_or_else(|| &whole[1..]);
+            let inner = inner.strip_suffix('}').unwrap_or(inner);
+            match inner.parse::<usize>() {
+                Ok(n) if (1..=stars).contains(&n) => {
+                    format = format.replace(whole, PLACEHOLDER);
+                    groups.push(n);
+                }
+                _ => format = format.replace(whole, ""),
+            }
+        }
+        if groups.is_empty() {
+            let pieces = match format.is_empty() {
+                true => Vec::new(),
+                false => vec![Piece::Literal(format.into())],
+            };
+            return Template {
+                pieces: pieces.into(),
+            };
+        }
+        let mut pieces = Vec::new();
+        let mut next = groups.iter();
+        let mut parts = format.split(PLACEHOLDER).peekable();
+        while let Some(part) = parts.next() {
+            if !part.is_empty() {
+                pieces.push(Piece::Literal(part.into()));
+            }
+            if parts.peek().is_some() {
+                pieces.push(match next.next() {
+                    Some(&n) => Piece::Group(n),
+                    None => Piece::Literal("%!s(MISSING)".into()),
+                });
+            }
+        }
+        let extra: Vec<usize> = next.copied().collect();
+        if !extra.is_empty() {
+            pieces.push(Piece::Literal("%!(EXTRA ".into()));
+            for (i, n) in extra.into_iter().enumerate() {
+                let separator = if i == 0 { "string=" } else { ", string=" };
+                pieces.push(Piece::Literal(separator.into()));
+                pieces.push(Piece::Group(n));
+            }
+            pieces.push(Piece::Literal(")".into()));
         }
         Template {
             pieces: pieces.into(),

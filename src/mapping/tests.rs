@@ -182,16 +182,88 @@ mappings:
             ),
             // Captured text is escaped into the name, not into label values.
             ("svc.my-app.hits", Counter, Some(("my_app_hits", &[]))),
-            // `$0` is the whole StatsD name (statsd_exporter PR #735).
+            // A glob has no `$0`, as in statsd_exporter 0.30: it expands to nothing.
             (
                 "whole.a-b.c",
                 Counter,
-                Some((
-                    "all_whole_a_b_c",
-                    &[("missing", ""), ("name", "whole.a-b.c")],
-                )),
+                Some(("all_", &[("missing", ""), ("name", "")])),
             ),
         ],
+    );
+}
+
+#[test]
+fn glob_templates_expand_as_statsd_exporters_glob_formatter() {
+    // Twelve `*`s; every expectation is what statsd_exporter 0.30's fsm.TemplateFormatter
+    // gives for the same template.
+    let m = mapper(
+        r#"
+mappings:
+- match: "t.*.*.*.*.*.*.*.*.*.*.*.*"
+  name: "t"
+  labels:
+    # `$1`'s text is replaced inside `$10` too, before `$10` is read: the tenth group then
+    # fills that second place, followed by the `0` left over.
+    plain: "$1-$10"
+    braced: "${1}-${10}"
+    reversed: "$10-$1"
+    twelve: "${12}${11}"
+    # A `$` goes on a reference, so this is one reference, to no group.
+    run_on: "$12$11"
+    name: "$1_total"
+    dollar: "$$1"
+    unclosed: "${2"
+    missing: "$13"
+    zero: "$0"
+"#,
+    );
+    let groups = "t.a.b.c.d.e.f.g.h.i.j.k.l";
+    check(
+        &m,
+        &[(
+            groups,
+            Counter,
+            Some((
+                "t",
+                &[
+                    ("braced", "a-j"),
+                    ("dollar", ""),
+                    ("missing", ""),
+                    ("name", ""),
+                    ("plain", "a-j0"),
+                    ("reversed", "j-a"),
+                    ("run_on", ""),
+                    ("twelve", "lk"),
+                    ("unclosed", "b"),
+                    ("zero", ""),
+                ],
+            )),
+        )],
+    );
+    // A reference whose text an earlier one already replaced leaves a place without a group
+    // (`$1` inside `$1x`, which names no group) or a group without a place (`$01`, group 1,
+    // after `$0` took its text), written as Go's fmt.Sprintf writes them.
+    let m = mapper(
+        r#"
+mappings:
+- match: "u.*.*"
+  name: "u"
+  labels: { extra: "$0 $01", missing: "$1 $1x" }
+"#,
+    );
+    check(
+        &m,
+        &[(
+            "u.a.b",
+            Counter,
+            Some((
+                "u",
+                &[
+                    ("extra", " 1%!(EXTRA string=a)"),
+                    ("missing", "a %!s(MISSING)x"),
+                ],
+            )),
+        )],
     );
 }
 
@@ -966,10 +1038,10 @@ fn bad_values_are_rejected() {
             &["empty component"],
         ),
         (
-            "mappings:\n- match: bad--metric-line.*.*\n  name: x\n",
+            "mappings:\n- match: a.-b.*\n  name: x\n",
             "mappings[0].match",
             2,
-            &["`-`"],
+            &["starts with `-`"],
         ),
         (
             "mappings:\n- match: 1a.b\n  name: x\n",
@@ -1497,4 +1569,14 @@ proptest! {
         prop_assert!(cache.len() <= capacity);
         prop_assert_eq!(cache.hits() + cache.misses(), 2 * names.len() as u64);
     }
+}
+
+#[test]
+fn dashes_in_globs_load_as_in_statsd_exporter() {
+    // statsd_exporter's mapper_test.go, "Config with multiple dashes in metric name".
+    let m = mapper("mappings:\n- match: \"foo--bar.*\"\n  name: \"foo_bar_${1}\"\n");
+    check(
+        &m,
+        &[("foo--bar.count", Counter, Some(("foo_bar_count", &[])))],
+    );
 }

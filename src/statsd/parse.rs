@@ -4,13 +4,15 @@
 //! Grammar (see the Etsy StatsD docs and the DogStatsD datagram spec):
 //! `<name>:<value>|<type>[|@<rate>][|#<tags>][|c:<container>][|T<unix-seconds>]`, plus the
 //! legacy `name:1|c:2|ms` form (several `value|type` groups) and DogStatsD v1.1 packing
-//! `name:1:2:3|d` (several values sharing one type). Unknown `|` fields are ignored, as
-//! DogStatsD servers do; the container id and timestamp fields are accepted and ignored.
+//! `name:1:2:3|d` (several values sharing one type). The container id becomes a
+//! `container_id` label, as in statsd_exporter; the timestamp and unknown `|` fields are
+//! ignored, as DogStatsD servers do.
 //!
 //! Tags come in four styles, each of which can be switched off ([`TagStyles`]): DogStatsD
-//! `name:1|c|#k:v,k2:v2`, InfluxDB `name,k=v,k2=v2:1|c`, Librato `name#k=v,k2=v2:1|c` and
-//! SignalFX `name[k=v,k2=v2]:1|c`. A line using two styles is rejected. DogStatsD events
-//! (`_e{…}`) and service checks (`_sc|…`) are recognised as such, not as metrics.
+//! `name:1|c|#k:v,k2:v2` (every `|#` section), InfluxDB `name,k=v,k2=v2:1|c`, Librato
+//! `name#k=v,k2=v2:1|c` and SignalFX `name[k=v,k2=v2]:1|c`. A line with name tags and `|#`
+//! tags is rejected. DogStatsD events (`_e{…}`) and service checks (`_sc|…`) are recognised
+//! as such, not as metrics.
 
 use std::borrow::Cow;
 
@@ -52,7 +54,8 @@ pub struct Sample<'a> {
 pub enum RejectReason {
     /// The line is not valid UTF-8.
     InvalidUtf8,
-    /// No `:` after the name, an empty name, or no `|type` field.
+    /// No `:` after the name, an empty name, no `|type` field, an empty `|` field, or a
+    /// `|c` container field without an id.
     MalformedLine,
     /// The value is empty, not a number, or not finite.
     BadValue,
@@ -76,11 +79,13 @@ pub enum RejectReason {
     LabelTooLong,
     /// A datagram longer than `limits.max_datagram_bytes` (counted once per datagram).
     DatagramTooLarge,
+    /// Several values on a counter, gauge or set line: DogStatsD packs only observations.
+    PackedValues,
 }
 
 impl RejectReason {
     /// Every reason, in the order they are exported.
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::InvalidUtf8,
         RejectReason::MalformedLine,
         RejectReason::BadValue,
@@ -94,6 +99,7 @@ impl RejectReason {
         RejectReason::TooManyTags,
         RejectReason::LabelTooLong,
         RejectReason::DatagramTooLarge,
+        RejectReason::PackedValues,
     ];
 
     /// The `reason` label value.
@@ -112,6 +118,7 @@ impl RejectReason {
             RejectReason::TooManyTags => "too_many_tags",
             RejectReason::LabelTooLong => "label_too_long",
             RejectReason::DatagramTooLarge => "datagram_too_large",
+            RejectReason::PackedValues => "packed_values",
         }
     }
 
@@ -167,18 +174,22 @@ pub enum Datum<'a> {
     ServiceCheck,
 }
 
-/// The tags of a line, in the one style it used; see [`Tags::iter`].
+/// The tags of a line; see [`Tags::iter`]. A line carries tags from its name (InfluxDB,
+/// Librato or SignalFX style) or from `|#` fields (DogStatsD), not both, except that name
+/// tags none of which is valid do not keep `|#` tags out, as in statsd_exporter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Tags<'a> {
-    /// No tags.
-    #[default]
-    None,
-    /// `k:v,k2:v2` from a `|#` field.
-    DogStatsd(&'a str),
-    /// `k=v,k2=v2` from the name (InfluxDB, Librato or SignalFX style).
-    Named(&'a str),
+pub struct Tags<'a> {
+    /// `k=v,k2=v2` from the name.
+    named: &'a str,
+    /// The line's fields after its type, read for `#` tag sections (when `dogstatsd`) and a
+    /// `c:` container id; empty when none is there.
+    fields: &'a str,
+    /// Whether the `#` sections of `fields` are tags.
+    dogstatsd: bool,
+    /// A SignalFX bracket without its partner: the name is left as it is, and the tags it
+    /// meant count as one tag error.
+    broken: bool,
 }
-
 /// A parsed metric line: its name, its tags and its samples, borrowed from the input.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Line<'a> {
@@ -223,7 +234,7 @@ pub fn parse(line: &[u8], styles: TagStyles) -> Result<Datum<'_>, RejectReason> 
         return Err(RejectReason::MalformedLine);
     }
     let (values, fields) = body.split_once('|').ok_or(RejectReason::MalformedLine)?;
-    let (name, named_tags) = split_name_tags(name, styles)?;
+    let (name, named_tags) = split_name_tags(name, styles);
     if name.is_empty() {
         return Err(RejectReason::MalformedLine);
     }
@@ -236,12 +247,24 @@ pub fn parse(line: &[u8], styles: TagStyles) -> Result<Datum<'_>, RejectReason> 
         }));
     }
     let parsed = parse_fields(fields)?;
-    let tags = match (named_tags, parsed.tags) {
-        (named, None) => named,
-        (Tags::None, Some(dog)) if styles.dogstatsd => Tags::DogStatsd(dog),
-        (named, Some(_)) if !styles.dogstatsd => named,
-        (_, Some(_)) => return Err(RejectReason::MixedTaggingStyles),
-    };
+    if values.contains(':')
+        && !matches!(
+            parsed.metric_type,
+            MetricType::Timer | MetricType::Histogram | MetricType::Distribution
+        )
+    {
+        return Err(RejectReason::PackedValues);
+    }
+    let mut tags = named_tags;
+    // statsd_exporter refuses `|#` tags beside name tags, whether it reads them or not, but
+    // only when the name gave a label.
+    if body.contains("|#") && tags.has_valid_named() {
+        return Err(RejectReason::MixedTaggingStyles);
+    }
+    if let Some(extensions) = parsed.extensions {
+        tags.fields = extensions;
+        tags.dogstatsd = styles.dogstatsd;
+    }
     Ok(Datum::Metric(Line {
         name,
         tags,
@@ -265,47 +288,52 @@ fn is_event(rest: &str) -> bool {
         && !body.is_empty()
 }
 
-/// Takes InfluxDB, Librato or SignalFX tags out of a name, in statsd_exporter's order
-/// (SignalFX, Librato, InfluxDB); a second style on the same name is an error.
-fn split_name_tags(
-    name: &str,
-    styles: TagStyles,
-) -> Result<(Cow<'_, str>, Tags<'_>), RejectReason> {
+/// Takes InfluxDB, Librato or SignalFX tags out of a name, as statsd_exporter does: a SignalFX
+/// `[…]` first (a bracket without its partner leaves the name as it is); otherwise whichever
+/// of a Librato `#` and an InfluxDB `,` comes first starts the tags.
+fn split_name_tags(name: &str, styles: TagStyles) -> (Cow<'_, str>, Tags<'_>) {
     // Most names carry no tags: one pass to find that out.
-    if !name.bytes().any(|b| matches!(b, b'[' | b'#' | b',')) {
-        return Ok((Cow::Borrowed(name), Tags::None));
+    if !name.bytes().any(|b| matches!(b, b'[' | b']' | b'#' | b',')) {
+        return (Cow::Borrowed(name), Tags::default());
     }
-    let influx = |n: &str| styles.influxdb && n.contains(',');
-    let librato = |n: &str| styles.librato && n.contains('#');
     if styles.signalfx {
-        if let Some((before, rest)) = name.split_once('[') {
-            if let Some((tags, after)) = rest.split_once(']') {
-                if influx(before) || influx(after) || librato(before) || librato(after) {
-                    return Err(RejectReason::MixedTaggingStyles);
-                }
-                let name = if after.is_empty() {
+        match (name.find('['), name.find(']')) {
+            (Some(open), Some(close)) if open < close => {
+                let (before, after) = (&name[..open], &name[close + 1..]);
+                let joined = if after.is_empty() {
                     Cow::Borrowed(before)
                 } else {
                     Cow::Owned(format!("{before}{after}"))
                 };
-                return Ok((name, Tags::Named(tags)));
+                let tags = Tags {
+                    named: &name[open + 1..close],
+                    ..Tags::default()
+                };
+                return (joined, tags);
+            }
+            (None, None) => {}
+            _ => {
+                let tags = Tags {
+                    broken: true,
+                    ..Tags::default()
+                };
+                return (Cow::Borrowed(name), tags);
             }
         }
     }
-    if styles.librato {
-        if let Some((name, tags)) = name.split_once('#') {
-            if influx(name) {
-                return Err(RejectReason::MixedTaggingStyles);
-            }
-            return Ok((Cow::Borrowed(name), Tags::Named(tags)));
-        }
+    let start = name
+        .bytes()
+        .position(|b| (b == b'#' && styles.librato) || (b == b',' && styles.influxdb));
+    match start {
+        Some(at) => (
+            Cow::Borrowed(&name[..at]),
+            Tags {
+                named: &name[at + 1..],
+                ..Tags::default()
+            },
+        ),
+        None => (Cow::Borrowed(name), Tags::default()),
     }
-    if styles.influxdb {
-        if let Some((name, tags)) = name.split_once(',') {
-            return Ok((Cow::Borrowed(name), Tags::Named(tags)));
-        }
-    }
-    Ok((Cow::Borrowed(name), Tags::None))
 }
 
 /// The legacy multi-sample form puts the `:` that starts the next group in the type field or
@@ -325,28 +353,35 @@ fn is_legacy(fields: &str) -> bool {
 struct Fields<'a> {
     metric_type: MetricType,
     sample_rate: f64,
-    tags: Option<&'a str>,
+    /// The fields after the type, when one of them is a `#` tag section or a `c:` container id.
+    extensions: Option<&'a str>,
 }
 
-/// Parses `type[|@rate][|#tags][|…]`.
+/// Parses `type[|@rate][|#tags][|c:container][|…]`.
 fn parse_fields(fields: &str) -> Result<Fields<'_>, RejectReason> {
-    let mut parts = fields.split('|');
-    let metric_type = parse_type(parts.next().unwrap_or_default())?;
+    let (metric_type, rest) = fields.split_once('|').unwrap_or((fields, ""));
     let mut out = Fields {
-        metric_type,
+        metric_type: parse_type(metric_type)?,
         sample_rate: 1.0,
-        tags: None,
+        extensions: None,
     };
-    for field in parts {
+    for field in fields.split('|').skip(1) {
+        if field.is_empty() || field == "c" || field == "c:" {
+            return Err(RejectReason::MalformedLine);
+        }
         if let Some(rate) = field.strip_prefix('@') {
             out.sample_rate = parse_rate(rate)?;
-        } else if let Some(tags) = field.strip_prefix('#') {
-            out.tags = Some(tags);
+        } else if field.starts_with('#') || is_container(field) {
+            out.extensions = Some(rest);
         }
-        // `c:<container id>`, `T<timestamp>`, `card:`, `e:` and unknown fields are ignored, as
-        // DogStatsD does.
+        // `T<timestamp>`, `card:`, `e:` and unknown fields are ignored, as DogStatsD does.
     }
     Ok(out)
+}
+
+/// `c:<container id>`, which statsd_exporter makes a `container_id` label.
+fn is_container(field: &str) -> bool {
+    field.len() > 2 && field.starts_with("c:")
 }
 
 fn parse_type(field: &str) -> Result<MetricType, RejectReason> {
@@ -494,29 +529,79 @@ impl<'a> Iterator for Samples<'a> {
 pub struct TagError;
 
 impl<'a> Tags<'a> {
-    /// The `(name, value)` pairs: `k:v` for DogStatsD, `k=v` for the other styles. A tag
-    /// without a value (`k`, or `k:` with an empty one) or with an empty name cannot become a
-    /// label and yields [`TagError`], as statsd_exporter drops it; so does a value with a
-    /// control character (a NUL, a carriage return, an escape sequence), which the text format
-    /// would carry raw to every reader of the exposition.
-    pub fn iter(self) -> impl Iterator<Item = Result<(&'a str, &'a str), TagError>> {
-        let (raw, separator) = match self {
-            Tags::None => ("", ':'),
-            Tags::DogStatsd(raw) => (raw, ':'),
-            Tags::Named(raw) => (raw, '='),
-        };
-        raw.split(',')
-            .filter(|tag| !tag.is_empty())
-            .map(move |tag| {
-                tag.split_once(separator)
-                    .filter(|(key, value)| {
-                        !key.is_empty()
-                            && !value.is_empty()
-                            && !value.bytes().any(|b| b.is_ascii_control())
-                    })
-                    .ok_or(TagError)
-            })
+    /// A line without tags.
+    pub const NONE: Tags<'static> = Tags {
+        named: "",
+        fields: "",
+        dogstatsd: false,
+        broken: false,
+    };
+
+    /// True when the line has no tags and no broken tag section.
+    pub fn is_empty(&self) -> bool {
+        *self == Tags::NONE || (self.named.is_empty() && !self.broken && !self.has_field_tags())
     }
+
+    fn has_field_tags(&self) -> bool {
+        self.fields
+            .split('|')
+            .any(|f| (self.dogstatsd && f.starts_with('#')) || is_container(f))
+    }
+
+    /// True when the name's tags hold at least one `k=v` with neither side empty.
+    fn has_valid_named(&self) -> bool {
+        self.named.split(',').any(|tag| {
+            tag.split_once('=')
+                .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+        })
+    }
+
+    /// The `(name, value)` pairs, in the order the line gives them: `k=v` from the name, then
+    /// `k:v` from each `|#` section (a tag's leading `#` dropped, as statsd_exporter does)
+    /// and `container_id` from a `|c:` field. A tag without a value (`k`, or `k:` with an
+    /// empty one) or with an empty name cannot become a label and yields [`TagError`], as
+    /// statsd_exporter drops it; so does a value with a control character (a NUL, a carriage
+    /// return, an escape sequence), which the text format would carry raw to every reader of
+    /// the exposition, and a SignalFX bracket without its partner.
+    pub fn iter(self) -> impl Iterator<Item = Result<(&'a str, &'a str), TagError>> {
+        let broken = self.broken.then_some(Err(TagError));
+        let named = split_tags(self.named, '=', false);
+        let fields = self.fields.split('|').flat_map(move |field| {
+            let (tags, container) = match field.strip_prefix('#') {
+                Some(tags) if self.dogstatsd => (tags, None),
+                _ if is_container(field) => ("", Some(Ok(("container_id", &field[2..])))),
+                _ => ("", None),
+            };
+            split_tags(tags, ':', true).chain(container)
+        });
+        broken.into_iter().chain(named).chain(fields)
+    }
+}
+
+/// `k<separator>v,…` into pairs, each checked as [`Tags::iter`] says; an empty tag before a
+/// `,` is an error too, as in statsd_exporter. `trim_hash` drops one leading `#` of each tag.
+fn split_tags(
+    raw: &str,
+    separator: char,
+    trim_hash: bool,
+) -> impl Iterator<Item = Result<(&str, &str), TagError>> {
+    let raw = raw.strip_suffix(',').unwrap_or(raw);
+    raw.split(',')
+        .filter(move |_| !raw.is_empty())
+        .map(move |tag| {
+            let tag = if trim_hash {
+                tag.strip_prefix('#').unwrap_or(tag)
+            } else {
+                tag
+            };
+            tag.split_once(separator)
+                .filter(|(key, value)| {
+                    !key.is_empty()
+                        && !value.is_empty()
+                        && !value.bytes().any(|b| b.is_ascii_control())
+                })
+                .ok_or(TagError)
+        })
 }
 
 #[cfg(test)]

@@ -44,15 +44,13 @@ impl Matcher {
         }
     }
 
-    /// The group a `$n` or `${name}` refers to, if this matcher has it.
+    /// The group a regex rule's `$n` or `${name}` refers to, if it has it.
     fn group(&self, token: Token<'_>) -> Option<usize> {
         match (self, token) {
             (Matcher::Regex(regex), Token::Number(n)) => (n < regex.captures_len()).then_some(n),
             (Matcher::Regex(regex), Token::Name(name)) => {
                 regex.capture_names().position(|group| group == Some(name))
             }
-            // `$0` is the whole name; `$n` the n-th `*`.
-            (Matcher::Glob(glob), Token::Number(n)) => (n <= glob.stars).then_some(n),
             _ => None,
         }
     }
@@ -197,15 +195,19 @@ fn action(
     errors: &Errors<'_>,
 ) -> Result<Action, Problem> {
     let resolve = |token: Token<'_>| matcher.group(token);
+    let template = |src: &str| match matcher {
+        Matcher::Glob(glob) => Template::parse_glob(src, glob.stars),
+        Matcher::Regex(_) => Template::parse(src, resolve),
+    };
     let labels = match &m.labels {
-        Some(raw) => labels(&raw.value, raw.referenced, resolve, key, errors)?,
+        Some(raw) => labels(&raw.value, raw.referenced, template, key, errors)?,
         None => Vec::new(),
     };
     let name = match &m.name {
         Some(name) => {
             template::check_name(&name.value)
                 .map_err(|why| errors.located(format!("{key}.name"), Some(name.referenced), why))?;
-            Some(Template::parse(&name.value, resolve))
+            Some(template(&name.value))
         }
         None => None,
     };
@@ -224,7 +226,7 @@ fn action(
 fn labels(
     raw: &BTreeMap<String, String>,
     at: Location,
-    resolve: impl Fn(Token<'_>) -> Option<usize> + Copy,
+    template: impl Fn(&str) -> Template,
     key: &str,
     errors: &Errors<'_>,
 ) -> Result<Vec<(Box<str>, Template)>, Problem> {
@@ -232,7 +234,7 @@ fn labels(
     for (label, value) in raw {
         check_label_name(label)
             .map_err(|why| errors.located(format!("{key}.labels.{label}"), Some(at), why))?;
-        labels.push((Box::from(label.as_str()), Template::parse(value, resolve)));
+        labels.push((Box::from(label.as_str()), template(value)));
     }
     Ok(labels)
 }

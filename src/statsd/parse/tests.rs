@@ -22,6 +22,16 @@ fn one(line: &str) -> Sample<'static> {
     }
 }
 
+type TagList<'a> = Vec<Result<(&'a str, &'a str), TagError>>;
+
+/// The name and tags of a metric line parsed with `styles`.
+fn named(line: &[u8], styles: TagStyles) -> (String, TagList<'_>) {
+    match parse(line, styles) {
+        Ok(Datum::Metric(line)) => (line.name.into_owned(), line.tags.iter().collect()),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn sample(
     metric_type: MetricType,
     value: f64,
@@ -78,7 +88,10 @@ fn gauge_sign_means_relative() {
 fn sample_rate_and_tags_in_any_order() {
     let line = metric(b"req:2|c|#region:eu,tier:web|@0.5").unwrap();
     assert_eq!(line.name, "req");
-    assert_eq!(line.tags, Tags::DogStatsd("region:eu,tier:web"));
+    assert_eq!(
+        line.tags.iter().collect::<TagList<'_>>(),
+        [Ok(("region", "eu")), Ok(("tier", "web"))]
+    );
     assert_samples!(
         line.samples().collect(),
         [Ok(sample(MetricType::Counter, 2.0, false, 0.5))]
@@ -86,11 +99,12 @@ fn sample_rate_and_tags_in_any_order() {
 }
 
 #[test]
-fn dogstatsd_container_and_timestamp_fields_are_ignored() {
+fn dogstatsd_extension_fields_are_ignored_but_the_container_id() {
     for line in [
         "a:1|c|card:low",
         "a:1|c|e:it-false,cn-app|card:high",
         "a:1|c|c:abc|@1",
+        "a:1|c|c:abc123|T1656581400|@1",
     ] {
         assert_eq!(
             one(line),
@@ -98,10 +112,10 @@ fn dogstatsd_container_and_timestamp_fields_are_ignored() {
             "{line}"
         );
     }
-    assert_eq!(
-        one("a:1|c|c:abc123|T1656581400|@1"),
-        sample(MetricType::Counter, 1.0, false, 1.0)
-    );
+    let (_, tags) = named(b"a:1|c|#k:v|c:abc123|T1656581400|@1", TagStyles::ALL);
+    assert_eq!(tags, [Ok(("k", "v")), Ok(("container_id", "abc123"))]);
+    let (_, tags) = named(b"a:1|c|card:low|e:x", TagStyles::ALL);
+    assert_eq!(tags, []);
 }
 
 #[test]
@@ -138,8 +152,8 @@ fn rejections_have_reasons() {
         (b"a:1|", RejectReason::MalformedLine),
         (b"a:1|x", RejectReason::BadType),
         (b"a,k=v:1|c|#x:y", RejectReason::MixedTaggingStyles),
-        (b"a#k=v,x=y[z=1]:1|c", RejectReason::MixedTaggingStyles),
-        (b"a,k=v#x=y:1|c", RejectReason::MixedTaggingStyles),
+        (b"a#k=v:1|c|@0.5|#x:y", RejectReason::MixedTaggingStyles),
+        (b"a[k=v]:1|c|#x:y", RejectReason::MixedTaggingStyles),
         (b"[k=v]:1|c", RejectReason::MalformedLine),
         (b"_e{5,x}:title|text", RejectReason::MalformedLine),
         (b"a:1|c|@0", RejectReason::BadSampleRate),
@@ -171,7 +185,7 @@ fn rejections_have_reasons() {
 
 #[test]
 fn tags_without_values_are_errors() {
-    let got: Vec<_> = Tags::DogStatsd("a:1,flag,:x,b:c:d,,e:").iter().collect();
+    let (_, got) = named(b"x:1|c|#a:1,flag,:x,b:c:d,,e:", TagStyles::ALL);
     assert_eq!(
         got,
         [
@@ -179,18 +193,18 @@ fn tags_without_values_are_errors() {
             Err(TagError),
             Err(TagError),
             Ok(("b", "c:d")),
+            Err(TagError),
             Err(TagError)
         ]
     );
-    let got: Vec<_> = Tags::Named("a=1,flag,b=c=d").iter().collect();
+    let (_, got) = named(b"x,a=1,flag,b=c=d,:1|c", TagStyles::ALL);
     assert_eq!(got, [Ok(("a", "1")), Err(TagError), Ok(("b", "c=d"))]);
 }
 
 #[test]
 fn tag_values_with_control_characters_are_errors() {
-    let got: Vec<_> = Tags::DogStatsd("a:x\0y,b:x\ry,c:\u{1b}[31m,d:\u{7f},e:ü\tok,f:ok")
-        .iter()
-        .collect();
+    let line = "x:1|c|#a:x\0y,b:x\ry,c:\u{1b}[31m,d:\u{7f},e:ü\tok,f:ok";
+    let (_, got) = named(line.as_bytes(), TagStyles::ALL);
     assert_eq!(
         got,
         [
@@ -206,18 +220,55 @@ fn tag_values_with_control_characters_are_errors() {
 
 #[test]
 fn every_tag_style() {
-    let cases: [(&[u8], &str, Tags<'_>); 6] = [
-        (b"req:1|c|#k:v", "req", Tags::DogStatsd("k:v")),
-        (b"req,k=v,k2=v2:1|c", "req", Tags::Named("k=v,k2=v2")),
-        (b"req#k=v,k2=v2:1|c", "req", Tags::Named("k=v,k2=v2")),
-        (b"req[k=v,k2=v2]:1|c", "req", Tags::Named("k=v,k2=v2")),
-        (b"req[k=v].total:1|c", "req.total", Tags::Named("k=v")),
-        (b"req:1|c", "req", Tags::None),
+    let k = Ok(("k", "v"));
+    let k2 = Ok(("k2", "v2"));
+    let cases: [(&[u8], &str, TagList<'_>); 11] = [
+        (b"req:1|c|#k:v", "req", vec![k]),
+        (b"req:1|c|#k:v|@0.5|#k2:v2", "req", vec![k, k2]),
+        (b"req:1|c|##k:v,#k2:v2", "req", vec![k, k2]),
+        (b"req,k=v,k2=v2:1|c", "req", vec![k, k2]),
+        (b"req#k=v,k2=v2:1|c", "req", vec![k, k2]),
+        (
+            b"req#k=v,k2=v2,x=1#2:1|c",
+            "req",
+            vec![k, k2, Ok(("x", "1#2"))],
+        ),
+        (b"req,k=v#k2=v2:1|c", "req", vec![Ok(("k", "v#k2=v2"))]),
+        (b"req[k=v,k2=v2]:1|c", "req", vec![k, k2]),
+        (b"req[k=v].total:1|c", "req.total", vec![k]),
+        (b"req,x=y[k=v]:1|c", "req,x=y", vec![k]),
+        (b"req:1|c", "req", vec![]),
     ];
     for (input, name, tags) in cases {
-        let line = metric(input).unwrap();
-        assert_eq!((&*line.name, line.tags), (name, tags));
+        assert_eq!(named(input, TagStyles::ALL), (name.to_owned(), tags));
     }
+}
+
+#[test]
+fn a_signalfx_bracket_without_its_partner_leaves_the_name_as_it_is() {
+    for input in [
+        &b"[tag1=bar,tag2=bazfoo.test:100|c"[..],
+        b"tag1=bar,tag2=baz]foo.test:100|c",
+        b"a]b[c=d:1|c",
+    ] {
+        let name = std::str::from_utf8(input)
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap();
+        assert_eq!(
+            named(input, TagStyles::ALL),
+            (name.to_owned(), vec![Err(TagError)])
+        );
+    }
+}
+
+#[test]
+fn name_tags_none_of_them_valid_let_dogstatsd_tags_through() {
+    assert_eq!(
+        named(b"req,bad:1|c|#k:v", TagStyles::ALL),
+        ("req".to_owned(), vec![Err(TagError), Ok(("k", "v"))])
+    );
 }
 
 #[test]
@@ -229,23 +280,24 @@ fn switched_off_styles_stay_in_the_name() {
         signalfx: false,
     };
     for input in [&b"req,k=v:1|c"[..], b"req#k=v:1|c", b"req[k=v]:1|c"] {
-        let Ok(Datum::Metric(line)) = parse(input, none) else {
-            panic!("{input:?}")
-        };
-        assert_eq!(line.tags, Tags::None);
-        assert_eq!(
-            Some(line.name.as_bytes()),
-            input.split(|&b| b == b':').next()
-        );
+        let (name, tags) = named(input, none);
+        assert_eq!(tags, []);
+        assert_eq!(Some(name.as_bytes()), input.split(|&b| b == b':').next());
     }
     let no_dogstatsd = TagStyles {
         dogstatsd: false,
         ..TagStyles::ALL
     };
-    let Ok(Datum::Metric(line)) = parse(b"req,k=v:1|c|#x:y", no_dogstatsd) else {
-        panic!()
-    };
-    assert_eq!(line.tags, Tags::Named("k=v"), "the |# field is ignored");
+    assert_eq!(
+        named(b"req:1|c|#x:y|c:abc", no_dogstatsd),
+        ("req".to_owned(), vec![Ok(("container_id", "abc"))]),
+        "the |# field is ignored"
+    );
+    assert_eq!(
+        parse(b"req,k=v:1|c|#x:y", no_dogstatsd),
+        Err(RejectReason::MixedTaggingStyles),
+        "statsd_exporter refuses name tags beside a |# field it does not read"
+    );
 }
 
 #[test]

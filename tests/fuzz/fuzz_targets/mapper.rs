@@ -11,6 +11,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::OnceLock;
+use tallyd::config::CacheType;
 use tallyd::mapping::{MapCache, Mapper, MetricClass, Outcome};
 
 const VALID: &str = include_str!("../../data/mapping/valid.yml");
@@ -81,7 +82,11 @@ fuzz_target!(|data: &[u8]| {
         key(&mapper.map(name, class)),
         "not deterministic"
     );
-    let mut cache = MapCache::new(4);
+    let kind = match selector & 16 {
+        0 => CacheType::Lru,
+        _ => CacheType::Random,
+    };
+    let mut cache = MapCache::new(4, kind);
     let missed = cache.get_or_map(mapper, name, class);
     let hit = cache.get_or_map(mapper, name, class);
     assert_eq!(key(&first), key(&missed), "cache miss differs");
