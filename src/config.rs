@@ -190,6 +190,11 @@ pub struct StatsdSettings {
     /// Window over which a set (`s`) counts distinct members. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub set_window: Duration,
+    /// Where every line read is relayed over UDP (`host:port`, statsd_exporter's
+    /// `--statsd.relay.address`); empty: nowhere. Default empty.
+    pub relay_address: String,
+    /// Most bytes in a relay packet; a longer line is not relayed. Default 1,400.
+    pub relay_packet_length: usize,
 }
 
 impl StatsdSettings {
@@ -229,6 +234,8 @@ impl Default for StatsdSettings {
             cache_size: 100_000,
             cache_type: CacheType::Lru,
             set_window: Duration::from_secs(60),
+            relay_address: String::new(),
+            relay_packet_length: 1400,
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::actors::registry::{RegistryActor, RegistryArgs, RegistryMsg};
 use crate::barrier::Barrier;
 use crate::config::Settings;
 use crate::http::{self, HttpContext};
+use crate::ingest::relay::RelayTarget;
 use crate::ingest::{IngestConfig, PipelineContext};
 use crate::limits::{QueueBound, SeriesBudget};
 use crate::mapping::Mapper;
@@ -219,7 +220,7 @@ pub async fn run(
         flush_interval: settings.statsd.event_flush_interval,
         flush_threshold: settings.statsd.event_flush_threshold,
         queue: Arc::new(QueueBound::new(settings.limits.max_queued_updates)),
-        ingest: Arc::new(IngestConfig::new(&settings, mapper)),
+        ingest: Arc::new(ingest_config(&settings, mapper, &telemetry)?),
         barrier: barrier.clone(),
     });
     let reloader = Arc::new(Reloader::new(
@@ -283,6 +284,24 @@ pub async fn run(
         "stopped"
     );
     Ok(())
+}
+
+/// How lines become updates, with the relay the settings ask for.
+fn ingest_config(
+    settings: &Settings,
+    mapper: Mapper,
+    telemetry: &Telemetry,
+) -> anyhow::Result<IngestConfig> {
+    let mut config = IngestConfig::new(settings, mapper);
+    let relay = &settings.statsd.relay_address;
+    if !relay.is_empty() {
+        let packet_length = settings.statsd.relay_packet_length;
+        let target = RelayTarget::new(relay, packet_length, telemetry)
+            .with_context(|| format!("--statsd.relay.address={relay}: cannot relay there"))?;
+        info!(%relay, packet_length, "relaying every line read");
+        config.relay = Some(Arc::new(target));
+    }
+    Ok(config)
 }
 
 /// Waits for the listeners to send what they read, up to [`STEP_TIMEOUT`].

@@ -11,13 +11,15 @@
 //!   datagram found at once (`marks`);
 //! - `resolve`: a name and its tags → a family and a series;
 //! - `pending`: the updates held, by series, until the flush;
-//! - `pipeline`: the flush window, the router, the scrapes that wait.
+//! - `pipeline`: the flush window, the router, the scrapes that wait;
+//! - [`relay`]: every line read, sent on to another StatsD server (`--statsd.relay.address`).
 
 mod batcher;
 mod lines;
 mod marks;
 mod pending;
 mod pipeline;
+pub mod relay;
 mod resolve;
 
 use arc_swap::ArcSwap;
@@ -51,6 +53,8 @@ pub struct IngestConfig {
     /// The mapping rules; a reload swaps them whole, and each batcher picks the new ones up at
     /// its next receive.
     pub mapper: ArcSwap<Mapper>,
+    /// Where every line read is relayed, if anywhere.
+    pub relay: Option<Arc<relay::RelayTarget>>,
 }
 
 impl IngestConfig {
@@ -70,6 +74,7 @@ impl IngestConfig {
             mapping_file: !settings.statsd.mapping_config.is_empty(),
             cache: (settings.statsd.cache_size, settings.statsd.cache_type),
             mapper: ArcSwap::from_pointee(mapper),
+            relay: None,
         }
     }
 }

@@ -15,7 +15,8 @@
 //!   the connection slots under a cap that StatsD TCP and HTTP share.
 //! - [`ingest`]: each listener task's pipeline: lines → per-family batches of
 //!   [`update::Update`]s (names mapped or escaped, tags made labels, samples of a series
-//!   combined, a series' observations gathered), held for the flush window.
+//!   combined, a series' observations gathered), held for the flush window; and every line
+//!   read, relayed to another StatsD server when asked ([`ingest::relay`]).
 //! - [`routing`]: delivers each batch to its family actor, one message per family per flush,
 //!   through a per-task cache of actors.
 //! - [`actors`]: the [`registry`](actors::registry) that spawns, finds, supervises and

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{promtool_check, Exposition, Tallyd};
+use common::{promtool_check, user_part, Exposition, Tallyd};
 use std::path::Path;
 
 fn read_lines(path: &Path) -> Vec<String> {
@@ -17,21 +17,6 @@ fn read_lines(path: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The user families of an exposition: every line but tallyd's and the process collector's.
-fn user_part(text: &str) -> String {
-    let own = |line: &str| {
-        let name = line
-            .strip_prefix("# HELP ")
-            .or_else(|| line.strip_prefix("# TYPE "))
-            .unwrap_or(line);
-        name.starts_with("tallyd_") || name.starts_with("process_")
-    };
-    text.lines()
-        .filter(|l| !own(l))
-        .map(|l| format!("{l}\n"))
-        .collect()
 }
 
 fn total(e: &Exposition, metric: &str) -> f64 {

@@ -31,10 +31,23 @@ macro_rules! flags {
 
         impl Cli {
             /// Each flag that sets a setting, in declaration order (a later one wins): its
-            /// config key and the value given, `None` when the flag is absent.
-            pub(super) fn overrides(&self) -> Vec<(&'static str, Option<&str>)> {
+            /// config key, its name (`--statsd.relay.address`) and the value given, `None`
+            /// when the flag is absent.
+            pub(super) fn overrides(&self) -> Vec<(&'static str, String, Option<&str>)> {
+                let command = <Cli as clap::CommandFactory>::command();
+                let name = |field: &str| {
+                    command
+                        .get_arguments()
+                        .find(|arg| arg.get_id() == field)
+                        .and_then(|arg| arg.get_long())
+                        .map_or_else(String::new, |long| format!("--{long}"))
+                };
                 vec![$($(
-                    ($key, flags!(@value self.$field $(, $when_given)?)),
+                    (
+                        $key,
+                        name(stringify!($field)),
+                        flags!(@value self.$field $(, $when_given)?),
+                    ),
                 )?)*]
             }
         }
@@ -158,6 +171,12 @@ pub struct Cli {
     /// Which name a full mapping cache forgets: lru or random.
     #[arg(long = "statsd.cache-type", value_name = "TYPE")]
     pub cache_type: Option<String> => "statsd.cache_type",
+    /// Relay every line read, over UDP, to this host:port ("" disables it).
+    #[arg(long = "statsd.relay.address", value_name = "HOST:PORT")]
+    pub relay_address: Option<String> => "statsd.relay_address",
+    /// Most bytes in a relay packet; a longer line is not relayed.
+    #[arg(long = "statsd.relay.packet-length", value_name = "BYTES")]
+    pub relay_packet_length: Option<String> => "statsd.relay_packet_length",
     /// Most series in all families together; new series past it are refused and counted.
     #[arg(long = "limits.max-series", value_name = "N")]
     pub max_series: Option<String> => "limits.max_series",

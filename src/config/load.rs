@@ -47,10 +47,10 @@ impl Settings {
         }
         builder = builder.add_source(env);
         let mut flags_given = Vec::new();
-        for (key, value) in cli.overrides() {
+        for (key, flag, value) in cli.overrides() {
             if let Some(value) = value {
                 builder = builder.set_override(key, value)?;
-                flags_given.push(key);
+                flags_given.push((key, flag));
             }
         }
         let settings: Settings =
@@ -129,13 +129,13 @@ fn mistyped(error: &config::ConfigError) -> Option<(String, String)> {
 /// Names where the value of `key` came from, following the precedence flag > environment >
 /// file > default: the flag, the variable, or the file and line.
 fn source_of(
-    flags_given: &[&str],
+    flags_given: &[(&str, String)],
     env_keys: &[String],
     key: &str,
     file: Option<&SettingsFile>,
 ) -> String {
-    if flags_given.contains(&key) {
-        return format!("flag --{}", key.replace('_', "-"));
+    if let Some((_, flag)) = flags_given.iter().rev().find(|(given, _)| *given == key) {
+        return format!("flag {flag}");
     }
     if env_keys.iter().any(|k| k == key) {
         let var = format!("TALLYD_{}", key.replace('.', "__").to_uppercase());

@@ -1,6 +1,7 @@
 //! The checks types cannot express, one section at a time; each failure names the offending
 //! key, and the loader adds where its value came from.
 
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use super::{
@@ -126,6 +127,23 @@ impl StatsdSettings {
         }
         if self.event_flush_threshold == 0 {
             return Err(("statsd.event_flush_threshold", "must be at least 1".into()));
+        }
+        if !(64..=65_507).contains(&self.relay_packet_length) {
+            return Err((
+                "statsd.relay_packet_length",
+                "must be between 64 and 65507 (the largest UDP payload)".into(),
+            ));
+        }
+        let relay = &self.relay_address;
+        if !relay.is_empty()
+            && relay
+                .to_socket_addrs()
+                .map_or(true, |mut a| a.next().is_none())
+        {
+            return Err((
+                "statsd.relay_address",
+                format!("{relay:?} is not a host:port that resolves"),
+            ));
         }
         if self.set_window < Duration::from_millis(4) {
             return Err(("statsd.set_window", "must be at least 4ms".into()));

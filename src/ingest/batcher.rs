@@ -11,6 +11,7 @@ use tracing::debug;
 use super::lines::{self, LineCache};
 use super::marks::{Line, Marks};
 use super::pending::{self, Pending};
+use super::relay::Relay;
 use super::resolve::{class_of, Resolver, Target};
 use super::IngestConfig;
 use crate::mapping::MetricClass;
@@ -180,6 +181,8 @@ pub struct Batcher {
     counts: Counts,
     /// The map cache's hit and miss counts already added to the telemetry.
     reported_cache: (u64, u64),
+    /// The packet of relayed lines being filled, when a relay is configured.
+    relay: Option<Relay>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -211,6 +214,7 @@ impl Counts {
 impl Batcher {
     /// An empty batcher reporting to `telemetry`.
     pub fn new(telemetry: Arc<Telemetry>, config: Arc<IngestConfig>) -> Self {
+        let relay = config.relay.clone().map(Relay::new);
         Batcher {
             styles: config.styles,
             resolver: Resolver::new(telemetry.clone(), config),
@@ -224,6 +228,7 @@ impl Batcher {
             last_input: Instant::now(),
             counts: Counts::default(),
             reported_cache: (0, 0),
+            relay,
         }
     }
 
@@ -330,6 +335,9 @@ impl Batcher {
         let moves = self.lines.moves();
         for scanned in scan.drain(..) {
             let line = &datagram[scanned.start..scanned.end];
+            if let Some(relay) = &mut self.relay {
+                relay.push(line);
+            }
             let known = scanned.entry.and_then(|entry| {
                 let value = &datagram[scanned.value_start..scanned.value_end];
                 let known = if self.lines.moves() != moves {
@@ -510,6 +518,9 @@ impl Batcher {
     /// shared telemetry.
     pub fn take(&mut self) -> Vec<(Arc<str>, Batch)> {
         self.flush_counts();
+        if let Some(relay) = &mut self.relay {
+            relay.send();
+        }
         let (batches, dropped) = self.pending.take();
         if dropped {
             // The remembered lines point at the slots just dropped.

@@ -473,3 +473,37 @@ impl Telemetry {
         self
     }
 }
+
+impl Telemetry {
+    /// Registers the relay's counters for `target` (only when a relay is configured):
+    /// lines and packets sent, packets the send failed for, and lines dropped as too long and
+    /// in failed packets.
+    pub fn relay(&self, target: &str) -> [IntCounter; 5] {
+        let registry = &self.registry;
+        let with_target = |name: &str, help: &str| {
+            counter_vec(registry, name, help, &["target"]).with_label_values(&[target])
+        };
+        let dropped = counter_vec(
+            registry,
+            "tallyd_relay_lines_dropped_total",
+            "Lines not relayed: too_long (longer than a relay packet holds) or send_failed (in a packet the kernel refused).",
+            &["target", "reason"],
+        );
+        [
+            with_target(
+                "tallyd_relay_lines_total",
+                "Lines relayed to the target, in packets the kernel took.",
+            ),
+            with_target(
+                "tallyd_relay_packets_total",
+                "Packets relayed to the target.",
+            ),
+            with_target(
+                "tallyd_relay_send_errors_total",
+                "Relay packets the kernel refused to send (the target is down, or the send buffer is full); their lines are dropped.",
+            ),
+            dropped.with_label_values(&[target, "too_long"]),
+            dropped.with_label_values(&[target, "send_failed"]),
+        ]
+    }
+}

@@ -432,3 +432,18 @@ impl Drop for SocketDir {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The user families of an exposition: every line but tallyd's and the process collector's.
+pub fn user_part(text: &str) -> String {
+    let own = |line: &str| {
+        let name = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+            .unwrap_or(line);
+        name.starts_with("tallyd_") || name.starts_with("process_")
+    };
+    text.lines()
+        .filter(|l| !own(l))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
