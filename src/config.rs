@@ -388,6 +388,12 @@ pub struct ObserverSettings {
     pub buckets: Vec<f64>,
     /// Summary quantiles.
     pub quantiles: Vec<QuantileSetting>,
+    /// A histogram's native buckets grow by at most this factor (statsd_exporter's
+    /// `native_histogram_bucket_factor`); 1 or less: no native histogram. Default 1.1.
+    pub native_histogram_bucket_factor: f64,
+    /// Most native buckets a histogram series keeps; past it their width doubles. 0: no
+    /// limit. Default 256.
+    pub native_histogram_max_buckets: u32,
 }
 
 impl Default for ObserverSettings {
@@ -400,6 +406,8 @@ impl Default for ObserverSettings {
             quantiles: [(0.5, 0.05), (0.9, 0.01), (0.99, 0.001)]
                 .map(|(quantile, error)| QuantileSetting { quantile, error })
                 .to_vec(),
+            native_histogram_bucket_factor: 1.1,
+            native_histogram_max_buckets: 256,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The exposition: what a family actor publishes ([`FamilySnapshot`]), what a scrape is
 //! handed ([`Scrape`]: every snapshot and the aggregator's totals over them), and the whole
-//! scrape written in the Prometheus text format ([`render`]), every line through [`text`].
+//! scrape written in the Prometheus text format ([`render`]), every line through [`text`], or
+//! in the protobuf format ([`render_protobuf`], through [`proto`]) for a scraper that asks.
 
+pub mod proto;
 pub mod text;
 
 use std::sync::Arc;
@@ -24,6 +26,9 @@ pub struct FamilySnapshot {
     /// Every series in the text format, without the HELP and TYPE lines: [`render`] writes
     /// those from `help` and `type_name`, so a hibernating family's snapshot holds no copy.
     pub text: String,
+    /// For a histogram with native buckets, every series as protobuf `Metric`s (each field 4
+    /// of a `MetricFamily`), which the text cannot carry.
+    pub native: Option<Box<[u8]>>,
     /// Updates applied since the family actor started.
     pub updates: u64,
     /// Number of series.
@@ -124,6 +129,34 @@ pub fn render(scrape: &Scrape, telemetry: &Telemetry, out: &mut String) {
         header(out, &snapshot.name, &snapshot.help, snapshot.type_name);
         out.push_str(&snapshot.text);
     }
+    render_own(scrape, telemetry, out);
+}
+
+/// Writes a whole scrape into `out` in the protobuf format: the same families, in the same
+/// order, as [`render`] writes, each a length-delimited `MetricFamily`.
+pub fn render_protobuf(scrape: &Scrape, telemetry: &Telemetry, out: &mut Vec<u8>) {
+    for s in scrape.families.iter() {
+        let head = (&*s.name, &*s.help, s.type_name);
+        proto::family(out, head, &s.text, s.native.as_deref());
+    }
+    let mut own = String::new();
+    render_own(scrape, telemetry, &mut own);
+    let mut rest = own.as_str();
+    while let Some(after) = rest.strip_prefix("# HELP ") {
+        let (help_line, after) = after.split_once('\n').unwrap_or((after, ""));
+        let (name, help) = help_line.split_once(' ').unwrap_or((help_line, ""));
+        let (type_line, after) = after.split_once('\n').unwrap_or((after, ""));
+        let type_name = type_line.rsplit(' ').next().unwrap_or_default();
+        let end = after.find("# HELP ").unwrap_or(after.len());
+        proto::family(out, (name, help, type_name), &after[..end], None);
+        rest = &after[end..];
+    }
+}
+
+/// tallyd's own metrics (the aggregator's totals among them, in name order), then the
+/// per-family self-metrics of the listed families.
+fn render_own(scrape: &Scrape, telemetry: &Telemetry, out: &mut String) {
+    let families = &scrape.families;
     let own = telemetry.gather();
     let mut totals = totals(scrape).into_iter().peekable();
     for family in &own {
@@ -164,6 +197,7 @@ mod tests {
             help: "".into(),
             type_name: "counter",
             text: format!("{name} {updates}\n"),
+            native: None,
             updates,
             series: 1,
             value_sum: updates as f64,

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE,
-    RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_ENCODING,
+    CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -56,7 +56,7 @@ use crate::sockets::{Holder, Slots};
 use crate::telemetry::{LogLimiter, Telemetry};
 use crate::webconfig::rotation::{self, Rotation};
 use crate::webconfig::{Verdict, WebConfig};
-use scrapes::Scrapes;
+use scrapes::{Form, Scrapes};
 
 /// How long a scrape waits for the aggregator's reply.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -494,10 +494,20 @@ async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|enc| enc.split(';').next().is_some_and(|e| e.trim() == "gzip"));
-    let Some(body) = ctx.scrapes.body(ctx, gzip).await else {
+    let protobuf = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(exposition::proto::accepted);
+    let Some(body) = ctx.scrapes.body(ctx, Form { protobuf, gzip }).await else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "Aggregator unavailable.\n");
     };
-    let builder = Response::builder().header(CONTENT_TYPE, exposition::CONTENT_TYPE);
+    let content_type = match protobuf {
+        true => exposition::proto::CONTENT_TYPE,
+        false => exposition::CONTENT_TYPE,
+    };
+    let builder = Response::builder().header(CONTENT_TYPE, content_type);
     let response = if gzip {
         builder
             .header(CONTENT_ENCODING, "gzip")

@@ -24,8 +24,10 @@
 //!   the [`aggregator`](actors::aggregator) that collects their snapshots and computes the
 //!   totals and rates each scrape shows.
 //! - [`exposition`]: what a family publishes and a scrape reads, written in the Prometheus
-//!   text format by one writer ([`exposition::text`]).
-//! - `http`: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`; timeouts, the connection
+//!   text format by one writer ([`exposition::text`]), or in the protobuf format, which
+//!   carries native histograms, for a scraper that asks ([`exposition::proto`]).
+//! - `http`: `/metrics` (text or protobuf, as the scraper's `Accept` prefers), `/-/healthy`,
+//!   `/-/ready`, `/-/reload`; timeouts, the connection
 //!   cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS with certificates
 //!   that rotate, basic auth with a bounded number of password checks).
 //! - [`daemon`]: starts the actor tree, the listeners and the HTTP server on bound sockets,

@@ -224,6 +224,10 @@ pub struct HistogramOptions {
     /// Upper bounds, finite and strictly ascending, without the implicit `+Inf`; never empty
     /// (the default is Prometheus's `.005 .01 .025 .05 .1 .25 .5 1 2.5 5 10`).
     pub buckets: Vec<f64>,
+    /// The native buckets' growth factor (default 1.1); 1 or less: no native histogram.
+    pub native_bucket_factor: f64,
+    /// Most native buckets a series keeps (default 256).
+    pub native_max_buckets: u32,
 }
 
 /// Why a mapping file could not be loaded.

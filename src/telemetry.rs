@@ -105,6 +105,9 @@ pub struct Telemetry {
     pub family_retirements: IntCounter,
     /// `tallyd_family_evictions_total`: live families hibernated early to make room.
     pub family_evictions: IntCounter,
+    /// `tallyd_native_histogram_halvings_total`: native histogram series that lowered their
+    /// schema by one to stay within their most buckets.
+    pub native_halvings: IntCounter,
     /// `tallyd_metric_actors_limit`: `limits.max_live_families`.
     pub max_live_families: IntGauge,
     /// `tallyd_family_lookups_waiting`: families waiting for room for their actor.

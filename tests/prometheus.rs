@@ -4,6 +4,8 @@
 //! - `prometheus_scrapes_tallyd_and_answers_promql`: Prometheus scrapes tallyd every second;
 //!   the counter, gauge and timer sent over UDP come back through `/api/v1/query`, and so
 //!   does a positive `rate()` of the counter.
+//! - `prometheus_reads_native_histograms_over_protobuf`: a Prometheus with native histograms on
+//!   scrapes the protobuf format and answers `histogram_quantile` over the native series.
 //! - `the_annotation_scrape_config_keeps_one_target_per_annotated_pod`: the job in
 //!   `deploy/prometheus/scrape-config.yml`, with its Kubernetes discovery replaced by static
 //!   targets carrying the labels that pod discovery gives (Debian's Prometheus is built without
@@ -68,6 +70,11 @@ fn prometheus_binary() -> PathBuf {
 impl Prometheus {
     /// Starts Prometheus with `config` as its prometheus.yml and waits until `/-/ready`.
     fn start(config: &str) -> Prometheus {
+        Self::start_with(config, &[])
+    }
+
+    /// As [`Prometheus::start`], with extra flags.
+    fn start_with(config: &str, flags: &[&str]) -> Prometheus {
         let binary = prometheus_binary();
         let dir = scratch_dir("prometheus");
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
@@ -90,6 +97,7 @@ impl Prometheus {
                     dir.join("data").display()
                 ))
                 .arg(format!("--web.listen-address={addr}"))
+                .args(flags)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -221,10 +229,9 @@ fn vector_values_reads_every_series() {
     );
 }
 
-#[test]
-fn prometheus_scrapes_tallyd_and_answers_promql() {
-    let tallyd = Tallyd::start(&[]);
-    let prometheus = Prometheus::start(&format!(
+/// A Prometheus configuration scraping `tallyd` every second.
+fn scrape_every_second(tallyd: &Tallyd) -> String {
+    format!(
         "global:
   scrape_interval: 1s
   scrape_timeout: 1s
@@ -234,7 +241,13 @@ scrape_configs:
       - targets: [\"{}\"]
 ",
         tallyd.http
-    ));
+    )
+}
+
+#[test]
+fn prometheus_scrapes_tallyd_and_answers_promql() {
+    let tallyd = Tallyd::start(&[]);
+    let prometheus = Prometheus::start(&scrape_every_second(&tallyd));
     prometheus.wait_value(r#"up{job="tallyd"}"#, 1.0);
 
     tallyd.send_udp(b"queue.depth:42|g");
@@ -271,6 +284,44 @@ scrape_configs:
     });
     // The counter's rate is still positive over the last 5 s of samples.
     prometheus.wait_for(rate, "> 0", |r| r > 0.0);
+}
+
+/// A histogram with native buckets, scraped in the protobuf format by a Prometheus with native
+/// histograms on, answers `histogram_quantile` over the `rate` of its native series.
+#[test]
+fn prometheus_reads_native_histograms_over_protobuf() {
+    let dir = scratch_dir("native");
+    let mapping = dir.join("mapping.yml");
+    std::fs::write(
+        &mapping,
+        "defaults:\n  observer_type: histogram\nmappings:\n- match: \"api.*.latency\"\n  name: \"api_latency\"\n  labels: { route: \"$1\" }\n",
+    )
+    .unwrap();
+    let tallyd = Tallyd::start(&[&format!("--statsd.mapping-config={}", mapping.display())]);
+    let prometheus = Prometheus::start_with(
+        &scrape_every_second(&tallyd),
+        &["--enable-feature=native-histograms"],
+    );
+    prometheus.wait_value(r#"up{job="tallyd"}"#, 1.0);
+    // The series exists and has been scraped before the observations that the rate covers.
+    tallyd.send_udp(b"api.checkout.latency:1|h");
+    let count = r#"histogram_count(api_latency{job="tallyd",route="checkout"})"#;
+    prometheus.wait_value(count, 1.0);
+    for v in 1..=100 {
+        tallyd.send_udp(format!("api.checkout.latency:{v}|h").as_bytes());
+    }
+    prometheus.wait_value(count, 101.0);
+    // Native only: Prometheus keeps the native histogram and no classic `_bucket` series.
+    assert!(prometheus
+        .query(r#"api_latency_bucket{job="tallyd"}"#)
+        .is_empty());
+    let p90 = r#"histogram_quantile(0.9, rate(api_latency{job="tallyd",route="checkout"}[1m]))"#;
+    // 90 of the 100 values 1..=100 are at most 90: within the bucket around 90 (the default
+    // factor 1.1 gives buckets that grow by 2^(1/8), about 9%).
+    prometheus.wait_for(p90, "≈ 90", |v| (84.0..=97.0).contains(&v));
+    let sum = r#"histogram_sum(api_latency{job="tallyd",route="checkout"})"#;
+    prometheus.wait_value(sum, 5051.0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Sets every `key:` line of the config to `value`, keeping its indentation.

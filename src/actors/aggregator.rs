@@ -144,6 +144,7 @@ mod tests {
                 help: "".into(),
                 type_name: "counter",
                 text: String::new(),
+                native: None,
                 updates,
                 series: 1,
                 value_sum: 0.0,

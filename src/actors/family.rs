@@ -17,6 +17,7 @@
 mod dormant;
 mod idle;
 mod link;
+pub mod native;
 pub mod observer;
 mod series;
 pub mod set;

@@ -88,6 +88,12 @@ impl ObserverSettings {
                 ));
             }
         }
+        if !self.native_histogram_bucket_factor.is_finite() {
+            return Err((
+                "observer.native_histogram_bucket_factor",
+                "must be a finite number (1 or less: no native histograms)".into(),
+            ));
+        }
         Ok(())
     }
 }

@@ -3,8 +3,9 @@
 //! rendering began can take that one. Renderings run one at a time: while one runs, the
 //! scrapes that arrive wait, and the next rendering serves all of them. N scrapes at once thus
 //! cost two renderings at most, not N; and they send the same bytes (one buffer, shared), so
-//! N slow readers hold one exposition, not N. The gzip form is made once per rendering, when
-//! a scrape first asks for it. Once no scrape waits, the rendering is let go of.
+//! N slow readers hold one exposition, not N. Each form (text or protobuf, plain or gzipped)
+//! is made once per rendering, when a scrape first asks for it. Once no scrape waits, the
+//! rendering is let go of.
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -29,36 +30,53 @@ pub(crate) struct Scrapes {
     last: Mutex<Option<Rendering>>,
 }
 
-/// One rendering.
+/// One rendering: what the aggregator had, and the forms made of it so far.
 #[derive(Debug)]
 struct Rendering {
     /// It serves every scrape numbered up to this: those that asked before it began.
     serves: u64,
-    plain: Bytes,
-    gzip: Option<Bytes>,
+    scrape: exposition::Scrape,
+    /// Text, text gzipped, protobuf, protobuf gzipped.
+    forms: [Option<Bytes>; 4],
+}
+
+/// What a scrape asks for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Form {
+    /// The protobuf exposition rather than the text.
+    pub(crate) protobuf: bool,
+    /// Gzipped.
+    pub(crate) gzip: bool,
 }
 
 impl Scrapes {
-    /// The exposition for a scrape asking now, gzipped if `gzip`; `None` when the aggregator
-    /// did not answer.
-    pub(crate) async fn body(&self, ctx: &HttpContext, gzip: bool) -> Option<Bytes> {
+    /// The exposition for a scrape asking now, in `form`; `None` when the aggregator did not
+    /// answer.
+    pub(crate) async fn body(&self, ctx: &HttpContext, form: Form) -> Option<Bytes> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let number = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
         let mut last = self.last.lock().await;
         if last.as_ref().is_none_or(|r| r.serves < number) {
             // Every scrape that has asked by now is served by what is read from here on.
             let serves = self.asked.load(Ordering::SeqCst);
-            *last = render(ctx).await.map(|plain| Rendering {
+            *last = read(ctx).await.map(|scrape| Rendering {
                 serves,
-                plain,
-                gzip: None,
+                scrape,
+                forms: Default::default(),
             });
         }
         let body = last.as_mut().map(|r| {
-            if gzip {
-                r.gzip.get_or_insert_with(|| compress(&r.plain)).clone()
+            let plain = usize::from(form.protobuf) * 2;
+            if r.forms[plain].is_none() {
+                r.forms[plain] = Some(render(ctx, &r.scrape, form.protobuf));
+            }
+            let plain_form = r.forms[plain].clone().unwrap_or_default();
+            if form.gzip {
+                r.forms[plain + 1]
+                    .get_or_insert_with(|| compress(&plain_form))
+                    .clone()
             } else {
-                r.plain.clone()
+                plain_form
             }
         });
         if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -69,8 +87,8 @@ impl Scrapes {
     }
 }
 
-/// Has the listeners and families publish what they hold, then renders what the aggregator has.
-async fn render(ctx: &HttpContext) -> Option<Bytes> {
+/// Has the listeners and families publish what they hold, then reads what the aggregator has.
+async fn read(ctx: &HttpContext) -> Option<exposition::Scrape> {
     if !ctx.barrier.pass(BARRIER_TIMEOUT).await {
         ctx.telemetry.scrape_barrier_timeouts.inc();
     }
@@ -78,13 +96,24 @@ async fn render(ctx: &HttpContext) -> Option<Bytes> {
         .aggregator
         .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
         .await;
-    let Ok(CallResult::Success(families)) = asked else {
+    let Ok(CallResult::Success(scrape)) = asked else {
         return None;
     };
+    Some(scrape)
+}
+
+/// The scrape in the text or the protobuf format.
+fn render(ctx: &HttpContext, scrape: &exposition::Scrape, protobuf: bool) -> Bytes {
     ctx.telemetry.scrape_renders.inc();
-    let mut body = String::new();
-    exposition::render(&families, &ctx.telemetry, &mut body);
-    Some(Bytes::from(body))
+    if protobuf {
+        let mut body = Vec::new();
+        exposition::render_protobuf(scrape, &ctx.telemetry, &mut body);
+        Bytes::from(body)
+    } else {
+        let mut body = String::new();
+        exposition::render(scrape, &ctx.telemetry, &mut body);
+        Bytes::from(body)
+    }
 }
 
 fn compress(plain: &[u8]) -> Bytes {

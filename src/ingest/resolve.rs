@@ -296,6 +296,8 @@ fn meta_from(settings: &RuleSettings, default_ttl: Option<Duration>) -> FamilyMe
         ObserverChoice::Histogram(histogram) => ObserverSettings {
             observer_type: ObserverType::Histogram,
             buckets: histogram.buckets.clone(),
+            native_histogram_bucket_factor: histogram.native_bucket_factor,
+            native_histogram_max_buckets: histogram.native_max_buckets,
             ..ObserverSettings::default()
         },
     };

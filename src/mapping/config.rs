@@ -80,6 +80,8 @@ struct RawMapping {
 #[serde(deny_unknown_fields)]
 struct RawHistogram {
     buckets: Option<Vec<f64>>,
+    native_histogram_bucket_factor: Option<f64>,
+    native_histogram_max_buckets: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -65,6 +65,15 @@ fn check(m: &Mapper, cases: &[Case<'_>]) {
 
 use MetricClass::{Counter, Gauge, Observer};
 
+/// A histogram of `buckets`, with statsd_exporter's native defaults (factor 1.1, 256 buckets).
+fn histogram(buckets: Vec<f64>) -> ObserverChoice {
+    ObserverChoice::Histogram(HistogramOptions {
+        buckets,
+        native_bucket_factor: 1.1,
+        native_max_buckets: 256,
+    })
+}
+
 #[test]
 fn globs() {
     let m = mapper(
@@ -662,9 +671,7 @@ mappings:
     // 0 means "not set" in statsd_exporter, so the default applies.
     assert_eq!(settings(&m, "zero.x", Counter).ttl, minute2);
 
-    let default_histogram = ObserverChoice::Histogram(HistogramOptions {
-        buckets: vec![0.1, 1.0, 10.0],
-    });
+    let default_histogram = histogram(vec![0.1, 1.0, 10.0]);
     assert_eq!(*m.defaults().observer, default_histogram);
     let plain = settings(&m, "plain.x", Observer);
     assert!(
@@ -673,9 +680,7 @@ mappings:
     );
     assert_eq!(
         *settings(&m, "own.x", Observer).observer,
-        ObserverChoice::Histogram(HistogramOptions {
-            buckets: vec![1.0, 2.0]
-        })
+        histogram(vec![1.0, 2.0])
     );
     assert_eq!(
         *settings(&m, "empty.x", Observer).observer,
@@ -759,9 +764,9 @@ fn built_in_defaults_are_statsd_exporters() {
     let m = mapper("mappings:\n- match: a.*\n  name: a\n  observer_type: histogram\n");
     assert_eq!(
         *settings(&m, "a.b", Observer).observer,
-        ObserverChoice::Histogram(HistogramOptions {
-            buckets: vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-        })
+        histogram(vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+        ])
     );
     assert_eq!(m.len(), 1);
 }
@@ -901,11 +906,6 @@ fn unknown_keys_are_named_with_their_path() {
 #[test]
 fn deprecated_keys_mean_what_statsd_exporter_0_30_reads() {
     use MetricClass::Observer;
-    let histogram = |buckets: &[f64]| {
-        ObserverChoice::Histogram(HistogramOptions {
-            buckets: buckets.to_vec(),
-        })
-    };
     let quantiles = |qs: &[(f64, f64)]| -> Vec<Quantile> {
         qs.iter()
             .map(|&(quantile, error)| Quantile { quantile, error })
@@ -923,7 +923,7 @@ fn deprecated_keys_mean_what_statsd_exporter_0_30_reads() {
     assert!(m.warnings().is_empty(), "{:?}", m.warnings());
     assert_eq!(
         *settings(&m, "h.x", Observer).observer,
-        histogram(&[1.0, 2.0])
+        histogram(vec![1.0, 2.0])
     );
     match &*settings(&m, "s.x", Observer).observer {
         ObserverChoice::Summary(s) => assert_eq!(s.quantiles, quantiles(&[(0.5, 0.1)])),
@@ -931,7 +931,7 @@ fn deprecated_keys_mean_what_statsd_exporter_0_30_reads() {
     }
     assert_eq!(
         *settings(&m, "o.x", Observer).observer,
-        histogram(&[1.0, 2.0])
+        histogram(vec![1.0, 2.0])
     );
     // A rule's own `buckets` and `quantiles`: used by the observer they belong to, ignored by
     // the other, each with a warning naming file, line and key.
@@ -943,7 +943,7 @@ fn deprecated_keys_mean_what_statsd_exporter_0_30_reads() {
     );
     assert_eq!(
         *settings(&m, "h.x", Observer).observer,
-        histogram(&[3.0, 4.0])
+        histogram(vec![3.0, 4.0])
     );
     match &*settings(&m, "s.x", Observer).observer {
         ObserverChoice::Summary(s) => assert_eq!(s.quantiles, quantiles(&[(0.75, 0.01)])),
@@ -1293,9 +1293,7 @@ fn realistic_file_loads_and_maps() {
     );
     assert_eq!(
         *latency.observer,
-        ObserverChoice::Histogram(HistogramOptions {
-            buckets: vec![0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]
-        })
+        histogram(vec![0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
     );
     assert_eq!(
         settings(&m, "jobs.email.done", Counter).ttl,
@@ -1578,5 +1576,71 @@ fn dashes_in_globs_load_as_in_statsd_exporter() {
     check(
         &m,
         &[("foo--bar.count", Counter, Some(("foo_bar_count", &[])))],
+    );
+}
+
+#[test]
+fn native_histogram_options_inherit_as_in_statsd_exporter() {
+    let native = |m: &Mapper, name: &str| match &*settings(m, name, Observer).observer {
+        ObserverChoice::Histogram(h) => (h.native_bucket_factor, h.native_max_buckets),
+        other => panic!("{other:?}"),
+    };
+    // No options anywhere: statsd_exporter's 1.1 and 256.
+    let m = mapper("defaults:\n  observer_type: histogram\nmappings:\n- match: a.*\n  name: a\n");
+    assert_eq!(native(&m, "a.x"), (1.1, 256));
+    assert_eq!(
+        *m.defaults().observer,
+        ObserverChoice::Histogram(HistogramOptions {
+            buckets: vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            native_bucket_factor: 1.1,
+            native_max_buckets: 256,
+        })
+    );
+    // A rule's factor counts when above 0, its most buckets when above 0; else the defaults'.
+    let m = mapper(
+        r#"
+defaults:
+  observer_type: histogram
+  histogram_options: { buckets: [1, 2], native_histogram_bucket_factor: 2, native_histogram_max_buckets: 4 }
+mappings:
+- { match: "inh.*", name: inh }
+- { match: "zero.*", name: zero, histogram_options: { native_histogram_bucket_factor: 0, native_histogram_max_buckets: 0 } }
+- { match: "neg.*", name: neg, histogram_options: { native_histogram_bucket_factor: -3 } }
+- { match: "ovf.*", name: ovf, histogram_options: { native_histogram_bucket_factor: 1.1 } }
+- { match: "ovm.*", name: ovm, histogram_options: { native_histogram_max_buckets: 100 } }
+- { match: "off.*", name: off, histogram_options: { native_histogram_bucket_factor: 0.5 } }
+"#,
+    );
+    for (name, want) in [
+        ("inh.x", (2.0, 4)),
+        ("zero.x", (2.0, 4)),
+        ("neg.x", (2.0, 4)),
+        ("ovf.x", (1.1, 4)),
+        ("ovm.x", (2.0, 100)),
+        ("off.x", (0.5, 4)),
+        ("unmapped", (2.0, 4)),
+    ] {
+        let got = if name == "unmapped" {
+            match &*m.defaults().observer {
+                ObserverChoice::Histogram(h) => (h.native_bucket_factor, h.native_max_buckets),
+                other => panic!("{other:?}"),
+            }
+        } else {
+            native(&m, name)
+        };
+        assert_eq!(got, want, "{name}");
+    }
+    // In `defaults`, only 0 means "the default": a negative factor turns native buckets off.
+    let m = mapper(
+        "defaults:\n  observer_type: histogram\n  histogram_options: { native_histogram_bucket_factor: -3 }\nmappings:\n- match: a.*\n  name: a\n",
+    );
+    assert_eq!(native(&m, "a.x"), (-3.0, 256));
+    let e = error(
+        "defaults:\n  observer_type: histogram\nmappings:\n- match: a.*\n  name: a\n  histogram_options: { native_histogram_bucket_factor: .nan }\n",
+    );
+    assert!(
+        e.contains("mappings[0].histogram_options.native_histogram_bucket_factor")
+            && e.contains("not a finite number"),
+        "{e}"
     );
 }

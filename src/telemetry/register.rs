@@ -196,6 +196,7 @@ struct FamilyMetrics {
     family_wakeups: IntCounter,
     family_retirements: IntCounter,
     family_evictions: IntCounter,
+    native_halvings: IntCounter,
     max_live_families: IntGauge,
     lookups_waiting: IntGauge,
     peak_memory: IntGauge,
@@ -243,6 +244,11 @@ impl FamilyMetrics {
                 registry,
                 "tallyd_family_retirements_total",
                 "Family actors that stopped because every series expired.",
+            ),
+            native_halvings: counter(
+                registry,
+                "tallyd_native_histogram_halvings_total",
+                "Times a native histogram series halved its resolution (its schema lowered by one, two buckets merged into one) to keep within its most buckets.",
             ),
             family_evictions: counter(
                 registry,
@@ -425,6 +431,7 @@ impl Telemetry {
             series_expired: families.series_expired,
             family_retirements: families.family_retirements,
             family_evictions: families.family_evictions,
+            native_halvings: families.native_halvings,
             max_live_families: families.max_live_families,
             lookups_waiting: families.lookups_waiting,
             peak_memory: families.peak_memory,

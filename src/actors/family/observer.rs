@@ -1,9 +1,13 @@
 //! The state of one observer series (timer, histogram or distribution): a summary backed by a
-//! DDSketch, or a histogram with fixed buckets, each written in the text format.
+//! DDSketch, or a histogram with fixed buckets and, unless its bucket factor is 1 or less,
+//! native ones too ([`Native`]); written in the text format, and a histogram with native
+//! buckets as a protobuf `Metric` too.
 
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
+use super::native::{spans_and_deltas, Native, ZERO_THRESHOLD};
 use crate::config::{ObserverSettings, ObserverType};
+use crate::exposition::proto;
 use crate::exposition::text::{self, Extra};
 use crate::update::LabelSet;
 
@@ -21,7 +25,7 @@ pub enum Observer {
         /// Exact number of observations.
         count: u64,
     },
-    /// Fixed-bucket counts, cheap per observation.
+    /// Fixed-bucket counts, cheap per observation, and native buckets.
     Histogram {
         /// Observations per bucket (not cumulative), one per configured bound plus `+Inf`.
         buckets: Box<[u64]>,
@@ -29,6 +33,8 @@ pub enum Observer {
         sum: f64,
         /// Exact number of observations.
         count: u64,
+        /// The native buckets, unless the bucket factor is 1 or less.
+        native: Option<Box<Native>>,
     },
 }
 
@@ -73,29 +79,96 @@ impl Observer {
                 buckets: vec![0; settings.buckets.len() + 1].into_boxed_slice(),
                 sum: 0.0,
                 count: 0,
+                native: (settings.native_histogram_bucket_factor > 1.0).then(|| {
+                    Box::new(Native::new(
+                        settings.native_histogram_bucket_factor,
+                        settings.native_histogram_max_buckets,
+                    ))
+                }),
             },
         }
     }
 
-    /// Records `value` `n` times. `bounds` are the histogram's upper bounds, sorted.
-    pub fn observe(&mut self, value: f64, n: u64, bounds: &[f64]) {
+    /// Records `value` `n` times. `bounds` are the histogram's upper bounds, sorted. Returns
+    /// how many times the native buckets halved their resolution to make room.
+    pub fn observe(&mut self, value: f64, n: u64, bounds: &[f64]) -> u32 {
         match self {
             Observer::Summary { sketch, sum, count } => {
                 sketch.add_with_count(value, n);
                 *sum += value * n as f64;
                 *count = count.saturating_add(n);
+                0
             }
             Observer::Histogram {
                 buckets,
                 sum,
                 count,
+                native,
             } => {
                 let i = bounds.partition_point(|&bound| bound < value);
                 buckets[i] = buckets[i].saturating_add(n);
                 *sum += value * n as f64;
                 *count = count.saturating_add(n);
+                native.as_mut().map_or(0, |native| native.observe(value, n))
             }
         }
+    }
+
+    /// A histogram with native buckets as a protobuf `Metric`, its classic buckets too;
+    /// `None` for a summary or a histogram without native buckets.
+    pub fn native_metric(
+        &self,
+        labels: &LabelSet,
+        settings: &ObserverSettings,
+    ) -> Option<proto::Metric> {
+        let Observer::Histogram {
+            buckets,
+            sum,
+            count,
+            native: Some(native),
+        } = self
+        else {
+            return None;
+        };
+        let mut cumulative = 0u64;
+        let bucket = settings
+            .buckets
+            .iter()
+            .zip(buckets.iter())
+            .map(|(&bound, &n)| {
+                cumulative = cumulative.saturating_add(n);
+                proto::Bucket {
+                    cumulative_count: Some(cumulative),
+                    upper_bound: Some(bound),
+                }
+            })
+            .collect();
+        let [positive, negative] = native.buckets().map(spans_and_deltas);
+        let span = |spans: Vec<(i32, u32)>| -> Vec<proto::BucketSpan> {
+            spans
+                .into_iter()
+                .map(|(offset, length)| proto::BucketSpan {
+                    offset: Some(offset),
+                    length: Some(length),
+                })
+                .collect()
+        };
+        Some(proto::Metric {
+            label: proto::labels(labels.iter()),
+            histogram: Some(proto::Histogram {
+                sample_count: Some(*count),
+                sample_sum: Some(*sum),
+                bucket,
+                schema: Some(native.schema()),
+                zero_threshold: Some(ZERO_THRESHOLD),
+                zero_count: Some(native.zero_count()),
+                negative_span: span(negative.0),
+                negative_delta: negative.1,
+                positive_span: span(positive.0),
+                positive_delta: positive.1,
+            }),
+            ..proto::Metric::default()
+        })
     }
 
     /// Sum of every observation.
@@ -132,6 +205,7 @@ impl Observer {
                 buckets,
                 sum,
                 count,
+                ..
             } => {
                 let mut cumulative: u64 = 0;
                 let bounds = settings.buckets.iter().copied().chain([f64::INFINITY]);

@@ -34,28 +34,33 @@ impl Series {
     }
 
     /// Applies one operation of this series' kind; the caller has checked the kind.
-    /// `observations` are those of the batch the operation came in.
+    /// `observations` are those of the batch the operation came in. Returns how many times a
+    /// native histogram halved its resolution.
     pub(super) fn apply(
         &mut self,
         op: Op,
         observations: &[Observation],
         buckets: &[f64],
         now: Instant,
-    ) {
+    ) -> u32 {
         match (self, op) {
             (Series::Counter(total), Op::Add(v)) => *total += v,
             (Series::Gauge(value), Op::Set(v)) => *value = v,
             (Series::Gauge(value), Op::Shift(v)) => *value += v,
-            (Series::Observer(o), Op::Observe { value, count }) => o.observe(value, count, buckets),
+            (Series::Observer(o), Op::Observe { value, count }) => {
+                return o.observe(value, count, buckets)
+            }
             (Series::Observer(o), Op::Observations { start, len }) => {
                 let start = start as usize;
-                for one in &observations[start..start + len as usize] {
-                    o.observe(one.value, one.count, buckets);
-                }
+                return observations[start..start + len as usize]
+                    .iter()
+                    .map(|one| o.observe(one.value, one.count, buckets))
+                    .sum();
             }
             (Series::Set(set), Op::Insert(hash)) => set.insert(hash, now),
             (series, op) => unreachable!("{op:?} applied to {series:?} after the kind check"),
         }
+        0
     }
 
     /// The series' value as a gauge or counter would show it, or its observations' sum.

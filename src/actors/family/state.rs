@@ -16,7 +16,7 @@ use super::{FamilyContext, FamilyMsg, FamilySpec, StopReason};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::barrier::Ticket;
 use crate::config::ObserverType;
-use crate::exposition::{text, FamilySnapshot};
+use crate::exposition::{proto, text, FamilySnapshot};
 use crate::rate::RateWindow;
 use crate::telemetry::LogLimiter;
 use crate::update::{FamilyMeta, Kind, LabelSet, Updates};
@@ -153,6 +153,7 @@ impl FamilyState {
         let mut conflicts = [0u64; 4];
         // Samples refused for a new series: over the total, over the family's own limit.
         let mut refused = [0u64; 2];
+        let mut halvings = 0u64;
         let Updates { list, observations } = updates;
         for update in list.drain(..) {
             let kind = update.op.kind();
@@ -183,15 +184,21 @@ impl FamilyState {
                     })
                 }
             };
-            entry
-                .value
-                .apply(update.op, observations, &meta.observer.buckets, now);
+            halvings += u64::from(entry.value.apply(
+                update.op,
+                observations,
+                &meta.observer.buckets,
+                now,
+            ));
             entry.last_seen = now;
             entry.text.clear();
             applied += update.samples;
         }
         observations.clear();
         self.count_refused(refused, conflicts);
+        if halvings > 0 {
+            self.ctx.telemetry.native_halvings.inc_by(halvings);
+        }
         if applied > 0 {
             // Two updates in one batch came within a window of each other.
             self.steady = applied > 1
@@ -275,16 +282,41 @@ impl FamilyState {
         // The aggregator keeps it until the next snapshot, for every family, hibernating
         // ones included: no spare capacity.
         text.shrink_to_fit();
+        let native = self.native_series();
         FamilySnapshot {
             name: self.name.clone(),
             help: self.help.clone(),
             type_name,
             text,
+            native,
             updates: self.updates,
             series: self.series.len(),
             value_sum: self.series.values().map(|e| e.value.value_sum(now)).sum(),
             rate: self.rate.clone(),
         }
+    }
+
+    /// A histogram family with native buckets: every series as protobuf `Metric`s, in label
+    /// order; `None` for any other family.
+    fn native_series(&self) -> Option<Box<[u8]>> {
+        let observer = &self.meta.observer;
+        let native = self.kind == Kind::Observer
+            && observer.observer_type == ObserverType::Histogram
+            && observer.native_histogram_bucket_factor > 1.0;
+        if !native {
+            return None;
+        }
+        let mut series: Vec<_> = self.series.iter().collect();
+        series.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut out = Vec::new();
+        for (labels, entry) in series {
+            if let Series::Observer(o) = &entry.value {
+                if let Some(metric) = o.native_metric(labels, observer) {
+                    proto::append_metric(&mut out, &metric);
+                }
+            }
+        }
+        Some(out.into_boxed_slice())
     }
 
     fn publish(&mut self, now: Instant) {

@@ -15,6 +15,9 @@ const DEFAULT_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// statsd_exporter's default native histogram bucket factor and most buckets.
+const DEFAULT_NATIVE: (f64, u32) = (1.1, 256);
+
 /// statsd_exporter's default summary quantiles.
 const DEFAULT_QUANTILES: [Quantile; 3] = [
     Quantile {
@@ -52,6 +55,20 @@ impl Shared {
             )?,
             None => DEFAULT_BUCKETS.to_vec(),
         };
+        let base = HistogramOptions {
+            buckets,
+            native_bucket_factor: DEFAULT_NATIVE.0,
+            native_max_buckets: DEFAULT_NATIVE.1,
+        };
+        let histogram = match histogram {
+            Some(raw) => native_options(
+                &raw.value,
+                base,
+                false,
+                ("defaults", raw.referenced, errors),
+            )?,
+            None => base,
+        };
         let base = SummaryOptions {
             quantiles: DEFAULT_QUANTILES.to_vec(),
             max_age: None,
@@ -70,7 +87,7 @@ impl Shared {
         };
         Ok(Shared {
             kind: defaults.observer_type.unwrap_or(ObserverType::Summary),
-            histogram: Arc::new(ObserverChoice::Histogram(HistogramOptions { buckets })),
+            histogram: Arc::new(ObserverChoice::Histogram(histogram)),
             summary: Arc::new(ObserverChoice::Summary(summary)),
             ttl: defaults.ttl.map(|d| d.0).filter(|d| !d.is_zero()),
             match_type: defaults.match_type.unwrap_or(MatchType::Glob),
@@ -102,20 +119,27 @@ pub(super) fn rule_observer(
                     format!("`summary_options` cannot be used with a histogram ({from})"),
                 ));
             }
-            match histogram
-                .as_ref()
-                .and_then(|h| non_empty(&h.value.buckets).map(|b| (b, h.referenced)))
-            {
-                Some((buckets, at)) => Ok(Arc::new(ObserverChoice::Histogram(HistogramOptions {
-                    buckets: check_buckets(
-                        buckets,
-                        &format!("{key}.histogram_options.buckets"),
-                        Some(at),
-                        errors,
-                    )?,
-                }))),
-                None => Ok(shared.histogram.clone()),
-            }
+            let Some(raw) = histogram else {
+                return Ok(shared.histogram.clone());
+            };
+            let ObserverChoice::Histogram(base) = &*shared.histogram else {
+                unreachable!("the shared histogram is a histogram")
+            };
+            let buckets = match non_empty(&raw.value.buckets) {
+                Some(buckets) => check_buckets(
+                    buckets,
+                    &format!("{key}.histogram_options.buckets"),
+                    Some(raw.referenced),
+                    errors,
+                )?,
+                None => base.buckets.clone(),
+            };
+            let base = HistogramOptions {
+                buckets,
+                ..base.clone()
+            };
+            let options = native_options(&raw.value, base, true, (key, raw.referenced, errors))?;
+            Ok(Arc::new(ObserverChoice::Histogram(options)))
         }
         ObserverType::Summary => {
             if let Some(histogram) = histogram {
@@ -144,6 +168,39 @@ pub(super) fn rule_observer(
             Ok(Arc::new(ObserverChoice::Summary(options)))
         }
     }
+}
+
+/// The native options of `raw` over `base`'s, as statsd_exporter takes them: a most buckets
+/// unset or 0 keeps the base's, and so does a factor unset or 0 in `defaults`, or not above 0
+/// in a rule. A factor of 1 or less turns native histograms off.
+/// A factor that is not a finite number is refused.
+fn native_options(
+    raw: &RawHistogram,
+    base: HistogramOptions,
+    rule: bool,
+    (key, at, errors): (&str, Location, &Errors<'_>),
+) -> Result<HistogramOptions, Problem> {
+    if let Some(factor) = raw
+        .native_histogram_bucket_factor
+        .filter(|f| !f.is_finite())
+    {
+        return Err(errors.located(
+            format!("{key}.histogram_options.native_histogram_bucket_factor"),
+            Some(at),
+            format!("`{factor}` is not a finite number"),
+        ));
+    }
+    Ok(HistogramOptions {
+        native_bucket_factor: raw
+            .native_histogram_bucket_factor
+            .filter(|&f| if rule { f > 0.0 } else { f != 0.0 })
+            .unwrap_or(base.native_bucket_factor),
+        native_max_buckets: raw
+            .native_histogram_max_buckets
+            .filter(|&n| n != 0)
+            .unwrap_or(base.native_max_buckets),
+        ..base
+    })
 }
 
 /// `raw` over `base`: each option unset or 0 keeps the base's.
