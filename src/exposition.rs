@@ -21,10 +21,10 @@ pub struct FamilySnapshot {
     pub name: Arc<str>,
     /// The HELP text, escaped as the text format needs (see `text::escape_help`).
     pub help: Arc<str>,
-    /// The TYPE: `counter`, `gauge`, `summary` or `histogram`.
-    pub type_name: &'static str,
+    /// The TYPE.
+    pub family_type: FamilyType,
     /// Every series in the text format, without the HELP and TYPE lines: [`render`] writes
-    /// those from `help` and `type_name`, so a hibernating family's snapshot holds no copy.
+    /// those from `help` and `family_type`, so a hibernating family's snapshot holds no copy.
     pub text: String,
     /// For a histogram with native buckets, every series as protobuf `Metric`s (each field 4
     /// of a `MetricFamily`), which the text cannot carry.
@@ -37,6 +37,31 @@ pub struct FamilySnapshot {
     pub value_sum: f64,
     /// Update counts, to be read as a rate at scrape time.
     pub rate: RateWindow,
+}
+
+/// A family's Prometheus type, as its TYPE line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilyType {
+    /// `counter`.
+    Counter,
+    /// `gauge` (sets too).
+    Gauge,
+    /// `summary`.
+    Summary,
+    /// `histogram`.
+    Histogram,
+}
+
+impl FamilyType {
+    /// The name the TYPE line gives.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FamilyType::Counter => "counter",
+            FamilyType::Gauge => "gauge",
+            FamilyType::Summary => "summary",
+            FamilyType::Histogram => "histogram",
+        }
+    }
 }
 
 /// Every family's latest snapshot, sorted by family name.
@@ -126,7 +151,12 @@ pub fn render(scrape: &Scrape, telemetry: &Telemetry, out: &mut String) {
         .sum();
     out.reserve(families_bytes + per_family_bytes + 16 * 1024);
     for snapshot in families.iter() {
-        header(out, &snapshot.name, &snapshot.help, snapshot.type_name);
+        header(
+            out,
+            &snapshot.name,
+            &snapshot.help,
+            snapshot.family_type.as_str(),
+        );
         out.push_str(&snapshot.text);
     }
     render_own(scrape, telemetry, out);
@@ -136,7 +166,7 @@ pub fn render(scrape: &Scrape, telemetry: &Telemetry, out: &mut String) {
 /// order, as [`render`] writes, each a length-delimited `MetricFamily`.
 pub fn render_protobuf(scrape: &Scrape, telemetry: &Telemetry, out: &mut Vec<u8>) {
     for s in scrape.families.iter() {
-        let head = (&*s.name, &*s.help, s.type_name);
+        let head = (&*s.name, &*s.help, s.family_type.as_str());
         proto::family(out, head, &s.text, s.native.as_deref());
     }
     let mut own = String::new();
@@ -195,7 +225,7 @@ mod tests {
         Arc::new(FamilySnapshot {
             name: name.into(),
             help: "".into(),
-            type_name: "counter",
+            family_type: FamilyType::Counter,
             text: format!("{name} {updates}\n"),
             native: None,
             updates,

@@ -16,51 +16,55 @@ const BUCKETS: usize = 10;
 /// after they came).
 #[derive(Clone, Debug)]
 pub struct RateWindow {
-    born: Instant,
-    /// Index (seconds since `born`) of the newest bucket.
-    head: u64,
+    /// Index (seconds since [`EPOCH`]) of the newest bucket: a window is 44 bytes, as every
+    /// family keeps one, a hibernating family's included.
+    head: u32,
     counts: [u32; BUCKETS],
+}
+
+/// The instant the seconds of every window count from.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// The second of `at`, counted from [`EPOCH`].
+fn slot(at: Instant) -> u32 {
+    let seconds = at.saturating_duration_since(*EPOCH).as_nanos() / BUCKET.as_nanos();
+    u32::try_from(seconds).unwrap_or(u32::MAX)
 }
 
 impl RateWindow {
     /// An empty window starting at `now`.
     pub fn new(now: Instant) -> Self {
         RateWindow {
-            born: now,
-            head: 0,
+            head: slot(now),
             counts: [0; BUCKETS],
         }
     }
 
-    fn slot(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.born).as_nanos() / BUCKET.as_nanos()) as u64
-    }
-
     /// Records `n` updates at `now`.
     pub fn record(&mut self, now: Instant, n: u64) {
-        let slot = self.slot(now);
+        let slot = slot(now);
         if slot > self.head {
-            let stale = (slot - self.head).min(BUCKETS as u64);
+            let stale = (slot - self.head).min(BUCKETS as u32);
             for i in 0..stale {
-                self.counts[((self.head + 1 + i) % BUCKETS as u64) as usize] = 0;
+                self.counts[((self.head + 1 + i) % BUCKETS as u32) as usize] = 0;
             }
             self.head = slot;
         }
-        let bucket = &mut self.counts[(self.head % BUCKETS as u64) as usize];
+        let bucket = &mut self.counts[(self.head % BUCKETS as u32) as usize];
         *bucket = bucket.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
 
     /// Updates per second at `now`, over the last ten seconds.
     pub fn per_second(&self, now: Instant) -> f64 {
-        let slot = self.slot(now);
-        let oldest_live = slot.saturating_sub(BUCKETS as u64 - 1);
+        let slot = slot(now);
+        let oldest_live = slot.saturating_sub(BUCKETS as u32 - 1);
         let total: u64 = (oldest_live..=self.head.min(slot))
-            .filter(|s| self.head - s < BUCKETS as u64)
-            .map(|s| u64::from(self.counts[(s % BUCKETS as u64) as usize]))
+            .filter(|s| self.head - s < BUCKETS as u32)
+            .map(|s| u64::from(self.counts[(s % BUCKETS as u32) as usize]))
             .sum();
         // The window: the nine buckets before the current one, and the current one so far,
         // whether or not the family lived through them all.
-        let into_bucket = now.saturating_duration_since(self.born + BUCKET * slot as u32);
+        let into_bucket = now.saturating_duration_since(*EPOCH + BUCKET * slot);
         let span = BUCKET * (BUCKETS as u32 - 1) + into_bucket;
         total as f64 / span.as_secs_f64()
     }
@@ -70,9 +74,14 @@ impl RateWindow {
 mod tests {
     use super::*;
 
+    /// A start on a bucket's edge, as the figures below count whole buckets.
+    fn start() -> Instant {
+        *EPOCH + Duration::from_secs(5)
+    }
+
     #[test]
     fn a_young_window_reads_as_ten_seconds() {
-        let t0 = Instant::now();
+        let t0 = start();
         let mut w = RateWindow::new(t0);
         w.record(t0, 50);
         // The same 50 updates read about 5/s a millisecond, half a second or nine seconds
@@ -85,7 +94,7 @@ mod tests {
 
     #[test]
     fn old_counts_leave_the_window() {
-        let t0 = Instant::now();
+        let t0 = start();
         let mut w = RateWindow::new(t0);
         w.record(t0, 100);
         w.record(t0 + Duration::from_secs(12), 20);
@@ -98,7 +107,7 @@ mod tests {
 
     #[test]
     fn steady_rate_reads_steady() {
-        let t0 = Instant::now();
+        let t0 = start();
         let mut w = RateWindow::new(t0);
         for ms in (0..30_000).step_by(100) {
             w.record(t0 + Duration::from_millis(ms), 10);

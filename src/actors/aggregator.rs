@@ -142,7 +142,7 @@ mod tests {
             let snapshot = FamilySnapshot {
                 name: name.into(),
                 help: "".into(),
-                type_name: "counter",
+                family_type: crate::exposition::FamilyType::Counter,
                 text: String::new(),
                 native: None,
                 updates,

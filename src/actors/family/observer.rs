@@ -11,15 +11,20 @@ use crate::exposition::proto;
 use crate::exposition::text::{self, Extra};
 use crate::update::LabelSet;
 
-/// One series of an observer family.
+/// One series of an observer family: one pointer, so that every series, of any type, is
+/// small (see [`super::series::Series`]).
 #[derive(Clone)]
-pub enum Observer {
+pub struct Observer(Box<State>);
+
+/// An observer series' state.
+#[derive(Clone)]
+enum State {
     /// Quantiles from a DDSketch: every reported quantile is within 1% (relative) of a value
     /// at that rank, in memory bounded by the sketch's bin limit, whatever the number of
     /// observations. `_sum` and `_count` are exact.
     Summary {
         /// The sketch of every observation.
-        sketch: Box<DDSketch>,
+        sketch: DDSketch,
         /// Exact sum of observations.
         sum: f64,
         /// Exact number of observations.
@@ -34,7 +39,7 @@ pub enum Observer {
         /// Exact number of observations.
         count: u64,
         /// The native buckets, unless the bucket factor is 1 or less.
-        native: Option<Box<Native>>,
+        native: Option<Native>,
     },
 }
 
@@ -55,9 +60,9 @@ fn sketch_rank(q: f64, n: u64) -> f64 {
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The sketch has no Debug; its count and sum say enough.
-        let (kind, sum, count) = match self {
-            Observer::Summary { sum, count, .. } => ("Summary", sum, count),
-            Observer::Histogram { sum, count, .. } => ("Histogram", sum, count),
+        let (kind, sum, count) = match &*self.0 {
+            State::Summary { sum, count, .. } => ("Summary", sum, count),
+            State::Histogram { sum, count, .. } => ("Histogram", sum, count),
         };
         f.debug_struct(kind)
             .field("sum", sum)
@@ -69,37 +74,37 @@ impl std::fmt::Debug for Observer {
 impl Observer {
     /// An empty series of the configured observer type.
     pub fn new(settings: &ObserverSettings) -> Self {
-        match settings.observer_type {
-            ObserverType::Summary => Observer::Summary {
-                sketch: Box::new(DDSketch::new(SketchConfig::defaults())),
+        Observer(Box::new(match settings.observer_type {
+            ObserverType::Summary => State::Summary {
+                sketch: DDSketch::new(SketchConfig::defaults()),
                 sum: 0.0,
                 count: 0,
             },
-            ObserverType::Histogram => Observer::Histogram {
+            ObserverType::Histogram => State::Histogram {
                 buckets: vec![0; settings.buckets.len() + 1].into_boxed_slice(),
                 sum: 0.0,
                 count: 0,
                 native: (settings.native_histogram_bucket_factor > 1.0).then(|| {
-                    Box::new(Native::new(
+                    Native::new(
                         settings.native_histogram_bucket_factor,
                         settings.native_histogram_max_buckets,
-                    ))
+                    )
                 }),
             },
-        }
+        }))
     }
 
     /// Records `value` `n` times. `bounds` are the histogram's upper bounds, sorted. Returns
     /// how many times the native buckets halved their resolution to make room.
     pub fn observe(&mut self, value: f64, n: u64, bounds: &[f64]) -> u32 {
-        match self {
-            Observer::Summary { sketch, sum, count } => {
+        match &mut *self.0 {
+            State::Summary { sketch, sum, count } => {
                 sketch.add_with_count(value, n);
                 *sum += value * n as f64;
                 *count = count.saturating_add(n);
                 0
             }
-            Observer::Histogram {
+            State::Histogram {
                 buckets,
                 sum,
                 count,
@@ -121,12 +126,12 @@ impl Observer {
         labels: &LabelSet,
         settings: &ObserverSettings,
     ) -> Option<proto::Metric> {
-        let Observer::Histogram {
+        let State::Histogram {
             buckets,
             sum,
             count,
             native: Some(native),
-        } = self
+        } = &*self.0
         else {
             return None;
         };
@@ -173,8 +178,8 @@ impl Observer {
 
     /// Sum of every observation.
     pub fn sum(&self) -> f64 {
-        match self {
-            Observer::Summary { sum, .. } | Observer::Histogram { sum, .. } => *sum,
+        match &*self.0 {
+            State::Summary { sum, .. } | State::Histogram { sum, .. } => *sum,
         }
     }
 
@@ -187,8 +192,8 @@ impl Observer {
         labels: &LabelSet,
         settings: &ObserverSettings,
     ) {
-        let (sum, count) = match self {
-            Observer::Summary { sketch, sum, count } => {
+        let (sum, count) = match &*self.0 {
+            State::Summary { sketch, sum, count } => {
                 for q in &settings.quantiles {
                     let value = quantile(sketch, q.quantile, *count);
                     text::series_sample(
@@ -201,7 +206,7 @@ impl Observer {
                 }
                 (*sum, *count)
             }
-            Observer::Histogram {
+            State::Histogram {
                 buckets,
                 sum,
                 count,

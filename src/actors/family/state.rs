@@ -16,7 +16,7 @@ use super::{FamilyContext, FamilyMsg, FamilySpec, StopReason};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::barrier::Ticket;
 use crate::config::ObserverType;
-use crate::exposition::{proto, text, FamilySnapshot};
+use crate::exposition::{proto, text, FamilySnapshot, FamilyType};
 use crate::rate::RateWindow;
 use crate::telemetry::LogLimiter;
 use crate::update::{FamilyMeta, Kind, LabelSet, Updates};
@@ -254,11 +254,11 @@ impl FamilyState {
     /// of updates renders only what changed; a set's lines (its count falls with time) and a
     /// lone series' are rendered every time.
     pub fn snapshot(&mut self, now: Instant) -> FamilySnapshot {
-        let type_name = match (self.kind, self.meta.observer.observer_type) {
-            (Kind::Counter, _) => "counter",
-            (Kind::Gauge | Kind::Set, _) => "gauge",
-            (Kind::Observer, ObserverType::Summary) => "summary",
-            (Kind::Observer, ObserverType::Histogram) => "histogram",
+        let family_type = match (self.kind, self.meta.observer.observer_type) {
+            (Kind::Counter, _) => FamilyType::Counter,
+            (Kind::Gauge | Kind::Set, _) => FamilyType::Gauge,
+            (Kind::Observer, ObserverType::Summary) => FamilyType::Summary,
+            (Kind::Observer, ObserverType::Histogram) => FamilyType::Histogram,
         };
         let keep = self.series.len() > 1;
         let observer = &self.meta.observer;
@@ -286,7 +286,7 @@ impl FamilyState {
         FamilySnapshot {
             name: self.name.clone(),
             help: self.help.clone(),
-            type_name,
+            family_type,
             text,
             native,
             updates: self.updates,
