@@ -34,7 +34,8 @@
 //!   and shuts them down in order.
 //!
 //! Shared by the path: [`config`] (defaults, TOML file, `TALLYD_…` environment,
-//! statsd_exporter's flags), [`mapping`] (statsd_exporter's mapping file), [`names`]
+//! statsd_exporter's flags), [`mapping`] (statsd_exporter's mapping file, and
+//! [`mapping::explain`] for `--explain`), [`names`]
 //! (Prometheus name escaping), [`update`] (what travels from ingest to a family), [`limits`]
 //! (the series budget and the mailbox bound), [`barrier`] (what a scrape waits for),
 //! [`telemetry`] (tallyd's own metrics), [`rate`] (update rates), [`reload`] (the mapping

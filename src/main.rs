@@ -30,6 +30,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !cli.explain.is_empty() {
+        return explain(&cli.explain, &settings, &mapper);
+    }
     if cli.check_config {
         for warning in mapper.warnings() {
             eprintln!("tallyd: warning: {warning}");
@@ -76,6 +79,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--explain`: each name's mapping as one JSON object a line; exit code 2, naming the flag,
+/// for a name that cannot be explained.
+fn explain(asked: &[String], settings: &Settings, mapper: &tallyd::mapping::Mapper) -> ExitCode {
+    use tallyd::mapping::explain::{explain, Fallback};
+    let fallback = Fallback {
+        mapping_file: !settings.statsd.mapping_config.is_empty(),
+        observer: &settings.observer,
+        default_ttl: Some(settings.statsd.default_ttl).filter(|t| !t.is_zero()),
+    };
+    let telemetry = tallyd::telemetry::Telemetry::new();
+    for name in asked {
+        match explain(mapper, fallback, |n| telemetry.is_reserved(n), name) {
+            Ok(explanation) => match serde_json::to_string(&explanation) {
+                Ok(line) => println!("{line}"),
+                Err(error) => {
+                    eprintln!("tallyd: --explain {name}: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(error) => {
+                eprintln!("tallyd: --explain {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(settings: &Settings) {

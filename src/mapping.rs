@@ -68,6 +68,7 @@
 
 mod cache;
 mod config;
+pub mod explain;
 mod glob;
 mod template;
 #[cfg(test)]
@@ -269,9 +270,23 @@ pub struct Mapper {
 
 #[derive(Debug)]
 struct Rule {
+    /// Its `match`, and whether that is a regex rather than a glob: what `--explain` shows.
+    pattern: Box<str>,
+    regex: bool,
     class: Option<MetricClass>,
     action: Action,
     settings: Arc<RuleSettings>,
+}
+
+/// The rule that matched a name: its place in `mappings`, its `match` and `match_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRef<'a> {
+    /// Its position in `mappings`, from 0.
+    pub index: usize,
+    /// Its `match`.
+    pub pattern: &'a str,
+    /// `glob` or `regex`.
+    pub match_type: &'static str,
 }
 
 #[derive(Debug)]
@@ -355,20 +370,39 @@ impl Mapper {
     /// Maps one StatsD name for a sample of `class`. Allocates the expanded name and labels;
     /// callers on a hot path should go through a [`MapCache`].
     pub fn map(&self, name: &str, class: MetricClass) -> Outcome {
+        self.explain(name, class).1
+    }
+
+    /// As [`Mapper::map`], with the rule that matched, if one did.
+    pub fn explain(&self, name: &str, class: MetricClass) -> (Option<RuleRef<'_>>, Outcome) {
+        let Some((index, groups)) = self.find(name, class) else {
+            return (None, Outcome::Unmapped);
+        };
+        let rule = &self.rules[index];
+        let matched = RuleRef {
+            index,
+            pattern: &rule.pattern,
+            match_type: if rule.regex { "regex" } else { "glob" },
+        };
+        (Some(matched), self.apply(index, &groups))
+    }
+
+    /// The rule that matches `name` for `class` and what it captured: globs first, then the
+    /// regexes in file order.
+    fn find<'a>(&self, name: &'a str, class: MetricClass) -> Option<(usize, Groups<'a>)> {
         if !self.globs.is_empty() {
             if let Some((rule, stars)) = self.globs.find(name, class) {
-                return self.apply(rule as usize, &Groups::Glob { name, stars });
+                return Some((rule as usize, Groups::Glob { name, stars }));
             }
         }
-        for (rule, regex) in &self.regexes {
+        self.regexes.iter().find_map(|(rule, regex)| {
             if self.rules[*rule].class.is_some_and(|only| only != class) {
-                continue;
+                return None;
             }
-            if let Some(captures) = regex.captures(name) {
-                return self.apply(*rule, &Groups::Regex(captures));
-            }
-        }
-        Outcome::Unmapped
+            regex
+                .captures(name)
+                .map(|captures| (*rule, Groups::Regex(captures)))
+        })
     }
 
     fn apply(&self, index: usize, groups: &Groups<'_>) -> Outcome {

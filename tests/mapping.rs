@@ -289,3 +289,60 @@ fn the_mapping_cache_holds_statsd_cache_size_names() {
         "{stderr}"
     );
 }
+
+#[test]
+fn explain_says_how_each_name_maps_one_json_object_a_line() {
+    let output = common::command(
+        &[
+            &mapping_flag(VALID),
+            "--explain",
+            "web.checkout.cart.get.latency:ms",
+            "--explain=app.debug.noise",
+            "--explain=unmatched.name:s",
+            "--explain=tallyd.own",
+        ],
+        &[],
+    )
+    .stdout(std::process::Stdio::piped())
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0],
+        serde_json::json!({
+            "name": "web.checkout.cart.get.latency", "type": "ms",
+            "rule": {"index": 0, "match": "web.*.*.*.latency", "match_type": "glob"},
+            "action": "map", "metric": "http_request_duration_seconds",
+            "labels": {"endpoint": "cart", "method": "get", "service": "checkout"},
+            "metric_type": "histogram", "ttl": "10m",
+            "help": "HTTP request latency by service, endpoint and method.", "scale": null,
+            "observer": {"type": "histogram", "buckets": [0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+                "native_histogram_bucket_factor": 1.1, "native_histogram_max_buckets": 256}
+        })
+    );
+    assert_eq!(lines[1]["action"], "drop");
+    assert_eq!(lines[1]["rule"]["match_type"], "regex");
+    assert_eq!(lines[1]["metric"], serde_json::Value::Null);
+    assert_eq!(lines[2]["rule"], serde_json::Value::Null);
+    assert_eq!(
+        (&lines[2]["metric"], &lines[2]["metric_type"]),
+        (
+            &serde_json::json!("unmatched_name"),
+            &serde_json::json!("gauge")
+        )
+    );
+    assert_eq!(lines[3]["refused"], "reserved_name");
+    assert_eq!(lines.len(), 4);
+
+    let (code, stderr) = common::start_fails(&["--explain=a:xyz"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("--explain") && stderr.contains("\"xyz\""),
+        "{stderr}"
+    );
+}

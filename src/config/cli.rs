@@ -195,6 +195,10 @@ pub struct Cli {
     /// Check the settings and the mapping file, then exit (0 when valid).
     #[arg(long = "check-config")]
     pub check_config: bool,
+    /// Say how a StatsD name maps (TYPE c, g, ms, h, d or s; c when left out): one JSON
+    /// object a line, then exit. Repeatable.
+    #[arg(long = "explain", value_name = "NAME[:TYPE]")]
+    pub explain: Vec<String>,
     /// Address of the HTTP server (/metrics, /-/healthy, /-/ready, /-/reload).
     #[arg(long = "web.listen-address", value_name = "ADDR")]
     pub web_listen_address: Option<String> => "web.listen_address",

@@ -12,7 +12,7 @@ use crate::exposition::text::{self, Extra};
 use crate::update::LabelSet;
 
 /// One series of an observer family: one pointer, so that every series, of any type, is
-/// small (see [`super::series::Series`]).
+/// small (a `Series` is 16 bytes).
 #[derive(Clone)]
 pub struct Observer(Box<State>);
 

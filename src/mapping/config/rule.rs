@@ -178,6 +178,8 @@ pub(super) fn compile_rule(
         scale,
     };
     let rule = Rule {
+        pattern: pattern.value.as_str().into(),
+        regex: match_type == MatchType::Regex,
         class: m.match_metric_type.map(MetricClass::from),
         action,
         settings: Arc::new(settings),
