@@ -56,9 +56,8 @@ pub struct FamilyContext {
     /// family applies it, and how often a family updated steadily gets a batch.
     pub flush_interval: Duration,
     /// Idle time after which a family without a TTL hibernates; `None`: never. A family is
-    /// steady when its last two updates came within a flush window and a half of each other:
-    /// its last batch held more than one sample, or came within a window and a half of the
-    /// batch before, as when it is updated in every window. A steady family waits until it has
+    /// steady when its last three batches came each within a flush window and a half of the
+    /// one before, as when it is updated in every window. A steady family waits until it has
     /// also missed a whole window, so it is not stopped and respawned between windows however
     /// short this is; a sporadic one (a name sent once every few seconds) hibernates after it.
     pub hibernate_after: Option<Duration>,

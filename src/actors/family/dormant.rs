@@ -23,6 +23,8 @@ pub struct Dormant {
     series: Box<[(LabelSet, Series, Instant)]>,
     updates: u64,
     rate: RateWindow,
+    /// Its batches in step (see `FamilyState::streak`).
+    streak: u8,
 }
 
 impl Drop for Dormant {
@@ -54,6 +56,7 @@ impl Dormant {
         // was updated, so the next batch can tell whether the family is steady.
         state.last_batch = state.series.values().map(|entry| entry.last_seen).max();
         state.updates = self.updates;
+        state.streak = self.streak;
         state.rate = self.rate.clone();
         state
     }
@@ -74,6 +77,7 @@ impl FamilyState {
                 .collect(),
             updates: self.updates,
             rate: self.rate.clone(),
+            streak: self.streak,
         }
     }
 }

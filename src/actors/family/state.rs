@@ -70,8 +70,11 @@ pub struct FamilyState {
     pub(super) last_update: Instant,
     /// When the last update was applied, if one ever was (before it hibernated, too).
     pub(super) last_batch: Option<Instant>,
-    /// The last two updates came within a flush window and a half of each other (see
-    /// [`FamilyContext::hibernate_after`]).
+    /// Batches in a row, before the last, that each came within a flush window and a half of
+    /// the one before (kept while the family hibernates).
+    pub(super) streak: u8,
+    /// The last three batches came each within a flush window and a half of the one before
+    /// (see [`FamilyContext::hibernate_after`]).
     pub(super) steady: bool,
     /// How long the last snapshot took to render.
     pub(super) render_cost: Duration,
@@ -128,6 +131,7 @@ impl FamilyState {
             idle: IdleDue::new(),
             last_update: Instant::now(),
             last_batch: None,
+            streak: 0,
             steady: false,
             render_cost: Duration::ZERO,
             published_at: None,
@@ -200,11 +204,19 @@ impl FamilyState {
             self.ctx.telemetry.native_halvings.inc_by(halvings);
         }
         if applied > 0 {
-            // Two updates in one batch came within a window of each other.
-            self.steady = applied > 1
-                || self
-                    .last_batch
-                    .is_some_and(|last| self.ctx.steady(now.saturating_duration_since(last)));
+            // This batch and the one before each came within a window and a half of the one
+            // before them. However many samples they hold, two batches are not steady: a
+            // burst of new names sends each a few times, over a window or two, and never
+            // again.
+            let in_step = self
+                .last_batch
+                .is_some_and(|last| self.ctx.steady(now.saturating_duration_since(last)));
+            self.streak = if in_step {
+                self.streak.saturating_add(1)
+            } else {
+                0
+            };
+            self.steady = self.streak >= 2;
             self.last_batch = Some(now);
             self.last_update = now;
             self.ctx.telemetry.updates.inc_by(applied);
@@ -619,21 +631,25 @@ mod tests {
         for (at, samples, idle) in [
             // One sample, no batch before: sporadic.
             (ms(0), 1, after),
-            // The next window's batch: steady.
-            (ms(2_100), 1, window * 2),
-            // A window and a half after the last, to the millisecond: steady.
+            // The next window's batch: two in step, still sporadic.
+            (ms(2_100), 1, after),
+            // A window and a half after the last, to the millisecond: three, steady.
             (ms(5_100), 1, window * 2),
             // Two windows after: sporadic again.
             (ms(9_100), 1, after),
-            // Two samples in one batch came within a window of each other: steady.
-            (ms(20_000), 2, window * 2),
+            // Two samples in one batch, none the window before: sporadic (a burst of new
+            // names sends a name twice and never again); the next window's too.
+            (ms(20_000), 2, after),
+            (ms(22_000), 1, after),
+            // The third in step: steady.
+            (ms(24_000), 1, window * 2),
         ] {
             let now = start + at;
             family.apply(&mut vec![update("a", Op::Add(1.0)); samples].into(), now);
             assert_eq!(family.idle_left(now), Some(idle), "batch at {at:?}");
         }
         assert_eq!(
-            family.idle_left(start + ms(20_000) + window),
+            family.idle_left(start + ms(24_000) + window),
             Some(window),
             "idle time counts from the last batch"
         );
