@@ -253,6 +253,8 @@ pub struct WebSettings {
     pub enable_fault_injection: bool,
     /// Serve `POST /-/reload`, which reloads the mapping file. Default off.
     pub enable_lifecycle: bool,
+    /// Serve the JSON API under `/api/v1/` (`mapping`). Default on.
+    pub enable_api: bool,
     /// Serve HTTP on the listening socket systemd passes (socket activation, `LISTEN_FDS`),
     /// as exporter-toolkit's `--web.systemd-socket`; `listen_address` is then not bound.
     /// Default off.
@@ -294,6 +296,7 @@ impl Default for WebSettings {
             telemetry_path: "/metrics".into(),
             enable_fault_injection: false,
             enable_lifecycle: false,
+            enable_api: true,
             systemd_socket: false,
             config_file: String::new(),
             max_connections: 64,

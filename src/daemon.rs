@@ -229,6 +229,7 @@ pub async fn run(
         telemetry.clone(),
     ));
     let hangup_task = reload_on_hangup(hangups, reloader.clone());
+    let pipelines_ingest = pipelines.ingest.clone();
     let listener_ctx = ListenerContext::new(&settings, telemetry.clone(), pipelines);
     let Sockets { statsd, http: web } = sockets;
     let unixgram_file = statsd.unixgram.as_ref().map(|(_, file)| file.clone());
@@ -247,6 +248,7 @@ pub async fn run(
         // Already checked by Settings::load; read again here, where it is used.
         web: crate::webconfig::WebConfig::from_setting(&settings.web.config_file)?,
         scrapes: Default::default(),
+        api: settings.web.enable_api.then(|| pipelines_ingest.clone()),
     });
     let stop_serving = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(web, http_ctx.clone(), stop_serving.clone()));

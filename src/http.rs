@@ -50,6 +50,8 @@ use crate::actors::registry::RegistryMsg;
 use crate::barrier::Barrier;
 use crate::config::WebSettings;
 use crate::exposition;
+use crate::ingest::IngestConfig;
+use crate::mapping::explain::{explain, Fallback};
 use crate::reload::Reloader;
 use crate::sockets::AcceptBackoff;
 use crate::sockets::{Holder, Slots};
@@ -89,6 +91,9 @@ pub(crate) struct HttpContext {
     pub(crate) web: WebConfig,
     /// The rendering concurrent scrapes share.
     pub(crate) scrapes: Scrapes,
+    /// The mapping rules and what applies where none does, for `/api/v1/mapping`; `None`
+    /// when the API is off (`--no-web.enable-api`).
+    pub(crate) api: Option<Arc<IngestConfig>>,
 }
 
 /// The server's timeouts and caps, from `[web]`.
@@ -482,6 +487,8 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
         "/-/reload" if method == Method::POST || method == Method::PUT => reload(ctx).await,
         "/-/reload" => not_allowed("POST, PUT"),
         "/-/fault" if ctx.fault_injection => not_allowed("POST"),
+        "/api/v1/mapping" if ctx.api.is_some() && read => mapping(ctx, req.uri().query()),
+        "/api/v1/mapping" if ctx.api.is_some() => not_allowed("GET, HEAD"),
         _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
     }
 }
@@ -575,6 +582,53 @@ async fn fault(ctx: &HttpContext, query: Option<&str>) -> Reply {
         Ok(CallResult::Success(false)) => text(StatusCode::NOT_FOUND, "No such family.\n"),
         _ => text(StatusCode::SERVICE_UNAVAILABLE, "Registry unavailable.\n"),
     }
+}
+
+/// `GET /api/v1/mapping?name=NAME&type=TYPE`: how the mapping file maps a name, as
+/// `--explain` says it (see [`crate::mapping::explain`]); 400 with `{"error": …}` for a
+/// missing name or an unknown type.
+fn mapping(ctx: &HttpContext, query: Option<&str>) -> Reply {
+    let Some(ingest) = &ctx.api else {
+        return text(StatusCode::NOT_FOUND, "Not found.\n");
+    };
+    let (mut name, mut statsd_type) = (None, "c".to_owned());
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "name" => name = Some(value.into_owned()),
+            "type" => statsd_type = value.into_owned(),
+            _ => {}
+        }
+    }
+    let asked = name
+        .filter(|n| !n.is_empty() && !n.contains(':'))
+        .map(|n| format!("{n}:{statsd_type}"))
+        .unwrap_or_default();
+    let fallback = Fallback {
+        mapping_file: ingest.mapping_file,
+        observer: &ingest.default_meta.observer,
+        default_ttl: ingest.default_ttl,
+    };
+    let mapper = ingest.mapper.load();
+    let explained = match asked.is_empty() {
+        true => {
+            Err("give ?name=NAME (without `:`) and, if not a counter, &type=c|g|ms|h|d|s".into())
+        }
+        false => explain(&mapper, fallback, |n| ctx.telemetry.is_reserved(n), &asked),
+    };
+    let (status, body) = match explained {
+        Ok(explanation) => (StatusCode::OK, serde_json::to_string(&explanation)),
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            serde_json::to_string(&serde_json::json!({ "error": error })),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body.unwrap_or_default())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Reply {

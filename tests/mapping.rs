@@ -346,3 +346,46 @@ fn explain_says_how_each_name_maps_one_json_object_a_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_api_explains_a_name_as_explain_does_and_can_be_turned_off() {
+    let t = Tallyd::start(&[&mapping_flag(VALID)]);
+    let (status, body) = t.get("/api/v1/mapping?name=web.checkout.cart.get.latency&type=ms");
+    assert_eq!(status, 200, "{body}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let offline = common::command(
+        &[
+            &mapping_flag(VALID),
+            "--explain=web.checkout.cart.get.latency:ms",
+        ],
+        &[],
+    )
+    .stdout(std::process::Stdio::piped())
+    .output()
+    .unwrap();
+    let want: serde_json::Value = serde_json::from_slice(&offline.stdout).unwrap();
+    assert_eq!(got, want);
+    // Percent-encoded, and a counter when no type is given.
+    let (_, body) = t.get("/api/v1/mapping?name=jobs.%65mail.done");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&got["metric"], &got["labels"]["kind"], &got["type"]),
+        (
+            &serde_json::json!("jobs_done_total"),
+            &serde_json::json!("email"),
+            &serde_json::json!("c")
+        )
+    );
+    for bad in [
+        "/api/v1/mapping",
+        "/api/v1/mapping?name=a&type=x",
+        "/api/v1/mapping?name=a:1",
+    ] {
+        let (status, body) = t.get(bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(error["error"].is_string(), "{body}");
+    }
+    let off = Tallyd::start(&[&mapping_flag(VALID), "--no-web.enable-api"]);
+    assert_eq!(off.get("/api/v1/mapping?name=a").0, 404);
+}

@@ -215,6 +215,12 @@ pub struct Cli {
     /// Enable POST /-/reload, which reloads the mapping file.
     #[arg(long = "web.enable-lifecycle")]
     pub web_enable_lifecycle: bool => "web.enable_lifecycle",
+    /// Serve the JSON API under /api/v1/ (on by default); `--no-web.enable-api` turns it off.
+    #[arg(long = "web.enable-api", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub web_enable_api: Option<bool> => "web.enable_api",
+    #[arg(long = "no-web.enable-api", hide = true)]
+    #[doc(hidden)]
+    pub no_web_enable_api: bool => "web.enable_api" = "false",
     /// Enable POST /-/fault?family=NAME, which makes a family actor fail (chaos drills).
     #[arg(long = "web.enable-fault-injection")]
     pub web_enable_fault_injection: bool => "web.enable_fault_injection",
