@@ -253,7 +253,7 @@ pub struct WebSettings {
     pub enable_fault_injection: bool,
     /// Serve `POST /-/reload`, which reloads the mapping file. Default off.
     pub enable_lifecycle: bool,
-    /// Serve the JSON API under `/api/v1/` (`mapping`). Default on.
+    /// Serve the JSON API under `/api/v1/` (`mapping`, `families`). Default on.
     pub enable_api: bool,
     /// Serve HTTP on the listening socket systemd passes (socket activation, `LISTEN_FDS`),
     /// as exporter-toolkit's `--web.systemd-socket`; `listen_address` is then not bound.

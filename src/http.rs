@@ -489,6 +489,8 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
         "/-/fault" if ctx.fault_injection => not_allowed("POST"),
         "/api/v1/mapping" if ctx.api.is_some() && read => mapping(ctx, req.uri().query()),
         "/api/v1/mapping" if ctx.api.is_some() => not_allowed("GET, HEAD"),
+        "/api/v1/families" if ctx.api.is_some() && read => families(ctx, req.uri().query()).await,
+        "/api/v1/families" if ctx.api.is_some() => not_allowed("GET, HEAD"),
         _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
     }
 }
@@ -615,14 +617,96 @@ fn mapping(ctx: &HttpContext, query: Option<&str>) -> Reply {
         }
         false => explain(&mapper, fallback, |n| ctx.telemetry.is_reserved(n), &asked),
     };
-    let (status, body) = match explained {
-        Ok(explanation) => (StatusCode::OK, serde_json::to_string(&explanation)),
-        Err(error) => (
-            StatusCode::BAD_REQUEST,
-            serde_json::to_string(&serde_json::json!({ "error": error })),
+    match explained.map(|e| serde_json::to_value(&e)) {
+        Ok(Ok(explanation)) => json(StatusCode::OK, &explanation),
+        Ok(Err(error)) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &api_error(&error.to_string()),
         ),
+        Err(error) => json(StatusCode::BAD_REQUEST, &api_error(&error)),
+    }
+}
+
+/// `GET /api/v1/families?sort=rate|series&limit=N`: the families, busiest (by update rate,
+/// the default) or largest (by series) first, at most `N` (default 100): name, type, series,
+/// updates, updates per second over the last 10 s, and `live` or `hibernating`.
+async fn families(ctx: &HttpContext, query: Option<&str>) -> Reply {
+    let (mut by_series, mut limit) = (false, 100usize);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (&*key, &*value) {
+            ("sort", "series") => by_series = true,
+            ("sort", "rate") => by_series = false,
+            ("limit", n) => match n.parse() {
+                Ok(n) => limit = n,
+                Err(_) => return json(StatusCode::BAD_REQUEST, &api_error("limit is a number")),
+            },
+            ("sort", _) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &api_error("sort is rate or series"),
+                )
+            }
+            _ => {}
+        }
+    }
+    let asked = ctx
+        .aggregator
+        .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
+        .await;
+    let Ok(CallResult::Success(scrape)) = asked else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &api_error("aggregator unavailable"),
+        );
     };
-    let mut response = Response::new(Full::new(Bytes::from(body.unwrap_or_default())));
+    let mut order: Vec<usize> = (0..scrape.families.len()).collect();
+    let key = |i: &usize| match by_series {
+        true => scrape.families[*i].series as f64,
+        false => scrape.rates[*i],
+    };
+    order.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
+    order.truncate(limit);
+    let names: Vec<Arc<str>> = order
+        .iter()
+        .map(|&i| scrape.families[i].name.clone())
+        .collect();
+    let hibernating = ctx
+        .registry
+        .call(
+            |reply| RegistryMsg::Hibernating(names, reply),
+            Some(SCRAPE_TIMEOUT),
+        )
+        .await;
+    let Ok(CallResult::Success(hibernating)) = hibernating else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &api_error("registry unavailable"),
+        );
+    };
+    let list: Vec<serde_json::Value> = order
+        .iter()
+        .zip(hibernating)
+        .map(|(&i, asleep)| {
+            let family = &scrape.families[i];
+            serde_json::json!({
+                "name": &*family.name,
+                "type": family.family_type.as_str(),
+                "series": family.series,
+                "updates": family.updates,
+                "rate": scrape.rates[i],
+                "state": if asleep { "hibernating" } else { "live" },
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::Value::Array(list))
+}
+
+fn api_error(error: &str) -> serde_json::Value {
+    serde_json::json!({ "error": error })
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

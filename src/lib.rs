@@ -27,7 +27,7 @@
 //!   text format by one writer ([`exposition::text`]), or in the protobuf format, which
 //!   carries native histograms, for a scraper that asks ([`exposition::proto`]).
 //! - `http`: `/metrics` (text or protobuf, as the scraper's `Accept` prefers), `/-/healthy`,
-//!   `/-/ready`, `/-/reload`, `/api/v1/mapping`; timeouts, the connection
+//!   `/-/ready`, `/-/reload`, `/api/v1/` (`mapping`, `families`); timeouts, the connection
 //!   cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS with certificates
 //!   that rotate, basic auth with a bounded number of password checks).
 //! - [`daemon`]: starts the actor tree, the listeners and the HTTP server on bound sockets,

@@ -293,3 +293,59 @@ fn the_receive_pause_follows_the_traffic_from_what_a_small_udp_buffer_holds() {
     }
     t.wait_value("small_buffer", &[], 100.0);
 }
+
+#[test]
+fn the_api_lists_families_busiest_or_largest_first_live_or_hibernating() {
+    let t = Tallyd::start_with_env(
+        &["--statsd.event-flush-interval=0s"],
+        &[("TALLYD_ACTORS__HIBERNATE_AFTER", "200ms")],
+    );
+    // `wide`: 3 series, 3 updates, then quiet: it hibernates. `busy`: 1 series, 10 updates.
+    t.send_udp(b"wide:1|c|#k:a\nwide:1|c|#k:b\nwide:1|c|#k:c");
+    t.wait_for("wide hibernating", |e| {
+        e.value("tallyd_metric_families_hibernating", &[]) == Some(1.0)
+    });
+    for _ in 0..10 {
+        t.send_udp(b"busy:1|ms");
+    }
+    t.wait_value("busy_count", &[], 10.0);
+    let get = |path: &str| -> serde_json::Value {
+        let (status, body) = t.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let by_rate = get("/api/v1/families");
+    assert_eq!(by_rate[0]["name"], "busy");
+    assert_eq!(
+        (
+            &by_rate[0]["type"],
+            &by_rate[0]["series"],
+            &by_rate[0]["updates"],
+            &by_rate[0]["state"]
+        ),
+        (
+            &serde_json::json!("summary"),
+            &serde_json::json!(1),
+            &serde_json::json!(10),
+            &serde_json::json!("live")
+        )
+    );
+    assert!(by_rate[0]["rate"].as_f64().unwrap() > by_rate[1]["rate"].as_f64().unwrap());
+    let by_series = get("/api/v1/families?sort=series&limit=1");
+    assert_eq!(by_series.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (
+            &by_series[0]["name"],
+            &by_series[0]["series"],
+            &by_series[0]["state"]
+        ),
+        (
+            &serde_json::json!("wide"),
+            &serde_json::json!(3),
+            &serde_json::json!("hibernating")
+        )
+    );
+    for bad in ["/api/v1/families?sort=size", "/api/v1/families?limit=x"] {
+        assert_eq!(t.get(bad).0, 400, "{bad}");
+    }
+}

@@ -68,6 +68,8 @@ pub enum RegistryMsg {
     WaitForRoom(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
+    /// Whether each of these families is hibernating, in order (for `/api/v1/families`).
+    Hibernating(Vec<Arc<str>>, RpcReplyPort<Vec<bool>>),
     /// A family actor asks to be drained and stopped: it holds no series left, or it is idle
     /// and its state is to be kept for its next update.
     Stop(StopRequest),
@@ -499,6 +501,14 @@ impl Actor for RegistryActor {
                 }
             }
             RegistryMsg::InjectFault(name, reply) => state.inject_fault(&myself, &name, reply)?,
+            RegistryMsg::Hibernating(names, reply) => {
+                let _ = reply.send(
+                    names
+                        .iter()
+                        .map(|name| state.hibernating.contains_key(name))
+                        .collect(),
+                );
+            }
         }
         Ok(())
     }
