@@ -487,7 +487,10 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
         "/-/reload" if method == Method::POST || method == Method::PUT => reload(ctx).await,
         "/-/reload" => not_allowed("POST, PUT"),
         "/-/fault" if ctx.fault_injection => not_allowed("POST"),
-        "/api/v1/mapping" if ctx.api.is_some() && read => mapping(ctx, req.uri().query()),
+        "/api/v1/mapping" if read && ctx.api.is_some() => match &ctx.api {
+            Some(ingest) => mapping(ctx, ingest, req.uri().query()),
+            None => text(StatusCode::NOT_FOUND, "Not found.\n"),
+        },
         "/api/v1/mapping" if ctx.api.is_some() => not_allowed("GET, HEAD"),
         "/api/v1/families" if ctx.api.is_some() && read => families(ctx, req.uri().query()).await,
         "/api/v1/families" if ctx.api.is_some() => not_allowed("GET, HEAD"),
@@ -589,10 +592,7 @@ async fn fault(ctx: &HttpContext, query: Option<&str>) -> Reply {
 /// `GET /api/v1/mapping?name=NAME&type=TYPE`: how the mapping file maps a name, as
 /// `--explain` says it (see [`crate::mapping::explain`]); 400 with `{"error": …}` for a
 /// missing name or an unknown type.
-fn mapping(ctx: &HttpContext, query: Option<&str>) -> Reply {
-    let Some(ingest) = &ctx.api else {
-        return text(StatusCode::NOT_FOUND, "Not found.\n");
-    };
+fn mapping(ctx: &HttpContext, ingest: &IngestConfig, query: Option<&str>) -> Reply {
     let (mut name, mut statsd_type) = (None, "c".to_owned());
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*key {

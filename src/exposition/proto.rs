@@ -236,16 +236,16 @@ pub(crate) fn family(
         metric: Vec::new(),
     };
     let series = match native {
-        Some(bytes) => bytes.to_vec(),
+        Some(bytes) => bytes,
         None => {
             head.metric = from_text(name, kind, text);
-            Vec::new()
+            &[]
         }
     };
     let len = head.encoded_len() + series.len();
     prost::encoding::encode_varint(len as u64, out);
     head.encode_raw(out);
-    out.extend_from_slice(&series);
+    out.extend_from_slice(series);
 }
 
 /// The series of a family from its sample lines.

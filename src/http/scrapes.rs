@@ -67,10 +67,9 @@ impl Scrapes {
         }
         let body = last.as_mut().map(|r| {
             let plain = usize::from(form.protobuf) * 2;
-            if r.forms[plain].is_none() {
-                r.forms[plain] = Some(render(ctx, &r.scrape, form.protobuf));
-            }
-            let plain_form = r.forms[plain].clone().unwrap_or_default();
+            let plain_form = r.forms[plain]
+                .get_or_insert_with(|| render(ctx, &r.scrape, form.protobuf))
+                .clone();
             if form.gzip {
                 r.forms[plain + 1]
                     .get_or_insert_with(|| compress(&plain_form))

@@ -258,7 +258,7 @@ pub fn parse(line: &[u8], styles: TagStyles) -> Result<Datum<'_>, RejectReason> 
     let mut tags = named_tags;
     // statsd_exporter refuses `|#` tags beside name tags, whether it reads them or not, but
     // only when the name gave a label.
-    if body.contains("|#") && tags.has_valid_named() {
+    if tags.has_valid_named() && body.contains("|#") {
         return Err(RejectReason::MixedTaggingStyles);
     }
     if let Some(extensions) = parsed.extensions {
@@ -539,7 +539,7 @@ impl<'a> Tags<'a> {
 
     /// True when the line has no tags and no broken tag section.
     pub fn is_empty(&self) -> bool {
-        *self == Tags::NONE || (self.named.is_empty() && !self.broken && !self.has_field_tags())
+        self.named.is_empty() && !self.broken && !self.has_field_tags()
     }
 
     fn has_field_tags(&self) -> bool {

@@ -470,8 +470,8 @@ mod tests {
 
     #[test]
     fn options_resolved_from_defaults_give_statsd_exporters_buckets() {
-        // S9 and a 250 ms timer, with statsd_exporter's defaults factor 2 and 4 buckets,
-        // and rules overriding one or the other.
+        // S9 and a 250 ms timer, under a mapping file whose defaults give factor 2 and 4
+        // buckets, and rules overriding one or the other (factor 1.1; 100 buckets).
         let values: Vec<f64> = S9.iter().copied().chain([0.25]).collect();
         assert_eq!(
             exposed(&observed(2.0, 4, &values)).2,
