@@ -139,27 +139,27 @@ pub struct Cli {
     #[arg(long = "statsd.mapping-config", value_name = "FILE")]
     pub mapping_config: Option<String> => "statsd.mapping_config",
     /// Parse DogStatsD tags (`|#k:v`); `--no-statsd.parse-dogstatsd-tags` turns it off.
-    #[arg(long = "statsd.parse-dogstatsd-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "statsd.parse-dogstatsd-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", overrides_with = "no_parse_dogstatsd_tags")]
     pub parse_dogstatsd_tags: Option<bool> => "statsd.parse_dogstatsd_tags",
-    #[arg(long = "no-statsd.parse-dogstatsd-tags", hide = true)]
+    #[arg(long = "no-statsd.parse-dogstatsd-tags", hide = true, overrides_with = "parse_dogstatsd_tags")]
     #[doc(hidden)]
     pub no_parse_dogstatsd_tags: bool => "statsd.parse_dogstatsd_tags" = "false",
     /// Parse InfluxDB tags (`name,k=v`); `--no-statsd.parse-influxdb-tags` turns it off.
-    #[arg(long = "statsd.parse-influxdb-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "statsd.parse-influxdb-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", overrides_with = "no_parse_influxdb_tags")]
     pub parse_influxdb_tags: Option<bool> => "statsd.parse_influxdb_tags",
-    #[arg(long = "no-statsd.parse-influxdb-tags", hide = true)]
+    #[arg(long = "no-statsd.parse-influxdb-tags", hide = true, overrides_with = "parse_influxdb_tags")]
     #[doc(hidden)]
     pub no_parse_influxdb_tags: bool => "statsd.parse_influxdb_tags" = "false",
     /// Parse Librato tags (`name#k=v`); `--no-statsd.parse-librato-tags` turns it off.
-    #[arg(long = "statsd.parse-librato-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "statsd.parse-librato-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", overrides_with = "no_parse_librato_tags")]
     pub parse_librato_tags: Option<bool> => "statsd.parse_librato_tags",
-    #[arg(long = "no-statsd.parse-librato-tags", hide = true)]
+    #[arg(long = "no-statsd.parse-librato-tags", hide = true, overrides_with = "parse_librato_tags")]
     #[doc(hidden)]
     pub no_parse_librato_tags: bool => "statsd.parse_librato_tags" = "false",
     /// Parse SignalFX tags (`name[k=v]`); `--no-statsd.parse-signalfx-tags` turns it off.
-    #[arg(long = "statsd.parse-signalfx-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "statsd.parse-signalfx-tags", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", overrides_with = "no_parse_signalfx_tags")]
     pub parse_signalfx_tags: Option<bool> => "statsd.parse_signalfx_tags",
-    #[arg(long = "no-statsd.parse-signalfx-tags", hide = true)]
+    #[arg(long = "no-statsd.parse-signalfx-tags", hide = true, overrides_with = "parse_signalfx_tags")]
     #[doc(hidden)]
     pub no_parse_signalfx_tags: bool => "statsd.parse_signalfx_tags" = "false",
     /// Series idle this long leave /metrics (0s = never), unless a mapping sets a ttl.
@@ -216,9 +216,9 @@ pub struct Cli {
     #[arg(long = "web.enable-lifecycle")]
     pub web_enable_lifecycle: bool => "web.enable_lifecycle",
     /// Serve the JSON API under /api/v1/ (on by default); `--no-web.enable-api` turns it off.
-    #[arg(long = "web.enable-api", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "web.enable-api", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", overrides_with = "no_web_enable_api")]
     pub web_enable_api: Option<bool> => "web.enable_api",
-    #[arg(long = "no-web.enable-api", hide = true)]
+    #[arg(long = "no-web.enable-api", hide = true, overrides_with = "web_enable_api")]
     #[doc(hidden)]
     pub no_web_enable_api: bool => "web.enable_api" = "false",
     /// Enable POST /-/fault?family=NAME, which makes a family actor fail (chaos drills).

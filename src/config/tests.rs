@@ -238,6 +238,22 @@ fn tag_flags_and_their_no_forms() {
         "--statsd.parse-signalfx-tags",
     ]);
     assert!(!styles.dogstatsd && !styles.influxdb && !styles.librato && styles.signalfx);
+    // Of a flag and its `no-` form, the later on the command line wins, whichever it is.
+    let styles = parse(&[
+        "--statsd.parse-dogstatsd-tags",
+        "--no-statsd.parse-dogstatsd-tags",
+        "--no-statsd.parse-influxdb-tags",
+        "--statsd.parse-influxdb-tags",
+    ]);
+    assert!(!styles.dogstatsd && styles.influxdb);
+    let api = |args: &[&str]| {
+        let cli =
+            Cli::try_parse_from(std::iter::once("tallyd").chain(args.iter().copied())).unwrap();
+        load(&cli, &[]).unwrap().web.enable_api
+    };
+    assert!(api(&[]));
+    assert!(api(&["--no-web.enable-api", "--web.enable-api"]));
+    assert!(!api(&["--web.enable-api", "--no-web.enable-api"]));
     let (_f, mut cli) = write("[statsd]\nparse_librato_tags = false\n");
     cli.parse_librato_tags = Some(true);
     cli.web_enable_lifecycle = true;

@@ -1,7 +1,6 @@
 //! The checks types cannot express, one section at a time; each failure names the offending
 //! key, and the loader adds where its value came from.
 
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use super::{
@@ -140,15 +139,16 @@ impl StatsdSettings {
                 "must be between 64 and 65507 (the largest UDP payload)".into(),
             ));
         }
+        // Only its form: the name is resolved once, when the relay starts, so that checking
+        // a configuration needs no DNS.
         let relay = &self.relay_address;
-        if !relay.is_empty()
-            && relay
-                .to_socket_addrs()
-                .map_or(true, |mut a| a.next().is_none())
-        {
+        let well_formed = relay.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !relay.is_empty() && !well_formed {
             return Err((
                 "statsd.relay_address",
-                format!("{relay:?} is not a host:port that resolves"),
+                format!("{relay:?} is not a host:port"),
             ));
         }
         if self.set_window < Duration::from_millis(4) {
