@@ -51,7 +51,7 @@ use crate::barrier::Barrier;
 use crate::config::WebSettings;
 use crate::exposition;
 use crate::ingest::IngestConfig;
-use crate::mapping::explain::{explain, Fallback};
+use crate::mapping::explain::explain;
 use crate::reload::Reloader;
 use crate::sockets::AcceptBackoff;
 use crate::sockets::{Holder, Slots};
@@ -605,11 +605,7 @@ fn mapping(ctx: &HttpContext, ingest: &IngestConfig, query: Option<&str>) -> Rep
         .filter(|n| !n.is_empty() && !n.contains(':'))
         .map(|n| format!("{n}:{statsd_type}"))
         .unwrap_or_default();
-    let fallback = Fallback {
-        mapping_file: ingest.mapping_file,
-        observer: &ingest.default_meta.observer,
-        default_ttl: ingest.default_ttl,
-    };
+    let fallback = ingest.fallback();
     let mapper = ingest.mapper.load();
     let explained = match asked.is_empty() {
         true => {

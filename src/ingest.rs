@@ -77,4 +77,14 @@ impl IngestConfig {
             relay: None,
         }
     }
+
+    /// What applies where the mapping file says nothing, as `--explain` and
+    /// `/api/v1/mapping` need it.
+    pub fn fallback(&self) -> crate::mapping::explain::Fallback<'_> {
+        crate::mapping::explain::Fallback {
+            mapping_file: self.mapping_file,
+            observer: &self.default_meta.observer,
+            default_ttl: self.default_ttl,
+        }
+    }
 }

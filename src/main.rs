@@ -31,7 +31,10 @@ fn main() -> ExitCode {
         }
     };
     if !cli.explain.is_empty() {
-        return explain(&cli.explain, &settings, &mapper);
+        return explain(
+            &cli.explain,
+            &tallyd::ingest::IngestConfig::new(&settings, mapper),
+        );
     }
     if cli.check_config {
         for warning in mapper.warnings() {
@@ -83,16 +86,17 @@ fn main() -> ExitCode {
 
 /// `--explain`: each name's mapping as one JSON object a line; exit code 2, naming the flag,
 /// for a name that cannot be explained.
-fn explain(asked: &[String], settings: &Settings, mapper: &tallyd::mapping::Mapper) -> ExitCode {
-    use tallyd::mapping::explain::{explain, Fallback};
-    let fallback = Fallback {
-        mapping_file: !settings.statsd.mapping_config.is_empty(),
-        observer: &settings.observer,
-        default_ttl: Some(settings.statsd.default_ttl).filter(|t| !t.is_zero()),
-    };
+fn explain(asked: &[String], ingest: &tallyd::ingest::IngestConfig) -> ExitCode {
     let telemetry = tallyd::telemetry::Telemetry::new();
+    let mapper = ingest.mapper.load();
     for name in asked {
-        match explain(mapper, fallback, |n| telemetry.is_reserved(n), name) {
+        let explained = tallyd::mapping::explain::explain(
+            &mapper,
+            ingest.fallback(),
+            |n| telemetry.is_reserved(n),
+            name,
+        );
+        match explained {
             Ok(explanation) => match serde_json::to_string(&explanation) {
                 Ok(line) => println!("{line}"),
                 Err(error) => {

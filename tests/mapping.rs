@@ -290,28 +290,31 @@ fn the_mapping_cache_holds_statsd_cache_size_names() {
     );
 }
 
-#[test]
-fn explain_says_how_each_name_maps_one_json_object_a_line() {
-    let output = common::command(
-        &[
-            &mapping_flag(VALID),
-            "--explain",
-            "web.checkout.cart.get.latency:ms",
-            "--explain=app.debug.noise",
-            "--explain=unmatched.name:s",
-            "--explain=tallyd.own",
-        ],
-        &[],
-    )
-    .stdout(std::process::Stdio::piped())
-    .output()
-    .unwrap();
+/// `tallyd --explain` with the valid mapping file, for each name: the JSON line of each.
+fn explain(names: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![mapping_flag(VALID)];
+    args.extend(names.iter().map(|n| format!("--explain={n}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = common::command(&args, &[])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+    String::from_utf8(output.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn explain_says_how_each_name_maps_one_json_object_a_line() {
+    let lines = explain(&[
+        "web.checkout.cart.get.latency:ms",
+        "app.debug.noise",
+        "unmatched.name:s",
+        "tallyd.own",
+    ]);
     assert_eq!(
         lines[0],
         serde_json::json!({
@@ -353,18 +356,8 @@ fn the_api_explains_a_name_as_explain_does_and_can_be_turned_off() {
     let (status, body) = t.get("/api/v1/mapping?name=web.checkout.cart.get.latency&type=ms");
     assert_eq!(status, 200, "{body}");
     let got: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let offline = common::command(
-        &[
-            &mapping_flag(VALID),
-            "--explain=web.checkout.cart.get.latency:ms",
-        ],
-        &[],
-    )
-    .stdout(std::process::Stdio::piped())
-    .output()
-    .unwrap();
-    let want: serde_json::Value = serde_json::from_slice(&offline.stdout).unwrap();
-    assert_eq!(got, want);
+    let want = &explain(&["web.checkout.cart.get.latency:ms"])[0];
+    assert_eq!(&got, want);
     // Percent-encoded, and a counter when no type is given.
     let (_, body) = t.get("/api/v1/mapping?name=jobs.%65mail.done");
     let got: serde_json::Value = serde_json::from_str(&body).unwrap();
