@@ -27,7 +27,7 @@ use tallyd::ingest::{Batcher, IngestConfig};
 use tallyd::limits::QueueBound;
 use tallyd::mapping::Mapper;
 use tallyd::routing::Router;
-use tallyd::telemetry::Telemetry;
+use tallyd::telemetry::{ListenerKind, Telemetry};
 
 const DATAGRAMS: usize = 256;
 /// Datagrams per dispatch, as `statsd.receive_batch` defaults.
@@ -46,7 +46,7 @@ fn inline(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     ] {
         let telemetry = Arc::new(Telemetry::new());
         let ctx = common::family_context(rt, telemetry.clone(), Duration::from_millis(1));
-        let mut batcher = Batcher::new(telemetry, ingest_config());
+        let mut batcher = Batcher::new(telemetry, ingest_config(), ListenerKind::Udp);
         let mut families: FxHashMap<Arc<str>, FamilyState> = FxHashMap::default();
         let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();
         group.throughput(Throughput::Elements(lines));
@@ -83,7 +83,11 @@ fn ingest(c: &mut Criterion) {
     // Larger than the processor's private caches.
     let mut evict = vec![0u8; 16 << 20];
     for (name, cold) in [("counter", false), ("counter_cold", true)] {
-        let mut batcher = Batcher::new(Arc::new(Telemetry::new()), ingest_config());
+        let mut batcher = Batcher::new(
+            Arc::new(Telemetry::new()),
+            ingest_config(),
+            ListenerKind::Udp,
+        );
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
@@ -130,7 +134,7 @@ fn actors(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                 },
             ))
             .expect("registry starts");
-        let mut batcher = Batcher::new(telemetry.clone(), ingest_config());
+        let mut batcher = Batcher::new(telemetry.clone(), ingest_config(), ListenerKind::Udp);
         let queue = Arc::new(QueueBound::new(usize::MAX));
         let mut router = Router::new(registry, telemetry, queue);
         let lines: u64 = datagrams.iter().map(|d| common::lines(d)).sum();

@@ -18,6 +18,7 @@ use crate::actors::family::FamilyContext;
 use crate::actors::registry::{RegistryActor, RegistryArgs, RegistryMsg};
 use crate::barrier::Barrier;
 use crate::config::Settings;
+use crate::http::api::{Api, ApiLimits};
 use crate::http::{self, HttpContext};
 use crate::ingest::relay::RelayTarget;
 use crate::ingest::{IngestConfig, PipelineContext};
@@ -25,6 +26,7 @@ use crate::limits::{QueueBound, SeriesBudget};
 use crate::mapping::Mapper;
 use crate::reload::Reloader;
 use crate::sockets::{self, DatagramSocket, ListenerContext, Pause, Sockets, StatsdSockets};
+use crate::telemetry::recent::{self, MappingLoad};
 use crate::telemetry::Telemetry;
 
 /// How long each shutdown step may take before tallyd moves on.
@@ -85,7 +87,11 @@ struct ActorTree {
 }
 
 impl ActorTree {
-    async fn start(settings: &Settings, telemetry: &Arc<Telemetry>) -> anyhow::Result<Self> {
+    async fn start(
+        settings: &Settings,
+        telemetry: &Arc<Telemetry>,
+        budget: Arc<SeriesBudget>,
+    ) -> anyhow::Result<Self> {
         let listed = settings.limits.max_family_self_metrics;
         let (aggregator, aggregator_task) = Actor::spawn(None, AggregatorActor, listed)
             .await
@@ -97,10 +103,7 @@ impl ActorTree {
             flush_interval: settings.statsd.event_flush_interval,
             hibernate_after: Some(settings.actors.hibernate_after).filter(|after| !after.is_zero()),
             set_window: settings.statsd.set_window,
-            budget: Arc::new(SeriesBudget::new(
-                settings.limits.max_series,
-                settings.limits.max_series_per_family,
-            )),
+            budget,
         });
         let args = RegistryArgs {
             families: family_ctx,
@@ -211,15 +214,28 @@ pub async fn run(
     let telemetry = Arc::new(Telemetry::new());
     telemetry.limit_conflict_metrics(settings.limits.max_family_self_metrics);
     telemetry.mapping_loaded.set(mapper.len() as i64);
-    let actors = ActorTree::start(&settings, &telemetry).await?;
-    let [udp, tcp, unixgram, http] = sockets.describe();
+    if !settings.statsd.mapping_config.is_empty() {
+        telemetry.recent.mapping_loaded(MappingLoad {
+            at: std::time::SystemTime::now(),
+            rules: mapper.len(),
+            error: None,
+        });
+    }
+    let budget = Arc::new(SeriesBudget::new(
+        settings.limits.max_series,
+        settings.limits.max_series_per_family,
+    ));
+    let actors = ActorTree::start(&settings, &telemetry, budget.clone()).await?;
+    let addresses = sockets.describe();
+    let [udp, tcp, unixgram, http] = addresses.clone();
+    let queue = Arc::new(QueueBound::new(settings.limits.max_queued_updates));
     let barrier = Arc::new(Barrier::default());
     let pipelines = Arc::new(PipelineContext {
         registry: actors.registry.clone(),
         telemetry: telemetry.clone(),
         flush_interval: settings.statsd.event_flush_interval,
         flush_threshold: settings.statsd.event_flush_threshold,
-        queue: Arc::new(QueueBound::new(settings.limits.max_queued_updates)),
+        queue: queue.clone(),
         ingest: Arc::new(ingest_config(&settings, mapper, &telemetry)?),
         barrier: barrier.clone(),
     });
@@ -248,8 +264,21 @@ pub async fn run(
         // Already checked by Settings::load; read again here, where it is used.
         web: crate::webconfig::WebConfig::from_setting(&settings.web.config_file)?,
         scrapes: Default::default(),
-        api: settings.web.enable_api.then(|| pipelines_ingest.clone()),
+        api: settings.web.enable_api.then(|| Api {
+            ingest: pipelines_ingest,
+            budget,
+            queue,
+            limits: ApiLimits {
+                max_series: settings.limits.max_series,
+                max_live_families: settings.limits.max_live_families,
+                max_queued_updates: settings.limits.max_queued_updates,
+                tcp_max_connections: settings.statsd.tcp_max_connections,
+            },
+            mapping_file: settings.statsd.mapping_config.clone(),
+            addresses,
+        }),
     });
+    let history = tokio::spawn(recent::sample(telemetry.clone()));
     let stop_serving = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(web, http_ctx.clone(), stop_serving.clone()));
     let path = &settings.web.telemetry_path;
@@ -275,6 +304,7 @@ pub async fn run(
     }
     actors.stop().await;
     hangup_task.abort();
+    history.abort();
     if let Some(file) = unixgram_file {
         file.remove_if_own();
     }

@@ -1,7 +1,9 @@
 //! The HTTP server (hyper): `GET /metrics` (or the configured path) in the Prometheus text
-//! format, gzipped when the client accepts it; `/-/healthy`, `/-/ready`; a small index page;
-//! `POST /-/fault?family=NAME` when fault injection is enabled. Anything else is 404, or 405
-//! for a known path with the wrong method.
+//! or protobuf format, gzipped when the client accepts it; `/-/healthy`, `/-/ready`,
+//! `/-/reload`; the JSON API under `/api/v1/` ([`api`]) and the status page at `/` built on it
+//! ([`page`]), or a small index page when the API is off; `POST /-/fault?family=NAME` when
+//! fault injection is enabled. Anything else is 404, or 405 for a known path with the wrong
+//! method.
 //!
 //! Hardening, all set in `[web]`: at most `max_connections` connections are served at once
 //! (past it a new one is closed unserved and counted); a client has `header_timeout` to send
@@ -15,6 +17,8 @@
 //! With `--web.config.file` ([`crate::webconfig`]), in this order: the rate limit (429), the
 //! extra headers (on every response), basic auth (401), then the route.
 
+pub(crate) mod api;
+mod page;
 mod scrapes;
 
 use bytes::Bytes;
@@ -50,8 +54,6 @@ use crate::actors::registry::RegistryMsg;
 use crate::barrier::Barrier;
 use crate::config::WebSettings;
 use crate::exposition;
-use crate::ingest::IngestConfig;
-use crate::mapping::explain::explain;
 use crate::reload::Reloader;
 use crate::sockets::AcceptBackoff;
 use crate::sockets::{Holder, Slots};
@@ -91,9 +93,9 @@ pub(crate) struct HttpContext {
     pub(crate) web: WebConfig,
     /// The rendering concurrent scrapes share.
     pub(crate) scrapes: Scrapes,
-    /// The mapping rules and what applies where none does, for `/api/v1/mapping`; `None`
-    /// when the API is off (`--no-web.enable-api`).
-    pub(crate) api: Option<Arc<IngestConfig>>,
+    /// What `/api/v1/` and the status page read; `None` when they are off
+    /// (`--no-web.enable-api`).
+    pub(crate) api: Option<api::Api>,
 }
 
 /// The server's timeouts and caps, from `[web]`.
@@ -473,7 +475,10 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
         };
     }
     match path {
-        "/" if read => html(index_page(&ctx.telemetry_path)),
+        "/" if read => match &ctx.api {
+            Some(api) => status_page(page::render(ctx, api, req.uri().query()).await),
+            None => html(index_page(&ctx.telemetry_path)),
+        },
         "/-/healthy" if read => text(StatusCode::OK, "Healthy.\n"),
         "/-/ready" if read => {
             if ctx.ready.load(Ordering::Relaxed) {
@@ -487,14 +492,13 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
         "/-/reload" if method == Method::POST || method == Method::PUT => reload(ctx).await,
         "/-/reload" => not_allowed("POST, PUT"),
         "/-/fault" if ctx.fault_injection => not_allowed("POST"),
-        "/api/v1/mapping" if read && ctx.api.is_some() => match &ctx.api {
-            Some(ingest) => mapping(ctx, ingest, req.uri().query()),
-            None => text(StatusCode::NOT_FOUND, "Not found.\n"),
+        _ => match &ctx.api {
+            Some(api) if read => api::route(ctx, api, path, req.uri().query())
+                .await
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "Not found.\n")),
+            Some(_) if api::PATHS.contains(&path) => not_allowed("GET, HEAD"),
+            _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
         },
-        "/api/v1/mapping" if ctx.api.is_some() => not_allowed("GET, HEAD"),
-        "/api/v1/families" if ctx.api.is_some() && read => families(ctx, req.uri().query()).await,
-        "/api/v1/families" if ctx.api.is_some() => not_allowed("GET, HEAD"),
-        _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
     }
 }
 
@@ -589,128 +593,6 @@ async fn fault(ctx: &HttpContext, query: Option<&str>) -> Reply {
     }
 }
 
-/// `GET /api/v1/mapping?name=NAME&type=TYPE`: how the mapping file maps a name, as
-/// `--explain` says it (see [`crate::mapping::explain`]); 400 with `{"error": …}` for a
-/// missing name or an unknown type.
-fn mapping(ctx: &HttpContext, ingest: &IngestConfig, query: Option<&str>) -> Reply {
-    let (mut name, mut statsd_type) = (None, "c".to_owned());
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match &*key {
-            "name" => name = Some(value.into_owned()),
-            "type" => statsd_type = value.into_owned(),
-            _ => {}
-        }
-    }
-    let asked = name
-        .filter(|n| !n.is_empty() && !n.contains(':'))
-        .map(|n| format!("{n}:{statsd_type}"))
-        .unwrap_or_default();
-    let fallback = ingest.fallback();
-    let mapper = ingest.mapper.load();
-    let explained = match asked.is_empty() {
-        true => {
-            Err("give ?name=NAME (without `:`) and, if not a counter, &type=c|g|ms|h|d|s".into())
-        }
-        false => explain(&mapper, fallback, |n| ctx.telemetry.is_reserved(n), &asked),
-    };
-    match explained.map(|e| serde_json::to_value(&e)) {
-        Ok(Ok(explanation)) => json(StatusCode::OK, &explanation),
-        Ok(Err(error)) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &api_error(&error.to_string()),
-        ),
-        Err(error) => json(StatusCode::BAD_REQUEST, &api_error(&error)),
-    }
-}
-
-/// `GET /api/v1/families?sort=rate|series&limit=N`: the families, busiest (by update rate,
-/// the default) or largest (by series) first, at most `N` (default 100): name, type, series,
-/// updates, updates per second over the last 10 s, and `live` or `hibernating`.
-async fn families(ctx: &HttpContext, query: Option<&str>) -> Reply {
-    let (mut by_series, mut limit) = (false, 100usize);
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match (&*key, &*value) {
-            ("sort", "series") => by_series = true,
-            ("sort", "rate") => by_series = false,
-            ("limit", n) => match n.parse() {
-                Ok(n) => limit = n,
-                Err(_) => return json(StatusCode::BAD_REQUEST, &api_error("limit is a number")),
-            },
-            ("sort", _) => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    &api_error("sort is rate or series"),
-                )
-            }
-            _ => {}
-        }
-    }
-    let asked = ctx
-        .aggregator
-        .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
-        .await;
-    let Ok(CallResult::Success(scrape)) = asked else {
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &api_error("aggregator unavailable"),
-        );
-    };
-    let mut order: Vec<usize> = (0..scrape.families.len()).collect();
-    let key = |i: &usize| match by_series {
-        true => scrape.families[*i].series as f64,
-        false => scrape.rates[*i],
-    };
-    order.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
-    order.truncate(limit);
-    let names: Vec<Arc<str>> = order
-        .iter()
-        .map(|&i| scrape.families[i].name.clone())
-        .collect();
-    let hibernating = ctx
-        .registry
-        .call(
-            |reply| RegistryMsg::Hibernating(names, reply),
-            Some(SCRAPE_TIMEOUT),
-        )
-        .await;
-    let Ok(CallResult::Success(hibernating)) = hibernating else {
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &api_error("registry unavailable"),
-        );
-    };
-    let list: Vec<serde_json::Value> = order
-        .iter()
-        .zip(hibernating)
-        .map(|(&i, asleep)| {
-            let family = &scrape.families[i];
-            serde_json::json!({
-                "name": &*family.name,
-                "type": family.family_type.as_str(),
-                "series": family.series,
-                "updates": family.updates,
-                "rate": scrape.rates[i],
-                "state": if asleep { "hibernating" } else { "live" },
-            })
-        })
-        .collect();
-    json(StatusCode::OK, &serde_json::Value::Array(list))
-}
-
-fn api_error(error: &str) -> serde_json::Value {
-    serde_json::json!({ "error": error })
-}
-
-fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 fn text(status: StatusCode, body: &'static str) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
@@ -734,6 +616,19 @@ fn html(body: String) -> Reply {
     response.headers_mut().insert(
         CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// The status page, which may run its own inline script and fetch from tallyd, nothing else.
+fn status_page(body: String) -> Reply {
+    let mut response = html(body);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
     response
 }

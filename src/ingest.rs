@@ -11,6 +11,7 @@
 //!   datagram found at once (`marks`);
 //! - `resolve`: a name and its tags → a family and a series;
 //! - `pending`: the updates held, by series, until the flush;
+//! - `unmapped`: the lines of each name no mapping rule matched, for `/api/v1/unmapped`;
 //! - `pipeline`: the flush window, the router, the scrapes that wait;
 //! - [`relay`]: every line read, sent on to another StatsD server (`--statsd.relay.address`).
 
@@ -21,6 +22,7 @@ mod pending;
 mod pipeline;
 pub mod relay;
 mod resolve;
+mod unmapped;
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;

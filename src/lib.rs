@@ -27,8 +27,9 @@
 //!   text format by one writer ([`exposition::text`]), or in the protobuf format, which
 //!   carries native histograms, for a scraper that asks ([`exposition::proto`]).
 //! - `http`: `/metrics` (text or protobuf, as the scraper's `Accept` prefers), `/-/healthy`,
-//!   `/-/ready`, `/-/reload`, `/api/v1/` (`mapping`, `families`); timeouts, the connection
-//!   cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS with certificates
+//!   `/-/ready`, `/-/reload`; the JSON API under `/api/v1/` (`status`, `families`,
+//!   `rejected`, `unmapped`, `mapping`) and the status page at `/` built on it; timeouts, the
+//!   connection cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS with certificates
 //!   that rotate, basic auth with a bounded number of password checks).
 //! - [`daemon`]: starts the actor tree, the listeners and the HTTP server on bound sockets,
 //!   and shuts them down in order.
@@ -38,7 +39,8 @@
 //! [`mapping::explain`] for `--explain`), [`names`]
 //! (Prometheus name escaping), [`update`] (what travels from ingest to a family), [`limits`]
 //! (the series budget and the mailbox bound), [`barrier`] (what a scrape waits for),
-//! [`telemetry`] (tallyd's own metrics), [`rate`] (update rates), [`reload`] (the mapping
+//! [`telemetry`] (tallyd's own metrics, and in [`telemetry::recent`] what the status page
+//! shows that counts cannot: the last refused lines, the unmapped names, the history), [`rate`] (update rates), [`reload`] (the mapping
 //! file on SIGHUP or `POST /-/reload`), [`memory`] (giving freed memory back), [`yaml`]
 //! (strict YAML with key paths and locations in errors), [`files`] (reading the files tallyd
 //! is given, bounded in size).

@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tracing::{error, info};
 
 use crate::ingest::IngestConfig;
 use crate::mapping::{Mapper, MappingError};
+use crate::telemetry::recent::MappingLoad;
 use crate::telemetry::Telemetry;
 
 /// Loads the mapping file named by the settings, or no rules when none is named.
@@ -65,11 +67,22 @@ impl Reloader {
                 self.ingest.mapper.store(Arc::new(mapper));
                 self.telemetry.mapping_loaded.set(rules as i64);
                 self.telemetry.reload(true);
+                self.telemetry.recent.clear_unmapped();
+                self.telemetry.recent.mapping_loaded(MappingLoad {
+                    at: SystemTime::now(),
+                    rules,
+                    error: None,
+                });
                 info!(path = %self.path.display(), rules, "mapping file reloaded");
                 Ok(rules)
             }
             Err(e) => {
                 self.telemetry.reload(false);
+                self.telemetry.recent.mapping_loaded(MappingLoad {
+                    at: SystemTime::now(),
+                    rules: self.ingest.mapper.load().len(),
+                    error: Some(e.to_string()),
+                });
                 error!(error = %e, "mapping file reload failed; the previous rules stay in force");
                 Err(e)
             }

@@ -5,8 +5,11 @@
 //! exposition renders them from its snapshot.
 //!
 //! `register` registers every self-metric, by area; [`udp_drops`] reads the kernel's drop
-//! counts for tallyd's UDP sockets at each scrape.
+//! counts for tallyd's UDP sockets at each scrape; [`recent`] keeps, in bounded memory, what
+//! counts cannot say: the last refused lines, the unmapped names, the last mapping load, and
+//! a few minutes of totals.
 
+pub mod recent;
 mod register;
 pub mod udp_drops;
 
@@ -33,6 +36,10 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
+    /// Every listener, in export order.
+    pub const ALL: [ListenerKind; 3] =
+        [ListenerKind::Udp, ListenerKind::Tcp, ListenerKind::Unixgram];
+
     /// The `listener` label value.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -66,9 +73,18 @@ impl DropStage {
 }
 
 /// The most resident memory the process has held (`VmHWM`), in bytes.
-fn peak_resident_bytes() -> Option<i64> {
+pub fn peak_resident_bytes() -> Option<i64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// The resident memory of the process now (`VmRSS`), in bytes.
+pub fn resident_bytes() -> Option<i64> {
+    proc_status_bytes("VmRSS:")
+}
+
+fn proc_status_bytes(field: &str) -> Option<i64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -174,6 +190,8 @@ pub struct Telemetry {
     pub scrape_renders: IntCounter,
     /// `tallyd_udp_kernel_drops_total`, read from /proc at each scrape.
     pub udp_drops: UdpDrops,
+    /// The last refused lines, the unmapped names, the last mapping load, the history.
+    pub recent: recent::Recent,
     /// Names of the families registered here that do not start with [`PREFIX`] (the process
     /// collector's), which user metrics must not take either.
     foreign_names: Vec<String>,
@@ -200,6 +218,13 @@ impl Telemetry {
         self.updates_dropped
             .with_label_values(&[stage.as_str()])
             .inc_by(n);
+    }
+
+    /// Updates dropped so far at `stage`.
+    pub fn dropped_at(&self, stage: DropStage) -> u64 {
+        self.updates_dropped
+            .with_label_values(&[stage.as_str()])
+            .get()
     }
 
     /// Updates dropped so far, at every stage.
@@ -242,6 +267,24 @@ impl Telemetry {
     /// Counts rejected lines for one reason.
     pub fn rejected(&self, reason: RejectReason, n: u64) {
         self.rejected[reason.index()].inc_by(n);
+    }
+
+    /// Lines rejected so far, by reason, in [`RejectReason::ALL`]'s order.
+    pub fn rejected_by_reason(&self) -> impl Iterator<Item = (RejectReason, u64)> + '_ {
+        RejectReason::ALL
+            .iter()
+            .zip(&self.rejected)
+            .map(|(reason, counter)| (*reason, counter.get()))
+    }
+
+    /// Lines rejected so far, for every reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected_by_reason().map(|(_, n)| n).sum()
+    }
+
+    /// Packets received so far by a listener.
+    pub fn packets_of(&self, kind: ListenerKind) -> u64 {
+        self.packets.with_label_values(&[kind.as_str()]).get()
     }
 
     /// Counts samples refused by a family of another type.

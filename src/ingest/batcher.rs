@@ -13,10 +13,11 @@ use super::marks::{Line, Marks};
 use super::pending::{self, Pending};
 use super::relay::Relay;
 use super::resolve::{class_of, Resolver, Target};
+use super::unmapped::UnmappedTally;
 use super::IngestConfig;
 use crate::mapping::MetricClass;
 use crate::statsd::parse::{self, Datum, MetricType, RejectReason, Sample, TagStyles};
-use crate::telemetry::{LogLimiter, Telemetry};
+use crate::telemetry::{ListenerKind, LogLimiter, Telemetry};
 use crate::update::{Batch, Op};
 
 /// How many lines a batcher remembers by name and fields (see [`KnownLine`]); past this it
@@ -49,8 +50,9 @@ pub(super) struct KnownLine {
     tag_errors: u32,
     /// Labels dropped by routing (counted for every line that routes).
     route_errors: u32,
-    /// The name matched no mapping rule while a mapping file is in force.
-    unmapped: bool,
+    /// The name matched no mapping rule while a mapping file is in force: its number in the
+    /// batcher's [`UnmappedTally`].
+    unmapped: Option<u32>,
 }
 
 /// A line's name (with the `:` after it), value and fields (from the `|` after the value), as
@@ -158,6 +160,8 @@ fn op_for(sample: &Sample<'_>, scale: Option<f64>) -> Result<Op, RejectReason> {
 #[derive(Debug)]
 pub struct Batcher {
     telemetry: Arc<Telemetry>,
+    /// The listener whose lines these are, for the refused lines kept.
+    listener: ListenerKind,
     /// Tag styles to parse.
     styles: TagStyles,
     /// Where a line's name and tags go.
@@ -179,6 +183,8 @@ pub struct Batcher {
     /// When the last input came.
     last_input: Instant,
     counts: Counts,
+    /// The lines of each unmapped name since the last flush.
+    unmapped: UnmappedTally,
     /// The map cache's hit and miss counts already added to the telemetry.
     reported_cache: (u64, u64),
     /// The packet of relayed lines being filled, when a relay is configured.
@@ -212,10 +218,16 @@ impl Counts {
 }
 
 impl Batcher {
-    /// An empty batcher reporting to `telemetry`.
-    pub fn new(telemetry: Arc<Telemetry>, config: Arc<IngestConfig>) -> Self {
+    /// An empty batcher for the lines of `listener`, reporting to `telemetry`.
+    pub fn new(
+        telemetry: Arc<Telemetry>,
+        config: Arc<IngestConfig>,
+        listener: ListenerKind,
+    ) -> Self {
         let relay = config.relay.clone().map(Relay::new);
         Batcher {
+            listener,
+            unmapped: UnmappedTally::default(),
             styles: config.styles,
             resolver: Resolver::new(telemetry.clone(), config),
             telemetry,
@@ -364,10 +376,13 @@ impl Batcher {
         self.counts.tag_errors += u64::from(known.tag_errors);
         let sample = match parse::parse_sample(text, known.metric_type, known.sample_rate) {
             Ok(sample) => sample,
-            Err(reason) => return self.counts.reject(reason, raw),
+            Err(reason) => return self.refuse(reason, raw),
         };
         self.counts.tag_errors += u64::from(known.route_errors);
-        self.counts.unmapped += u64::from(known.unmapped);
+        if let Some(name) = known.unmapped {
+            self.counts.unmapped += 1;
+            self.unmapped.count(name);
+        }
         if self.resolver.maps() {
             self.line_hits += 1;
         }
@@ -376,7 +391,7 @@ impl Batcher {
                 self.pending.push(known.series, op);
                 self.counts.samples += 1;
             }
-            Err(reason) => self.counts.reject(reason, raw),
+            Err(reason) => self.refuse(reason, raw),
         }
     }
 
@@ -388,12 +403,12 @@ impl Batcher {
             Ok(Datum::Metric(line)) => line,
             Ok(Datum::Event) => return self.counts.events[0] += 1,
             Ok(Datum::ServiceCheck) => return self.counts.events[1] += 1,
-            Err(reason) => return self.counts.reject(reason, raw),
+            Err(reason) => return self.refuse(reason, raw),
         };
         let tag_errors = self.resolver.tallies.tag_errors;
         let tags = match self.resolver.tag_pairs(line.tags, line.observes()) {
             Ok(tags) => tags,
-            Err(reason) => return self.counts.reject(reason, raw),
+            Err(reason) => return self.refuse(reason, raw),
         };
         let tag_errors = self.resolver.tallies.tag_errors - tag_errors;
         // Samples of one line share a class, except in the legacy multi-type form: route and
@@ -404,7 +419,7 @@ impl Batcher {
             let sample = match sample {
                 Ok(sample) => sample,
                 Err(reason) => {
-                    self.counts.reject(reason, raw);
+                    self.refuse(reason, raw);
                     continue;
                 }
             };
@@ -418,15 +433,20 @@ impl Batcher {
                         .resolver
                         .target(&mut self.pending, &line.name, &tags, class);
                     let tallies = &self.resolver.tallies;
-                    if let Target::Series { series, scale } = target {
+                    let route_errors = (tallies.tag_errors - errors) as u32;
+                    let unmapped = match tallies.unmapped > unmapped {
+                        true => self.count_unmapped(&line.name),
+                        false => Ok(None),
+                    };
+                    if let (Target::Series { series, scale }, Ok(unmapped)) = (target, unmapped) {
                         remember = Some(KnownLine {
                             series,
                             scale,
                             metric_type: sample.metric_type,
                             sample_rate: sample.sample_rate,
                             tag_errors: tag_errors as u32,
-                            route_errors: (tallies.tag_errors - errors) as u32,
-                            unmapped: tallies.unmapped > unmapped,
+                            route_errors,
+                            unmapped,
                         });
                     }
                     routed = Some((class, target));
@@ -434,20 +454,36 @@ impl Batcher {
                 }
             };
             match target {
-                Target::Reject(reason) => self.counts.reject(reason, raw),
+                Target::Reject(reason) => self.refuse(reason, raw),
                 Target::Drop => self.counts.dropped += 1,
                 Target::Series { series, scale } => match op_for(&sample, scale) {
                     Ok(op) => {
                         self.pending.push(series, op);
                         self.counts.samples += 1;
                     }
-                    Err(reason) => self.counts.reject(reason, raw),
+                    Err(reason) => self.refuse(reason, raw),
                 },
             }
         }
         if let (Some(resolved), true) = (remember, line.is_single()) {
             if resolved.metric_type != MetricType::Set {
                 self.remember(raw, resolved);
+            }
+        }
+    }
+
+    /// Counts a line of a name no mapping rule matched, by the name's number (`Ok`), or,
+    /// when the tally has no room for another number, straight into the shared sketch
+    /// (`Err`: a line that must not be remembered, or its name would go uncounted).
+    fn count_unmapped(&mut self, name: &str) -> Result<Option<u32>, ()> {
+        match self.unmapped.number(name) {
+            Some(number) => {
+                self.unmapped.count(number);
+                Ok(Some(number))
+            }
+            None => {
+                self.telemetry.recent.unmapped([(name.into(), 1)]);
+                Err(())
             }
         }
     }
@@ -479,6 +515,7 @@ impl Batcher {
             return;
         }
         self.lines = LineCache::default();
+        self.unmapped.clear(&self.telemetry.recent);
         self.pending = Pending::default();
         self.resolver.release();
     }
@@ -493,15 +530,21 @@ impl Batcher {
         self.lines.is_empty() && self.resolver.is_empty()
     }
 
+    /// Counts a refused line, and keeps it for `/api/v1/rejected`.
+    fn refuse(&mut self, reason: RejectReason, raw: &[u8]) {
+        self.counts.reject(reason, raw);
+        self.telemetry.recent.reject(self.listener, reason, raw);
+    }
+
     /// Counts a datagram the listener refused whole (over `limits.max_datagram_bytes`).
     pub fn reject_datagram(&mut self, raw: &[u8]) {
-        self.counts.reject(RejectReason::DatagramTooLarge, raw);
+        self.refuse(RejectReason::DatagramTooLarge, raw);
     }
 
     /// Counts a line the listener refused before parsing (e.g. over-long on TCP).
     pub fn reject_unparsed(&mut self, reason: RejectReason, raw: &[u8]) {
         self.counts.lines += 1;
-        self.counts.reject(reason, raw);
+        self.refuse(reason, raw);
     }
 
     /// Updates held for the next flush, after combining.
@@ -511,7 +554,7 @@ impl Batcher {
 
     /// True when something was read since the last flush (held updates, or only counts).
     pub fn has_pending(&self) -> bool {
-        self.held() > 0 || self.counts != Counts::default()
+        self.held() > 0 || self.counts != Counts::default() || !self.unmapped.is_empty()
     }
 
     /// Takes the batches gathered so far, one per family, and adds their counts to the
@@ -522,14 +565,17 @@ impl Batcher {
             relay.send();
         }
         let (batches, dropped) = self.pending.take();
-        if dropped {
-            // The remembered lines point at the slots just dropped.
+        if dropped || self.unmapped.is_full() {
+            // The remembered lines point at the slots just dropped, or at the numbers of the
+            // unmapped names, which start over.
             self.lines = LineCache::default();
+            self.unmapped.clear(&self.telemetry.recent);
         }
         batches
     }
 
     fn flush_counts(&mut self) {
+        self.unmapped.flush(&self.telemetry.recent);
         let counts = std::mem::take(&mut self.counts);
         let tallies = std::mem::take(&mut self.resolver.tallies);
         // The map cache counts since it was made; report what is new.
@@ -698,7 +744,7 @@ mod tests {
         };
         let config = Arc::new(IngestConfig::new(&settings, mapper));
         (
-            Batcher::new(telemetry.clone(), config.clone()),
+            Batcher::new(telemetry.clone(), config.clone(), ListenerKind::Udp),
             telemetry,
             config,
         )

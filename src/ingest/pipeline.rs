@@ -17,7 +17,7 @@ use crate::actors::registry::RegistryMsg;
 use crate::barrier::{Barrier, Ticket};
 use crate::limits::QueueBound;
 use crate::routing::{Router, Touched, PRUNE_EVERY};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{ListenerKind, Telemetry};
 
 /// What every listener task's pipeline is made from.
 #[derive(Debug)]
@@ -39,10 +39,10 @@ pub(crate) struct PipelineContext {
 }
 
 impl PipelineContext {
-    /// A new listener task's pipeline.
-    pub(crate) fn pipeline(&self) -> Pipeline {
+    /// A new pipeline for a task of `listener`.
+    pub(crate) fn pipeline(&self, listener: ListenerKind) -> Pipeline {
         Pipeline {
-            batcher: Batcher::new(self.telemetry.clone(), self.ingest.clone()),
+            batcher: Batcher::new(self.telemetry.clone(), self.ingest.clone(), listener),
             router: Router::new(
                 self.registry.clone(),
                 self.telemetry.clone(),

@@ -51,7 +51,7 @@ pub(crate) async fn serve_datagrams(
         warn!(error = %e, "cannot make the StatsD socket non-blocking; not reading it");
         return;
     }
-    let mut pipe = ctx.pipelines.pipeline();
+    let mut pipe = ctx.pipelines.pipeline(socket.kind());
     let mut reader = Reader::new(&socket, &ctx);
     // What the kernel holds when a scrape comes, or at shutdown, arrived before it: read
     // however much a pause let gather, bounded in case a sender keeps sending.
@@ -309,12 +309,12 @@ mod tests {
     use crate::config::Settings;
     use crate::ingest::IngestConfig;
     use crate::mapping::Mapper;
-    use crate::telemetry::Telemetry;
+    use crate::telemetry::{ListenerKind, Telemetry};
     use std::sync::Arc;
 
     fn batcher(telemetry: &Arc<Telemetry>) -> Batcher {
         let config = IngestConfig::new(&Settings::default(), Mapper::default());
-        Batcher::new(telemetry.clone(), Arc::new(config))
+        Batcher::new(telemetry.clone(), Arc::new(config), ListenerKind::Udp)
     }
 
     fn too_large(telemetry: &Telemetry) -> f64 {

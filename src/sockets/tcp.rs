@@ -42,7 +42,7 @@ pub(crate) async fn serve_tcp(
 ) {
     let mut connections = JoinSet::new();
     // The families that ended connections reached, synced at the next scrape.
-    let mut pipe = ctx.pipelines.pipeline();
+    let mut pipe = ctx.pipelines.pipeline(ListenerKind::Tcp);
     let (handover, mut handed) = mpsc::unbounded_channel::<Touched>();
     let slots = Slots::new(ctx.tcp_max_connections);
     ctx.telemetry
@@ -147,7 +147,7 @@ async fn serve_connection(
     shutdown: &CancellationToken,
     slot: &Slot,
 ) -> Touched {
-    let mut pipe = ctx.pipelines.pipeline();
+    let mut pipe = ctx.pipelines.pipeline(ListenerKind::Tcp);
     let mut buf = Vec::with_capacity(16 * 1024);
     let idle = tokio::time::sleep_until(idle_deadline(ctx.tcp_idle_timeout));
     tokio::pin!(idle);

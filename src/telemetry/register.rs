@@ -463,6 +463,7 @@ impl Telemetry {
             scrape_barrier_timeouts: http.scrape_barrier_timeouts,
             scrape_renders: http.scrape_renders,
             udp_drops: registered(&registry, UdpDrops::new()),
+            recent: Default::default(),
             foreign_names: Vec::new(),
             registry,
         }

@@ -40,7 +40,8 @@ impl UdpDrops {
         }
     }
 
-    fn drops(&self) -> u64 {
+    /// Datagrams the kernel dropped so far for the watched sockets.
+    pub fn drops(&self) -> u64 {
         let inodes = self
             .inodes
             .lock()

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the validators that tests/deploy.rs runs over deploy/ and the Prometheus server that
-# tests/prometheus.rs scrapes tallyd with. Idempotent: a tool is (re)installed only when it is
+# Installs the validators that tests/deploy.rs runs over deploy/, the Prometheus server that
+# tests/prometheus.rs scrapes tallyd with, and the browser tests/status.rs loads the status
+# page in. Idempotent: a tool is (re)installed only when it is
 # missing or its pin below changed. tests/run.sh calls this script; it can also run alone.
 #
 #   Debian   prometheus          /usr/bin/prometheus and promtool (promtool check config)
 #   Debian   kubernetes-client   kubectl, for `kubectl kustomize` (only if no kubectl is on PATH)
 #   Debian   systemd             systemd-analyze verify / security, for deploy/tallyd.service
+#   Debian   chromium            headless, loads the status page (tests/status.rs)
 #   PyPI     kubernetes-validate Kubernetes manifests against the OpenAPI schemas it bundles
 #   PyPI     check-jsonschema    the PodMonitor against deploy/schemas/podmonitor-v1.json
 #   PyPI     dockerfile          deploy/Dockerfile, parsed with BuildKit's own parser
@@ -29,6 +31,11 @@ apt_install() {
 if ! command -v promtool >/dev/null 2>&1 || [ ! -x /usr/bin/prometheus ]; then
   echo "deploy-tools.sh: installing prometheus and promtool (Debian package prometheus)" >&2
   apt_install prometheus
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "deploy-tools.sh: installing chromium (Debian package), for the status page test" >&2
+  apt_install chromium
 fi
 
 if ! command -v kubectl >/dev/null 2>&1; then

@@ -27,7 +27,7 @@ use tallyd::actors::family::{FamilyContext, FamilySpec, FamilyState};
 use tallyd::ingest::{Batcher, IngestConfig};
 use tallyd::limits::SeriesBudget;
 use tallyd::mapping::Mapper;
-use tallyd::telemetry::Telemetry;
+use tallyd::telemetry::{ListenerKind, Telemetry};
 
 const VALID: &str = include_str!("../../data/mapping/valid.yml");
 const GOLDEN: &str = include_str!("../../golden/mapping/mapping.yml");
@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
         set_window: Duration::from_secs(60),
         budget: budget.clone(),
     });
-    let mut batcher = Batcher::new(telemetry.clone(), config(selector));
+    let mut batcher = Batcher::new(telemetry.clone(), config(selector), ListenerKind::Udp);
     let mut families: HashMap<Arc<str>, FamilyState> = HashMap::new();
     let now = Instant::now();
     for _ in 0..2 {

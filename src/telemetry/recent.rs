@@ -1,0 +1,279 @@
+//! What tallyd keeps to show a person what it is doing (`/api/v1/` and the status page at `/`),
+//! each in bounded memory, whatever arrives:
+//! - the last [`REJECTED_KEPT`] refused lines, each cut at [`REJECTED_LINE_BYTES`];
+//! - the StatsD names no mapping rule matched, with how many lines each sent: a top-k sketch
+//!   (filtered space-saving, the `topk` crate) of [`UNMAPPED_KEPT`] names, so a flood of new
+//!   names costs no more than a few;
+//! - the outcome of the last mapping file load;
+//! - [`HISTORY_POINTS`] totals, one every [`HISTORY_STEP`], for the chart of the last minutes.
+//!
+//! Listener tasks add refused lines as they refuse them and unmapped names once per flush
+//! (see `ingest::unmapped`); the history is sampled by a task of its own ([`sample`]).
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use topk::FilteredSpaceSaving;
+
+use super::{ListenerKind, Telemetry};
+use crate::statsd::parse::RejectReason;
+
+/// Refused lines kept.
+pub const REJECTED_KEPT: usize = 1000;
+/// Bytes of a refused line kept.
+pub const REJECTED_LINE_BYTES: usize = 512;
+/// Unmapped names the sketch follows.
+pub const UNMAPPED_KEPT: usize = 1000;
+/// Time between two points of the history.
+pub const HISTORY_STEP: Duration = Duration::from_secs(2);
+/// Points of history kept: ten minutes.
+pub const HISTORY_POINTS: usize = 300;
+
+/// A refused line.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    /// When it was refused.
+    pub at: SystemTime,
+    /// The listener that read it.
+    pub listener: ListenerKind,
+    /// Why.
+    pub reason: RejectReason,
+    /// Its first [`REJECTED_LINE_BYTES`] bytes.
+    pub line: Vec<u8>,
+    /// Its whole length, in bytes.
+    pub length: usize,
+}
+
+/// How the mapping file was last loaded.
+#[derive(Clone, Debug)]
+pub struct MappingLoad {
+    /// When.
+    pub at: SystemTime,
+    /// The rules in force after it.
+    pub rules: usize,
+    /// `None` when the file loaded; the error when it did not (the rules before stay).
+    pub error: Option<String>,
+}
+
+/// Totals at one moment of the history.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    /// `tallyd_lines_total`.
+    pub lines: u64,
+    /// `tallyd_lines_rejected_total`, every reason.
+    pub rejected: u64,
+    /// `tallyd_samples_total`.
+    pub samples: u64,
+}
+
+/// The bounded memories of [`Telemetry`] (see the module).
+#[derive(Debug)]
+pub struct Recent {
+    started: SystemTime,
+    rejected: Mutex<VecDeque<Rejected>>,
+    unmapped: Mutex<Option<Sketch>>,
+    mapping: Mutex<Option<MappingLoad>>,
+    history: Mutex<VecDeque<Point>>,
+}
+
+/// The unmapped names' sketch (which has no `Debug` of its own).
+struct Sketch(FilteredSpaceSaving<Box<str>>);
+
+impl std::fmt::Debug for Sketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sketch").field("k", &self.0.k()).finish()
+    }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent {
+            started: SystemTime::now(),
+            rejected: Mutex::default(),
+            unmapped: Mutex::default(),
+            mapping: Mutex::default(),
+            history: Mutex::default(),
+        }
+    }
+}
+
+impl Recent {
+    /// When tallyd started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Keeps a refused line, forgetting the oldest past [`REJECTED_KEPT`] (whose buffer it
+    /// reuses: once full, keeping a line allocates nothing).
+    pub fn reject(&self, listener: ListenerKind, reason: RejectReason, raw: &[u8]) {
+        let kept = &raw[..raw.len().min(REJECTED_LINE_BYTES)];
+        let at = SystemTime::now();
+        let mut ring = locked(&self.rejected);
+        let mut line = match ring.len() >= REJECTED_KEPT {
+            true => ring.pop_front().map(|old| old.line).unwrap_or_default(),
+            false => Vec::new(),
+        };
+        line.clear();
+        line.extend_from_slice(kept);
+        ring.push_back(Rejected {
+            at,
+            listener,
+            reason,
+            line,
+            length: raw.len(),
+        });
+    }
+
+    /// The refused lines kept, newest first, at most `limit`.
+    pub fn rejected(&self, limit: usize) -> Vec<Rejected> {
+        locked(&self.rejected)
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Adds `lines` to an unmapped name's count.
+    pub fn unmapped(&self, names: impl IntoIterator<Item = (Box<str>, u64)>) {
+        let mut sketch = locked(&self.unmapped);
+        let sketch = sketch.get_or_insert_with(|| Sketch(FilteredSpaceSaving::new(UNMAPPED_KEPT)));
+        for (name, lines) in names {
+            sketch.0.insert(name, lines);
+        }
+    }
+
+    /// The unmapped names with the most lines, most first, at most `limit`: each with its
+    /// count, which may be over by at most its error (zero while fewer than
+    /// [`UNMAPPED_KEPT`] names were seen), and that error.
+    pub fn top_unmapped(&self, limit: usize) -> Vec<(Box<str>, u64, u64)> {
+        let sketch = locked(&self.unmapped);
+        let mut top: Vec<_> = sketch
+            .iter()
+            .flat_map(|s| s.0.iter())
+            .map(|(name, c)| (name.clone(), c.estimated_count(), c.associated_error()))
+            .collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(limit);
+        top
+    }
+
+    /// Forgets the unmapped names (the mapping file changed: what matched nothing may now).
+    pub fn clear_unmapped(&self) {
+        *locked(&self.unmapped) = None;
+    }
+
+    /// Records a load of the mapping file.
+    pub fn mapping_loaded(&self, load: MappingLoad) {
+        *locked(&self.mapping) = Some(load);
+    }
+
+    /// The last load of the mapping file, if any.
+    pub fn mapping(&self) -> Option<MappingLoad> {
+        locked(&self.mapping).clone()
+    }
+
+    /// Adds a point to the history, forgetting the oldest past [`HISTORY_POINTS`].
+    pub fn record(&self, point: Point) {
+        let mut history = locked(&self.history);
+        if history.len() >= HISTORY_POINTS {
+            history.pop_front();
+        }
+        history.push_back(point);
+    }
+
+    /// The history, oldest first.
+    pub fn history(&self) -> Vec<Point> {
+        locked(&self.history).iter().copied().collect()
+    }
+}
+
+/// The totals now, as a point of the history.
+pub fn point(telemetry: &Telemetry) -> Point {
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    Point {
+        at,
+        lines: telemetry.lines.get(),
+        rejected: telemetry.rejected_total(),
+        samples: telemetry.samples.get(),
+    }
+}
+
+/// Records a point of history every [`HISTORY_STEP`], until dropped.
+pub async fn sample(telemetry: std::sync::Arc<Telemetry>) {
+    let mut every = tokio::time::interval(HISTORY_STEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        telemetry.recent.record(point(&telemetry));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_refused_lines_cut() {
+        let recent = Recent::default();
+        let long = vec![b'x'; 2000];
+        for n in 0..REJECTED_KEPT + 5 {
+            let line = format!("line{n}");
+            recent.reject(ListenerKind::Udp, RejectReason::BadValue, line.as_bytes());
+        }
+        recent.reject(ListenerKind::Tcp, RejectReason::LineTooLong, &long);
+        let kept = recent.rejected(usize::MAX);
+        assert_eq!(kept.len(), REJECTED_KEPT);
+        assert_eq!(kept[0].line.len(), REJECTED_LINE_BYTES);
+        assert_eq!(kept[0].length, 2000);
+        assert_eq!(kept[0].listener, ListenerKind::Tcp);
+        assert_eq!(
+            kept[1].line,
+            format!("line{}", REJECTED_KEPT + 4).as_bytes()
+        );
+        assert_eq!(kept.last().unwrap().line, b"line6");
+        assert_eq!(recent.rejected(2).len(), 2);
+    }
+
+    #[test]
+    fn unmapped_names_are_counted_and_bounded() {
+        let recent = Recent::default();
+        recent.unmapped([("a.b".into(), 5), ("c".into(), 2)]);
+        recent.unmapped([("a.b".into(), 1)]);
+        for n in 0..10 * UNMAPPED_KEPT {
+            recent.unmapped([(format!("flood.{n}").into(), 1)]);
+        }
+        let top = recent.top_unmapped(2);
+        assert_eq!(top[0].0.as_ref(), "a.b");
+        assert!(top[0].1 >= 6 && top[0].1 - top[0].2 <= 6, "{top:?}");
+        assert_eq!(recent.top_unmapped(usize::MAX).len(), UNMAPPED_KEPT);
+        recent.clear_unmapped();
+        assert!(recent.top_unmapped(10).is_empty());
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let recent = Recent::default();
+        for n in 0..HISTORY_POINTS as u64 + 3 {
+            recent.record(Point {
+                at: n as f64,
+                lines: n,
+                rejected: 0,
+                samples: n,
+            });
+        }
+        let history = recent.history();
+        assert_eq!(history.len(), HISTORY_POINTS);
+        assert_eq!(history[0].lines, 3);
+    }
+}
