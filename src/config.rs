@@ -48,6 +48,74 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// Bounds on what applications can make tallyd hold.
     pub limits: LimitSettings,
+    /// Pushing every series to a Prometheus remote-write receiver.
+    pub remote_write: RemoteWriteSettings,
+}
+
+/// `[remote_write]`: every series on /metrics, pushed at each interval to a receiver of
+/// Prometheus remote write 1.0 (protobuf, snappy), as a scrape would read it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteWriteSettings {
+    /// Where to push (`http://` or `https://`); empty: no push. Default empty.
+    pub url: String,
+    /// Time between two pushes. Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time one request may take, connection included. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra request headers, each `Name: value` (e.g. `X-Scope-OrgID: team-a`).
+    /// Default none.
+    pub headers: Vec<String>,
+    /// Labels added to every series that has no label of that name, each `name=value`
+    /// (e.g. `instance=pod-a`). Default none.
+    pub labels: Vec<String>,
+    /// A file holding the bearer token sent as `Authorization: Bearer …`, read at each push.
+    /// Default empty.
+    pub bearer_token_file: String,
+    /// Basic auth user name. Default empty (no basic auth).
+    pub basic_auth_username: String,
+    /// A file holding the basic auth password, read at each push. Default empty.
+    pub basic_auth_password_file: String,
+    /// PEM file of the CAs that sign the receiver's certificate; empty: the system's.
+    /// Default empty.
+    pub tls_ca_file: String,
+    /// PEM file of a client certificate, with `tls_key_file`. Default empty.
+    pub tls_cert_file: String,
+    /// PEM file of the client certificate's key. Default empty.
+    pub tls_key_file: String,
+    /// The name the receiver's certificate must hold; empty: the URL's host. Default empty.
+    pub tls_server_name: String,
+    /// Accept any certificate from the receiver (testing only). Default off.
+    pub tls_insecure_skip_verify: bool,
+    /// Most samples in one request. Default 2,000.
+    pub max_samples_per_send: usize,
+    /// Most bytes of compressed requests waiting to be sent; past it the oldest waiting is
+    /// dropped and its samples counted. Default 16 MiB.
+    pub queue_bytes: usize,
+}
+
+impl Default for RemoteWriteSettings {
+    fn default() -> Self {
+        RemoteWriteSettings {
+            url: String::new(),
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(30),
+            headers: Vec::new(),
+            labels: Vec::new(),
+            bearer_token_file: String::new(),
+            basic_auth_username: String::new(),
+            basic_auth_password_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_server_name: String::new(),
+            tls_insecure_skip_verify: false,
+            max_samples_per_send: 2_000,
+            queue_bytes: 16 << 20,
+        }
+    }
 }
 
 /// `[limits]`: every bound has a counted outcome on /metrics when it is hit.
@@ -253,7 +321,8 @@ pub struct WebSettings {
     pub enable_fault_injection: bool,
     /// Serve `POST /-/reload`, which reloads the mapping file. Default off.
     pub enable_lifecycle: bool,
-    /// Serve the JSON API under `/api/v1/` (`mapping`, `families`). Default on.
+    /// Serve the status page at `/` and the JSON API under `/api/v1/` (`status`, `families`,
+    /// `rejected`, `unmapped`, `mapping`). Default on.
     pub enable_api: bool,
     /// Serve HTTP on the listening socket systemd passes (socket activation, `LISTEN_FDS`),
     /// as exporter-toolkit's `--web.systemd-socket`; `listen_address` is then not bound.

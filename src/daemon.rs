@@ -18,15 +18,16 @@ use crate::actors::family::FamilyContext;
 use crate::actors::registry::{RegistryActor, RegistryArgs, RegistryMsg};
 use crate::barrier::Barrier;
 use crate::config::Settings;
-use crate::http::api::{Api, ApiLimits};
+use crate::http::api::{Api, ApiLimits, PushStatus};
 use crate::http::{self, HttpContext};
 use crate::ingest::relay::RelayTarget;
 use crate::ingest::{IngestConfig, PipelineContext};
 use crate::limits::{QueueBound, SeriesBudget};
 use crate::mapping::Mapper;
 use crate::reload::Reloader;
+use crate::remote_write::{self, RemoteWrite};
 use crate::sockets::{self, DatagramSocket, ListenerContext, Pause, Sockets, StatsdSockets};
-use crate::telemetry::recent::{self, MappingLoad};
+use crate::telemetry::recent;
 use crate::telemetry::Telemetry;
 
 /// How long each shutdown step may take before tallyd moves on.
@@ -215,11 +216,12 @@ pub async fn run(
     telemetry.limit_conflict_metrics(settings.limits.max_family_self_metrics);
     telemetry.mapping_loaded.set(mapper.len() as i64);
     if !settings.statsd.mapping_config.is_empty() {
-        telemetry.recent.mapping_loaded(MappingLoad {
-            at: std::time::SystemTime::now(),
-            rules: mapper.len(),
-            error: None,
-        });
+        telemetry
+            .recent
+            .mapping_loaded(std::time::SystemTime::now());
+    }
+    if !settings.web.enable_api {
+        telemetry.recent.keep_nothing();
     }
     let budget = Arc::new(SeriesBudget::new(
         settings.limits.max_series,
@@ -251,6 +253,7 @@ pub async fn run(
     let unixgram_file = statsd.unixgram.as_ref().map(|(_, file)| file.clone());
     let stop_reading = CancellationToken::new();
     let listeners = start_listeners(&settings, statsd, listener_ctx, &stop_reading)?;
+    let push_metrics = (!settings.remote_write.url.is_empty()).then(|| telemetry.remote_write());
     let http_ctx = Arc::new(HttpContext {
         aggregator: actors.aggregator.clone(),
         barrier,
@@ -276,9 +279,22 @@ pub async fn run(
             },
             mapping_file: settings.statsd.mapping_config.clone(),
             addresses,
+            remote_write: push_metrics.clone().map(|metrics| PushStatus {
+                url: remote_write::shown_url(&settings.remote_write.url),
+                interval: settings.remote_write.interval,
+                metrics,
+            }),
         }),
     });
     let history = tokio::spawn(recent::sample(telemetry.clone()));
+    let remote_write = match push_metrics {
+        None => None,
+        Some(metrics) => Some(RemoteWrite::start(
+            &settings.remote_write,
+            ScrapeReader(http_ctx.clone()),
+            metrics,
+        )?),
+    };
     let stop_serving = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(web, http_ctx.clone(), stop_serving.clone()));
     let path = &settings.web.telemetry_path;
@@ -290,6 +306,9 @@ pub async fn run(
     stop_reading.cancel();
     stop_listeners(listeners).await;
     actors.stop_families().await;
+    if let Some(remote_write) = remote_write {
+        remote_write.finish().await;
+    }
     let grace = settings.shutdown.grace_period;
     if !grace.is_zero() {
         info!(
@@ -316,6 +335,15 @@ pub async fn run(
         "stopped"
     );
     Ok(())
+}
+
+/// What a push reads: the exposition, as a scrape reads it.
+struct ScrapeReader(Arc<HttpContext>);
+
+impl remote_write::Exposition for ScrapeReader {
+    async fn read(&self) -> Option<bytes::Bytes> {
+        http::protobuf_exposition(&self.0).await
+    }
 }
 
 /// How lines become updates, with the relay the settings ask for.

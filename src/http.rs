@@ -502,6 +502,15 @@ async fn route(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
     }
 }
 
+/// The exposition in the protobuf form, as a scrape reads it now (for remote write).
+pub(crate) async fn protobuf_exposition(ctx: &HttpContext) -> Option<Bytes> {
+    let form = Form {
+        protobuf: true,
+        gzip: false,
+    };
+    ctx.scrapes.body(ctx, form).await
+}
+
 async fn scrape(ctx: &HttpContext, req: &Request<Incoming>) -> Reply {
     let gzip = req
         .headers()
@@ -625,10 +634,7 @@ fn status_page(body: String) -> Reply {
     let mut response = html(body);
     response.headers_mut().insert(
         hyper::header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
-        ),
+        HeaderValue::from_static(page::policy()),
     );
     response
 }

@@ -22,7 +22,7 @@ mod pending;
 mod pipeline;
 pub mod relay;
 mod resolve;
-mod unmapped;
+pub(crate) mod unmapped;
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;

@@ -31,6 +31,9 @@
 //!   `rejected`, `unmapped`, `mapping`) and the status page at `/` built on it; timeouts, the
 //!   connection cap, and [`webconfig`] (exporter-toolkit's `--web.config.file`: TLS with certificates
 //!   that rotate, basic auth with a bounded number of password checks).
+//! - `remote_write`: the exposition, read as a scrape reads it, pushed to a Prometheus
+//!   remote-write receiver at each interval (`--remote-write.url`), with a bounded queue and
+//!   a final push at shutdown.
 //! - [`daemon`]: starts the actor tree, the listeners and the HTTP server on bound sockets,
 //!   and shuts them down in order.
 //!
@@ -75,6 +78,7 @@ pub mod memory;
 pub mod names;
 pub mod rate;
 pub mod reload;
+pub(crate) mod remote_write;
 pub mod routing;
 pub mod sockets;
 pub mod statsd;

@@ -9,7 +9,6 @@ use tracing::{error, info};
 
 use crate::ingest::IngestConfig;
 use crate::mapping::{Mapper, MappingError};
-use crate::telemetry::recent::MappingLoad;
 use crate::telemetry::Telemetry;
 
 /// Loads the mapping file named by the settings, or no rules when none is named.
@@ -64,25 +63,20 @@ impl Reloader {
                     tracing::warn!("mapping file: {warning}");
                 }
                 let rules = mapper.len();
+                // Before the swap: counts made under the new rules are of the new generation.
+                self.telemetry.recent.clear_unmapped();
                 self.ingest.mapper.store(Arc::new(mapper));
                 self.telemetry.mapping_loaded.set(rules as i64);
                 self.telemetry.reload(true);
-                self.telemetry.recent.clear_unmapped();
-                self.telemetry.recent.mapping_loaded(MappingLoad {
-                    at: SystemTime::now(),
-                    rules,
-                    error: None,
-                });
+                self.telemetry.recent.mapping_loaded(SystemTime::now());
                 info!(path = %self.path.display(), rules, "mapping file reloaded");
                 Ok(rules)
             }
             Err(e) => {
                 self.telemetry.reload(false);
-                self.telemetry.recent.mapping_loaded(MappingLoad {
-                    at: SystemTime::now(),
-                    rules: self.ingest.mapper.load().len(),
-                    error: Some(e.to_string()),
-                });
+                self.telemetry
+                    .recent
+                    .mapping_failed(SystemTime::now(), e.to_string());
                 error!(error = %e, "mapping file reload failed; the previous rules stay in force");
                 Err(e)
             }

@@ -12,6 +12,7 @@
 pub mod recent;
 mod register;
 pub mod udp_drops;
+pub use register::RemoteWriteMetrics;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use std::sync::atomic::{AtomicU64, Ordering};

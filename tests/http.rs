@@ -9,7 +9,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{start_fails, Exposition, Tallyd, DEADLINE};
+use common::{start_fails, Exposition, Pki, Tallyd, DEADLINE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -401,43 +401,6 @@ fn clients_with_wrong_passwords_cannot_keep_scrapes_out() {
         refused > failed,
         "refused {refused}, checked and failed {failed}"
     );
-}
-
-/// A CA, and certificates it signs, made fresh for each test.
-struct Pki {
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("tallyd test CA {name}"));
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        Pki {
-            ca: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    /// A certificate for `names` (DNS names or IPs) with `usage`: (certificate PEM, key PEM).
-    fn issue(&self, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
 }
 
 fn trusting(ca_pem: &str, client: Option<&(String, String)>) -> ureq::tls::TlsConfig {

@@ -6,6 +6,12 @@
 //!   does a positive `rate()` of the counter.
 //! - `prometheus_reads_native_histograms_over_protobuf`: a Prometheus with native histograms on
 //!   scrapes the protobuf format and answers `histogram_quantile` over the native series.
+//! - `prometheus_stores_what_tallyd_pushes_by_remote_write`: a Prometheus with its
+//!   remote-write receiver on stores, for every user series tallyd shows on `/metrics`
+//!   (counter, gauge, summary, histogram), the value `/metrics` shows, with the label tallyd
+//!   was told to add.
+//! - `the_final_push_at_shutdown_reaches_prometheus`: with an hour between pushes, the values
+//!   sent before SIGTERM reach Prometheus by the final push.
 //! - `the_annotation_scrape_config_keeps_one_target_per_annotated_pod`: the job in
 //!   `deploy/prometheus/scrape-config.yml`, with its Kubernetes discovery replaced by static
 //!   targets carrying the labels that pod discovery gives (Debian's Prometheus is built without
@@ -321,6 +327,99 @@ fn prometheus_reads_native_histograms_over_protobuf() {
     prometheus.wait_for(p90, "≈ 90", |v| (84.0..=97.0).contains(&v));
     let sum = r#"histogram_sum(api_latency{job="tallyd",route="checkout"})"#;
     prometheus.wait_value(sum, 5051.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Prometheus that scrapes nothing and takes remote write on `/api/v1/write`.
+fn remote_write_receiver() -> Prometheus {
+    Prometheus::start_with("global: {}\n", &["--web.enable-remote-write-receiver"])
+}
+
+/// tallyd pushing to `prometheus` every `interval`, with `instance="pod-a"` added, and a
+/// mapping that makes `api.*.latency` a histogram.
+fn pushing_tallyd(prometheus: &Prometheus, interval: &str, dir: &Path) -> Tallyd {
+    let mapping = dir.join("mapping.yml");
+    std::fs::write(
+        &mapping,
+        "mappings:\n- match: \"api.*.latency\"\n  observer_type: histogram\n  name: api_latency\n  labels: { route: \"$1\" }\n",
+    )
+    .unwrap();
+    Tallyd::start(&[
+        &format!("--statsd.mapping-config={}", mapping.display()),
+        &format!("--remote-write.url=http://{}/api/v1/write", prometheus.addr),
+        &format!("--remote-write.interval={interval}"),
+        "--remote-write.label=instance=pod-a",
+    ])
+}
+
+/// Lines of every kind: a tagged counter (5), a gauge, a summary of three timings, a
+/// histogram of four observations.
+const PUSHED_LINES: &[u8] = b"checkout.requests:2|c|#region:eu\ncheckout.requests:3|c|#region:eu\nqueue.depth:42|g\ndb.query:12.5|ms\ndb.query:30|ms\ndb.query:7.5|ms\napi.cart.latency:0.02|h\napi.cart.latency:0.2|h\napi.cart.latency:3|h\napi.cart.latency:0.002|h";
+
+#[test]
+fn prometheus_stores_what_tallyd_pushes_by_remote_write() {
+    let dir = scratch_dir("remote-write");
+    let prometheus = remote_write_receiver();
+    let tallyd = pushing_tallyd(&prometheus, "1s", &dir);
+    tallyd.send_udp(PUSHED_LINES);
+    tallyd.wait_value("tallyd_lines_total", &[], 10.0);
+    prometheus.wait_value(r#"checkout_requests{instance="pod-a",region="eu"}"#, 5.0);
+    // Every user series of /metrics, with the value it shows there, in what was pushed.
+    let exposition = common::user_part(&tallyd.scrape_text());
+    let series: Vec<(String, f64)> = exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (selector, value) = line.rsplit_once(' ').unwrap();
+            let selector = match selector.strip_suffix('}') {
+                Some(open) => format!("{open},instance=\"pod-a\"}}"),
+                None => format!("{selector}{{instance=\"pod-a\"}}"),
+            };
+            (selector, value.parse().unwrap())
+        })
+        .collect();
+    assert!(series.len() > 20, "every kind of series: {exposition}");
+    for name in [
+        "api_latency_bucket",
+        "api_latency_sum",
+        "db_query{",
+        "db_query_count",
+        "queue_depth",
+    ] {
+        assert!(
+            series.iter().any(|(s, _)| s.starts_with(name)),
+            "{name} in {exposition}"
+        );
+    }
+    for (selector, value) in &series {
+        assert_eq!(prometheus.query(selector), vec![*value], "{selector}");
+    }
+    let sent = tallyd
+        .scrape()
+        .value("tallyd_remote_write_samples_total", &[("outcome", "sent")]);
+    assert!(sent.unwrap_or_default() >= series.len() as f64, "{sent:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_final_push_at_shutdown_reaches_prometheus() {
+    let dir = scratch_dir("final-push");
+    let prometheus = remote_write_receiver();
+    let mut tallyd = pushing_tallyd(&prometheus, "1h", &dir);
+    tallyd.send_udp(PUSHED_LINES);
+    tallyd.wait_value("tallyd_lines_total", &[], 10.0);
+    assert!(
+        prometheus.query("checkout_requests").is_empty(),
+        "nothing pushed yet"
+    );
+    let (status, _) = tallyd.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}");
+    prometheus.wait_value(r#"checkout_requests{instance="pod-a",region="eu"}"#, 5.0);
+    prometheus.wait_value(r#"api_latency_count{instance="pod-a",route="cart"}"#, 4.0);
+    prometheus.wait_value(
+        r#"api_latency_bucket{instance="pod-a",route="cart",le="0.25"}"#,
+        3.0,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -142,6 +142,9 @@ fn status_rejected_and_unmapped_answer_what_was_sent() {
     assert_eq!(status["mapping"]["rules"], 1);
     assert_eq!(status["mapping"]["file"], mapping.0.display().to_string());
     assert_eq!(status["mapping"]["error"], Value::Null);
+    let loaded_at = status["mapping"]["loaded_at"].clone();
+    assert!(loaded_at.as_str().unwrap().ends_with('Z'));
+    assert_eq!(status["remote_write"], Value::Null, "no push");
     let limit = |name: &str| {
         status["limits"]
             .as_array()
@@ -172,6 +175,11 @@ fn status_rejected_and_unmapped_answer_what_was_sent() {
             .contains(&mapping.0.display().to_string()),
         "{status}"
     );
+    assert_eq!(
+        status["mapping"]["loaded_at"], loaded_at,
+        "the rules in force are the first"
+    );
+    assert!(status["mapping"]["failed_at"].is_string());
     std::fs::write(
         &mapping.0,
         format!("{MAPPING}- match: foo.bar\n  name: foo\n"),
@@ -183,6 +191,7 @@ fn status_rejected_and_unmapped_answer_what_was_sent() {
         (&status["mapping"]["rules"], &status["mapping"]["error"]),
         (&json!(2), &Value::Null)
     );
+    assert_ne!(status["mapping"]["loaded_at"], loaded_at);
     assert_eq!(get_json(&t, "/api/v1/unmapped"), json!([]));
     t.send_udp(b"foo.bar:1|c\nnew.name:1|c");
     t.wait_value("tallyd_lines_total", &[], 18.0);
@@ -377,5 +386,12 @@ fn the_page_escapes_what_senders_chose() {
     assert!(
         page.contains("&lt;b&gt;x&lt;/b&gt;"),
         "the unmapped name: {page}"
+    );
+    let (status, page) = t.get("/?name=%3Cscript%3Ex%3C%2Fscript%3E");
+    assert_eq!(status, 200);
+    assert!(!page.contains("<script>x"), "{page}");
+    assert!(
+        page.contains("value=\"&lt;script&gt;x&lt;/script&gt;\""),
+        "the name in the form: {page}"
     );
 }

@@ -224,6 +224,51 @@ pub struct Cli {
     /// Enable POST /-/fault?family=NAME, which makes a family actor fail (chaos drills).
     #[arg(long = "web.enable-fault-injection")]
     pub web_enable_fault_injection: bool => "web.enable_fault_injection",
+    /// Push every series to this Prometheus remote-write URL at each interval ("" disables it).
+    #[arg(long = "remote-write.url", value_name = "URL")]
+    pub remote_write_url: Option<String> => "remote_write.url",
+    /// Time between two pushes.
+    #[arg(long = "remote-write.interval", value_name = "DURATION")]
+    pub remote_write_interval: Option<String> => "remote_write.interval",
+    /// Time one push request may take.
+    #[arg(long = "remote-write.timeout", value_name = "DURATION")]
+    pub remote_write_timeout: Option<String> => "remote_write.timeout",
+    /// Extra request header, "Name: value" (repeatable).
+    #[arg(long = "remote-write.header", value_name = "NAME: VALUE")]
+    pub remote_write_headers: Vec<String>,
+    /// Label added to every pushed series without one of that name, "name=value" (repeatable).
+    #[arg(long = "remote-write.label", value_name = "NAME=VALUE")]
+    pub remote_write_labels: Vec<String>,
+    /// File holding the bearer token to push with.
+    #[arg(long = "remote-write.bearer-token-file", value_name = "FILE")]
+    pub remote_write_bearer_token_file: Option<String> => "remote_write.bearer_token_file",
+    /// Basic auth user name to push with.
+    #[arg(long = "remote-write.basic-auth.username", value_name = "NAME")]
+    pub remote_write_basic_auth_username: Option<String> => "remote_write.basic_auth_username",
+    /// File holding the basic auth password to push with.
+    #[arg(long = "remote-write.basic-auth.password-file", value_name = "FILE")]
+    pub remote_write_basic_auth_password_file: Option<String> => "remote_write.basic_auth_password_file",
+    /// PEM file of the CAs of the receiver's certificate (default: the system's).
+    #[arg(long = "remote-write.tls.ca-file", value_name = "FILE")]
+    pub remote_write_tls_ca_file: Option<String> => "remote_write.tls_ca_file",
+    /// PEM file of the client certificate to push with.
+    #[arg(long = "remote-write.tls.cert-file", value_name = "FILE")]
+    pub remote_write_tls_cert_file: Option<String> => "remote_write.tls_cert_file",
+    /// PEM file of the client certificate's key.
+    #[arg(long = "remote-write.tls.key-file", value_name = "FILE")]
+    pub remote_write_tls_key_file: Option<String> => "remote_write.tls_key_file",
+    /// Name the receiver's certificate must hold (default: the URL's host).
+    #[arg(long = "remote-write.tls.server-name", value_name = "NAME")]
+    pub remote_write_tls_server_name: Option<String> => "remote_write.tls_server_name",
+    /// Accept any certificate from the receiver (testing only).
+    #[arg(long = "remote-write.tls.insecure-skip-verify")]
+    pub remote_write_tls_insecure_skip_verify: bool => "remote_write.tls_insecure_skip_verify",
+    /// Most samples in one push request.
+    #[arg(long = "remote-write.max-samples-per-send", value_name = "N")]
+    pub remote_write_max_samples_per_send: Option<String> => "remote_write.max_samples_per_send",
+    /// Most bytes of push requests waiting; past it the oldest is dropped and counted.
+    #[arg(long = "remote-write.queue-bytes", value_name = "BYTES")]
+    pub remote_write_queue_bytes: Option<String> => "remote_write.queue_bytes",
     /// Log level.
     #[arg(long = "log.level", value_enum, value_name = "LEVEL")]
     pub log_level: Option<LogLevel> => "log.level",
@@ -231,4 +276,23 @@ pub struct Cli {
     #[arg(long = "log.format", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat> => "log.format",
 }
+}
+
+impl Cli {
+    /// The repeatable flags that set a list, as [`Cli::overrides`]: the list's config key, the
+    /// flag's name, and every value given (none: the flag is absent).
+    pub(super) fn list_overrides(&self) -> [(&'static str, &'static str, &[String]); 2] {
+        [
+            (
+                "remote_write.headers",
+                "--remote-write.header",
+                &self.remote_write_headers,
+            ),
+            (
+                "remote_write.labels",
+                "--remote-write.label",
+                &self.remote_write_labels,
+            ),
+        ]
+    }
 }

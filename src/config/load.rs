@@ -24,6 +24,8 @@ pub(super) fn environment(vars: impl Iterator<Item = (String, String)>) -> Envir
         .separator("__")
         .list_separator(",")
         .with_list_parse_key("observer.buckets")
+        .with_list_parse_key("remote_write.headers")
+        .with_list_parse_key("remote_write.labels")
         .try_parsing(true)
         .source(Some(settings))
 }
@@ -51,6 +53,12 @@ impl Settings {
             if let Some(value) = value {
                 builder = builder.set_override(key, value)?;
                 flags_given.push((key, flag));
+            }
+        }
+        for (key, flag, values) in cli.list_overrides() {
+            if !values.is_empty() {
+                builder = builder.set_override(key, values.to_vec())?;
+                flags_given.push((key, flag.to_owned()));
             }
         }
         let settings: Settings =

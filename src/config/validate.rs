@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    resolve, ActorSettings, LimitSettings, ObserverSettings, Settings, ShutdownSettings,
-    StatsdSettings, WebSettings,
+    resolve, ActorSettings, LimitSettings, ObserverSettings, RemoteWriteSettings, Settings,
+    ShutdownSettings, StatsdSettings, WebSettings,
 };
 
 /// The offending key and what is wrong with its value.
@@ -20,7 +20,8 @@ impl Settings {
         self.statsd.check()?;
         self.limits.check()?;
         self.shutdown.check()?;
-        self.actors.check()
+        self.actors.check()?;
+        self.remote_write.check()
     }
 
     /// The listen addresses resolve; only the StatsD ones may be empty (disabled).
@@ -198,6 +199,60 @@ impl ActorSettings {
             return Err((
                 "actors.publish_interval",
                 "must be more than 0 and at most 60s".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RemoteWriteSettings {
+    /// The URL (when set), headers and labels are well formed, the numbers in range, and the
+    /// credentials and certificates come in their pairs; the files are read when the push
+    /// starts (and at each push, for the credentials).
+    fn check(&self) -> Result<(), Invalid> {
+        if !self.url.is_empty() {
+            let uri: Option<hyper::Uri> = self.url.parse().ok();
+            let usable = uri.as_ref().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+            });
+            if !usable {
+                return Err((
+                    "remote_write.url",
+                    format!("{:?} is not an http:// or https:// URL", self.url),
+                ));
+            }
+        }
+        if self.interval < Duration::from_millis(100) {
+            return Err(("remote_write.interval", "must be at least 100ms".into()));
+        }
+        if self.timeout < Duration::from_millis(1) {
+            return Err(("remote_write.timeout", "must be at least 1ms".into()));
+        }
+        if self.max_samples_per_send == 0 {
+            return Err((
+                "remote_write.max_samples_per_send",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.queue_bytes < 64 << 10 {
+            return Err(("remote_write.queue_bytes", "must be at least 65536".into()));
+        }
+        for header in &self.headers {
+            crate::remote_write::header(header).map_err(|e| ("remote_write.headers", e))?;
+        }
+        for label in &self.labels {
+            crate::remote_write::label(label).map_err(|e| ("remote_write.labels", e))?;
+        }
+        if !self.bearer_token_file.is_empty() && !self.basic_auth_username.is_empty() {
+            return Err((
+                "remote_write.bearer_token_file",
+                "bearer token and basic auth exclude each other".into(),
+            ));
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err((
+                "remote_write.tls_cert_file",
+                "a client certificate needs tls_key_file, and a key tls_cert_file".into(),
             ));
         }
         Ok(())

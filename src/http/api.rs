@@ -1,7 +1,8 @@
 //! The JSON API under `/api/v1/` (off with `--no-web.enable-api`), which the status page at `/`
 //! ([`super::page`]) is built on:
 //! - `status`: version, uptime, listeners, totals and rates, rejections by reason, limits and
-//!   their use, memory, the mapping file's state, and the history behind the page's chart;
+//!   their use, memory, the mapping file's state, the push's counts, and the history behind
+//!   the page's chart;
 //! - `families?sort=rate|series&limit=N`: the busiest or largest families;
 //! - `rejected?limit=N`: the last refused lines, newest first;
 //! - `unmapped?limit=N`: the names no mapping rule matched, most lines first;
@@ -48,6 +49,19 @@ pub(crate) struct Api {
     pub(crate) mapping_file: String,
     /// Each StatsD listener's address (`off` when off), and the HTTP one.
     pub(crate) addresses: [String; 4],
+    /// The push, when `--remote-write.url` is set.
+    pub(crate) remote_write: Option<PushStatus>,
+}
+
+/// What `status` says of the push.
+#[derive(Debug)]
+pub(crate) struct PushStatus {
+    /// Where to, without credentials.
+    pub(crate) url: String,
+    /// Time between pushes.
+    pub(crate) interval: Duration,
+    /// Its counts.
+    pub(crate) metrics: crate::telemetry::RemoteWriteMetrics,
 }
 
 /// The limits `status` shows with their use.
@@ -211,8 +225,10 @@ pub(crate) fn status(ctx: &HttpContext, api: &Api) -> Value {
     timeline.push(now);
     let points: Vec<Value> = timeline
         .windows(2)
+        // A span the clock stepped back over (or none) has no rate.
+        .filter(|pair| pair[1].at > pair[0].at)
         .map(|pair| {
-            let span = (pair[1].at - pair[0].at).max(f64::EPSILON);
+            let span = pair[1].at - pair[0].at;
             json!({
                 "at": pair[1].at,
                 "lines_per_second": (pair[1].lines.saturating_sub(pair[0].lines)) as f64 / span,
@@ -248,13 +264,32 @@ pub(crate) fn status(ctx: &HttpContext, api: &Api) -> Value {
         "mapping": {
             "file": (!api.mapping_file.is_empty()).then_some(&api.mapping_file),
             "rules": api.ingest.mapper.load().len(),
-            "loaded_at": mapping.as_ref().map(|m| rfc3339(m.at)),
-            "error": mapping.and_then(|m| m.error),
+            "loaded_at": mapping.loaded.map(rfc3339),
+            "failed_at": mapping.failed.as_ref().map(|(at, _)| rfc3339(*at)),
+            "error": mapping.failed.map(|(_, error)| error),
         },
         "history": {
             "step_seconds": HISTORY_STEP.as_secs(),
             "points": points,
         },
+        "remote_write": api.remote_write.as_ref().map(|push| {
+            let m = &push.metrics;
+            let last = m.last_success.get();
+            json!({
+                "url": push.url,
+                "interval_seconds": push.interval.as_secs_f64(),
+                "samples": {
+                    "sent": m.sent.get(),
+                    "failed": m.failed.get(),
+                    "dropped": m.dropped.get(),
+                },
+                "queue_bytes": m.queue_bytes.get(),
+                "queue_bytes_limit": m.queue_bytes_limit.get(),
+                "last_success": (last > 0).then(|| {
+                    rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(last as u64))
+                }),
+            })
+        }),
     })
 }
 

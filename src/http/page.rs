@@ -2,14 +2,15 @@
 //! API answers ([`super::api`]), so that it reads without JavaScript: version and uptime,
 //! lines per second with a chart of the last ten minutes (inline SVG), packets per listener,
 //! kernel drops, rejections by reason, each limit and its use, the busiest and the largest
-//! families, the last refused lines, the top unmapped names, the mapping file's state, and a
-//! form that explains how a name maps (`/?name=NAME&type=TYPE`). A short inline script
+//! families, the last refused lines, the top unmapped names, the mapping file's state, the
+//! push's counts, and a form that explains how a name maps (`/?name=NAME&type=TYPE`). A short inline script
 //! fetches the page again every few seconds and swaps in its live part.
 //!
 //! Everything a sender chose (names, lines, labels) is escaped by `maud`.
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
+use std::sync::LazyLock;
 
 use super::api::{self, Api, Query};
 use super::HttpContext;
@@ -25,7 +26,7 @@ const CHART: (f64, f64) = (720.0, 140.0);
 
 /// What the page's script does: fetch the page again every [`REFRESH_SECONDS`] and swap in
 /// its live part, leaving the form (and what is typed in it) alone.
-const SCRIPT: &str = r#"
+const SCRIPT_TEMPLATE: &str = r#"
 setInterval(async () => {
   try {
     const r = await fetch(location.href, { cache: "no-store" });
@@ -36,6 +37,25 @@ setInterval(async () => {
   } catch (e) { /* the next try may reach tallyd again */ }
 }, REFRESH_MS);
 "#;
+
+/// The page's script, and the `Content-Security-Policy` that lets it run (by its hash) and
+/// fetch from tallyd, and nothing else run or load.
+static SCRIPT: LazyLock<(String, String)> = LazyLock::new(|| {
+    use base64::Engine as _;
+    let script = SCRIPT_TEMPLATE.replace("REFRESH_MS", &(REFRESH_SECONDS * 1000).to_string());
+    let digest = ring::digest::digest(&ring::digest::SHA256, script.as_bytes());
+    let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    let policy = format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'"
+    );
+    (script, policy)
+});
+
+/// The `Content-Security-Policy` the page is sent with.
+pub(crate) fn policy() -> &'static str {
+    &SCRIPT.1
+}
 
 const STYLE: &str = "
 body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px;color:#1d2433}
@@ -62,7 +82,6 @@ pub(crate) async fn render(ctx: &HttpContext, api: &Api, query: Option<&str>) ->
         .as_ref()
         .map(|_| api::mapping(ctx, &api.ingest, &query));
     let statsd_type = query.get("type").unwrap_or_else(|| "c".into());
-    let script = SCRIPT.replace("REFRESH_MS", &(REFRESH_SECONDS * 1000).to_string());
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -104,7 +123,7 @@ pub(crate) async fn render(ctx: &HttpContext, api: &Api, query: Option<&str>) ->
                     Some(Err(e)) => p.bad #explanation { (e.message()) },
                     None => {},
                 }
-                script { (PreEscaped(script)) }
+                script { (PreEscaped(&SCRIPT.0)) }
             }
         }
     };
@@ -177,6 +196,8 @@ fn live(
                 }
                 h2 { "Mapping file" }
                 (mapping(&status["mapping"]))
+                h2 { "Remote write" }
+                (push(&status["remote_write"]))
             }
         }
         div.grid {
@@ -244,12 +265,31 @@ fn mapping(mapping: &Value) -> Markup {
         } @else {
             p #mapping {
                 code { (str(&mapping["file"])) } ": " (mapping["rules"]) " rules"
-                @if let Some(at) = mapping["loaded_at"].as_str() { ", last loaded " (at) }
+                @if let Some(at) = mapping["loaded_at"].as_str() { ", loaded " (at) }
                 "."
                 @if let Some(error) = mapping["error"].as_str() {
                     br;
-                    span.bad { "Last reload failed, the rules before stay in force: " (error) }
+                    span.bad {
+                        "A reload failed at " (str(&mapping["failed_at"]))
+                        "; the rules in force stay: " (error)
+                    }
                 }
+            }
+        }
+    }
+}
+
+fn push(push: &Value) -> Markup {
+    let samples = &push["samples"];
+    html! {
+        @if push.is_null() {
+            p.muted #remote-write { "Off (--remote-write.url)." }
+        } @else {
+            p #remote-write {
+                code { (str(&push["url"])) } ", every " (push["interval_seconds"]) " s. Samples sent "
+                (samples["sent"]) ", refused " (samples["failed"]) ", dropped " (samples["dropped"])
+                "; queue " (push["queue_bytes"]) " of " (push["queue_bytes_limit"]) " bytes; last success "
+                (push["last_success"].as_str().unwrap_or("never")) "."
             }
         }
     }

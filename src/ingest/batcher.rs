@@ -227,7 +227,7 @@ impl Batcher {
         let relay = config.relay.clone().map(Relay::new);
         Batcher {
             listener,
-            unmapped: UnmappedTally::default(),
+            unmapped: UnmappedTally::new(&telemetry.recent),
             styles: config.styles,
             resolver: Resolver::new(telemetry.clone(), config),
             telemetry,
@@ -255,6 +255,8 @@ impl Batcher {
         if self.resolver.reloaded() {
             self.lines.clear();
             self.pending.reset();
+            // What matched no rule may match now: the tally starts over with the sketch.
+            self.unmapped = UnmappedTally::new(&self.telemetry.recent);
         }
         let mut scan = std::mem::take(&mut self.scan);
         let mut marks = std::mem::take(&mut self.marks);
@@ -482,7 +484,7 @@ impl Batcher {
                 Ok(Some(number))
             }
             None => {
-                self.telemetry.recent.unmapped([(name.into(), 1)]);
+                self.unmapped.count_unnumbered(name, &self.telemetry.recent);
                 Err(())
             }
         }
@@ -515,7 +517,9 @@ impl Batcher {
             return;
         }
         self.lines = LineCache::default();
-        self.unmapped.clear(&self.telemetry.recent);
+        // The lines that carried the names' numbers are gone: the numbers may go too.
+        self.unmapped.flush(&self.telemetry.recent);
+        self.unmapped = UnmappedTally::new(&self.telemetry.recent);
         self.pending = Pending::default();
         self.resolver.release();
     }
@@ -554,7 +558,7 @@ impl Batcher {
 
     /// True when something was read since the last flush (held updates, or only counts).
     pub fn has_pending(&self) -> bool {
-        self.held() > 0 || self.counts != Counts::default() || !self.unmapped.is_empty()
+        self.held() > 0 || self.counts != Counts::default()
     }
 
     /// Takes the batches gathered so far, one per family, and adds their counts to the
@@ -565,11 +569,9 @@ impl Batcher {
             relay.send();
         }
         let (batches, dropped) = self.pending.take();
-        if dropped || self.unmapped.is_full() {
-            // The remembered lines point at the slots just dropped, or at the numbers of the
-            // unmapped names, which start over.
+        if dropped {
+            // The remembered lines point at the slots just dropped.
             self.lines = LineCache::default();
-            self.unmapped.clear(&self.telemetry.recent);
         }
         batches
     }
@@ -979,6 +981,45 @@ mod tests {
         assert_eq!(names, [("first", 1), ("second", 1)]);
         b.ingest(b"a:1|c");
         assert_eq!(outcome(&mut b, &t).0[0].0, "second");
+    }
+
+    #[test]
+    fn every_unmapped_line_counts_its_name_past_the_tally() {
+        use crate::ingest::unmapped::NAMES_LIMIT;
+        let (mut b, t, _) = batcher_and_config("mappings:\n- match: mapped\n  name: m\n");
+        // Every name twice (the second time a known line when the name has a number), in
+        // datagrams the line cache remembers; two names, one numbered and one past the
+        // tally's room, 20 more times each.
+        let names: Vec<String> = (0..NAMES_LIMIT + 10).map(|n| format!("u.{n}")).collect();
+        let heavy = [names[0].clone(), names[NAMES_LIMIT + 9].clone()];
+        for _ in 0..2 {
+            for chunk in names.chunks(50) {
+                let lines: Vec<String> = chunk.iter().map(|n| format!("{n}:1|c")).collect();
+                b.ingest(lines.join("\n").as_bytes());
+                b.ingest(b"mapped:1|c");
+            }
+            for name in &heavy {
+                for _ in 0..10 {
+                    b.ingest(format!("{name}:1|c\n{name}:1|c").as_bytes());
+                }
+            }
+            b.take();
+        }
+        let top = t.recent.top_unmapped(2);
+        for (name, lines, error) in &top {
+            assert!(heavy.iter().any(|h| h.as_str() == &**name), "{top:?}");
+            assert!(
+                *lines >= 42 && lines - error <= 42,
+                "{name}: 42 lines, {lines} ± {error}"
+            );
+        }
+        assert_eq!(top.len(), 2);
+        assert!(t
+            .recent
+            .top_unmapped(usize::MAX)
+            .iter()
+            .all(|(n, _, _)| &**n != "mapped"));
+        assert_eq!(t.mapping_unmapped.get(), 2 * (names.len() as u64 + 40));
     }
 
     proptest::proptest! {

@@ -1,33 +1,65 @@
 //! A batcher's tally of the StatsD names no mapping rule matched (with a mapping file): each
 //! name gets a number once, which the line cache keeps with the lines of that name, so a known
 //! line adds to its name's count without hashing it again; the counts go to the shared top-k
-//! sketch ([`crate::telemetry::recent`]) once per flush.
+//! sketch ([`crate::telemetry::recent`]) once per flush. Names are kept to their first
+//! [`NAME_BYTES`] bytes.
+//!
+//! The numbers live as long as the tally: a tally is replaced only when the line cache that
+//! holds its numbers is emptied with it (a reload, an idle listener). Past [`NAMES_LIMIT`]
+//! names, a name without a number is counted in the sketch line by line.
 
 use rustc_hash::FxHashMap;
 
 use crate::telemetry::recent::Recent;
 
-/// Names a tally numbers at most; past it, the batcher starts over (and forgets the lines
-/// that carry the old numbers).
+/// Names a tally numbers at most.
 pub(super) const NAMES_LIMIT: usize = 4096;
+/// Bytes of a name kept.
+pub(super) const NAME_BYTES: usize = 256;
 
 /// See the module.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct UnmappedTally {
     numbers: FxHashMap<Box<str>, u32>,
     /// Each numbered name with its lines since the last flush.
     names: Vec<(Box<str>, u64)>,
     /// The numbers whose count is above zero.
     counted: Vec<u32>,
+    /// The sketch's generation when the tally was made: counts made under other mapping
+    /// rules are not added to it.
+    generation: u64,
+}
+
+/// `name`, cut to [`NAME_BYTES`] at a character's boundary.
+fn kept(name: &str) -> &str {
+    if name.len() <= NAME_BYTES {
+        return name;
+    }
+    let mut end = NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 impl UnmappedTally {
+    /// An empty tally for `recent`'s sketch as it is now.
+    pub(super) fn new(recent: &Recent) -> Self {
+        UnmappedTally {
+            numbers: FxHashMap::default(),
+            names: Vec::new(),
+            counted: Vec::new(),
+            generation: recent.unmapped_generation(),
+        }
+    }
+
     /// The number of `name`, given it one if it has none; `None` when the tally is full.
     pub(super) fn number(&mut self, name: &str) -> Option<u32> {
+        let name = kept(name);
         if let Some(&n) = self.numbers.get(name) {
             return Some(n);
         }
-        if self.is_full() {
+        if self.names.len() >= NAMES_LIMIT {
             return None;
         }
         let n = self.names.len() as u32;
@@ -45,14 +77,9 @@ impl UnmappedTally {
         *lines += 1;
     }
 
-    /// True when no other name can be numbered.
-    pub(super) fn is_full(&self) -> bool {
-        self.names.len() >= NAMES_LIMIT
-    }
-
-    /// True when nothing is counted since the last flush.
-    pub(super) fn is_empty(&self) -> bool {
-        self.counted.is_empty()
+    /// Counts a line of a name the full tally has no number for, in `recent`'s sketch.
+    pub(super) fn count_unnumbered(&self, name: &str, recent: &Recent) {
+        recent.unmapped(self.generation, [(kept(name).into(), 1)]);
     }
 
     /// Adds the counts to `recent`'s sketch and sets them to zero; the numbers stay.
@@ -61,16 +88,11 @@ impl UnmappedTally {
             return;
         }
         let names = &mut self.names;
-        recent.unmapped(self.counted.drain(..).map(|n| {
+        let counts = self.counted.drain(..).map(|n| {
             let (name, lines) = &mut names[n as usize];
             (name.clone(), std::mem::take(lines))
-        }));
-    }
-
-    /// Flushes, then forgets every number (the lines that carried them are forgotten too).
-    pub(super) fn clear(&mut self, recent: &Recent) {
-        self.flush(recent);
-        *self = UnmappedTally::default();
+        });
+        recent.unmapped(self.generation, counts);
     }
 }
 
@@ -81,7 +103,7 @@ mod tests {
     #[test]
     fn counts_reach_the_sketch_once_per_flush() {
         let recent = Recent::default();
-        let mut tally = UnmappedTally::default();
+        let mut tally = UnmappedTally::new(&recent);
         let a = tally.number("a.b").unwrap();
         assert_eq!(tally.number("a.b"), Some(a));
         let c = tally.number("c").unwrap();
@@ -89,20 +111,41 @@ mod tests {
         tally.count(a);
         tally.count(c);
         tally.flush(&recent);
-        assert!(tally.is_empty());
         tally.count(a);
         tally.flush(&recent);
-        let top = recent.top_unmapped(10);
         assert_eq!(
-            top,
+            recent.top_unmapped(10),
             vec![("a.b".into(), 3, 0), ("c".into(), 1, 0)],
             "counts summed over flushes"
         );
         for n in 0..NAMES_LIMIT {
             tally.number(&format!("n{n}"));
         }
-        assert_eq!(tally.number("new"), None);
-        tally.clear(&recent);
-        assert_eq!(tally.number("new"), Some(0));
+        assert_eq!(tally.number("new"), None, "full");
+        tally.count_unnumbered("new", &recent);
+        assert_eq!(recent.top_unmapped(10)[2], ("new".into(), 1, 0));
+    }
+
+    #[test]
+    fn names_are_cut_and_counts_of_other_rules_left_out() {
+        let recent = Recent::default();
+        let mut tally = UnmappedTally::new(&recent);
+        let long = format!("{}é", "x".repeat(NAME_BYTES - 1));
+        let n = tally.number(&long).unwrap();
+        assert_eq!(
+            tally.number(&"x".repeat(NAME_BYTES - 1)),
+            Some(n),
+            "cut before the é"
+        );
+        tally.count(n);
+        // A reload: the sketch forgets, and counts made before it are not added.
+        recent.clear_unmapped();
+        tally.flush(&recent);
+        assert!(recent.top_unmapped(10).is_empty());
+        let mut tally = UnmappedTally::new(&recent);
+        let n = tally.number("after").unwrap();
+        tally.count(n);
+        tally.flush(&recent);
+        assert_eq!(recent.top_unmapped(10), vec![("after".into(), 1, 0)]);
     }
 }

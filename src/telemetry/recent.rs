@@ -11,6 +11,7 @@
 //! (see `ingest::unmapped`); the history is sampled by a task of its own ([`sample`]).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use topk::FilteredSpaceSaving;
@@ -44,15 +45,13 @@ pub struct Rejected {
     pub length: usize,
 }
 
-/// How the mapping file was last loaded.
-#[derive(Clone, Debug)]
-pub struct MappingLoad {
-    /// When.
-    pub at: SystemTime,
-    /// The rules in force after it.
-    pub rules: usize,
-    /// `None` when the file loaded; the error when it did not (the rules before stay).
-    pub error: Option<String>,
+/// The loads of the mapping file: the last that worked, and the last that failed after it.
+#[derive(Clone, Debug, Default)]
+pub struct MappingLoads {
+    /// When the rules in force were loaded.
+    pub loaded: Option<SystemTime>,
+    /// When a later load failed, and why (the rules in force stay).
+    pub failed: Option<(SystemTime, String)>,
 }
 
 /// Totals at one moment of the history.
@@ -72,9 +71,12 @@ pub struct Point {
 #[derive(Debug)]
 pub struct Recent {
     started: SystemTime,
+    /// Whether refused lines are kept (the API is on).
+    keeping: AtomicBool,
     rejected: Mutex<VecDeque<Rejected>>,
-    unmapped: Mutex<Option<Sketch>>,
-    mapping: Mutex<Option<MappingLoad>>,
+    /// The sketch, with its generation: one more at each clear.
+    unmapped: Mutex<(u64, Option<Sketch>)>,
+    mapping: Mutex<MappingLoads>,
     history: Mutex<VecDeque<Point>>,
 }
 
@@ -97,6 +99,7 @@ impl Default for Recent {
     fn default() -> Self {
         Recent {
             started: SystemTime::now(),
+            keeping: AtomicBool::new(true),
             rejected: Mutex::default(),
             unmapped: Mutex::default(),
             mapping: Mutex::default(),
@@ -111,9 +114,17 @@ impl Recent {
         self.started
     }
 
+    /// Keeps no refused line (the API that shows them is off).
+    pub fn keep_nothing(&self) {
+        self.keeping.store(false, Ordering::Relaxed);
+    }
+
     /// Keeps a refused line, forgetting the oldest past [`REJECTED_KEPT`] (whose buffer it
     /// reuses: once full, keeping a line allocates nothing).
     pub fn reject(&self, listener: ListenerKind, reason: RejectReason, raw: &[u8]) {
+        if !self.keeping.load(Ordering::Relaxed) {
+            return;
+        }
         let kept = &raw[..raw.len().min(REJECTED_LINE_BYTES)];
         let at = SystemTime::now();
         let mut ring = locked(&self.rejected);
@@ -142,10 +153,21 @@ impl Recent {
             .collect()
     }
 
-    /// Adds `lines` to an unmapped name's count.
-    pub fn unmapped(&self, names: impl IntoIterator<Item = (Box<str>, u64)>) {
+    /// The unmapped names' generation: one more each time they are forgotten.
+    pub fn unmapped_generation(&self) -> u64 {
+        locked(&self.unmapped).0
+    }
+
+    /// Adds lines to unmapped names' counts, unless they were counted for an older
+    /// `generation` (under the mapping rules before a reload).
+    pub fn unmapped(&self, generation: u64, names: impl IntoIterator<Item = (Box<str>, u64)>) {
         let mut sketch = locked(&self.unmapped);
-        let sketch = sketch.get_or_insert_with(|| Sketch(FilteredSpaceSaving::new(UNMAPPED_KEPT)));
+        if sketch.0 != generation {
+            return;
+        }
+        let sketch = sketch
+            .1
+            .get_or_insert_with(|| Sketch(FilteredSpaceSaving::new(UNMAPPED_KEPT)));
         for (name, lines) in names {
             sketch.0.insert(name, lines);
         }
@@ -157,6 +179,7 @@ impl Recent {
     pub fn top_unmapped(&self, limit: usize) -> Vec<(Box<str>, u64, u64)> {
         let sketch = locked(&self.unmapped);
         let mut top: Vec<_> = sketch
+            .1
             .iter()
             .flat_map(|s| s.0.iter())
             .map(|(name, c)| (name.clone(), c.estimated_count(), c.associated_error()))
@@ -166,18 +189,29 @@ impl Recent {
         top
     }
 
-    /// Forgets the unmapped names (the mapping file changed: what matched nothing may now).
+    /// Forgets the unmapped names, for new mapping rules (what matched nothing may now):
+    /// called before the rules are swapped, so counts made under the new rules are of the
+    /// new generation.
     pub fn clear_unmapped(&self) {
-        *locked(&self.unmapped) = None;
+        let mut sketch = locked(&self.unmapped);
+        *sketch = (sketch.0 + 1, None);
     }
 
-    /// Records a load of the mapping file.
-    pub fn mapping_loaded(&self, load: MappingLoad) {
-        *locked(&self.mapping) = Some(load);
+    /// Records a load of the mapping file that worked.
+    pub fn mapping_loaded(&self, at: SystemTime) {
+        *locked(&self.mapping) = MappingLoads {
+            loaded: Some(at),
+            failed: None,
+        };
     }
 
-    /// The last load of the mapping file, if any.
-    pub fn mapping(&self) -> Option<MappingLoad> {
+    /// Records a load of the mapping file that failed, and why.
+    pub fn mapping_failed(&self, at: SystemTime, error: String) {
+        locked(&self.mapping).failed = Some((at, error));
+    }
+
+    /// The loads of the mapping file.
+    pub fn mapping(&self) -> MappingLoads {
         locked(&self.mapping).clone()
     }
 
@@ -248,10 +282,10 @@ mod tests {
     #[test]
     fn unmapped_names_are_counted_and_bounded() {
         let recent = Recent::default();
-        recent.unmapped([("a.b".into(), 5), ("c".into(), 2)]);
-        recent.unmapped([("a.b".into(), 1)]);
+        recent.unmapped(0, [("a.b".into(), 5), ("c".into(), 2)]);
+        recent.unmapped(0, [("a.b".into(), 1)]);
         for n in 0..10 * UNMAPPED_KEPT {
-            recent.unmapped([(format!("flood.{n}").into(), 1)]);
+            recent.unmapped(0, [(format!("flood.{n}").into(), 1)]);
         }
         let top = recent.top_unmapped(2);
         assert_eq!(top[0].0.as_ref(), "a.b");

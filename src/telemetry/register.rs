@@ -515,3 +515,61 @@ impl Telemetry {
         ]
     }
 }
+
+/// The remote write's self-metrics (see [`Telemetry::remote_write`]).
+#[derive(Clone, Debug)]
+pub struct RemoteWriteMetrics {
+    /// `tallyd_remote_write_samples_total{outcome="sent"}`.
+    pub sent: IntCounter,
+    /// `tallyd_remote_write_samples_total{outcome="failed"}`: refused by the receiver.
+    pub failed: IntCounter,
+    /// `tallyd_remote_write_samples_total{outcome="dropped"}`: dropped from a full queue.
+    pub dropped: IntCounter,
+    /// `tallyd_remote_write_retries_total`.
+    pub retries: IntCounter,
+    /// `tallyd_remote_write_queue_bytes`.
+    pub queue_bytes: IntGauge,
+    /// `tallyd_remote_write_queue_bytes_limit`.
+    pub queue_bytes_limit: IntGauge,
+    /// `tallyd_remote_write_last_success_timestamp_seconds`.
+    pub last_success: IntGauge,
+}
+
+impl Telemetry {
+    /// Registers the remote write's metrics (only when a push is configured).
+    pub fn remote_write(&self) -> RemoteWriteMetrics {
+        let registry = &self.registry;
+        let samples = counter_vec_with(
+            registry,
+            "tallyd_remote_write_samples_total",
+            "Samples pushed by remote write, by outcome: sent (the receiver took them), failed (it refused them for good, a 4xx other than 429), dropped (the queue was full).",
+            "outcome",
+            &["sent", "failed", "dropped"],
+        );
+        RemoteWriteMetrics {
+            sent: samples.with_label_values(&["sent"]),
+            failed: samples.with_label_values(&["failed"]),
+            dropped: samples.with_label_values(&["dropped"]),
+            retries: counter(
+                registry,
+                "tallyd_remote_write_retries_total",
+                "Remote write requests sent again after a network error, a timeout, a 5xx or a 429.",
+            ),
+            queue_bytes: gauge(
+                registry,
+                "tallyd_remote_write_queue_bytes",
+                "Bytes of compressed remote write requests waiting to be sent, the one being sent included.",
+            ),
+            queue_bytes_limit: gauge(
+                registry,
+                "tallyd_remote_write_queue_bytes_limit",
+                "Most bytes of remote write requests waiting (remote_write.queue_bytes).",
+            ),
+            last_success: gauge(
+                registry,
+                "tallyd_remote_write_last_success_timestamp_seconds",
+                "When a remote write request last succeeded, in seconds since the Unix epoch (0: never).",
+            ),
+        }
+    }
+}
