@@ -24,7 +24,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::RemoteWriteSettings;
@@ -106,11 +105,12 @@ pub(crate) fn shown_url(url: &str) -> String {
     }
 }
 
-/// A request ready to send.
+/// A request ready to send, of the push that made it.
 #[derive(Debug)]
 struct Request {
     body: Bytes,
     samples: u64,
+    push: u64,
 }
 
 /// The requests waiting, oldest first, and their bytes; the first may be being sent.
@@ -118,8 +118,11 @@ struct Request {
 struct Queue {
     requests: VecDeque<Request>,
     bytes: usize,
-    /// The first request is being sent: the sender drops it itself, if it must.
+    /// The first request is being sent: the sender gives it up itself, if it must.
     sending: bool,
+    /// A push waits for room: the request being sent, if of an older push, gives way to it
+    /// at its next failure.
+    waiting: Option<u64>,
 }
 
 /// What the pushing task and the sending task share.
@@ -128,6 +131,8 @@ struct Shared {
     queue: Mutex<Queue>,
     /// A request was queued.
     queued: Notify,
+    /// A request left the queue.
+    dequeued: Notify,
     /// The queue became empty.
     emptied: Notify,
     limit: usize,
@@ -141,22 +146,49 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `request`, then drops the oldest requests not being sent while past the limit
-    /// (the newest always stays).
-    fn push(&self, request: Request) {
+    /// Queues `request` if there is room, making room by dropping the oldest requests of
+    /// older pushes that are not being sent; gives it back when there is none (a request of
+    /// its own push, or the one being sent, holds it), to be queued once one has left.
+    /// Alone in the queue, a request is queued whatever its size.
+    fn try_push(&self, request: Request) -> Result<(), Request> {
         let mut queue = self.queue();
-        queue.bytes += request.body.len();
-        queue.requests.push_back(request);
         let first = usize::from(queue.sending);
-        while queue.bytes > self.limit && queue.requests.len() > first + 1 {
+        while queue.bytes + request.body.len() > self.limit {
+            let older = queue
+                .requests
+                .get(first)
+                .is_some_and(|r| r.push < request.push);
+            if !older {
+                break;
+            }
             if let Some(old) = queue.requests.remove(first) {
                 queue.bytes -= old.body.len();
                 self.metrics.dropped.inc_by(old.samples);
             }
         }
+        if queue.bytes + request.body.len() > self.limit && !queue.requests.is_empty() {
+            queue.waiting = Some(request.push);
+            return Err(request);
+        }
+        queue.waiting = None;
+        queue.bytes += request.body.len();
+        queue.requests.push_back(request);
         self.metrics.queue_bytes.set(queue.bytes as i64);
         drop(queue);
         self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Queues `request`, waiting for room (see [`Shared::try_push`]).
+    async fn push(&self, mut request: Request) {
+        loop {
+            let dequeued = self.dequeued.notified();
+            match self.try_push(request) {
+                Ok(()) => return,
+                Err(back) => request = back,
+            }
+            dequeued.await;
+        }
     }
 
     /// The first request, marked as being sent.
@@ -175,19 +207,32 @@ impl Shared {
         }
         queue.sending = false;
         self.metrics.queue_bytes.set(queue.bytes as i64);
-        if queue.requests.is_empty() {
+        let empty = queue.requests.is_empty();
+        drop(queue);
+        self.dequeued.notify_one();
+        if empty {
             self.emptied.notify_waiters();
         }
     }
 
-    /// True when the queue is past its limit, the request being sent included.
-    fn over(&self) -> bool {
+    /// True when a newer push waits for the room the request being sent holds.
+    fn gives_way(&self) -> bool {
         let queue = self.queue();
-        queue.bytes > self.limit && queue.requests.len() > 1
+        let sent = queue.requests.front().map(|r| r.push);
+        matches!((queue.waiting, sent), (Some(newer), Some(sent)) if sent < newer)
     }
 
     fn is_empty(&self) -> bool {
         self.queue().requests.is_empty()
+    }
+
+    /// Drops whatever is still queued, counting its samples (shutdown).
+    fn drop_all(&self) {
+        let mut queue = self.queue();
+        let samples: u64 = queue.requests.drain(..).map(|r| r.samples).sum();
+        queue.bytes = 0;
+        self.metrics.dropped.inc_by(samples);
+        self.metrics.queue_bytes.set(0);
     }
 }
 
@@ -195,7 +240,6 @@ impl Shared {
 #[derive(Debug)]
 pub(crate) struct RemoteWrite {
     shared: Arc<Shared>,
-    stop: CancellationToken,
     pusher: tokio::task::JoinHandle<()>,
     sender: tokio::task::JoinHandle<()>,
     timeout: Duration,
@@ -207,6 +251,8 @@ pub(crate) struct RemoteWrite {
 struct Pusher {
     labels: Vec<(String, String)>,
     max_samples: usize,
+    /// Pushes made so far.
+    pushes: u64,
 }
 
 impl RemoteWrite {
@@ -222,6 +268,7 @@ impl RemoteWrite {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             queued: Notify::new(),
+            dequeued: Notify::new(),
             emptied: Notify::new(),
             limit: settings.queue_bytes,
             metrics,
@@ -231,36 +278,37 @@ impl RemoteWrite {
             .iter()
             .map(|l| label(l).map_err(|e| anyhow::anyhow!("--remote-write.label: {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let pusher = Pusher {
+        let mut pusher = Pusher {
             labels,
             max_samples: settings.max_samples_per_send,
+            pushes: 0,
         };
-        let stop = CancellationToken::new();
         let final_push = Arc::new(Notify::new());
         let interval = settings.interval;
         let pushing = {
-            let (shared, stop, final_push) = (shared.clone(), stop.clone(), final_push.clone());
+            let (shared, final_push) = (shared.clone(), final_push.clone());
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(interval);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 every.tick().await;
                 loop {
+                    // The final push's permit outlasts a push under way when it is asked.
                     let last = tokio::select! {
-                        _ = every.tick() => false,
+                        biased;
                         _ = final_push.notified() => true,
+                        _ = every.tick() => false,
                     };
                     pusher.push(&exposition, &shared).await;
-                    if last || stop.is_cancelled() {
+                    if last {
                         break;
                     }
                 }
             })
         };
-        let sending = tokio::spawn(send(client, shared.clone(), stop.clone()));
-        info!(url = %settings.url, ?interval, "remote write on");
+        let sending = tokio::spawn(send(client, shared.clone()));
+        info!(url = %shown_url(&settings.url), ?interval, "remote write on");
         Ok(RemoteWrite {
             shared,
-            stop,
             pusher: pushing,
             sender: sending,
             timeout: settings.timeout,
@@ -268,13 +316,12 @@ impl RemoteWrite {
         })
     }
 
-    /// Makes a final push of what the exposition holds now, gives the queue
-    /// `remote_write.timeout` to empty, then stops.
-    pub(crate) async fn finish(self) {
-        self.stop.cancel();
+    /// Makes a final push of what the exposition holds now, gives it and the queue
+    /// `remote_write.timeout` to be sent, then stops; what is left is counted as dropped.
+    pub(crate) async fn finish(mut self) {
         self.final_push.notify_one();
         let emptied = async {
-            let _ = (&mut { self.pusher }).await;
+            let _ = (&mut self.pusher).await;
             loop {
                 let emptied = self.shared.emptied.notified();
                 if self.shared.is_empty() {
@@ -286,13 +333,16 @@ impl RemoteWrite {
         if tokio::time::timeout(self.timeout, emptied).await.is_err() {
             warn!("remote write: the queue did not empty in time; its requests are dropped");
         }
+        self.pusher.abort();
         self.sender.abort();
+        self.shared.drop_all();
     }
 }
 
 impl Pusher {
-    /// Reads the exposition and queues it as requests.
-    async fn push(&self, exposition: &impl Exposition, shared: &Shared) {
+    /// Reads the exposition and queues it as requests, a family at a time, each request as
+    /// soon as it is full: a push holds the exposition and one request being filled.
+    async fn push(&mut self, exposition: &impl Exposition, shared: &Shared) {
         let Some(mut body) = exposition.read().await else {
             if let Some(suppressed) = PUSH_LOG.allow() {
                 warn!(
@@ -302,41 +352,47 @@ impl Pusher {
             }
             return;
         };
+        self.pushes += 1;
         let at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let mut request = WriteRequest::default();
-        let mut samples = 0;
         while !body.is_empty() {
             let Ok(family) = MetricFamily::decode_length_delimited(&mut body) else {
                 warn!("remote write: the exposition did not decode; the rest of this push is left out");
                 break;
             };
             request.metadata.push(metadata(&family));
-            for series in series(&family, &self.labels, at) {
-                request.timeseries.push(series);
-                samples += 1;
-                if samples == self.max_samples {
-                    shared.push(encode(&std::mem::take(&mut request), samples));
-                    samples = 0;
+            let mut full = Vec::new();
+            series(&family, &self.labels, at, |one| {
+                request.timeseries.push(one);
+                if request.timeseries.len() == self.max_samples {
+                    full.push(encode(&std::mem::take(&mut request), self.pushes));
                 }
+            });
+            for ready in full {
+                shared.push(ready).await;
+                // Encoding a request takes a while: let the runtime's other tasks run.
+                tokio::task::yield_now().await;
             }
         }
-        if samples > 0 || !request.metadata.is_empty() {
-            shared.push(encode(&request, samples));
+        if !request.timeseries.is_empty() || !request.metadata.is_empty() {
+            shared.push(encode(&request, self.pushes)).await;
         }
     }
 }
 
-/// A request, as protobuf compressed with snappy (the block format, as remote write wants).
-fn encode(request: &WriteRequest, samples: usize) -> Request {
+/// A request of push number `push`, as protobuf compressed with snappy (the block format, as
+/// remote write wants).
+fn encode(request: &WriteRequest, push: u64) -> Request {
     let plain = request.encode_to_vec();
     let body = snap::raw::Encoder::new()
         .compress_vec(&plain)
         .unwrap_or_default();
     Request {
         body: Bytes::from(body),
-        samples: samples as u64,
+        samples: request.timeseries.len() as u64,
+        push,
     }
 }
 
@@ -357,10 +413,14 @@ fn metadata(family: &MetricFamily) -> MetricMetadata {
 }
 
 /// The series a scrape of `family` makes, each with its one sample at `at` (milliseconds),
-/// with `extra` labels where the series has none of that name.
-fn series(family: &MetricFamily, extra: &[(String, String)], at: i64) -> Vec<TimeSeries> {
+/// with `extra` labels where the series has none of that name, given to `out` one by one.
+fn series(
+    family: &MetricFamily,
+    extra: &[(String, String)],
+    at: i64,
+    mut out: impl FnMut(TimeSeries),
+) {
     let name = family.name.as_deref().unwrap_or_default();
-    let mut out = Vec::new();
     for metric in &family.metric {
         let own: Vec<(&str, &str)> = metric
             .label
@@ -401,7 +461,7 @@ fn series(family: &MetricFamily, extra: &[(String, String)], at: i64) -> Vec<Tim
                 value: format!("{name}{suffix}"),
             });
             labels.sort_by(|a, b| a.name.cmp(&b.name));
-            out.push(TimeSeries {
+            out(TimeSeries {
                 labels,
                 samples: vec![Sample {
                     value,
@@ -445,11 +505,10 @@ fn series(family: &MetricFamily, extra: &[(String, String)], at: i64) -> Vec<Tim
             add("", None, value(&metric.untyped));
         }
     }
-    out
 }
 
 /// Sends the queued requests in order until stopped: see the module.
-async fn send(client: Client, shared: Arc<Shared>, stop: CancellationToken) {
+async fn send(client: Client, shared: Arc<Shared>) {
     loop {
         let Some((body, samples)) = shared.first() else {
             let queued = shared.queued.notified();
@@ -480,15 +539,12 @@ async fn send(client: Client, shared: Arc<Shared>, stop: CancellationToken) {
                     if let Some(suppressed) = PUSH_LOG.allow() {
                         warn!(%why, ?backoff, suppressed, "remote write: a request failed; sending it again");
                     }
-                    if shared.over() {
+                    if shared.gives_way() {
                         shared.metrics.dropped.inc_by(samples);
                         break;
                     }
                     shared.metrics.retries.inc();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.cancelled() => {}
-                    }
+                    tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -544,7 +600,7 @@ mod tests {
             }],
         };
         let extra = [("instance".to_owned(), "pod-a".to_owned())];
-        let series = series(&histogram, &extra, 7);
+        let series = series_of(&histogram, &extra, 7);
         assert_eq!(
             names_and_values(&series),
             vec![
@@ -583,7 +639,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            names_and_values(&series_of(&summary, &extra)),
+            names_and_values(&series_of(&summary, &extra, 0)),
             vec![
                 ("__name__=rt,instance=own,quantile=0.99".into(), 2.0),
                 ("__name__=rt_sum,instance=own".into(), 3.0),
@@ -593,8 +649,10 @@ mod tests {
         );
     }
 
-    fn series_of(family: &MetricFamily, extra: &[(String, String)]) -> Vec<TimeSeries> {
-        series(family, extra, 0)
+    fn series_of(family: &MetricFamily, extra: &[(String, String)], at: i64) -> Vec<TimeSeries> {
+        let mut out = Vec::new();
+        series(family, extra, at, |one| out.push(one));
+        out
     }
 
     #[test]
@@ -622,31 +680,45 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_its_oldest_waiting_request() {
+    fn a_full_queue_makes_room_for_a_newer_push_only() {
         let telemetry = Telemetry::new();
         let shared = Shared {
             queue: Mutex::default(),
             queued: Notify::new(),
+            dequeued: Notify::new(),
             emptied: Notify::new(),
             limit: 10,
             metrics: telemetry.remote_write(),
         };
-        let request = |n: u64| Request {
+        let request = |samples: u64, push: u64| Request {
             body: Bytes::from(vec![0; 4]),
-            samples: n,
+            samples,
+            push,
         };
-        shared.push(request(1));
-        shared.push(request(2));
+        assert!(shared.try_push(request(1, 1)).is_ok());
         assert_eq!(shared.first().map(|(_, n)| n), Some(1), "being sent");
-        shared.push(request(3));
-        shared.push(request(4));
-        // 16 bytes > 10: the oldest not being sent (2, then 3) goes.
-        assert_eq!(shared.metrics.dropped.get(), 2 + 3);
-        assert!(!shared.over(), "8 bytes");
+        assert!(shared.try_push(request(2, 1)).is_ok());
+        // No room, and nothing of an older push to drop: push 1 waits for room.
+        assert!(shared.try_push(request(3, 1)).is_err());
+        assert!(
+            !shared.gives_way(),
+            "the request being sent is of the waiting push"
+        );
+        // Push 2 makes room by dropping push 1's waiting request (2), not the one being sent.
+        assert!(shared.try_push(request(4, 2)).is_ok());
+        assert_eq!(shared.metrics.dropped.get(), 2);
+        assert!(shared.try_push(request(5, 2)).is_err());
+        assert!(
+            shared.gives_way(),
+            "push 2 waits: push 1's request being sent gives way"
+        );
         shared.done();
         assert_eq!(shared.first().map(|(_, n)| n), Some(4));
         shared.done();
         assert!(shared.is_empty());
         assert_eq!(shared.metrics.queue_bytes.get(), 0);
+        assert!(shared.try_push(request(6, 3)).is_ok());
+        shared.drop_all();
+        assert_eq!(shared.metrics.dropped.get(), 2 + 6);
     }
 }

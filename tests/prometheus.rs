@@ -392,7 +392,7 @@ fn prometheus_stores_what_tallyd_pushes_by_remote_write() {
         );
     }
     for (selector, value) in &series {
-        assert_eq!(prometheus.query(selector), vec![*value], "{selector}");
+        prometheus.wait_value(selector, *value);
     }
     let sent = tallyd
         .scrape()

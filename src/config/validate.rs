@@ -221,6 +221,16 @@ impl RemoteWriteSettings {
                     format!("{:?} is not an http:// or https:// URL", self.url),
                 ));
             }
+            if uri
+                .and_then(|u| u.authority().cloned())
+                .is_some_and(|a| a.as_str().contains('@'))
+            {
+                return Err((
+                    "remote_write.url",
+                    "holds credentials: give them with the basic auth or bearer token settings"
+                        .into(),
+                ));
+            }
         }
         if self.interval < Duration::from_millis(100) {
             return Err(("remote_write.interval", "must be at least 100ms".into()));

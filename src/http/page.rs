@@ -287,7 +287,7 @@ fn push(push: &Value) -> Markup {
         } @else {
             p #remote-write {
                 code { (str(&push["url"])) } ", every " (push["interval_seconds"]) " s. Samples sent "
-                (samples["sent"]) ", refused " (samples["failed"]) ", dropped " (samples["dropped"])
+                (samples["sent"]) ", failed " (samples["failed"]) ", dropped " (samples["dropped"])
                 "; queue " (push["queue_bytes"]) " of " (push["queue_bytes_limit"]) " bytes; last success "
                 (push["last_success"].as_str().unwrap_or("never")) "."
             }

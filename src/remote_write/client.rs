@@ -26,6 +26,8 @@ use crate::files;
 
 /// Bytes of a refusal's body kept for the log.
 const REASON_BYTES: usize = 256;
+/// Most bytes of a response's body read.
+const RESPONSE_BYTES: usize = 64 << 10;
 
 /// What became of a request.
 #[derive(Debug)]
@@ -132,8 +134,8 @@ impl Client {
                 why
             })?;
             let status = response.status();
-            let body = response
-                .into_body()
+            // Only the start of a refusal is logged: a larger body is not read whole.
+            let body = http_body_util::Limited::new(response.into_body(), RESPONSE_BYTES)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
