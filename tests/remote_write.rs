@@ -497,7 +497,10 @@ fn a_push_over_tls_checks_the_receivers_certificate() {
 fn bad_remote_write_settings_are_refused_naming_them() {
     for (flag, names) in [
         ("--remote-write.url=ftp://x/", "--remote-write.url"),
-        ("--remote-write.url=https://user:pass@x/", "holds credentials"),
+        (
+            "--remote-write.url=https://user:pass@x/",
+            "holds credentials",
+        ),
         (
             "--remote-write.header=Content-Type: x",
             "--remote-write.header",

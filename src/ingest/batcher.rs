@@ -4,6 +4,7 @@
 //! altogether: its value goes straight into its series' slot ([`KnownLine`]). Counting happens
 //! here too, locally, and is added to the shared telemetry once per flush.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::debug;
@@ -17,6 +18,7 @@ use super::unmapped::UnmappedTally;
 use super::IngestConfig;
 use crate::mapping::MetricClass;
 use crate::statsd::parse::{self, Datum, MetricType, RejectReason, Sample, TagStyles};
+use crate::telemetry::recent::Refused;
 use crate::telemetry::{ListenerKind, LogLimiter, Telemetry};
 use crate::update::{Batch, Op};
 
@@ -46,14 +48,18 @@ pub(super) struct KnownLine {
     scale: Option<f64>,
     metric_type: MetricType,
     sample_rate: f64,
-    /// Tags dropped from the line (counted for every line).
-    tag_errors: u32,
+    /// Tags dropped from the line (counted for every line). A line has fewer than 32,768
+    /// tags: it is at most 65,536 bytes long.
+    tag_errors: u16,
     /// Labels dropped by routing (counted for every line that routes).
-    route_errors: u32,
+    route_errors: u16,
     /// The name matched no mapping rule while a mapping file is in force: its number in the
     /// batcher's [`UnmappedTally`].
-    unmapped: Option<u32>,
+    unmapped: Option<NonZeroU32>,
 }
+
+// The line cache holds one per line: it stays at 40 bytes.
+const _: () = assert!(std::mem::size_of::<KnownLine>() == 40);
 
 /// A line's name (with the `:` after it), value and fields (from the `|` after the value), as
 /// [`parse::parse`] splits them; `None` for a line with no value and type, or with several
@@ -185,6 +191,8 @@ pub struct Batcher {
     counts: Counts,
     /// The lines of each unmapped name since the last flush.
     unmapped: UnmappedTally,
+    /// The lines refused in the datagram being added.
+    refused: Refused,
     /// The map cache's hit and miss counts already added to the telemetry.
     reported_cache: (u64, u64),
     /// The packet of relayed lines being filled, when a relay is configured.
@@ -228,6 +236,7 @@ impl Batcher {
         Batcher {
             listener,
             unmapped: UnmappedTally::new(&telemetry.recent),
+            refused: Refused::default(),
             styles: config.styles,
             resolver: Resolver::new(telemetry.clone(), config),
             telemetry,
@@ -272,6 +281,7 @@ impl Batcher {
         }
         self.scan = scan;
         self.marks = marks;
+        self.keep_refused();
     }
 
     /// The first stage: each line is compared with the entry after the last line's, which
@@ -435,7 +445,7 @@ impl Batcher {
                         .resolver
                         .target(&mut self.pending, &line.name, &tags, class);
                     let tallies = &self.resolver.tallies;
-                    let route_errors = (tallies.tag_errors - errors) as u32;
+                    let route_errors = (tallies.tag_errors - errors) as u16;
                     let unmapped = match tallies.unmapped > unmapped {
                         true => self.count_unmapped(&line.name),
                         false => Ok(None),
@@ -446,7 +456,7 @@ impl Batcher {
                             scale,
                             metric_type: sample.metric_type,
                             sample_rate: sample.sample_rate,
-                            tag_errors: tag_errors as u32,
+                            tag_errors: tag_errors as u16,
                             route_errors,
                             unmapped,
                         });
@@ -477,7 +487,7 @@ impl Batcher {
     /// Counts a line of a name no mapping rule matched, by the name's number (`Ok`), or,
     /// when the tally has no room for another number, straight into the shared sketch
     /// (`Err`: a line that must not be remembered, or its name would go uncounted).
-    fn count_unmapped(&mut self, name: &str) -> Result<Option<u32>, ()> {
+    fn count_unmapped(&mut self, name: &str) -> Result<Option<NonZeroU32>, ()> {
         match self.unmapped.number(name) {
             Some(number) => {
                 self.unmapped.count(number);
@@ -537,18 +547,29 @@ impl Batcher {
     /// Counts a refused line, and keeps it for `/api/v1/rejected`.
     fn refuse(&mut self, reason: RejectReason, raw: &[u8]) {
         self.counts.reject(reason, raw);
-        self.telemetry.recent.reject(self.listener, reason, raw);
+        if self.refused.add(reason, raw) {
+            self.keep_refused();
+        }
+    }
+
+    /// Hands the refused lines gathered to the shared ring: at the end of each datagram (or
+    /// TCP chunk), at each flush, and when as many are gathered as the ring keeps.
+    fn keep_refused(&mut self) {
+        self.refused
+            .hand_over(&self.telemetry.recent, self.listener);
     }
 
     /// Counts a datagram the listener refused whole (over `limits.max_datagram_bytes`).
     pub fn reject_datagram(&mut self, raw: &[u8]) {
         self.refuse(RejectReason::DatagramTooLarge, raw);
+        self.keep_refused();
     }
 
     /// Counts a line the listener refused before parsing (e.g. over-long on TCP).
     pub fn reject_unparsed(&mut self, reason: RejectReason, raw: &[u8]) {
         self.counts.lines += 1;
         self.refuse(reason, raw);
+        self.keep_refused();
     }
 
     /// Updates held for the next flush, after combining.
@@ -577,6 +598,7 @@ impl Batcher {
     }
 
     fn flush_counts(&mut self) {
+        self.keep_refused();
         self.unmapped.flush(&self.telemetry.recent);
         let counts = std::mem::take(&mut self.counts);
         let tallies = std::mem::take(&mut self.resolver.tallies);

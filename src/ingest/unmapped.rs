@@ -9,6 +9,7 @@
 //! names, a name without a number is counted in the sketch line by line.
 
 use rustc_hash::FxHashMap;
+use std::num::NonZeroU32;
 
 use crate::telemetry::recent::Recent;
 
@@ -20,10 +21,10 @@ pub(super) const NAME_BYTES: usize = 256;
 /// See the module.
 #[derive(Debug)]
 pub(super) struct UnmappedTally {
-    numbers: FxHashMap<Box<str>, u32>,
+    numbers: FxHashMap<Box<str>, NonZeroU32>,
     /// Each numbered name with its lines since the last flush.
     names: Vec<(Box<str>, u64)>,
-    /// The numbers whose count is above zero.
+    /// Where the names whose count is above zero are in `names`.
     counted: Vec<u32>,
     /// The sketch's generation when the tally was made: counts made under other mapping
     /// rules are not added to it.
@@ -53,8 +54,9 @@ impl UnmappedTally {
         }
     }
 
-    /// The number of `name`, given it one if it has none; `None` when the tally is full.
-    pub(super) fn number(&mut self, name: &str) -> Option<u32> {
+    /// The number of `name` (from 1), given it one if it has none; `None` when the tally is
+    /// full.
+    pub(super) fn number(&mut self, name: &str) -> Option<NonZeroU32> {
         let name = kept(name);
         if let Some(&n) = self.numbers.get(name) {
             return Some(n);
@@ -62,17 +64,18 @@ impl UnmappedTally {
         if self.names.len() >= NAMES_LIMIT {
             return None;
         }
-        let n = self.names.len() as u32;
-        self.numbers.insert(name.into(), n);
         self.names.push((name.into(), 0));
+        let n = NonZeroU32::new(self.names.len() as u32)?;
+        self.numbers.insert(name.into(), n);
         Some(n)
     }
 
     /// Counts a line of the name numbered `n`.
-    pub(super) fn count(&mut self, n: u32) {
-        let (_, lines) = &mut self.names[n as usize];
+    pub(super) fn count(&mut self, n: NonZeroU32) {
+        let index = n.get() as usize - 1;
+        let (_, lines) = &mut self.names[index];
         if *lines == 0 {
-            self.counted.push(n);
+            self.counted.push(index as u32);
         }
         *lines += 1;
     }

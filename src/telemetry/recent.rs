@@ -7,8 +7,9 @@
 //! - the outcome of the last mapping file load;
 //! - [`HISTORY_POINTS`] totals, one every [`HISTORY_STEP`], for the chart of the last minutes.
 //!
-//! Listener tasks add refused lines as they refuse them and unmapped names once per flush
-//! (see `ingest::unmapped`); the history is sampled by a task of its own ([`sample`]).
+//! Listener tasks hand over their refused lines once per datagram ([`Refused`]) and their
+//! unmapped names once per flush (see `ingest::unmapped`); the history is sampled by a task
+//! of its own ([`sample`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +68,46 @@ pub struct Point {
     pub samples: u64,
 }
 
+/// A listener task's refused lines, gathered for [`Recent`]'s ring: each cut at
+/// [`REJECTED_LINE_BYTES`] into one buffer, handed over together (one lock, one clock read,
+/// per datagram with refused lines rather than per line).
+#[derive(Debug, Default)]
+pub struct Refused {
+    bytes: Vec<u8>,
+    /// Each line's reason, end in `bytes`, and whole length.
+    lines: Vec<(RejectReason, usize, usize)>,
+}
+
+impl Refused {
+    /// Gathers a refused line; true when as many are gathered as the ring keeps.
+    pub fn add(&mut self, reason: RejectReason, raw: &[u8]) -> bool {
+        self.bytes
+            .extend_from_slice(&raw[..raw.len().min(REJECTED_LINE_BYTES)]);
+        self.lines.push((reason, self.bytes.len(), raw.len()));
+        self.lines.len() >= REJECTED_KEPT
+    }
+
+    /// Hands the lines gathered to `recent`'s ring (unless it keeps none), refused now by
+    /// `listener`.
+    pub fn hand_over(&mut self, recent: &Recent, listener: ListenerKind) {
+        if self.lines.is_empty() {
+            return;
+        }
+        if recent.keeps_refused() {
+            let bytes = &self.bytes;
+            let mut start = 0;
+            let lines = self.lines.iter().map(|&(reason, end, length)| {
+                let line = &bytes[start..end];
+                start = end;
+                (reason, line, length)
+            });
+            recent.keep(listener, SystemTime::now(), lines);
+        }
+        self.bytes.clear();
+        self.lines.clear();
+    }
+}
+
 /// The bounded memories of [`Telemetry`] (see the module).
 #[derive(Debug)]
 pub struct Recent {
@@ -119,28 +160,36 @@ impl Recent {
         self.keeping.store(false, Ordering::Relaxed);
     }
 
-    /// Keeps a refused line, forgetting the oldest past [`REJECTED_KEPT`] (whose buffer it
-    /// reuses: once full, keeping a line allocates nothing).
-    pub fn reject(&self, listener: ListenerKind, reason: RejectReason, raw: &[u8]) {
-        if !self.keeping.load(Ordering::Relaxed) {
-            return;
-        }
-        let kept = &raw[..raw.len().min(REJECTED_LINE_BYTES)];
-        let at = SystemTime::now();
+    /// True when refused lines are kept.
+    pub fn keeps_refused(&self) -> bool {
+        self.keeping.load(Ordering::Relaxed)
+    }
+
+    /// Keeps refused lines, all refused `at` by `listener`, forgetting the oldest past
+    /// [`REJECTED_KEPT`] (whose buffers it reuses: once full, keeping a line allocates
+    /// nothing).
+    fn keep<'a>(
+        &self,
+        listener: ListenerKind,
+        at: SystemTime,
+        lines: impl Iterator<Item = (RejectReason, &'a [u8], usize)>,
+    ) {
         let mut ring = locked(&self.rejected);
-        let mut line = match ring.len() >= REJECTED_KEPT {
-            true => ring.pop_front().map(|old| old.line).unwrap_or_default(),
-            false => Vec::new(),
-        };
-        line.clear();
-        line.extend_from_slice(kept);
-        ring.push_back(Rejected {
-            at,
-            listener,
-            reason,
-            line,
-            length: raw.len(),
-        });
+        for (reason, kept, length) in lines {
+            let mut line = match ring.len() >= REJECTED_KEPT {
+                true => ring.pop_front().map(|old| old.line).unwrap_or_default(),
+                false => Vec::new(),
+            };
+            line.clear();
+            line.extend_from_slice(kept);
+            ring.push_back(Rejected {
+                at,
+                listener,
+                reason,
+                line,
+                length,
+            });
+        }
     }
 
     /// The refused lines kept, newest first, at most `limit`.
@@ -261,11 +310,16 @@ mod tests {
     fn keeps_the_last_refused_lines_cut() {
         let recent = Recent::default();
         let long = vec![b'x'; 2000];
+        let mut refused = Refused::default();
         for n in 0..REJECTED_KEPT + 5 {
             let line = format!("line{n}");
-            recent.reject(ListenerKind::Udp, RejectReason::BadValue, line.as_bytes());
+            if refused.add(RejectReason::BadValue, line.as_bytes()) {
+                refused.hand_over(&recent, ListenerKind::Udp);
+            }
         }
-        recent.reject(ListenerKind::Tcp, RejectReason::LineTooLong, &long);
+        refused.hand_over(&recent, ListenerKind::Udp);
+        refused.add(RejectReason::LineTooLong, &long);
+        refused.hand_over(&recent, ListenerKind::Tcp);
         let kept = recent.rejected(usize::MAX);
         assert_eq!(kept.len(), REJECTED_KEPT);
         assert_eq!(kept[0].line.len(), REJECTED_LINE_BYTES);
