@@ -274,6 +274,7 @@ pub async fn run(
             limits: ApiLimits {
                 max_series: settings.limits.max_series,
                 max_live_families: settings.limits.max_live_families,
+                max_series_per_family: settings.limits.max_series_per_family,
                 max_queued_updates: settings.limits.max_queued_updates,
                 tcp_max_connections: settings.statsd.tcp_max_connections,
             },

@@ -160,6 +160,8 @@ fn status_rejected_and_unmapped_answer_what_was_sent() {
         json!({ "name": "limits.max_series", "limit": 1_000_000, "used": 4 })
     );
     assert_eq!(limit("statsd.tcp_max_connections")["limit"], 1024);
+    // api_requests has two series.
+    assert_eq!(limit("limits.max_series_per_family")["used"], 2);
     assert!(status["memory"]["peak_bytes"].as_u64().unwrap() > 0);
 
     // A reload that fails keeps the rules and says why; one that works forgets the names

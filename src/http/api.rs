@@ -71,6 +71,8 @@ pub(crate) struct ApiLimits {
     pub(crate) max_series: usize,
     /// `limits.max_live_families`.
     pub(crate) max_live_families: usize,
+    /// `limits.max_series_per_family`.
+    pub(crate) max_series_per_family: usize,
     /// `limits.max_queued_updates`.
     pub(crate) max_queued_updates: usize,
     /// `statsd.tcp_max_connections`.
@@ -86,7 +88,7 @@ pub(crate) async fn route(
 ) -> Option<Reply> {
     let query = Query(query.unwrap_or_default());
     let reply = match path {
-        "/api/v1/status" => json(StatusCode::OK, &status(ctx, api)),
+        "/api/v1/status" => json(StatusCode::OK, &status(ctx, api).await),
         "/api/v1/families" => answer(families(ctx, &query).await),
         "/api/v1/rejected" => answer(rejected(ctx, &query)),
         "/api/v1/unmapped" => answer(unmapped(ctx, &query)),
@@ -170,7 +172,7 @@ pub(crate) fn rfc3339(at: SystemTime) -> String {
 }
 
 /// `status`: see the module.
-pub(crate) fn status(ctx: &HttpContext, api: &Api) -> Value {
+pub(crate) async fn status(ctx: &HttpContext, api: &Api) -> Value {
     let t = &ctx.telemetry;
     let started = t.recent.started();
     let uptime = SystemTime::now()
@@ -199,24 +201,40 @@ pub(crate) fn status(ctx: &HttpContext, api: &Api) -> Value {
         .iter()
         .map(|stage| (stage.as_str().to_owned(), t.dropped_at(*stage).into()))
         .collect();
-    let limit = |name: &str, limit: usize, used: usize| json!({ "name": name, "limit": limit, "used": used });
+    let limit = |name: &str, limit: usize, used: Option<usize>| json!({ "name": name, "limit": limit, "used": used });
+    // The largest family's series, from the families' last snapshots (null without them).
+    let largest = match ctx
+        .aggregator
+        .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
+        .await
+    {
+        Ok(CallResult::Success(scrape)) => {
+            Some(scrape.families.iter().map(|f| f.series).max().unwrap_or(0))
+        }
+        _ => None,
+    };
     let l = api.limits;
     let limits = vec![
-        limit("limits.max_series", l.max_series, api.budget.used()),
+        limit("limits.max_series", l.max_series, Some(api.budget.used())),
+        limit(
+            "limits.max_series_per_family",
+            l.max_series_per_family,
+            largest,
+        ),
         limit(
             "limits.max_live_families",
             l.max_live_families,
-            t.metric_actors.get().max(0) as usize,
+            Some(t.metric_actors.get().max(0) as usize),
         ),
         limit(
             "limits.max_queued_updates",
             l.max_queued_updates,
-            api.queue.queued(),
+            Some(api.queue.queued()),
         ),
         limit(
             "statsd.tcp_max_connections",
             l.tcp_max_connections,
-            t.tcp_connections_open.get().max(0) as usize,
+            Some(t.tcp_connections_open.get().max(0) as usize),
         ),
     ];
     let mapping = t.recent.mapping();

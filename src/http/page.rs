@@ -72,7 +72,7 @@ meter{width:140px}td code{word-break:break-all}
 /// The page; `query` may ask to explain a name (`name`, `type`).
 pub(crate) async fn render(ctx: &HttpContext, api: &Api, query: Option<&str>) -> String {
     let query = Query(query.unwrap_or_default());
-    let status = api::status(ctx, api);
+    let status = api::status(ctx, api).await;
     let busiest = api::families(ctx, &Query(&format!("sort=rate&limit={ROWS}"))).await;
     let largest = api::families(ctx, &Query(&format!("sort=series&limit={ROWS}"))).await;
     let refused = api::rejected(ctx, &Query(&format!("limit={REFUSED_ROWS}"))).unwrap_or_default();
@@ -169,9 +169,9 @@ fn live(
                     @for l in list(&status["limits"]) {
                         tr {
                             td { code { (str(&l["name"])) } }
-                            td.n { (l["used"]) }
+                            td.n { @if l["used"].is_null() { "—" } @else { (l["used"]) } }
                             td.n { (l["limit"]) }
-                            td { meter min="0" max=(l["limit"]) value=(l["used"]) {} }
+                            td { meter min="0" max=(l["limit"]) value=(l["used"].as_u64().unwrap_or(0)) {} }
                         }
                     }
                 }
