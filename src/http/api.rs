@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use super::{HttpContext, Reply, SCRAPE_TIMEOUT};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::registry::RegistryMsg;
+use crate::exposition::Scrape;
 use crate::ingest::IngestConfig;
 use crate::limits::{QueueBound, SeriesBudget};
 use crate::mapping::explain::explain;
@@ -88,7 +89,10 @@ pub(crate) async fn route(
 ) -> Option<Reply> {
     let query = Query(query.unwrap_or_default());
     let reply = match path {
-        "/api/v1/status" => json(StatusCode::OK, &status(ctx, api).await),
+        "/api/v1/status" => {
+            let scrape = snapshots(ctx).await;
+            json(StatusCode::OK, &status(ctx, api, scrape.as_ref()))
+        }
         "/api/v1/families" => answer(families(ctx, &query).await),
         "/api/v1/rejected" => answer(rejected(ctx, &query)),
         "/api/v1/unmapped" => answer(unmapped(ctx, &query)),
@@ -146,7 +150,7 @@ impl ApiError {
         }
     }
 
-    fn unavailable(what: &str) -> Self {
+    pub(crate) fn unavailable(what: &str) -> Self {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: format!("{what} unavailable"),
@@ -171,8 +175,21 @@ pub(crate) fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-/// `status`: see the module.
-pub(crate) async fn status(ctx: &HttpContext, api: &Api) -> Value {
+/// The families' last snapshots and rates, as the aggregator holds them (no rendering, no
+/// scrape barrier); `None` when it does not answer.
+pub(crate) async fn snapshots(ctx: &HttpContext) -> Option<Scrape> {
+    match ctx
+        .aggregator
+        .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
+        .await
+    {
+        Ok(CallResult::Success(scrape)) => Some(scrape),
+        _ => None,
+    }
+}
+
+/// `status`: see the module; `scrape` gives the largest family's series.
+pub(crate) fn status(ctx: &HttpContext, api: &Api, scrape: Option<&Scrape>) -> Value {
     let t = &ctx.telemetry;
     let started = t.recent.started();
     let uptime = SystemTime::now()
@@ -202,17 +219,8 @@ pub(crate) async fn status(ctx: &HttpContext, api: &Api) -> Value {
         .map(|stage| (stage.as_str().to_owned(), t.dropped_at(*stage).into()))
         .collect();
     let limit = |name: &str, limit: usize, used: Option<usize>| json!({ "name": name, "limit": limit, "used": used });
-    // The largest family's series, from the families' last snapshots (null without them).
-    let largest = match ctx
-        .aggregator
-        .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
-        .await
-    {
-        Ok(CallResult::Success(scrape)) => {
-            Some(scrape.families.iter().map(|f| f.series).max().unwrap_or(0))
-        }
-        _ => None,
-    };
+    // The largest family's series (null without the snapshots).
+    let largest = scrape.map(|s| s.families.iter().map(|f| f.series).max().unwrap_or(0));
     let l = api.limits;
     let limits = vec![
         limit("limits.max_series", l.max_series, Some(api.budget.used())),
@@ -340,13 +348,20 @@ pub(crate) async fn families(ctx: &HttpContext, query: &Query<'_>) -> Result<Val
         Some(_) => return Err(ApiError::bad("sort is rate or series")),
     };
     let limit = query.limit(DEFAULT_FAMILIES, usize::MAX)?;
-    let asked = ctx
-        .aggregator
-        .call(AggregatorMsg::Scrape, Some(SCRAPE_TIMEOUT))
-        .await;
-    let Ok(CallResult::Success(scrape)) = asked else {
-        return Err(ApiError::unavailable("aggregator"));
-    };
+    let scrape = snapshots(ctx)
+        .await
+        .ok_or_else(|| ApiError::unavailable("aggregator"))?;
+    ranked(ctx, &scrape, by_series, limit).await
+}
+
+/// The families of `scrape`, busiest or largest (`by_series`) first, at most `limit`, as
+/// `families` lists them.
+pub(crate) async fn ranked(
+    ctx: &HttpContext,
+    scrape: &Scrape,
+    by_series: bool,
+    limit: usize,
+) -> Result<Value, ApiError> {
     let mut order: Vec<usize> = (0..scrape.families.len()).collect();
     let key = |i: &usize| match by_series {
         true => scrape.families[*i].series as f64,

@@ -72,9 +72,19 @@ meter{width:140px}td code{word-break:break-all}
 /// The page; `query` may ask to explain a name (`name`, `type`).
 pub(crate) async fn render(ctx: &HttpContext, api: &Api, query: Option<&str>) -> String {
     let query = Query(query.unwrap_or_default());
-    let status = api::status(ctx, api).await;
-    let busiest = api::families(ctx, &Query(&format!("sort=rate&limit={ROWS}"))).await;
-    let largest = api::families(ctx, &Query(&format!("sort=series&limit={ROWS}"))).await;
+    // One read of the families' snapshots for the status and both lists.
+    let scrape = api::snapshots(ctx).await;
+    let status = api::status(ctx, api, scrape.as_ref());
+    let (busiest, largest) = match &scrape {
+        Some(scrape) => (
+            api::ranked(ctx, scrape, false, ROWS).await,
+            api::ranked(ctx, scrape, true, ROWS).await,
+        ),
+        None => (
+            Err(api::ApiError::unavailable("aggregator")),
+            Err(api::ApiError::unavailable("aggregator")),
+        ),
+    };
     let refused = api::rejected(ctx, &Query(&format!("limit={REFUSED_ROWS}"))).unwrap_or_default();
     let unmapped = api::unmapped(ctx, &Query(&format!("limit={ROWS}"))).unwrap_or_default();
     let asked = query.get("name").filter(|n| !n.is_empty());

@@ -547,7 +547,7 @@ impl Batcher {
     /// Counts a refused line, and keeps it for `/api/v1/rejected`.
     fn refuse(&mut self, reason: RejectReason, raw: &[u8]) {
         self.counts.reject(reason, raw);
-        if self.refused.add(reason, raw) {
+        if self.telemetry.recent.keeps_refused() && self.refused.add(reason, raw) {
             self.keep_refused();
         }
     }

@@ -87,22 +87,20 @@ impl Refused {
         self.lines.len() >= REJECTED_KEPT
     }
 
-    /// Hands the lines gathered to `recent`'s ring (unless it keeps none), refused now by
-    /// `listener`.
+    /// Hands the lines gathered to `recent`'s ring, refused now by `listener`. (Nothing is
+    /// gathered when the ring keeps nothing: see [`Recent::keeps_refused`].)
     pub fn hand_over(&mut self, recent: &Recent, listener: ListenerKind) {
         if self.lines.is_empty() {
             return;
         }
-        if recent.keeps_refused() {
-            let bytes = &self.bytes;
-            let mut start = 0;
-            let lines = self.lines.iter().map(|&(reason, end, length)| {
-                let line = &bytes[start..end];
-                start = end;
-                (reason, line, length)
-            });
-            recent.keep(listener, SystemTime::now(), lines);
-        }
+        let bytes = &self.bytes;
+        let mut start = 0;
+        let lines = self.lines.iter().map(|&(reason, end, length)| {
+            let line = &bytes[start..end];
+            start = end;
+            (reason, line, length)
+        });
+        recent.keep(listener, SystemTime::now(), lines);
         self.bytes.clear();
         self.lines.clear();
     }
