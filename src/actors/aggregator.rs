@@ -8,7 +8,9 @@
 //! business.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,10 +32,41 @@ pub enum AggregatorMsg {
 #[derive(Debug)]
 pub struct AggregatorActor;
 
+/// A snapshot, ordered and found by its family's name (which it holds: a million families
+/// cost a pointer each in the set, not a name and a pointer).
+#[derive(Debug)]
+struct ByName(Arc<FamilySnapshot>);
+
+impl Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for ByName {}
+
+impl PartialOrd for ByName {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByName {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.name.cmp(&other.0.name)
+    }
+}
+
 /// Snapshots by family name, and the list last handed out while nothing changed.
 #[derive(Debug)]
 pub struct AggregatorState {
-    families: BTreeMap<Arc<str>, Arc<FamilySnapshot>>,
+    families: BTreeSet<ByName>,
     view: Option<Snapshots>,
     max_listed: usize,
 }
@@ -43,7 +76,7 @@ impl AggregatorState {
     fn scrape(&mut self, now: Instant) -> Scrape {
         let families = self
             .view
-            .get_or_insert_with(|| self.families.values().cloned().collect())
+            .get_or_insert_with(|| self.families.iter().map(|s| s.0.clone()).collect())
             .clone();
         let rates: Vec<f64> = families.iter().map(|s| s.rate.per_second(now)).collect();
         Scrape {
@@ -83,7 +116,7 @@ impl Actor for AggregatorActor {
         max_listed: usize,
     ) -> Result<AggregatorState, ActorProcessingErr> {
         Ok(AggregatorState {
-            families: BTreeMap::new(),
+            families: BTreeSet::new(),
             view: None,
             max_listed,
         })
@@ -97,11 +130,11 @@ impl Actor for AggregatorActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             AggregatorMsg::Publish(snapshot) => {
-                state.families.insert(snapshot.name.clone(), snapshot);
+                state.families.replace(ByName(snapshot));
                 state.view = None;
             }
             AggregatorMsg::Remove(name) => {
-                state.families.remove(&name);
+                state.families.remove(&*name);
                 state.view = None;
             }
             AggregatorMsg::Scrape(reply) => {
@@ -132,7 +165,7 @@ mod tests {
     fn a_scrape_sums_the_rates_of_the_families_published() {
         let now = Instant::now();
         let mut state = AggregatorState {
-            families: BTreeMap::new(),
+            families: BTreeSet::new(),
             view: None,
             max_listed: 1,
         };
@@ -150,7 +183,7 @@ mod tests {
                 value_sum: 0.0,
                 rate,
             };
-            state.families.insert(name.into(), Arc::new(snapshot));
+            state.families.insert(ByName(Arc::new(snapshot)));
         }
         let later = now + std::time::Duration::from_secs(2);
         let scrape = state.scrape(later);

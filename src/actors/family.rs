@@ -38,7 +38,7 @@ use crate::update::{FamilyMeta, Kind};
 /// The idle time of a family that never hibernates by itself (see
 /// [`FamilyContext::idle_limit`]): ten years.
 const NEVER_IDLE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-pub use dormant::Dormant;
+pub use dormant::{Dormant, Hibernating};
 pub use idle::IdleDue;
 pub use link::FamilyLink;
 pub use state::FamilyState;

@@ -33,8 +33,8 @@ use tracing::debug;
 
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::family::{
-    Dormant, FamilyActor, FamilyArgs, FamilyContext, FamilyLink, FamilyMsg, FamilySpec,
-    FamilyState, IdleDue, StopReason, StopRequest,
+    FamilyActor, FamilyArgs, FamilyContext, FamilyLink, FamilyMsg, FamilySpec, FamilyState,
+    Hibernating, IdleDue, StopReason, StopRequest,
 };
 use crate::barrier::Ticket;
 use crate::limits::shrink;
@@ -162,9 +162,7 @@ pub struct RegistryState {
     /// Families being drained before they stop, with the look-ups waiting for them.
     retiring: FxHashMap<Arc<str>, Retiring>,
     /// Families whose actor stopped while idle, with its state.
-    /// (Boxed: a hash map has room for up to twice as many entries as it holds, and a
-    /// million hibernating families are common.)
-    hibernating: FxHashMap<Arc<str>, Box<(FamilySpec, Dormant)>>,
+    hibernating: Hibernating,
     /// An idle sweep is due: one is scheduled at a time, and only while families are live,
     /// so that a registry with none (all hibernated, say) wakes for nothing.
     sweep_due: bool,
@@ -237,7 +235,7 @@ impl RegistryState {
     fn has_family(&self, name: &str) -> bool {
         self.families.contains_key(name)
             || self.retiring.contains_key(name)
-            || self.hibernating.contains_key(name)
+            || self.hibernating.contains(name)
     }
 
     /// Spawns a new family, with its first series taken from the budget now: a burst of new
@@ -359,11 +357,12 @@ impl RegistryState {
         myself: &ActorRef<RegistryMsg>,
         name: &str,
     ) -> Result<Option<Arc<FamilyLink>>, ActorProcessingErr> {
-        let Some((spec, dormant)) = self.hibernating.remove(name).map(|entry| *entry) else {
+        let Some(dormant) = self.hibernating.take(name) else {
             return Ok(None);
         };
         self.ctx.telemetry.family_wakeups.inc();
-        let state = Box::new(dormant.wake(spec.clone()));
+        let state = Box::new((*dormant).wake(self.ctx.clone()));
+        let spec = state.spec();
         self.spawn(myself, spec, Some(state)).map(Some)
     }
 
@@ -414,8 +413,7 @@ impl RegistryState {
             match revived {
                 Some(state) if retiring.waiting.is_empty() => {
                     debug!(metric = %name, "family hibernating");
-                    self.hibernating
-                        .insert(name, Box::new((retiring.spec, state.into_dormant())));
+                    self.hibernating.insert(state.into_dormant());
                     self.count_actors();
                     return Ok(());
                 }
@@ -460,6 +458,7 @@ impl Actor for RegistryActor {
         let ctx = args.families;
         ctx.telemetry.max_live_families.set(args.max_live as i64);
         Ok(RegistryState {
+            hibernating: Hibernating::new(ctx.clone()),
             ctx,
             max_live: args.max_live.max(1),
             waiting_room: VecDeque::new(),
@@ -469,7 +468,6 @@ impl Actor for RegistryActor {
             names: FxHashMap::default(),
             claims: FxHashMap::default(),
             retiring: FxHashMap::default(),
-            hibernating: FxHashMap::default(),
             sweep_due: false,
         })
     }
@@ -505,7 +503,7 @@ impl Actor for RegistryActor {
                 let _ = reply.send(
                     names
                         .iter()
-                        .map(|name| state.hibernating.contains_key(name))
+                        .map(|name| state.hibernating.contains(name))
                         .collect(),
                 );
             }

@@ -80,6 +80,9 @@ pub struct FamilyState {
     pub(super) render_cost: Duration,
     /// When the last snapshot was sent.
     pub(super) published_at: Option<Instant>,
+    /// The last snapshot sent, which the aggregator holds: kept with the family's state if
+    /// it hibernates.
+    pub(super) last_snapshot: Option<Arc<FamilySnapshot>>,
     /// The HELP text as the exposition writes it.
     pub(super) help: Arc<str>,
     /// The timers pending, cancelled when the state is dropped.
@@ -135,6 +138,7 @@ impl FamilyState {
             steady: false,
             render_cost: Duration::ZERO,
             published_at: None,
+            last_snapshot: None,
             timers: Timers::default(),
         }
     }
@@ -142,6 +146,15 @@ impl FamilyState {
     /// The family name.
     pub fn name(&self) -> Arc<str> {
         self.name.clone()
+    }
+
+    /// What the family is: its name, type and meta.
+    pub fn spec(&self) -> FamilySpec {
+        FamilySpec {
+            name: self.name.clone(),
+            kind: self.kind,
+            meta: self.meta.clone(),
+        }
     }
 
     /// True while the family holds no series.
@@ -331,19 +344,21 @@ impl FamilyState {
         Some(out.into_boxed_slice())
     }
 
-    fn publish(&mut self, now: Instant) {
+    pub(super) fn publish(&mut self, now: Instant) {
         if !self.dirty {
             return;
         }
         self.dirty = false;
         // A family with no series has nothing to show: it leaves /metrics.
         let message = if self.series.is_empty() {
+            self.last_snapshot = None;
             AggregatorMsg::Remove(self.name.clone())
         } else {
             let started = Instant::now();
-            let snapshot = self.snapshot(now);
+            let snapshot = Arc::new(self.snapshot(now));
             self.render_cost = started.elapsed();
-            AggregatorMsg::Publish(Arc::new(snapshot))
+            self.last_snapshot = Some(snapshot.clone());
+            AggregatorMsg::Publish(snapshot)
         };
         self.published_at = Some(now);
         // The aggregator only stops after every family: a failed cast means shutdown.
@@ -571,7 +586,7 @@ impl FamilyState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::actors::aggregator::AggregatorActor;
     use crate::config::ObserverSettings;
@@ -580,7 +595,7 @@ mod tests {
     use crate::update::Op;
     use crate::update::Update;
 
-    fn spec(kind: Kind) -> FamilySpec {
+    pub(in crate::actors::family) fn spec(kind: Kind) -> FamilySpec {
         FamilySpec {
             name: "lat".into(),
             kind,
@@ -592,7 +607,7 @@ mod tests {
         }
     }
 
-    fn update(value: &str, op: Op) -> Update {
+    pub(in crate::actors::family) fn update(value: &str, op: Op) -> Update {
         Update {
             labels: LabelSet::from_pairs(vec![("k".into(), value.into())]),
             op,
@@ -602,7 +617,7 @@ mod tests {
 
     /// A family context with an aggregator, `publish_interval` and `hibernate_after`, a 2 s
     /// flush window and room for 100 series.
-    async fn context(
+    pub(in crate::actors::family) async fn context(
         publish_interval: Duration,
         hibernate_after: Option<Duration>,
     ) -> Arc<FamilyContext> {
