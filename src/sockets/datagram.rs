@@ -194,15 +194,20 @@ impl<'s> Reader<'s> {
         read
     }
 
-    /// When to read next after `read`; true when that is after a pause.
+    /// When to read next after `read`; true when that is after a pause. A read that stopped
+    /// at `receive_batch` is followed by another at once, and the next pause is sized by what
+    /// all of them took since the last one was planned: sized by the last read alone, the
+    /// few datagrams that came during the reads before it would read as a flood.
     fn plan(&mut self, read: &Read, pause: &Pause) -> bool {
         let unwatched = std::mem::take(&mut self.unwatched);
+        if !read.emptied {
+            self.next = Next::Now;
+            return false;
+        }
         let now = Instant::now();
         let (bytes, datagrams) = std::mem::take(&mut self.taken);
         let since = now.saturating_duration_since(std::mem::replace(&mut self.planned, now));
-        let next = if !read.emptied {
-            Next::Now
-        } else if unwatched {
+        let next = if unwatched {
             Next::At(now + POLL_UNWATCHED)
         } else if pause.is_zero() {
             Next::Readable
