@@ -99,13 +99,73 @@ struct Reader<'s> {
     warned: bool,
     /// Ends the pauses; `None` where the system has no timerfd.
     clock: Option<PauseClock>,
-    /// Bytes and datagrams read since the last pause was planned, and when that was: what
-    /// the next pause is sized by.
+    pacer: Pacer,
+}
+
+/// What a datagram reader's next pause is sized by.
+#[derive(Debug)]
+struct Pacer {
+    /// Bytes and datagrams read since the last pause was planned, and when that was.
     taken: (usize, u64),
     planned: Instant,
     /// The last pause, `None` after a wait for input: a pause grows at most twofold from one
     /// to the next, so that a stream that starts is first read after short ones.
     last_pause: Option<Duration>,
+}
+
+impl Pacer {
+    fn new(now: Instant) -> Self {
+        Pacer {
+            taken: (0, 0),
+            planned: now,
+            last_pause: None,
+        }
+    }
+
+    /// Counts a read's datagrams toward the next pause.
+    fn took(&mut self, bytes: usize, datagrams: u64) {
+        self.taken = (self.taken.0 + bytes, self.taken.1 + datagrams);
+    }
+
+    /// When to read next, at `now`, after a read that `emptied` the socket or not. A read
+    /// that stopped at `receive_batch` is followed by another at once, and the next pause is
+    /// sized by what all of them took since the last one was planned: sized by the last
+    /// read alone, the few datagrams that came during the reads before it would read as a
+    /// flood, and the pauses would fall to their shortest.
+    fn next(&mut self, emptied: bool, unwatched: bool, pause: &Pause, now: Instant) -> Next {
+        if !emptied {
+            return Next::Now;
+        }
+        let (bytes, datagrams) = std::mem::take(&mut self.taken);
+        let since = now.saturating_duration_since(std::mem::replace(&mut self.planned, now));
+        if unwatched {
+            Next::At(now + POLL_UNWATCHED)
+        } else if pause.is_zero() {
+            Next::Readable
+        } else if datagrams == 0 {
+            // Nothing came during the pause: a pause twice as long, until one of
+            // `statsd.receive_coalesce` finds nothing either; then, or when a wait for input
+            // found nothing, wait for input. A sparse stream is thus read after pauses long
+            // enough to find something, not woken for by each datagram.
+            match self.last_pause {
+                Some(last) if last < pause.longest() => {
+                    let wait = (last * 2).min(pause.longest());
+                    self.last_pause = Some(wait);
+                    Next::At(now + wait)
+                }
+                _ => {
+                    self.last_pause = None;
+                    Next::Readable
+                }
+            }
+        } else {
+            let sized = pause.after(bytes, datagrams, since);
+            let grown = self.last_pause.map_or(pause.shortest(), |last| last * 2);
+            let wait = sized.min(grown);
+            self.last_pause = Some(wait);
+            Next::At(now + wait)
+        }
+    }
 }
 
 impl<'s> Reader<'s> {
@@ -119,9 +179,7 @@ impl<'s> Reader<'s> {
             unwatched: false,
             warned: false,
             clock: PauseClock::new(),
-            taken: (0, 0),
-            planned: Instant::now(),
-            last_pause: None,
+            pacer: Pacer::new(Instant::now()),
         }
     }
 
@@ -190,52 +248,15 @@ impl<'s> Reader<'s> {
     fn read(&mut self, batcher: &mut Batcher, limit: usize) -> Read {
         let read = read_batch(self.socket, &mut self.buf, batcher, limit);
         self.ctx.telemetry.packets(self.socket.kind(), read.packets);
-        self.taken = (self.taken.0 + read.bytes, self.taken.1 + read.packets);
+        self.pacer.took(read.bytes, read.packets);
         read
     }
 
-    /// When to read next after `read`; true when that is after a pause. A read that stopped
-    /// at `receive_batch` is followed by another at once, and the next pause is sized by what
-    /// all of them took since the last one was planned: sized by the last read alone, the
-    /// few datagrams that came during the reads before it would read as a flood.
+    /// When to read next after `read`; true when that is after a pause.
     fn plan(&mut self, read: &Read, pause: &Pause) -> bool {
         let unwatched = std::mem::take(&mut self.unwatched);
-        if !read.emptied {
-            self.next = Next::Now;
-            return false;
-        }
-        let now = Instant::now();
-        let (bytes, datagrams) = std::mem::take(&mut self.taken);
-        let since = now.saturating_duration_since(std::mem::replace(&mut self.planned, now));
-        let next = if unwatched {
-            Next::At(now + POLL_UNWATCHED)
-        } else if pause.is_zero() {
-            Next::Readable
-        } else if read.packets == 0 {
-            // Nothing came during the pause: a pause twice as long, until one of
-            // `statsd.receive_coalesce` finds nothing either; then, or when a wait for input
-            // found nothing, wait for input. A sparse stream is thus read after pauses long
-            // enough to find something, not woken for by each datagram.
-            match self.last_pause {
-                Some(last) if last < pause.longest() => {
-                    let wait = (last * 2).min(pause.longest());
-                    self.last_pause = Some(wait);
-                    Next::At(now + wait)
-                }
-                _ => {
-                    self.last_pause = None;
-                    Next::Readable
-                }
-            }
-        } else {
-            let sized = pause.after(bytes, datagrams, since);
-            let grown = self.last_pause.map_or(pause.shortest(), |last| last * 2);
-            let wait = sized.min(grown);
-            self.last_pause = Some(wait);
-            Next::At(now + wait)
-        };
-        self.next = next;
-        matches!(next, Next::At(_)) && !unwatched
+        self.next = (self.pacer).next(read.emptied, unwatched, pause, Instant::now());
+        matches!(self.next, Next::At(_)) && !unwatched
     }
 }
 
@@ -399,5 +420,57 @@ mod tests {
         }
         assert_eq!((packets, samples), (3, 3));
         assert_eq!(too_large(&telemetry), 1.0);
+    }
+
+    #[test]
+    fn a_pause_is_sized_by_every_read_since_the_last_pause() {
+        let ms = Duration::from_millis;
+        // A 16 MiB buffer: pauses of 8 ms up to 100 ms.
+        let pause = Pause::for_buffer(16 << 20, ms(100));
+        let start = Instant::now();
+        let mut pacer = Pacer::new(start);
+        // A stream starts: the first pause is the shortest, and each next one at most
+        // twice the last.
+        pacer.took(1_400, 1);
+        let mut at = start + ms(1);
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let Next::At(next) = pacer.next(true, false, &pause, at) else {
+                panic!("a pause");
+            };
+            waits.push(next - at);
+            // 9,000 datagrams of 1,400 bytes a second (100,000 tagged lines): what came
+            // during the pause, read 64 at a time, the last read finding the socket empty.
+            let came = (9_000 * (next - at).as_millis() / 1_000) as u64;
+            at = next;
+            let mut left = came;
+            while left > 64 {
+                pacer.took(64 * 1_400, 64);
+                at += ms(1);
+                assert!(matches!(pacer.next(false, false, &pause, at), Next::Now));
+                left -= 64;
+            }
+            pacer.took(left as usize * 1_400, left);
+            at += ms(1);
+        }
+        assert_eq!(waits[0], pause.shortest());
+        assert_eq!(waits[1], pause.shortest() * 2);
+        // 900 datagrams over a pause are 31 MB/s, a quarter of the buffer in 135 ms: the
+        // longest pause, however many reads took them.
+        assert_eq!(waits[4], ms(100), "{waits:?}");
+        // A read that found the socket empty right after one that stopped at the limit:
+        // datagrams came since the pause, so this is no empty pause.
+        pacer.took(64 * 1_400, 64);
+        assert!(matches!(pacer.next(false, false, &pause, at), Next::Now));
+        at += ms(1);
+        let Next::At(next) = pacer.next(true, false, &pause, at) else {
+            panic!("a pause");
+        };
+        assert_eq!(next - at, ms(100));
+        // A pause of the longest that finds nothing: the reader waits for input.
+        assert!(matches!(
+            pacer.next(true, false, &pause, next),
+            Next::Readable
+        ));
     }
 }

@@ -118,6 +118,16 @@ impl Pause {
         fits.clamp(self.shortest, self.longest)
     }
 
+    /// The pauses of a reader whose receive buffer holds `buffer` bytes, up to `configured`
+    /// (`statsd.receive_coalesce`).
+    pub(crate) fn for_buffer(buffer: usize, configured: Duration) -> Self {
+        Pause {
+            buffer,
+            shortest: configured.min(Duration::from_secs_f64(buffer as f64 / FILL_RATE)),
+            longest: configured,
+        }
+    }
+
     /// The shortest pause: what the buffer holds at the fastest rate.
     pub(crate) fn shortest(&self) -> Duration {
         self.shortest
@@ -138,19 +148,15 @@ impl Pause {
 /// (`statsd.receive_coalesce`).
 pub(crate) fn udp_pause(udp: &std::net::UdpSocket, configured: Duration) -> Pause {
     let buffer = socket2::SockRef::from(udp).recv_buffer_size().unwrap_or(0);
-    let shortest = configured.min(Duration::from_secs_f64(buffer as f64 / FILL_RATE));
-    if shortest < configured {
+    let pause = Pause::for_buffer(buffer, configured);
+    if pause.shortest < configured {
         info!(
             receive_buffer = buffer,
-            shortest_pause = ?shortest,
+            shortest_pause = ?pause.shortest,
             "UDP pauses between reads follow the traffic, from what the receive buffer holds at full rate up to statsd.receive_coalesce (see net.core.rmem_max)"
         );
     }
-    Pause {
-        buffer,
-        shortest,
-        longest: configured,
-    }
+    pause
 }
 
 #[cfg(test)]
