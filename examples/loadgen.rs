@@ -116,6 +116,10 @@ struct Args {
     /// sends).
     #[arg(long, default_value_t = 0)]
     lines_per_datagram: u64,
+    /// Sending threads, each with its own socket, as separate clients send; the lines and the
+    /// rate are shared out among them.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
     /// Read what the load did from the families it sent to, not from tallyd's own metrics,
     /// so that any StatsD server can be measured (statsd_exporter too): `applied` is the sum
     /// of the counters, the gauges (sent as `+1`) and the observers' `_count`s whose names
@@ -561,6 +565,11 @@ impl Lines {
         }
     }
 
+    /// Lines before the sequence repeats: every name with every tag value.
+    fn cycle(&self) -> u64 {
+        (self.names.len() * self.tags.len()) as u64
+    }
+
     /// Appends line `seq` to `out` (after a newline unless first), which holds `held` lines,
     /// if it fits in `max` bytes and under the lines allowed in a datagram.
     fn push(&self, seq: u64, out: &mut Vec<u8>, held: u64, max: usize) -> bool {
@@ -618,24 +627,82 @@ fn udp_socket(target: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-/// Sends the load; returns the lines sent.
+/// What one sender sent: lines, datagrams, send errors.
+type Sent = (u64, u64, u64);
+
+/// Sends the load, from `--senders` threads, each with its own socket (so its own source
+/// port, as separate clients have); returns the lines sent.
 fn send(args: &Args, report: &mut Report) -> io::Result<u64> {
     let target = loopback(&args.statsd)?;
-    let socket = udp_socket(target)?;
     let lines = Lines::new(args);
     let count = match (args.count, args.duration) {
         (Some(n), _) => n,
         (None, Some(_)) => u64::MAX,
         (None, None) => 1_000_000,
     };
-    let paced = args.rate > 0.0;
+    let senders = args.senders.max(1) as u64;
+    let start = Instant::now();
+    let results: Vec<io::Result<Sent>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..senders)
+            .map(|i| {
+                // An equal share of the lines and the rate; each sender starts at another
+                // point of the names' cycle.
+                let share = count / senders + u64::from(i < count % senders);
+                let first = i * lines.cycle() / senders;
+                let lines = &lines;
+                scope.spawn(move || {
+                    let socket = udp_socket(target)?;
+                    let rate = args.rate / senders as f64;
+                    send_share(args, &socket, lines, (first, share), rate, start)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(fail("a sender panicked"))))
+            .collect()
+    });
+    let (mut sent, mut datagrams, mut errors) = (0, 0, 0);
+    for result in results {
+        let (l, d, e) = result?;
+        (sent, datagrams, errors) = (sent + l, datagrams + d, errors + e);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    report.text("mode", format!("{:?}", args.mode).to_lowercase());
+    report.num("target_rate", args.rate, 0);
+    report.int("names", lines.names.len() as u64);
+    report.int("label_values", args.label_values as u64);
+    report.int("senders", senders);
+    report.int("sent", sent);
+    report.int("datagrams", datagrams);
+    report.num(
+        "lines_per_datagram",
+        sent as f64 / datagrams.max(1) as f64,
+        1,
+    );
+    report.num("seconds", seconds, 3);
+    report.num("rate", sent as f64 / seconds, 0);
+    report.int("send_errors", errors);
+    Ok(sent)
+}
+
+/// One sender: `count` lines from line `first` on, at `rate` lines/s (0: flat out), until
+/// `--duration` after `start`.
+fn send_share(
+    args: &Args,
+    socket: &UdpSocket,
+    lines: &Lines,
+    (first, count): (u64, u64),
+    rate: f64,
+    start: Instant,
+) -> io::Result<Sent> {
+    let paced = rate > 0.0;
     // Tokens for ~1 ms of traffic trigger a batch; the bucket holds 2 ms, so a late wake-up
     // (sleep overshoots by tens of µs) is made up without bursting.
-    let batch = (args.rate / 1000.0).max(1.0);
+    let batch = (rate / 1000.0).max(1.0);
     let bucket = 2.0 * batch;
-    let start = Instant::now();
     let deadline = args.duration.map(|s| start + Duration::from_secs_f64(s));
-    let (mut sent, mut datagrams, mut errors, mut seq) = (0u64, 0u64, 0u64, 0u64);
+    let (mut sent, mut datagrams, mut errors, mut seq) = (0u64, 0u64, 0u64, first);
     let mut buf = Vec::with_capacity(args.datagram_bytes);
     while sent < count {
         let now = Instant::now();
@@ -644,9 +711,9 @@ fn send(args: &Args, report: &mut Report) -> io::Result<u64> {
         }
         // How many lines this round may send.
         let budget = if paced {
-            let owed = now.duration_since(start).as_secs_f64() * args.rate - sent as f64;
+            let owed = now.duration_since(start).as_secs_f64() * rate - sent as f64;
             if owed < batch {
-                let wait = (batch - owed) / args.rate;
+                let wait = (batch - owed) / rate;
                 if wait > 150e-6 {
                     std::thread::sleep(Duration::from_secs_f64(wait * 0.9));
                 } else {
@@ -693,22 +760,7 @@ fn send(args: &Args, report: &mut Report) -> io::Result<u64> {
             seq += n;
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    report.text("mode", format!("{:?}", args.mode).to_lowercase());
-    report.num("target_rate", args.rate, 0);
-    report.int("names", lines.names.len() as u64);
-    report.int("label_values", args.label_values as u64);
-    report.int("sent", sent);
-    report.int("datagrams", datagrams);
-    report.num(
-        "lines_per_datagram",
-        sent as f64 / datagrams.max(1) as f64,
-        1,
-    );
-    report.num("seconds", seconds, 3);
-    report.num("rate", sent as f64 / seconds, 0);
-    report.int("send_errors", errors);
-    Ok(sent)
+    Ok((sent, datagrams, errors))
 }
 
 /// Runs the sending command; returns the lines it says it sent.
