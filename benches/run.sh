@@ -326,8 +326,9 @@ real_matrix() {
     "counters, gauges, timers; $real_secs s flat out" -- \
     --mode mixed "${tagged[@]}" --duration "$real_secs" --effect
   row "the same, one line per datagram" applied_rate "≥ 5× statsd_exporter" \
-    "as an unbuffered client sends" -- \
-    --mode mixed "${tagged[@]}" --lines-per-datagram 1 --duration "$real_secs" --effect
+    "as unbuffered clients send; two senders, each its own socket" -- \
+    --mode mixed "${tagged[@]}" --lines-per-datagram 1 --senders 2 --duration "$real_secs" \
+    --effect
   flags=(--statsd.mapping-config="$airflow") peer_flags=("${flags[@]}")
   row "Apache Airflow's mapping file with its names, lines/s, flat out" applied_rate \
     "≥ 10× statsd_exporter" "its 16 rules (glob and regex), 745 names" -- \

@@ -186,7 +186,10 @@ pub struct Batcher {
     guess: Option<u32>,
     /// Lines answered by `lines` while a mapping file is in force: mapping cache hits.
     line_hits: u64,
-    /// When the last input came.
+    /// Input came since the last idle tick (a flag rather than a time: no clock read per
+    /// datagram).
+    fresh_input: bool,
+    /// The first idle tick after the last input: the idle time counts from there.
     last_input: Instant,
     counts: Counts,
     /// The lines of each unmapped name since the last flush.
@@ -246,6 +249,7 @@ impl Batcher {
             marks: Marks::default(),
             guess: None,
             line_hits: 0,
+            fresh_input: false,
             last_input: Instant::now(),
             counts: Counts::default(),
             reported_cache: (0, 0),
@@ -260,7 +264,7 @@ impl Batcher {
     /// cache misses of a datagram's lines (the caches are often cold after the idle time
     /// between datagrams) overlap rather than come one after another.
     pub fn ingest(&mut self, datagram: &[u8]) {
-        self.last_input = Instant::now();
+        self.fresh_input = true;
         if self.resolver.reloaded() {
             self.lines.clear();
             self.pending.reset();
@@ -518,10 +522,14 @@ impl Batcher {
             .insert(lines::hash(name, fields), name, fields, resolved);
     }
 
-    /// On the listener's idle tick: after `CACHE_IDLE` without input, with nothing held, lets
-    /// go of every cache (lines, slots, names, mappings). An idle listener keeps no memory for
-    /// names it may not see again; its next lines take the long way once.
+    /// On the listener's idle tick: after `CACHE_IDLE` without input (counted from the first
+    /// tick after the last input), with nothing held, lets go of every cache (lines, slots,
+    /// names, mappings). An idle listener keeps no memory for names it may not see again;
+    /// its next lines take the long way once.
     pub fn idle_tick(&mut self, now: Instant) {
+        if std::mem::take(&mut self.fresh_input) {
+            self.last_input = now;
+        }
         let idle = now.saturating_duration_since(self.last_input) >= CACHE_IDLE;
         if !idle || self.held() > 0 || self.caches_empty() {
             return;
@@ -969,13 +977,15 @@ mod tests {
         // cache knows its name.
         let (mut b, t) = batcher(MAPPING);
         b.ingest(b"m.a:1|g|T1700000000");
-        let later = Instant::now() + CACHE_IDLE;
+        let now = Instant::now();
+        let later = now + CACHE_IDLE;
         assert!(!b.is_idle());
-        // Held updates are kept, caches too, until they are flushed.
-        b.idle_tick(later);
+        // Held updates are kept, caches too, until they are flushed; the idle time counts
+        // from the first tick after the input.
+        b.idle_tick(now);
         assert!(!b.is_idle());
         assert_eq!(outcome(&mut b, &t).0.len(), 1);
-        b.idle_tick(Instant::now());
+        b.idle_tick(later - Duration::from_millis(1));
         assert!(!b.is_idle(), "input came less than CACHE_IDLE ago");
         assert!(!b.resolver.is_empty());
         b.idle_tick(later);
