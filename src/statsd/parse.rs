@@ -404,22 +404,39 @@ fn parse_rate(text: &str) -> Result<f64, RejectReason> {
     }
 }
 
-/// The value of `text` if it is 1 to 15 decimal digits, the usual counter increment: exact as
-/// an f64, so the same as `text.parse::<f64>()`, but several times faster.
+/// Powers of ten, each exact as an f64.
+const POWERS_OF_TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// The value of `text` if it is 1 to 15 decimal digits with at most one `.` among them: the
+/// usual counter increment and timer value (`1`, `12.5`, `.25`). The digits make an integer
+/// exact as an f64, and so is the power of ten it is divided by; one division of two exact
+/// numbers is correctly rounded, so this is the same as `text.parse::<f64>()`, but several
+/// times faster.
 #[inline]
-fn small_integer(text: &str) -> Option<f64> {
-    if text.is_empty() || text.len() > 15 {
+fn small_decimal(text: &str) -> Option<f64> {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() || bytes.len() > 16 {
         return None;
     }
-    let mut n = 0u64;
-    for &b in text.as_bytes() {
+    let (mut n, mut digits, mut point) = (0u64, 0, None);
+    for (i, &b) in bytes.iter().enumerate() {
         let digit = b.wrapping_sub(b'0');
-        if digit > 9 {
+        if digit <= 9 {
+            n = n * 10 + u64::from(digit);
+            digits += 1;
+        } else if b == b'.' && point.is_none() {
+            point = Some(i);
+        } else {
             return None;
         }
-        n = n * 10 + u64::from(digit);
     }
-    Some(n as f64)
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let decimals = point.map_or(0, |at| bytes.len() - at - 1);
+    Some(n as f64 / POWERS_OF_TEN[decimals])
 }
 
 /// Parses one value of a line of `metric_type` and `sample_rate`: a number (not for a set),
@@ -443,7 +460,7 @@ pub fn parse_sample(
             sample_rate,
         });
     }
-    let number = match small_integer(text) {
+    let number = match small_decimal(text) {
         Some(number) => number,
         None => text
             .parse::<f64>()

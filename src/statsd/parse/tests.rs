@@ -316,6 +316,25 @@ fn sets_keep_the_member_text() {
     );
 }
 
+#[test]
+fn short_decimals_take_the_fast_way_and_read_as_the_standard_parser_reads_them() {
+    for (text, value) in [
+        ("1", 1.0),
+        ("12.5", 12.5),
+        ("0.1", 0.1),
+        (".25", 0.25),
+        ("5.", 5.0),
+        ("123456789.012345", 123_456_789.012_345),
+    ] {
+        assert_eq!(small_decimal(text), Some(value), "{text}");
+        assert_eq!(text.parse::<f64>().ok(), Some(value), "{text}");
+    }
+    // Signs, exponents, two points, no digit, 16 digits: the standard parser's.
+    for text in ["-1", "+1", "1e5", "1.2.3", ".", "", "1234567890123456"] {
+        assert_eq!(small_decimal(text), None, "{text}");
+    }
+}
+
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -341,14 +360,19 @@ proptest! {
     }
 
     #[test]
-    fn numbers_read_the_same_whichever_way_they_are_parsed(text in "[0-9]{1,17}|[-+0-9.e]{0,8}") {
-        let fast = small_integer(&text);
+    fn numbers_read_the_same_whichever_way_they_are_parsed(
+        text in "[0-9]{1,17}|[0-9]{0,9}\\.?[0-9]{0,9}|[-+0-9.e]{0,8}"
+    ) {
+        let fast = small_decimal(&text);
         let std = text.parse::<f64>().ok();
+        let digits = text.bytes().filter(u8::is_ascii_digit).count();
+        let points = text.bytes().filter(|&b| b == b'.').count();
+        let plain = text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
         if fast.is_some() {
-            prop_assert_eq!(fast, std);
+            prop_assert_eq!(fast.map(f64::to_bits), std.map(f64::to_bits));
         } else {
-            // Only short plain integers take the fast way.
-            prop_assert!(text.len() > 15 || !text.bytes().all(|b| b.is_ascii_digit()) || text.is_empty());
+            // Only short plain decimals take the fast way.
+            prop_assert!(!plain || points > 1 || digits == 0 || digits > 15);
         }
     }
 
