@@ -33,7 +33,7 @@ use crate::mapping::Mapper;
 use crate::statsd::parse::TagStyles;
 use crate::update::{FamilyMeta, DEFAULT_HELP};
 pub use batcher::Batcher;
-pub(crate) use pipeline::{Due, PipelineContext};
+pub(crate) use pipeline::{Due, Pipeline, PipelineContext};
 
 /// How lines become updates: shared by every listener.
 #[derive(Debug)]

@@ -58,8 +58,9 @@
 //! Before it asks the aggregator, a scrape passes the [`barrier`]: every listener task sends
 //! what it holds, and every family it reached since the last scrape publishes (`Sync`). A
 //! family with no series left, or idle for `actors.hibernate_after`, asks the registry to stop
-//! it (`StopRequest`); a hibernating family's state stays with the registry, its snapshot with
-//! the aggregator, until its next update wakes it.
+//! it (`StopRequest`); a hibernating family is then its snapshot, which the aggregator holds,
+//! and a 64-byte record of what else its actor needs to wake, which the registry holds
+//! ([`actors::family::Dormant`]), until its next update wakes it.
 //!
 //! The modules the benchmarks and fuzzers drive directly are public; the HTTP server is not.
 #![warn(missing_docs, unreachable_pub)]

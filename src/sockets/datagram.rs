@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::pause::{Pause, PauseClock};
 use super::receive::{Datagram, Datagrams, RECEIVE_MANY};
 use super::{DatagramSocket, ListenerContext};
-use crate::ingest::{Batcher, Due};
+use crate::ingest::{Batcher, Due, Pipeline};
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -55,7 +55,7 @@ pub(crate) async fn serve_datagrams(
     let mut reader = Reader::new(&socket, &ctx);
     // What the kernel holds when a scrape comes, or at shutdown, arrived before it: read
     // however much a pause let gather, bounded in case a sender keeps sending.
-    let drain = ctx.receive_batch * 1024;
+    let drain = 1024;
     loop {
         if reader.watch() {
             pipe.waiting();
@@ -65,7 +65,7 @@ pub(crate) async fn serve_datagrams(
             () = shutdown.cancelled() => break,
             due = pipe.due() => {
                 if matches!(due, Due::Scrape(_)) {
-                    reader.read(&mut pipe.batcher, drain);
+                    reader.drain(&mut pipe, drain).await;
                 }
                 pipe.handle(due).await;
                 continue;
@@ -80,7 +80,7 @@ pub(crate) async fn serve_datagrams(
         }
         pipe.after_read().await;
     }
-    reader.read(&mut pipe.batcher, drain);
+    reader.drain(&mut pipe, drain).await;
     pipe.flush().await;
 }
 
@@ -250,6 +250,20 @@ impl<'s> Reader<'s> {
         self.ctx.telemetry.packets(self.socket.kind(), read.packets);
         self.pacer.took(read.bytes, read.packets);
         read
+    }
+
+    /// Reads what the socket holds, `receive_batch` datagrams at a time, at most `reads`
+    /// times, flushing whenever the flush threshold is reached on the way: what a pause, or
+    /// a stall of the families, let gather in the socket buffer (16 MiB may hold millions of
+    /// lines) is held a threshold's worth at a time, not all at once.
+    async fn drain(&mut self, pipe: &mut Pipeline, reads: usize) {
+        for _ in 0..reads {
+            let read = self.read(&mut pipe.batcher, self.ctx.receive_batch);
+            pipe.after_read().await;
+            if read.emptied {
+                break;
+            }
+        }
     }
 
     /// When to read next after `read`; true when that is after a pause.
