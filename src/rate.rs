@@ -84,17 +84,45 @@ impl RateWindow {
 
     /// Updates per second at `now`, over the last ten seconds.
     pub fn per_second(&self, now: Instant) -> f64 {
-        let slot = slot(now);
+        self.per_second_at(RateAt::new(now))
+    }
+
+    /// Updates per second at the instant `at` was made for, over the last ten seconds.
+    pub fn per_second_at(&self, at: RateAt) -> f64 {
+        let slot = at.slot;
+        if self.head.saturating_add(BUCKETS as u32) <= slot {
+            // Every count has left the window (a family idle for ten seconds).
+            return 0.0;
+        }
         let oldest_live = slot.saturating_sub(BUCKETS as u32 - 1);
         let total: u64 = (oldest_live..=self.head.min(slot))
             .filter(|s| self.head - s < BUCKETS as u32)
             .map(|s| u64::from(self.counts[(s % BUCKETS as u32) as usize]))
             .sum();
-        // The window: the nine buckets before the current one, and the current one so far,
-        // whether or not the family lived through them all.
+        total as f64 / at.span
+    }
+}
+
+/// What the rate of every window at one instant shares: the second it falls in, and the
+/// window's length in seconds (the nine buckets before the current one, and the current one
+/// so far, whether or not a family lived through them all). Made once for a scrape of a
+/// million families.
+#[derive(Clone, Copy, Debug)]
+pub struct RateAt {
+    slot: u32,
+    span: f64,
+}
+
+impl RateAt {
+    /// For the instant `now`.
+    pub fn new(now: Instant) -> Self {
+        let slot = slot(now);
         let into_bucket = now.saturating_duration_since(*EPOCH + BUCKET * slot);
         let span = BUCKET * (BUCKETS as u32 - 1) + into_bucket;
-        total as f64 / span.as_secs_f64()
+        RateAt {
+            slot,
+            span: span.as_secs_f64(),
+        }
     }
 }
 
@@ -131,6 +159,15 @@ mod tests {
         assert!((rate - 20.0 / 9.5).abs() < 1e-9, "{rate}");
         // Long idle: rate decays to zero.
         assert_eq!(w.per_second(t0 + Duration::from_secs(60)), 0.0);
+        // A count stays in the window for the nine seconds after its own, to the edge.
+        let mut w = RateWindow::new(t0);
+        w.record(t0, 100);
+        let rate = w.per_second(t0 + Duration::from_millis(9_999));
+        assert!((rate - 100.0 / 9.999).abs() < 1e-9, "{rate}");
+        assert_eq!(w.per_second(t0 + Duration::from_secs(10)), 0.0);
+        // Read for many windows at once, the same.
+        let at = RateAt::new(t0 + Duration::from_millis(9_999));
+        assert_eq!(w.per_second_at(at), rate);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::exposition::{FamilySnapshot, Scrape, Snapshots};
+use crate::rate::RateAt;
 
 /// Messages the aggregator handles.
 #[derive(Debug)]
@@ -78,7 +79,8 @@ impl AggregatorState {
             .view
             .get_or_insert_with(|| self.families.iter().map(|s| s.0.clone()).collect())
             .clone();
-        let rates: Vec<f64> = families.iter().map(|s| s.rate.per_second(now)).collect();
+        let at = RateAt::new(now);
+        let rates: Vec<f64> = families.iter().map(|s| s.rate.per_second_at(at)).collect();
         Scrape {
             update_rate: rates.iter().sum(),
             listed: listed(&rates, self.max_listed),
