@@ -59,6 +59,10 @@ pub struct Updates {
     pub list: Vec<Update>,
     /// The observations of the `Observations` updates, each update's in one run.
     pub observations: Vec<Observation>,
+    /// The listener's flush window closed on the clock, under its flush threshold: a family
+    /// it feeds all the time gets a batch once a window (see
+    /// [`FamilyContext::hibernate_after`](crate::actors::family::FamilyContext::hibernate_after)).
+    pub clocked: bool,
 }
 
 /// Buffers of spent [`Updates`], given back by the families that applied them and taken by
@@ -104,6 +108,7 @@ impl Updates {
         }
         self.list.clear();
         self.observations.clear();
+        self.clocked = false;
         let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
         if spares.bytes + bytes <= SPARE_BYTES {
             spares.bytes += bytes;
@@ -133,7 +138,7 @@ impl From<Vec<Update>> for Updates {
     fn from(list: Vec<Update>) -> Self {
         Updates {
             list,
-            observations: Vec::new(),
+            ..Updates::default()
         }
     }
 }

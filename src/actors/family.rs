@@ -57,9 +57,12 @@ pub struct FamilyContext {
     pub flush_interval: Duration,
     /// Idle time after which a family without a TTL hibernates; `None`: never. A family is
     /// steady when its last three batches came each within a flush window and a half of the
-    /// one before, as when it is updated in every window. A steady family waits until it has
+    /// one before, as when it is updated in every window, or when its last batch's window
+    /// closed on the clock: its listener held less than its flush threshold, and so sends a
+    /// family updated all the time one batch a window. A steady family waits until it has
     /// also missed a whole window, so it is not stopped and respawned between windows however
-    /// short this is; a sporadic one (a name sent once every few seconds) hibernates after it.
+    /// short this is; a sporadic one (a name sent once every few seconds, or in a burst that
+    /// fills windows to their threshold) hibernates after it.
     pub hibernate_after: Option<Duration>,
     /// The window over which a set counts distinct members.
     pub set_window: Duration,

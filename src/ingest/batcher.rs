@@ -662,7 +662,9 @@ mod tests {
 
     /// The updates with each gathered observation as an update of one sample.
     fn one_by_one(updates: Updates) -> Vec<Update> {
-        let Updates { list, observations } = updates;
+        let Updates {
+            list, observations, ..
+        } = updates;
         list.into_iter()
             .flat_map(|update| match update.op {
                 Op::Observations { start, len } => observations

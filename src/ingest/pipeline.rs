@@ -107,7 +107,7 @@ impl Pipeline {
     /// Does what came due.
     pub(crate) async fn handle(&mut self, due: Due) {
         match due {
-            Due::Flush => self.flush().await,
+            Due::Flush => self.dispatch(true).await,
             Due::Prune => {
                 self.router.prune();
                 self.batcher.idle_tick(std::time::Instant::now());
@@ -146,8 +146,17 @@ impl Pipeline {
 
     /// Sends every held update to its family; the window closes.
     pub(crate) async fn flush(&mut self) {
+        self.dispatch(false).await;
+    }
+
+    /// Sends every held update to its family, saying whether the window closed on the clock.
+    async fn dispatch(&mut self, clocked: bool) {
         self.window.armed = false;
-        self.router.dispatch(self.batcher.take()).await;
+        let mut batches = self.batcher.take();
+        for (_, batch) in &mut batches {
+            batch.updates.clocked = clocked;
+        }
+        self.router.dispatch(batches).await;
     }
 
     /// As the task ends: sends every held update to its family, and gives back the families

@@ -73,8 +73,8 @@ pub struct FamilyState {
     /// Batches in a row, before the last, that each came within a flush window and a half of
     /// the one before (kept while the family hibernates).
     pub(super) streak: u8,
-    /// The last three batches came each within a flush window and a half of the one before
-    /// (see [`FamilyContext::hibernate_after`]).
+    /// The last three batches came each within a flush window and a half of the one before,
+    /// or the last one's window closed on the clock (see [`FamilyContext::hibernate_after`]).
     pub(super) steady: bool,
     /// How long the last snapshot took to render.
     pub(super) render_cost: Duration,
@@ -171,7 +171,11 @@ impl FamilyState {
         // Samples refused for a new series: over the total, over the family's own limit.
         let mut refused = [0u64; 2];
         let mut halvings = 0u64;
-        let Updates { list, observations } = updates;
+        let Updates {
+            list,
+            observations,
+            clocked,
+        } = updates;
         for update in list.drain(..) {
             let kind = update.op.kind();
             if kind != self.kind {
@@ -220,7 +224,9 @@ impl FamilyState {
             // This batch and the one before each came within a window and a half of the one
             // before them. However many samples they hold, two batches are not steady: a
             // burst of new names sends each a few times, over a window or two, and never
-            // again.
+            // again. A batch whose window closed on the clock is: its listener holds less
+            // than its threshold, and has a batch for a family sent to all the time once a
+            // window, no sooner.
             let in_step = self
                 .last_batch
                 .is_some_and(|last| self.ctx.steady(now.saturating_duration_since(last)));
@@ -229,7 +235,7 @@ impl FamilyState {
             } else {
                 0
             };
-            self.steady = self.streak >= 2;
+            self.steady = self.streak >= 2 || *clocked;
             self.last_batch = Some(now);
             self.last_update = now;
             self.ctx.telemetry.updates.inc_by(applied);
@@ -671,6 +677,32 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_whose_window_closed_on_the_clock_keeps_its_family_for_two_windows() {
+        let (after, window) = (Duration::from_millis(100), Duration::from_secs(2));
+        let ctx = context(Duration::from_secs(15), Some(after)).await;
+        let mut family = FamilyState::new(spec(Kind::Counter), ctx);
+        let start = Instant::now();
+        let batch = |clocked| {
+            let mut updates: Updates = vec![update("a", Op::Add(1.0))].into();
+            updates.clocked = clocked;
+            updates
+        };
+        // (batch at, its window closed on the clock, idle time allowed after it)
+        for (at, clocked, idle) in [
+            // The first batch, on the clock: a family sent to all the time would get its
+            // next one a window later.
+            (0, true, window * 2),
+            // Closed early (a scrape, the threshold), four windows later: sporadic.
+            (8_000, false, after),
+            (16_000, true, window * 2),
+        ] {
+            let now = start + Duration::from_millis(at);
+            family.apply(&mut batch(clocked), now);
+            assert_eq!(family.idle_left(now), Some(idle), "batch at {at} ms");
+        }
+    }
+
+    #[tokio::test]
     async fn snapshots_render_changed_series_and_reuse_the_rest_exactly() {
         let ctx = context(Duration::from_millis(20), None).await;
         let observe = |ms: f64| Op::Observe {
@@ -714,6 +746,7 @@ pub(super) mod tests {
         let mut family = FamilyState::new(spec(Kind::Observer), ctx);
         let observation = |value, count| crate::update::Observation { value, count };
         let mut updates = Updates {
+            clocked: false,
             list: vec![
                 update(
                     "a",
