@@ -8,6 +8,7 @@ pub mod text;
 
 use std::sync::Arc;
 
+use crate::memory::prefetch_line;
 use crate::rate::RateWindow;
 use crate::telemetry::Telemetry;
 use text::{header, sample};
@@ -138,6 +139,10 @@ fn totals(scrape: &Scrape) -> [(&'static str, &'static str, f64); 3] {
     ]
 }
 
+/// How many families ahead a walk over every snapshot asks for the next ones' memory (see
+/// [`prefetch_line`]): their snapshots this far ahead, their names and texts half as far.
+pub(crate) const AHEAD: usize = 16;
+
 /// Writes a whole scrape into `out`: every user family, then tallyd's own metrics (the
 /// aggregator's totals among them, in name order), then the per-family self-metrics of the
 /// listed families.
@@ -150,7 +155,15 @@ pub fn render(scrape: &Scrape, telemetry: &Telemetry, out: &mut String) {
         .map(|s| header_bytes(s) + s.text.len())
         .sum();
     out.reserve(families_bytes + per_family_bytes + 16 * 1024);
-    for snapshot in families.iter() {
+    for (i, snapshot) in families.iter().enumerate() {
+        // Each snapshot and its text sit apart in memory: asked for some families ahead.
+        if let Some(far) = families.get(i + AHEAD) {
+            prefetch_line(Arc::as_ptr(far));
+        }
+        if let Some(near) = families.get(i + AHEAD / 2) {
+            prefetch_line(near.name.as_ptr());
+            prefetch_line(near.text.as_ptr());
+        }
         header(
             out,
             &snapshot.name,

@@ -14,7 +14,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::exposition::{FamilySnapshot, Scrape, Snapshots};
+use crate::exposition::{FamilySnapshot, Scrape, Snapshots, AHEAD};
+use crate::memory::prefetch_line;
 use crate::rate::RateAt;
 
 /// Messages the aggregator handles.
@@ -80,7 +81,14 @@ impl AggregatorState {
             .get_or_insert_with(|| self.families.iter().map(|s| s.0.clone()).collect())
             .clone();
         let at = RateAt::new(now);
-        let rates: Vec<f64> = families.iter().map(|s| s.rate.per_second_at(at)).collect();
+        let rates: Vec<f64> = (0..families.len())
+            .map(|i| {
+                if let Some(far) = families.get(i + AHEAD) {
+                    prefetch_line(&far.rate);
+                }
+                families[i].rate.per_second_at(at)
+            })
+            .collect();
         Scrape {
             update_rate: rates.iter().sum(),
             listed: listed(&rates, self.max_listed),

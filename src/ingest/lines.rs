@@ -129,20 +129,6 @@ pub(super) fn hash(name: &[u8], fields: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// Asks the processor to fetch the cache line at `at` (a hint, which reads nothing).
-#[inline]
-pub(super) fn prefetch_line<T>(at: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: SSE is part of x86_64, and a prefetch only hints: it never faults, whatever
-        // the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
-}
-
 impl<V: Copy> LineCache<V> {
     /// Keys remembered.
     pub(super) fn len(&self) -> usize {
@@ -185,7 +171,7 @@ impl<V: Copy> LineCache<V> {
     #[inline]
     pub(super) fn prefetch(&self, hash: u64) {
         if let Some(bucket) = self.buckets.get(hash as usize & self.mask()) {
-            prefetch_line(bucket);
+            crate::memory::prefetch_line(bucket);
         }
     }
 
@@ -201,7 +187,7 @@ impl<V: Copy> LineCache<V> {
             let index = bucket.entry.checked_sub(1)?;
             if bucket.tag == tag {
                 if let Some(entry) = self.entries.get(index as usize) {
-                    prefetch_line(entry);
+                    crate::memory::prefetch_line(entry);
                 }
                 return Some(index);
             }

@@ -201,7 +201,7 @@ impl Pending {
     #[inline]
     pub(super) fn prefetch(&self, series: u32) {
         if let Some(slot) = self.series.get(series as usize) {
-            super::lines::prefetch_line(slot);
+            crate::memory::prefetch_line(slot);
         }
     }
 
