@@ -21,8 +21,9 @@
 //! counts), `cpu_s_per_million` (per million applied), `peak_rss_mb`
 //! (`VmHWM`) and `rss_mb` (`VmRSS`, after the timed scrapes; with `--wait-hibernation`, once it
 //! has stopped moving, up to 5 s later, and `rss_after_scrapes_mb` the reading right after the
-//! scrapes); `scrape_ms` (median of the timed
-//! scrapes, connect to last byte) and `scrape_bytes`.
+//! scrapes); `scrape_ms` (median of the timed scrapes, connect to last byte, each read into
+//! the buffer the one before was read into, as a scraper that pools its buffers reads) and
+//! `scrape_bytes`.
 //!
 //! With `--effect`, what the load did is read from the families it sent to instead of from
 //! tallyd's own metrics, so the same run measures any StatsD server (statsd_exporter too):
@@ -270,6 +271,7 @@ fn run(args: &Args) -> io::Result<Report> {
             addr: loopback(&args.http)?,
             path: args.metrics_path.clone(),
             gzip: args.gzip,
+            buffer: Default::default(),
         })
     };
     let mut report = Report::default();
@@ -842,6 +844,10 @@ struct Scraper {
     addr: SocketAddr,
     path: String,
     gzip: bool,
+    /// What the last scrape read, emptied and read into again: a scrape is timed as a
+    /// scraper that keeps its buffers reads it (Prometheus pools its scrape buffers), not
+    /// with this program's first writes to a fresh 100 MB.
+    buffer: std::cell::RefCell<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -867,10 +873,17 @@ impl Scraper {
             "GET {} HTTP/1.1\r\nHost: {}\r\n{encoding}Connection: close\r\n\r\n",
             self.path, self.addr
         )?;
-        let mut raw = Vec::new();
+        let mut raw = self.buffer.take();
+        raw.clear();
         stream.read_to_end(&mut raw)?;
         let elapsed = start.elapsed();
+        let scrape = Self::parse(&raw, elapsed, &self.path);
+        self.buffer.replace(raw);
+        scrape
+    }
 
+    /// The scrape in a response read whole in `raw`.
+    fn parse(raw: &[u8], elapsed: Duration, path: &str) -> io::Result<Scrape> {
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -878,7 +891,7 @@ impl Scraper {
         let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
         if !head.starts_with("http/1.1 200") {
             let status = head.lines().next().unwrap_or_default().to_owned();
-            return Err(fail(format!("GET {}: {status}", self.path)));
+            return Err(fail(format!("GET {path}: {status}")));
         }
         let mut body = raw[split + 4..].to_vec();
         if head.contains("transfer-encoding: chunked") {
