@@ -86,29 +86,41 @@ struct Spares {
 }
 
 impl Updates {
-    /// Empty updates in a spent buffer, if one is spare (see [`Updates::recycle`]).
+    /// Empty updates in a spent buffer, if one is spare (see [`Updates::recycle`]). The
+    /// spent updates are dropped here, on the thread of the batcher about to fill the buffer.
     pub fn spare() -> Updates {
-        let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
-        match spares.buffers.pop() {
-            Some(updates) => {
+        let spare = {
+            let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+            let spare = spares.buffers.pop();
+            if let Some(updates) = &spare {
                 spares.bytes -= updates.bytes();
+            }
+            spare
+        };
+        match spare {
+            Some(mut updates) => {
+                updates.list.clear();
+                updates.observations.clear();
+                updates.clocked = false;
                 updates
             }
             None => Updates::default(),
         }
     }
 
-    /// Empties the updates and keeps their buffers for [`Updates::spare`], unless they are
-    /// small (what a family of few series is sent: quick to allocate, and many of them after
-    /// a burst of new names) or spare buffers already hold `SPARE_BYTES`.
-    pub fn recycle(mut self) {
+    /// Keeps the buffers of applied updates for [`Updates::spare`], unless they are small
+    /// (what a family of few series is sent: quick to allocate, and many of them after a
+    /// burst of new names) or spare buffers already hold `SPARE_BYTES`. The updates stay in
+    /// them until a batcher takes them: dropping an update releases its label set, whose
+    /// reference count a batcher wrote last, in its own thread's cache; the family's thread
+    /// would wait for that cache line. (Their label sets are held by the batchers' slots and
+    /// the families' tables too: what spare buffers keep alive beyond those is bounded by
+    /// `SPARE_BYTES`.)
+    pub fn recycle(self) {
         let bytes = self.bytes();
         if bytes < SPARE_MIN_BYTES {
             return;
         }
-        self.list.clear();
-        self.observations.clear();
-        self.clocked = false;
         let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
         if spares.bytes + bytes <= SPARE_BYTES {
             spares.bytes += bytes;

@@ -4,7 +4,6 @@
 use prometheus::IntGauge;
 use ractor::ActorRef;
 use rustc_hash::FxHashMap;
-use std::collections::hash_map;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -162,8 +161,8 @@ impl FamilyState {
         self.series.is_empty()
     }
 
-    /// Applies a batch, leaving it empty; updates of another type than the family's are
-    /// refused and counted.
+    /// Applies a batch, whose updates stay in it (see [`Updates::recycle`]); updates of
+    /// another type than the family's are refused and counted.
     pub fn apply(&mut self, updates: &mut Updates, now: Instant) {
         // Counted in samples: an update combined at the edge stands for several.
         let mut applied = 0u64;
@@ -176,7 +175,7 @@ impl FamilyState {
             observations,
             clocked,
         } = updates;
-        for update in list.drain(..) {
+        for update in list.iter() {
             let kind = update.op.kind();
             if kind != self.kind {
                 conflicts[kind as usize] += update.samples;
@@ -184,9 +183,11 @@ impl FamilyState {
             }
             let (meta, ctx) = (&self.meta, &self.ctx);
             let held = self.series.len();
-            let entry = match self.series.entry(update.labels) {
-                hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                hash_map::Entry::Vacant(vacant) => {
+            // Found by reference: the update's label set is not dropped here (see
+            // `Updates::recycle`), and a new series takes a reference of its own.
+            let entry = match self.series.get_mut(&update.labels) {
+                Some(entry) => entry,
+                None => {
                     if held >= ctx.budget.max_per_family {
                         refused[1] += update.samples;
                         continue;
@@ -198,11 +199,12 @@ impl FamilyState {
                         continue;
                     }
                     self.series_gauge.inc();
-                    vacant.insert(Entry {
+                    let entry = Entry {
                         value: Series::new(kind, meta, ctx, now),
                         last_seen: now,
                         text: String::new(),
-                    })
+                    };
+                    self.series.entry(update.labels.clone()).or_insert(entry)
                 }
             };
             halvings += u64::from(entry.value.apply(
@@ -765,7 +767,10 @@ pub(super) mod tests {
         };
         updates.list[1].samples = 2;
         family.apply(&mut updates, now);
-        assert!(updates.is_empty(), "applying empties the batch");
+        assert!(
+            updates.observations.is_empty() && updates.list.len() == 2,
+            "the observations are spent, the updates stay for the batch's recycling"
+        );
         assert_eq!(family.updates, 3);
         let text = family.snapshot(now).text;
         // 9 + 1 + 2 × 10; the observation before the run is not the update's.
