@@ -59,6 +59,10 @@ csrc=benches/statsd_loadgen.c
 if [ ! -x "$cloadgen" ] || [ "$csrc" -nt "$cloadgen" ]; then
   gcc -O2 -Wall -o "$cloadgen" "$csrc"
 fi
+sink=target/udp_sink
+if [ ! -x "$sink" ] || [ benches/udp_sink.c -nt "$sink" ]; then
+  gcc -O2 -Wall -o "$sink" benches/udp_sink.c
+fi
 
 tmp=$(mktemp -d)
 suffix=${BENCH_NAME:+-$BENCH_NAME}
@@ -312,6 +316,8 @@ base_matrix() {
 
 # The real-traffic matrix: what users send, each row on tallyd and, when a statsd_exporter
 # binary is given ($PEER or --peer=PATH), on statsd_exporter in the same run, with the ratio.
+# The flat-out rows also send their load to a receiver that only counts (see `ceiling`): the
+# most this machine's senders and kernel deliver, which no server can pass.
 # Loads are measured by what reached the families (loadgen --effect), which any server shows.
 real_matrix() {
   local airflow=benches/data/airflow-statsd-mappings.yml
@@ -322,16 +328,19 @@ real_matrix() {
   echo
   echo "| figure | tallyd | statsd_exporter | ratio | target | how |"
   echo "|---|---|---|---|---|---|"
+  local mixed=(--mode mixed "${tagged[@]}" --duration "$real_secs")
+  local unbuffered=("${mixed[@]}" --lines-per-datagram 1 --senders 2)
+  ceiling "${mixed[@]}"
   row "tagged DogStatsD mix, lines/s reaching /metrics, flat out" applied_rate "≥ 10× statsd_exporter" \
-    "counters, gauges, timers; $real_secs s flat out" -- \
-    --mode mixed "${tagged[@]}" --duration "$real_secs" --effect
+    "counters, gauges, timers; $real_secs s flat out; $ceiling" -- "${mixed[@]}" --effect
+  ceiling "${unbuffered[@]}"
   row "the same, one line per datagram" applied_rate "≥ 5× statsd_exporter" \
-    "as unbuffered clients send; two senders, each its own socket" -- \
-    --mode mixed "${tagged[@]}" --lines-per-datagram 1 --senders 2 --duration "$real_secs" \
-    --effect
+    "as unbuffered clients send; two senders, each its own socket; $ceiling" -- \
+    "${unbuffered[@]}" --effect
+  ceiling --mode airflow --duration "$real_secs"
   flags=(--statsd.mapping-config="$airflow") peer_flags=("${flags[@]}")
   row "Apache Airflow's mapping file with its names, lines/s, flat out" applied_rate \
-    "≥ 10× statsd_exporter" "its 16 rules (glob and regex), 745 names" -- \
+    "≥ 10× statsd_exporter" "its 16 rules (glob and regex), 745 names; $ceiling" -- \
     --mode airflow --duration "$real_secs" --effect
   flags=() peer_flags=()
   row "CPU s per million tagged counter lines at 100,000 lines/s" cpu_s_per_million "≤ 0.1" \
@@ -356,6 +365,27 @@ real_matrix() {
   echo "| the same: peak RSS | $(cells peak_rss_mb) | ≤ 600 MB | |"
   echo "| the same: one scrape, ms | $(cells scrape_ms) | ≤ 300 | median of 3 |"
   echo
+}
+
+# What the machine delivers at most with the load of examples/loadgen's arguments: `runs` runs
+# against benches/udp_sink.c, a receiver that only counts lines; sets `ceiling` to a phrase
+# with their lines/s, median [range].
+ceiling() {
+  local r rates=() spid
+  echo "  a receiver that only counts: $*" >&2
+  for ((r = 1; r <= runs; r++)); do
+    : >"$tmp/sink.err"
+    "$sink" -p 39135 -T "$real_secs" >"$tmp/sink" 2>"$tmp/sink.err" &
+    spid=$!
+    for _ in $(seq 200); do
+      grep -q "udp_sink listening" "$tmp/sink.err" && break
+      sleep 0.05
+    done
+    "$loadgen" --statsd 127.0.0.1:39135 --no-scrape "$@" >/dev/null
+    wait "$spid"
+    rates+=("$(kv lines_rate "$(cat "$tmp/sink")")")
+  done
+  ceiling="a receiver that only counts lines (benches/udp_sink.c) takes $(summary %d /s "${rates[@]}")"
 }
 
 # Runs a row: `runs` runs of loadgen with the arguments after `--` on tallyd (with `flags`,
