@@ -59,9 +59,9 @@ csrc=benches/statsd_loadgen.c
 if [ ! -x "$cloadgen" ] || [ "$csrc" -nt "$cloadgen" ]; then
   gcc -O2 -Wall -o "$cloadgen" "$csrc"
 fi
-sink=target/udp_sink
-if [ ! -x "$sink" ] || [ benches/udp_sink.c -nt "$sink" ]; then
-  gcc -O2 -Wall -o "$sink" benches/udp_sink.c
+sink_bin=target/udp_sink
+if [ ! -x "$sink_bin" ] || [ benches/udp_sink.c -nt "$sink_bin" ]; then
+  gcc -O2 -Wall -o "$sink_bin" benches/udp_sink.c
 fi
 
 tmp=$(mktemp -d)
@@ -316,8 +316,8 @@ base_matrix() {
 
 # The real-traffic matrix: what users send, each row on tallyd and, when a statsd_exporter
 # binary is given ($PEER or --peer=PATH), on statsd_exporter in the same run, with the ratio.
-# The flat-out rows also send their load to a receiver that only counts (see `ceiling`): the
-# most this machine's senders and kernel deliver, which no server can pass.
+# The flat-out rows also send their load to a receiver that only counts (see `count_only`):
+# about the most this machine's senders and kernel deliver.
 # Loads are measured by what reached the families (loadgen --effect), which any server shows.
 real_matrix() {
   local airflow=benches/data/airflow-statsd-mappings.yml
@@ -329,18 +329,15 @@ real_matrix() {
   echo "| figure | tallyd | statsd_exporter | ratio | target | how |"
   echo "|---|---|---|---|---|---|"
   local mixed=(--mode mixed "${tagged[@]}" --duration "$real_secs")
-  local unbuffered=("${mixed[@]}" --lines-per-datagram 1 --senders 2)
-  ceiling "${mixed[@]}"
-  row "tagged DogStatsD mix, lines/s reaching /metrics, flat out" applied_rate "≥ 10× statsd_exporter" \
-    "counters, gauges, timers; $real_secs s flat out; $ceiling" -- "${mixed[@]}" --effect
-  ceiling "${unbuffered[@]}"
-  row "the same, one line per datagram" applied_rate "≥ 5× statsd_exporter" \
-    "as unbuffered clients send; two senders, each its own socket; $ceiling" -- \
-    "${unbuffered[@]}" --effect
-  ceiling --mode airflow --duration "$real_secs"
+  sink=1 row "tagged DogStatsD mix, lines/s reaching /metrics, flat out" applied_rate \
+    "≥ 10× statsd_exporter" "counters, gauges, timers; $real_secs s flat out" -- \
+    "${mixed[@]}" --effect
+  sink=1 row "the same, one line per datagram" applied_rate "≥ 5× statsd_exporter" \
+    "as unbuffered clients send; two senders, each its own socket" -- \
+    "${mixed[@]}" --lines-per-datagram 1 --senders 2 --effect
   flags=(--statsd.mapping-config="$airflow") peer_flags=("${flags[@]}")
-  row "Apache Airflow's mapping file with its names, lines/s, flat out" applied_rate \
-    "≥ 10× statsd_exporter" "its 16 rules (glob and regex), 745 names; $ceiling" -- \
+  sink=1 row "Apache Airflow's mapping file with its names, lines/s, flat out" applied_rate \
+    "≥ 10× statsd_exporter" "its 16 rules (glob and regex), 745 names" -- \
     --mode airflow --duration "$real_secs" --effect
   flags=() peer_flags=()
   row "CPU s per million tagged counter lines at 100,000 lines/s" cpu_s_per_million "≤ 0.1" \
@@ -367,33 +364,32 @@ real_matrix() {
   echo
 }
 
-# What the machine delivers at most with the load of examples/loadgen's arguments: `runs` runs
-# against benches/udp_sink.c, a receiver that only counts lines; sets `ceiling` to a phrase
-# with their lines/s, median [range].
-ceiling() {
-  local r rates=() spid
-  echo "  a receiver that only counts: $*" >&2
-  for ((r = 1; r <= runs; r++)); do
-    : >"$tmp/sink.err"
-    "$sink" -p 39135 -T "$real_secs" >"$tmp/sink" 2>"$tmp/sink.err" &
-    spid=$!
-    for _ in $(seq 200); do
-      grep -q "udp_sink listening" "$tmp/sink.err" && break
-      sleep 0.05
-    done
-    "$loadgen" --statsd 127.0.0.1:39135 --no-scrape "$@" >/dev/null
-    wait "$spid"
-    rates+=("$(kv lines_rate "$(cat "$tmp/sink")")")
+# The lines/s that benches/udp_sink.c, a receiver that only counts lines, takes from
+# examples/loadgen with these arguments (but --effect, which needs a server's /metrics): what
+# the machine's senders and kernel deliver to a receiver that does no work.
+count_only() {
+  local args=() a spid
+  for a in "$@"; do [ "$a" = --effect ] || args+=("$a"); done
+  : >"$tmp/sink.err"
+  "$sink_bin" -p 39135 -T "$real_secs" >"$tmp/sink" 2>"$tmp/sink.err" &
+  spid=$!
+  for _ in $(seq 200); do
+    grep -q "udp_sink listening" "$tmp/sink.err" && break
+    sleep 0.05
   done
-  ceiling="a receiver that only counts lines (benches/udp_sink.c) takes $(summary %d /s "${rates[@]}")"
+  "$loadgen" --statsd 127.0.0.1:39135 --no-scrape "${args[@]}" >/dev/null
+  wait "$spid"
+  kv lines_rate "$(cat "$tmp/sink")"
 }
 
 # Runs a row: `runs` runs of loadgen with the arguments after `--` on tallyd (with `flags`,
-# and as in a pod with `pod` set) and on statsd_exporter if given (with `peer_flags`), then prints the row: FIGURE, the median [range] of KEY
-# for each, their ratio, TARGET and HOW. The reports stay in tallyd_outs and peer_outs, for
-# `cells`.
+# and as in a pod with `pod` set), on statsd_exporter if given (with `peer_flags`), and with
+# `sink` set on benches/udp_sink.c (see `count_only`), one after the other in each round; then
+# prints the row: FIGURE, the median [range] of KEY for each server, their ratio, TARGET and
+# HOW (with what the receiver that only counts took). The reports stay in tallyd_outs and
+# peer_outs, for `cells`.
 row() {
-  local figure=$1 key=$2 target=$3 how=$4 r
+  local figure=$1 key=$2 target=$3 how=$4 r counted=()
   shift 5
   echo "$figure" >&2
   tallyd_outs=() peer_outs=()
@@ -406,7 +402,14 @@ row() {
         run "$@"
       )") || exit 1
     fi
+    if [ -n "${sink:-}" ]; then
+      counted+=("$(count_only "$@")")
+    fi
   done
+  if [ ${#counted[@]} -gt 0 ]; then
+    how="$how; a receiver that only counts lines (benches/udp_sink.c) takes"
+    how="$how $(summary %d /s "${counted[@]}")"
+  fi
   echo "| $figure | $(cells "$key") | $target | $how |"
 }
 

@@ -1,4 +1,4 @@
-// The ceiling of tallyd's flat-out benchmark rows: benches/run.sh builds it into target/.
+// A reference for tallyd's flat-out benchmark rows: benches/run.sh builds it into target/.
 // udp_sink: a UDP receiver that only counts what it receives (loopback only), to show how many
 // lines a second this machine's kernel and senders deliver to a receiver that does no work.
 //
@@ -6,11 +6,12 @@
 // Usage: udp_sink [-p 39135] [-T seconds] [-b receive_buffer_bytes]
 // Binds 127.0.0.1:<p> with a receive buffer of -b bytes (default 16 MiB; SO_RCVBUFFORCE when
 // allowed, else up to net.core.rmem_max), receives with recvmmsg(2) 64 datagrams at a time
-// until none is left, then sleeps 1 ms (a blocking read would be woken by every datagram,
-// and take the senders' processor time), and counts datagrams and lines (a line per datagram and per newline in it, as StatsD
-// splits them). It says "udp_sink listening" on stderr once bound. It stops T seconds
-// (default 3) after its first datagram, or 1 s after its last, and prints one key=value
-// line: datagrams, lines, seconds (first to last datagram), lines_rate (lines/s over them).
+// until none is left, then sleeps 5 ms, as tallyd pauses between reads (a blocking read would
+// be woken by every datagram, and take the senders' processor time), and counts datagrams and
+// lines (a line per datagram and per newline in it, as StatsD splits them). It says
+// "udp_sink listening" on stderr once bound. It stops T seconds (default 3) after its first
+// datagram, or 1 s after its last, and prints one key=value line: datagrams, lines, seconds
+// (first to last datagram), lines_rate (lines/s over them).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -68,7 +69,7 @@ int main(int argc, char **argv) {
     }
     long long datagrams = 0, lines = 0;
     double first = 0, last = 0;
-    const struct timespec pause = {.tv_nsec = 1000000};
+    const struct timespec pause = {.tv_nsec = 5000000};
     // Waits up to 60 s for the first datagram, then 1 s at most for each next one.
     for (double start = now(); first > 0 ? now() - last < 1 : now() - start < 60;) {
         int n = recvmmsg(fd, msgs, BATCH, MSG_DONTWAIT, NULL);
