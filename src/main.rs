@@ -14,7 +14,7 @@ use tallyd::sockets::Sockets;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tallyd::memory::purge_at_once();
+    tallyd::memory::set_purge_delay();
     let cli = Cli::parse();
     let settings = match Settings::load(&cli) {
         Ok(settings) => settings,

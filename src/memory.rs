@@ -10,20 +10,24 @@ const EVERY: Duration = Duration::from_millis(250);
 /// mimalloc's `mi_option_purge_delay` (the same place in the option enums of mimalloc 2 and 3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Has mimalloc give pages back to the OS as soon as they are empty, rather than 10 ms later
-/// (100 ms for its arenas): a delayed purge is done by a later allocation or collection on
-/// the same thread, and a worker that parks for good after a burst (its families hibernated)
-/// makes none, so their memory would stay resident. Purging at once costs nothing measurable
-/// in the steady state (docs/BENCHMARKS.md). Called once, at start-up.
-pub fn purge_at_once() {
+/// How long mimalloc keeps an empty page before giving it back, in milliseconds. Shorter, a
+/// burst of new names, which frees and reuses pages quickly, pays a third more system time
+/// (`madvise`, page faults) to give each back and fault it in again; mimalloc's own default
+/// keeps them long enough to raise a burst's peak by a fifth.
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+/// Sets mimalloc's purge delay ([`PURGE_DELAY_MS`]). Called once, at start-up.
+pub fn set_purge_delay() {
     // SAFETY: setting an option has no precondition; mimalloc reads it at each purge.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
 /// Run by each runtime worker as it parks, and by each listener task as it goes to wait for
 /// input (a datagram reader's thread parks at every pause between reads while busy, which
 /// would make it a cost per pause): at most every 250 ms per thread, mimalloc takes back the
-/// blocks other threads freed into this thread's pages and returns the pages left empty.
+/// blocks other threads freed into this thread's pages and returns the pages left empty,
+/// with every page still waiting out the purge delay ([`PURGE_DELAY_MS`]), so that a thread
+/// that parks for good after a burst leaves none of them resident.
 /// Family actors are born on one worker and often end on another, and a reader's batches are
 /// freed by the families, so without it the memory of hibernated actors and of an idle
 /// reader's caches stays resident long after it was freed.
