@@ -26,8 +26,9 @@ pub fn set_purge_delay() {
 /// input (a datagram reader's thread parks at every pause between reads while busy, which
 /// would make it a cost per pause): at most every 250 ms per thread, mimalloc takes back the
 /// blocks other threads freed into this thread's pages and returns the pages left empty,
-/// with every page still waiting out the purge delay ([`PURGE_DELAY_MS`]), so that a thread
-/// that parks for good after a burst leaves none of them resident.
+/// with every page still waiting out the purge delay ([`PURGE_DELAY_MS`]), whichever thread
+/// freed it: what a burst or a scrape freed goes back within seconds of the threads going
+/// idle, even from a thread that parks for good.
 /// Family actors are born on one worker and often end on another, and a reader's batches are
 /// freed by the families, so without it the memory of hibernated actors and of an idle
 /// reader's caches stays resident long after it was freed.
