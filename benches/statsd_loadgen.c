@@ -21,13 +21,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAXBATCH 64
+#include "monotonic.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#define MAXBATCH 64
 
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *type = "c", *prefix = NULL;

@@ -22,14 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "monotonic.h"
+
 #define BATCH 64
 #define SLOT 65536
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv) {
     int port = 39135, buffer = 16 << 20, opt;
