@@ -225,8 +225,9 @@ async fn a_failure_takes_as_long_as_the_costliest_hash_whoever_asks() {
                 );
                 times.push(started.elapsed());
             }
-            times.sort();
-            times[1]
+            // The fastest: the hash's cost with the least interference from whatever else
+            // runs on the machine, which only ever adds.
+            times.into_iter().min().expect("three timings")
         }
     };
     let carol = timed("carol").await;
