@@ -143,7 +143,7 @@ peer_listening() {
 # One run on a fresh server, tallyd or (with server=peer) statsd_exporter, started with the
 # flags in the array `flags`: examples/loadgen with these arguments (@PORT@ replaced by the
 # server's UDP port); prints its report line.
-flags=() peer_flags=() server=tallyd pod=
+flags=() peer_flags=() server=tallyd pod= sink= sink_flags=()
 run() {
   if [ "$server" = peer ]; then start_peer "${flags[@]}"; else start "${flags[@]}"; fi
   local out rc=0
@@ -329,28 +329,31 @@ real_matrix() {
   echo "| figure | tallyd | statsd_exporter | ratio | target | how |"
   echo "|---|---|---|---|---|---|"
   local mixed=(--mode mixed "${tagged[@]}" --duration "$real_secs")
-  sink=1 row "tagged DogStatsD mix, lines/s reaching /metrics, flat out" applied_rate \
+  sink=lines_rate row "tagged DogStatsD mix, lines/s reaching /metrics, flat out" applied_rate \
     "≥ 10× statsd_exporter" "counters, gauges, timers; $real_secs s flat out" -- \
     "${mixed[@]}" --effect
-  sink=1 row "the same, one line per datagram" applied_rate "≥ 5× statsd_exporter" \
+  sink=lines_rate row "the same, one line per datagram" applied_rate "≥ 5× statsd_exporter" \
     "as unbuffered clients send; two senders, each its own socket" -- \
     "${mixed[@]}" --lines-per-datagram 1 --senders 2 --effect
   flags=(--statsd.mapping-config="$airflow") peer_flags=("${flags[@]}")
-  sink=1 row "Apache Airflow's mapping file with its names, lines/s, flat out" applied_rate \
+  sink=lines_rate row "Apache Airflow's mapping file with its names, lines/s, flat out" applied_rate \
     "≥ 10× statsd_exporter" "its 16 rules (glob and regex), 745 names" -- \
     --mode airflow --duration "$real_secs" --effect
   flags=() peer_flags=()
+  # The receiver that only counts pauses as tallyd does at these rates: 100 ms as root,
+  # about 40 ms with a node's usual buffer.
+  sink=cpu_s_per_million sink_flags=(-P 100)
   row "CPU s per million tagged counter lines at 100,000 lines/s" cpu_s_per_million "≤ 0.1" \
     "4,000 series" -- \
     --mode counter "${tagged[@]}" --rate 100000 --count "$cpu_lines" --effect
   row "CPU s per million tagged timer lines at 100,000 lines/s" cpu_s_per_million "≤ 0.2" \
     "20 names × 100 values: 2,000 series" -- \
     --mode timer --tags 6 --names 20 --label-values 100 --rate 100000 --count "$cpu_lines" --effect
-  pod=1 flags=(--statsd.read-buffer=212992)
+  pod=1 flags=(--statsd.read-buffer=212992) sink_flags=(-P 40 -b 212992)
   row "CPU s per million counter lines at 100,000 lines/s in a pod" cpu_s_per_million "≤ 0.1" \
     "no CAP_NET_ADMIN, --statsd.read-buffer=212992; 1,000 names" -- \
     --mode counter --rate 100000 --count "$cpu_lines" --effect
-  pod= flags=()
+  pod= flags=() sink= sink_flags=()
   row "peak RSS while 100,000 new names arrive at 200,000 lines/s" peak_rss_mb "≤ 150 MB" \
     "each name twice" -- \
     --mode counter --names 100000 --count 200000 --rate 200000 --rss-after 3 --effect
@@ -364,14 +367,17 @@ real_matrix() {
   echo
 }
 
-# The lines/s that benches/udp_sink.c, a receiver that only counts lines, takes from
-# examples/loadgen with these arguments (but --effect, which needs a server's /metrics): what
-# the machine's senders and kernel deliver to a receiver that does no work.
+# What benches/udp_sink.c, a receiver that only counts lines, shows as `sink` (lines_rate or
+# cpu_s_per_million) with the udp_sink flags in `sink_flags`, given examples/loadgen with these
+# arguments (but --effect, which needs a server's /metrics): what the machine's senders and
+# kernel deliver to a receiver that does no work, or what such a receiver's reads cost. A
+# flat-out load stops after its seconds; a paced one when its last datagram is read.
 count_only() {
-  local args=() a spid
+  local args=() a spid secs=3600
   for a in "$@"; do [ "$a" = --effect ] || args+=("$a"); done
+  [ "$sink" != lines_rate ] || secs=$real_secs
   : >"$tmp/sink.err"
-  "$sink_bin" -p 39135 -T "$real_secs" >"$tmp/sink" 2>"$tmp/sink.err" &
+  "$sink_bin" -p 39135 -T "$secs" "${sink_flags[@]}" >"$tmp/sink" 2>"$tmp/sink.err" &
   spid=$!
   for _ in $(seq 200); do
     grep -q "udp_sink listening" "$tmp/sink.err" && break
@@ -379,14 +385,14 @@ count_only() {
   done
   "$loadgen" --statsd 127.0.0.1:39135 --no-scrape "${args[@]}" >/dev/null
   wait "$spid"
-  kv lines_rate "$(cat "$tmp/sink")"
+  kv "$sink" "$(cat "$tmp/sink")"
 }
 
 # Runs a row: `runs` runs of loadgen with the arguments after `--` on tallyd (with `flags`,
 # and as in a pod with `pod` set), on statsd_exporter if given (with `peer_flags`), and with
 # `sink` set on benches/udp_sink.c (see `count_only`), one after the other in each round; then
 # prints the row: FIGURE, the median [range] of KEY for each server, their ratio, TARGET and
-# HOW (with what the receiver that only counts took). The reports stay in tallyd_outs and
+# HOW (with what the receiver that only counts took, or what its reads cost). The reports stay in tallyd_outs and
 # peer_outs, for `cells`.
 row() {
   local figure=$1 key=$2 target=$3 how=$4 r counted=()
@@ -406,9 +412,12 @@ row() {
       counted+=("$(count_only "$@")")
     fi
   done
-  if [ ${#counted[@]} -gt 0 ]; then
+  if [ "${sink:-}" = lines_rate ]; then
     how="$how; a receiver that only counts lines (benches/udp_sink.c) takes"
     how="$how $(summary %d /s "${counted[@]}")"
+  elif [ -n "${sink:-}" ]; then
+    how="$how; a receiver that only counts lines (benches/udp_sink.c, \`${sink_flags[*]}\`)"
+    how="$how costs $(summary %.3f "" "${counted[@]}")"
   fi
   echo "| $figure | $(cells "$key") | $target | $how |"
 }

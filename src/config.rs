@@ -26,7 +26,7 @@ use crate::statsd::parse::TagStyles;
 use {clap::Parser, load::environment};
 
 /// The UDP receive buffer asked for unless set: 8 MiB, which the kernel doubles: a quarter of
-/// it holds the default 100 ms receive pause up to about 17,000 datagrams of 1,400 bytes a
+/// it holds the default 100 ms receive pause up to about 18,000 datagrams of 1,400 bytes a
 /// second (see `statsd.receive_coalesce`).
 pub const DEFAULT_READ_BUFFER: usize = 8 << 20;
 

@@ -201,7 +201,12 @@ pub struct Telemetry {
 impl Telemetry {
     /// Counts packets received by a listener.
     pub fn packets(&self, kind: ListenerKind, n: u64) {
-        self.packets.with_label_values(&[kind.as_str()]).inc_by(n);
+        self.packets_counter(kind).inc_by(n);
+    }
+
+    /// The packet counter of a listener, for a reader that counts at every read.
+    pub fn packets_counter(&self, kind: ListenerKind) -> IntCounter {
+        self.packets.with_label_values(&[kind.as_str()])
     }
 
     /// The `tallyd_series{type}` gauge of one family type.

@@ -1,11 +1,12 @@
-//! A datagram reader's pauses between reads: how long ([`udp_pause`]), and the kernel timer
-//! that ends them ([`PauseClock`]).
+//! A datagram reader's pauses between reads: how long ([`udp_pause`]), sized by what the
+//! kernel charged the receive buffer ([`charged`]), and the kernel timer that ends them
+//! ([`PauseClock`]).
 
 use nix::errno::Errno;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -71,10 +72,39 @@ impl PauseClock {
 /// from the rate a reader saw (a quarter of the buffer at that rate) is never held longer.
 const FILL_RATE: f64 = 2.0 * 1024.0 * 1024.0 * 1024.0;
 
-/// What a datagram takes of the receive buffer beyond its bytes, counted high: the kernel's
-/// bookkeeping is about 0.9 KiB for a datagram of 1,400 bytes on loopback, and a network
-/// card's driver may charge a page fragment of 2 to 4 KiB whatever the datagram's size.
+/// What a datagram takes of the receive buffer beyond its bytes, counted high, where the
+/// kernel does not say what it charged (see [`charged`]): its bookkeeping is about 0.8 to
+/// 0.9 KiB a datagram on loopback, and a network card's driver may charge a page fragment of
+/// 2 to 4 KiB whatever the datagram's size.
 const DATAGRAM_OVERHEAD: usize = 2048;
+
+/// What `bytes` read in `datagrams` took of the receive buffer, counted high (see
+/// [`DATAGRAM_OVERHEAD`]).
+pub(crate) fn estimated_charge(bytes: usize, datagrams: u64) -> usize {
+    bytes + datagrams as usize * DATAGRAM_OVERHEAD
+}
+
+/// The bytes a socket's receive buffer holds now, as the kernel charges them (what it
+/// compares with the buffer's size to drop a datagram): `SO_MEMINFO`'s
+/// `SK_MEMINFO_RMEM_ALLOC`. `None` where the kernel does not say (before Linux 4.6).
+pub(crate) fn charged(socket: BorrowedFd<'_>) -> Option<usize> {
+    // The first of the values `SO_MEMINFO` gives is `SK_MEMINFO_RMEM_ALLOC`: the kernel
+    // writes as many as there is room for.
+    const _: () = assert!(libc::SK_MEMINFO_RMEM_ALLOC == 0);
+    let mut rmem = 0u32;
+    let mut len = std::mem::size_of_val(&rmem) as libc::socklen_t;
+    // SAFETY: `rmem` is writable for `len` bytes, which the kernel fills at most.
+    let done = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            (&raw mut rmem).cast(),
+            &mut len,
+        )
+    };
+    (done == 0 && len as usize == std::mem::size_of_val(&rmem)).then_some(rmem as usize)
+}
 
 /// The share of the receive buffer a pause is planned to fill at the rate the last one did:
 /// traffic four times as fast as that still fits.
@@ -103,13 +133,13 @@ impl Pause {
         longest: Duration::ZERO,
     };
 
-    /// The pause after a read that took `bytes` in `datagrams` that arrived over `since` (the
-    /// time since the read before): the time in which that rate fills a quarter of the buffer,
+    /// The pause after `filled` bytes of the buffer (as the kernel charged them, or
+    /// [`estimated_charge`]) filled over `since` (from the read before): the time in which that
+    /// rate fills a quarter of the buffer,
     /// between the shortest pause and `statsd.receive_coalesce`. With a large buffer (root, or
     /// `net.core.rmem_max` raised) that is `statsd.receive_coalesce`; with a node's usual
     /// 208 KiB, a moderate stream still costs tens of wake-ups a second rather than hundreds.
-    pub(crate) fn after(&self, bytes: usize, datagrams: u64, since: Duration) -> Duration {
-        let filled = bytes + datagrams as usize * DATAGRAM_OVERHEAD;
+    pub(crate) fn after(&self, filled: usize, since: Duration) -> Duration {
         if filled == 0 || since.is_zero() {
             return self.shortest;
         }
@@ -172,16 +202,22 @@ mod tests {
             shortest: ms(3),
             longest: ms(100),
         };
-        // 1,136 datagrams of 1,400 bytes a second (100,000 counter lines), counted with their
-        // overhead: 3.9 MB/s, a quarter of the buffer in 27 ms.
-        let after = pause.after(1_136 * 1_400 / 10, 1_136 / 10, ms(100));
+        // 1,136 datagrams of 1,400 bytes a second (100,000 counter lines) as the kernel
+        // charges them on loopback, 2,304 bytes each: 2.6 MB/s, a quarter of the buffer in
+        // 41 ms; counted high when the kernel does not say: 3.9 MB/s, 27 ms.
+        let after = pause.after(113 * 2_304, ms(100));
+        assert!((ms(40)..=ms(41)).contains(&after), "{after:?}");
+        let after = pause.after(estimated_charge(113 * 1_400, 113), ms(100));
         assert!((ms(27)..=ms(28)).contains(&after), "{after:?}");
         // A hundred times as fast: the shortest pause; a trickle: the longest.
-        assert_eq!(pause.after(113_600 * 1_400, 113_600, ms(100)), ms(3));
-        assert_eq!(pause.after(100, 1, ms(100)), ms(100));
+        assert_eq!(
+            pause.after(estimated_charge(113_600 * 1_400, 113_600), ms(100)),
+            ms(3)
+        );
+        assert_eq!(pause.after(estimated_charge(100, 1), ms(100)), ms(100));
         // Nothing read, or no time: the shortest.
-        assert_eq!(pause.after(0, 0, ms(100)), ms(3));
-        assert_eq!(pause.after(1_400, 1, Duration::ZERO), ms(3));
+        assert_eq!(pause.after(0, ms(100)), ms(3));
+        assert_eq!(pause.after(2_304, Duration::ZERO), ms(3));
         assert!(Pause::NONE.is_zero() && !pause.is_zero());
     }
 
