@@ -27,19 +27,27 @@ pub fn set_purge_delay() {
 /// would make it a cost per pause): at most every 250 ms per thread, mimalloc takes back the
 /// blocks other threads freed into this thread's pages and returns the pages left empty,
 /// with every page still waiting out the purge delay ([`PURGE_DELAY_MS`]), whichever thread
-/// freed it: what a burst or a scrape freed goes back within seconds of the threads going
-/// idle, even from a thread that parks for good.
+/// freed it: what a burst freed goes back within seconds of the threads going idle, even from
+/// a thread that parks for good (a large scrape's exposition goes back at once, see
+/// [`release_freed_memory_now`]).
 /// Family actors are born on one worker and often end on another, and a reader's batches are
 /// freed by the families, so without it the memory of hibernated actors and of an idle
 /// reader's caches stays resident long after it was freed.
 /// Where mimalloc is not the allocator (the tests), it collects an empty heap.
 pub fn release_freed_memory() {
-    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
-    let now = Instant::now();
-    if LAST.get().is_some_and(|at| now - at < EVERY) {
+    if LAST.get().is_some_and(|at| at.elapsed() < EVERY) {
         return;
     }
-    LAST.set(Some(now));
+    release_freed_memory_now();
+}
+
+thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+
+/// What [`release_freed_memory`] does, whenever the last collection on this thread was: for
+/// a thread that has just freed something large (a scrape's exposition) and may go idle
+/// within [`EVERY`] of its last collection.
+pub fn release_freed_memory_now() {
+    LAST.set(Some(Instant::now()));
     // SAFETY: mi_collect has no precondition. Forced, it collects the calling thread's heap
     // and also purges the process-wide arenas and the pages of ended threads.
     unsafe { libmimalloc_sys::mi_collect(true) };

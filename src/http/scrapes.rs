@@ -5,7 +5,8 @@
 //! cost two renderings at most, not N; and they send the same bytes (one buffer, shared), so
 //! N slow readers hold one exposition, not N. Each form (text or protobuf, plain or gzipped)
 //! is made once per rendering, when a scrape first asks for it. Once no scrape waits, the
-//! rendering is let go of.
+//! rendering is let go of, and a large one's memory goes back to the system as soon as the
+//! last scrape has sent it ([`Exposition`]).
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -107,11 +108,11 @@ fn render(ctx: &HttpContext, scrape: &exposition::Scrape, protobuf: bool) -> Byt
     if protobuf {
         let mut body = Vec::new();
         exposition::render_protobuf(scrape, &ctx.telemetry, &mut body);
-        Bytes::from(body)
+        Exposition::bytes(body)
     } else {
         let mut body = String::new();
         exposition::render(scrape, &ctx.telemetry, &mut body);
-        Bytes::from(body)
+        Exposition::bytes(body.into_bytes())
     }
 }
 
@@ -119,5 +120,35 @@ fn compress(plain: &[u8]) -> Bytes {
     let mut encoder = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
     // Writing into a Vec cannot fail.
     let _ = encoder.write_all(plain);
-    Bytes::from(encoder.finish().unwrap_or_default())
+    Exposition::bytes(encoder.finish().unwrap_or_default())
+}
+
+/// Expositions from this size on give their memory back as they are let go of.
+const RELEASE_FROM: usize = 8 << 20;
+
+/// A rendered exposition, shared by the scrapes that send it. The last to let go of a large
+/// one (from [`RELEASE_FROM`]) has its memory given back to the system at once: a thread that
+/// has just sent a scrape often goes idle for the whole scrape interval, and the allocator
+/// would keep the freed pages until a collection (see [`crate::memory`]).
+struct Exposition(Vec<u8>);
+
+impl Exposition {
+    fn bytes(body: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Exposition(body))
+    }
+}
+
+impl AsRef<[u8]> for Exposition {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Exposition {
+    fn drop(&mut self) {
+        if self.0.capacity() >= RELEASE_FROM {
+            drop(std::mem::take(&mut self.0));
+            crate::memory::release_freed_memory_now();
+        }
+    }
 }
