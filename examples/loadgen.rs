@@ -298,7 +298,9 @@ fn run(args: &Args) -> io::Result<Report> {
 
     let family_prefix = prefix(args).replace(|c: char| !c.is_ascii_alphanumeric(), "_");
     // Scrape until the counts stand still for `settle`; the CPU time is read just before the
-    // first scrape that showed the final counts, so later scrapes do not count.
+    // first scrape that showed the final counts, so later scrapes do not count. Scrapes are
+    // spaced at least four times their own time apart (and 100 ms): a scrape of a million
+    // series, and reading it here, must not take the cores from a server still catching up.
     let settle_start = Instant::now();
     let mut last: Option<(f64, f64)> = None;
     let mut since = Instant::now();
@@ -307,6 +309,7 @@ fn run(args: &Args) -> io::Result<Report> {
     let mut after = before.clone();
     while settle_start.elapsed().as_secs_f64() < args.settle_timeout {
         let cpu = proc_.as_ref().map(Proc::cpu_seconds).transpose()?;
+        let scraping = Instant::now();
         let scrape = http.get()?;
         let counts = if args.effect {
             scrape.effect(&family_prefix)
@@ -326,7 +329,7 @@ fn run(args: &Args) -> io::Result<Report> {
             break;
         }
         after = scrape;
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100).max(scraping.elapsed() * 4));
     }
     let settle_ms = settle_start.elapsed().as_secs_f64() * 1e3;
     if args.wait_hibernation {
