@@ -53,7 +53,7 @@ pub(crate) async fn serve_datagrams(
         return;
     }
     let mut pipe = ctx.pipelines.pipeline(socket.kind());
-    let mut reader = Reader::new(&socket, &ctx);
+    let mut reader = Reader::new(&socket, &ctx, &pause);
     // What the kernel holds when a scrape comes, or at shutdown, arrived before it: read
     // however much a pause let gather, bounded in case a sender keeps sending.
     let drain = 1024;
@@ -103,8 +103,8 @@ struct Reader<'s> {
     pacer: Pacer,
     /// `tallyd_packets_total` of the socket's listener.
     packets: IntCounter,
-    /// The kernel says what the receive buffer holds (see [`charged`]): a UDP socket, until
-    /// the kernel does not.
+    /// The kernel says what the receive buffer holds (see [`charged`]), which sizes the
+    /// pauses: a UDP socket that pauses, until the kernel does not.
     charges: bool,
 }
 
@@ -198,7 +198,7 @@ impl Pacer {
 }
 
 impl<'s> Reader<'s> {
-    fn new(socket: &'s DatagramSocket, ctx: &'s ListenerContext) -> Self {
+    fn new(socket: &'s DatagramSocket, ctx: &'s ListenerContext, pause: &Pause) -> Self {
         Reader {
             socket,
             ctx,
@@ -210,7 +210,7 @@ impl<'s> Reader<'s> {
             clock: PauseClock::new(),
             pacer: Pacer::new(Instant::now()),
             packets: ctx.telemetry.packets_counter(socket.kind()),
-            charges: matches!(socket, DatagramSocket::Udp(_)),
+            charges: matches!(socket, DatagramSocket::Udp(_)) && !pause.is_zero(),
         }
     }
 
