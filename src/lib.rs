@@ -20,7 +20,9 @@
 //! - [`routing`]: delivers each batch to its family actor, one message per family per flush,
 //!   through a per-task cache of actors.
 //! - [`actors`]: the [`registry`](actors::registry) that spawns, finds, supervises and
-//!   hibernates the [`family`](actors::family) actors, each of which owns one family's series;
+//!   hibernates the [`family`](actors::family) actors, each of which owns one family's series
+//!   (a summary's observations in a DDSketch of its own, a histogram's in fixed and native
+//!   buckets);
 //!   the [`aggregator`](actors::aggregator) that collects their snapshots and computes the
 //!   totals and rates each scrape shows.
 //! - [`exposition`]: what a family publishes and a scrape reads, written in the Prometheus

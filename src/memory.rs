@@ -16,7 +16,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// keeps them long enough to raise a burst's peak by a fifth.
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
-/// Sets mimalloc's purge delay ([`PURGE_DELAY_MS`]). Called once, at start-up.
+/// Sets mimalloc's purge delay (`PURGE_DELAY_MS`). Called once, at start-up.
 pub fn set_purge_delay() {
     // SAFETY: setting an option has no precondition; mimalloc reads it at each purge.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
@@ -26,7 +26,7 @@ pub fn set_purge_delay() {
 /// input (a datagram reader's thread parks at every pause between reads while busy, which
 /// would make it a cost per pause): at most every 250 ms per thread, mimalloc takes back the
 /// blocks other threads freed into this thread's pages and returns the pages left empty,
-/// with every page still waiting out the purge delay ([`PURGE_DELAY_MS`]), whichever thread
+/// with every page still waiting out the purge delay (`PURGE_DELAY_MS`), whichever thread
 /// freed it: what a burst freed goes back within seconds of the threads going idle, even from
 /// a thread that parks for good (a large scrape's exposition goes back at once, see
 /// [`release_freed_memory_now`]).
@@ -45,7 +45,7 @@ thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
 
 /// What [`release_freed_memory`] does, whenever the last collection on this thread was: for
 /// a thread that has just freed something large (a scrape's exposition) and may go idle
-/// within [`EVERY`] of its last collection.
+/// within `EVERY` of its last collection.
 pub fn release_freed_memory_now() {
     LAST.set(Some(Instant::now()));
     // SAFETY: mi_collect has no precondition. Forced, it collects the calling thread's heap

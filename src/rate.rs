@@ -25,7 +25,7 @@ pub struct RateWindow {
 /// The instant the seconds of every window count from.
 static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
-/// An instant to the millisecond, in six bytes (seconds and milliseconds since [`EPOCH`]),
+/// An instant to the millisecond, in six bytes (seconds and milliseconds since `EPOCH`),
 /// for what is kept per family by the million: an `Instant` takes sixteen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C, packed(2))]

@@ -21,6 +21,7 @@ pub mod native;
 pub mod observer;
 mod series;
 pub mod set;
+mod sketch;
 mod state;
 mod timers;
 

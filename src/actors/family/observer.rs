@@ -1,11 +1,10 @@
 //! The state of one observer series (timer, histogram or distribution): a summary backed by a
-//! DDSketch, or a histogram with fixed buckets and, unless its bucket factor is 1 or less,
-//! native ones too ([`Native`]); written in the text format, and a histogram with native
-//! buckets as a protobuf `Metric` too.
-
-use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+//! DDSketch (the family's `sketch` module), or a histogram with fixed buckets and, unless its
+//! bucket factor is 1 or less, native ones too ([`Native`]); written in the text format, and
+//! a histogram with native buckets as a protobuf `Metric` too.
 
 use super::native::{spans_and_deltas, Native, ZERO_THRESHOLD};
+use super::sketch::Sketch;
 use crate::config::{ObserverSettings, ObserverType};
 use crate::exposition::proto;
 use crate::exposition::text::{self, Extra};
@@ -24,7 +23,7 @@ enum State {
     /// observations. `_sum` and `_count` are exact.
     Summary {
         /// The sketch of every observation.
-        sketch: DDSketch,
+        sketch: Sketch,
         /// Exact sum of observations.
         sum: f64,
         /// Exact number of observations.
@@ -41,20 +40,6 @@ enum State {
         /// The native buckets, unless the bucket factor is 1 or less.
         native: Option<Native>,
     },
-}
-
-/// The quantile to ask the sketch for so that it answers with the observation of rank
-/// `ceil(q * n)` (1-based), as Prometheus client summaries do, rather than the sketch's own
-/// `floor(q * (n - 1))` (0-based), which for few observations reads low: the 0.99 quantile of
-/// two observations is then the larger one, not the smaller.
-fn sketch_rank(q: f64, n: u64) -> f64 {
-    if n <= 1 {
-        return q;
-    }
-    let n = n as f64;
-    let index = ((q * n).ceil() - 1.0).max(0.0);
-    // Half a rank up, so that the sketch's floor lands on `index` despite rounding.
-    ((index + 0.5) / (n - 1.0)).min(1.0)
 }
 
 impl std::fmt::Debug for Observer {
@@ -76,7 +61,7 @@ impl Observer {
     pub fn new(settings: &ObserverSettings) -> Self {
         Observer(Box::new(match settings.observer_type {
             ObserverType::Summary => State::Summary {
-                sketch: DDSketch::new(SketchConfig::defaults()),
+                sketch: Sketch::default(),
                 sum: 0.0,
                 count: 0,
             },
@@ -99,7 +84,7 @@ impl Observer {
     pub fn observe(&mut self, value: f64, n: u64, bounds: &[f64]) -> u32 {
         match &mut *self.0 {
             State::Summary { sketch, sum, count } => {
-                sketch.add_with_count(value, n);
+                sketch.add(value, n);
                 *sum += value * n as f64;
                 *count = count.saturating_add(n);
                 0
@@ -117,6 +102,18 @@ impl Observer {
                 native.as_mut().map_or(0, |native| native.observe(value, n))
             }
         }
+    }
+
+    /// Asks for the memory that observing `value` will write, without waiting for it.
+    pub fn prefetch(&self, value: f64) {
+        if let State::Summary { sketch, .. } = &*self.0 {
+            sketch.prefetch(value);
+        }
+    }
+
+    /// Asks for the series' state, without waiting for it.
+    pub fn prefetch_state(&self) {
+        crate::memory::prefetch_line(&*self.0);
     }
 
     /// A histogram with native buckets as a protobuf `Metric`, its classic buckets too;
@@ -195,7 +192,7 @@ impl Observer {
         let (sum, count) = match &*self.0 {
             State::Summary { sketch, sum, count } => {
                 for q in &settings.quantiles {
-                    let value = quantile(sketch, q.quantile, *count);
+                    let value = sketch.quantile(q.quantile);
                     text::series_sample(
                         out,
                         (name, ""),
@@ -230,18 +227,6 @@ impl Observer {
         text::series_sample(out, (name, "_sum"), labels, None, sum);
         text::series_sample(out, (name, "_count"), labels, None, count as f64);
     }
-}
-
-/// The `q` quantile of `count` observations in `sketch`; NaN for none. A bin's value may lie
-/// just outside what was observed: clamping to the exact min and max makes one observation
-/// read as itself.
-fn quantile(sketch: &DDSketch, q: f64, count: u64) -> f64 {
-    sketch
-        .quantile(sketch_rank(q, count))
-        .ok()
-        .flatten()
-        .zip(sketch.min().zip(sketch.max()))
-        .map_or(f64::NAN, |(v, (lo, hi))| v.clamp(lo, hi))
 }
 
 #[cfg(test)]

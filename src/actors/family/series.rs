@@ -63,6 +63,31 @@ impl Series {
         0
     }
 
+    /// Asks for the memory behind the series' value (an observer's state), without waiting.
+    pub(super) fn prefetch_state(&self) {
+        if let Series::Observer(o) = self {
+            o.prefetch_state();
+        }
+    }
+
+    /// Asks for the memory that applying `op` will write, beyond the series' state, without
+    /// waiting for it.
+    pub(super) fn prefetch(&self, op: Op, observations: &[Observation]) {
+        match (self, op) {
+            (Series::Observer(o), Op::Observe { value, .. }) => o.prefetch(value),
+            (Series::Observer(o), Op::Observations { start, len }) => {
+                let start = start as usize;
+                for one in observations
+                    .get(start..start + len as usize)
+                    .unwrap_or_default()
+                {
+                    o.prefetch(one.value);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The series' value as a gauge or counter would show it, or its observations' sum.
     pub(super) fn value_sum(&self, now: Instant) -> f64 {
         match self {

@@ -24,6 +24,8 @@ use crate::update::{FamilyMeta, Kind, LabelSet, Updates};
 static LIMIT_LOG: LogLimiter = LogLimiter::new(10);
 /// Type-conflict warnings logged per second, across families.
 static CONFLICT_LOG: LogLimiter = LogLimiter::new(10);
+/// Updates whose series' memory is asked for before the first of them is applied.
+const AHEAD: usize = 8;
 /// A family waits at least this many times its last render before rendering again.
 const RENDER_SHARE: u32 = 20;
 /// A set family whose count falls with time publishes at most this often (or per
@@ -175,47 +177,63 @@ impl FamilyState {
             observations,
             clocked,
         } = updates;
-        for update in list.iter() {
-            let kind = update.op.kind();
-            if kind != self.kind {
-                conflicts[kind as usize] += update.samples;
-                continue;
-            }
-            let (meta, ctx) = (&self.meta, &self.ctx);
-            let held = self.series.len();
-            // Found by reference: the update's label set is not dropped here (see
-            // `Updates::recycle`), and a new series takes a reference of its own.
-            let entry = match self.series.get_mut(&update.labels) {
-                Some(entry) => entry,
-                None => {
-                    if held >= ctx.budget.max_per_family {
-                        refused[1] += update.samples;
-                        continue;
-                    }
-                    if self.reserved {
-                        self.reserved = false;
-                    } else if !ctx.budget.try_take() {
-                        refused[0] += update.samples;
-                        continue;
-                    }
-                    self.series_gauge.inc();
-                    let entry = Entry {
-                        value: Series::new(kind, meta, ctx, now),
-                        last_seen: now,
-                        text: String::new(),
-                    };
-                    self.series.entry(update.labels.clone()).or_insert(entry)
+        for chunk in list.chunks(AHEAD) {
+            // The memory of a chunk's series is asked for before any is applied, in stages,
+            // each reading what the one before asked for: after the idle time between
+            // batches it is seldom in cache, and the misses then overlap rather than come
+            // one after another.
+            for update in chunk {
+                if let Some(entry) = self.series.get(&update.labels) {
+                    entry.value.prefetch_state();
                 }
-            };
-            halvings += u64::from(entry.value.apply(
-                update.op,
-                observations,
-                &meta.observer.buckets,
-                now,
-            ));
-            entry.last_seen = now;
-            entry.text.clear();
-            applied += update.samples;
+            }
+            for update in chunk {
+                if let Some(entry) = self.series.get(&update.labels) {
+                    entry.value.prefetch(update.op, observations);
+                }
+            }
+            for update in chunk {
+                let kind = update.op.kind();
+                if kind != self.kind {
+                    conflicts[kind as usize] += update.samples;
+                    continue;
+                }
+                let (meta, ctx) = (&self.meta, &self.ctx);
+                let held = self.series.len();
+                // Found by reference: the update's label set is not dropped here (see
+                // `Updates::recycle`), and a new series takes a reference of its own.
+                let entry = match self.series.get_mut(&update.labels) {
+                    Some(entry) => entry,
+                    None => {
+                        if held >= ctx.budget.max_per_family {
+                            refused[1] += update.samples;
+                            continue;
+                        }
+                        if self.reserved {
+                            self.reserved = false;
+                        } else if !ctx.budget.try_take() {
+                            refused[0] += update.samples;
+                            continue;
+                        }
+                        self.series_gauge.inc();
+                        let entry = Entry {
+                            value: Series::new(kind, meta, ctx, now),
+                            last_seen: now,
+                            text: String::new(),
+                        };
+                        self.series.entry(update.labels.clone()).or_insert(entry)
+                    }
+                };
+                halvings += u64::from(entry.value.apply(
+                    update.op,
+                    observations,
+                    &meta.observer.buckets,
+                    now,
+                ));
+                entry.last_seen = now;
+                entry.text.clear();
+                applied += update.samples;
+            }
         }
         observations.clear();
         self.count_refused(refused, conflicts);
