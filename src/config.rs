@@ -216,8 +216,9 @@ pub struct StatsdSettings {
     /// thousand families cost 500 messages a second rather than 2,000 at `500ms`.
     #[serde(with = "humantime_serde")]
     pub event_flush_interval: Duration,
-    /// Updates a listener holds (after combining), observations counted one each, before it
-    /// flushes early. Default 10,000.
+    /// Updates a listener holds (after combining) before it flushes early; an observation
+    /// gathered into a series' update after its first counts by its room, 16 bytes against an
+    /// update's 56. Default 10,000.
     pub event_flush_threshold: usize,
     /// UDP socket receive buffer in bytes (`SO_RCVBUF`), what absorbs bursts while the
     /// reader is busy; 0 keeps the system default (`net.core.rmem_default`). The kernel caps

@@ -323,7 +323,11 @@ impl Op {
                 // The rate is in (0, 1], so this is at least 1. A tiny rate (`@1e-300`) would
                 // stand for more observations than any counter holds: capped at 2^32 - 1, which
                 // also keeps every sum of counts far from overflowing.
-                let count = (1.0 / sample.sample_rate).floor().min(f64::from(u32::MAX)) as u64;
+                let count = if sample.sample_rate == 1.0 {
+                    1
+                } else {
+                    (1.0 / sample.sample_rate).floor().min(f64::from(u32::MAX)) as u64
+                };
                 Op::Observe { value, count }
             }
         }

@@ -61,8 +61,10 @@ pub(super) struct Pending {
     holding: Vec<u32>,
     /// Counts flushes, so that `latest` positions of an earlier flush are ignored.
     flush: u64,
-    /// Updates held, after combining, and observations.
+    /// Updates held, after combining.
     held: usize,
+    /// Observations gathered into a held update after its first.
+    gathered: usize,
     /// Drop every slot at the next flush.
     reset: bool,
 }
@@ -130,8 +132,7 @@ impl Pending {
                 (Op::Observe { .. }, Op::Observe { value, count }) => {
                     slot.more.push(Observation { value, count });
                     slot.held.1 += 1;
-                    // Observations count towards the flush threshold: each takes room.
-                    self.held += 1;
+                    self.gathered += 1;
                     return;
                 }
                 (held, op) => {
@@ -205,9 +206,12 @@ impl Pending {
         }
     }
 
-    /// Updates held, after combining, and observations.
+    /// What is held, in updates: each update after combining, and the observations gathered
+    /// into them by the room they take (an observation is a value and a count; an update
+    /// holds its series' labels, its operation and its sample count, three and a half times
+    /// as much).
     pub(super) fn held(&self) -> usize {
-        self.held
+        self.held + self.gathered * size_of::<Observation>() / size_of::<Update>()
     }
 
     /// Drops every slot (the routes they were made from changed): now if no update is held,
@@ -239,7 +243,7 @@ impl Pending {
                 (family.name.clone(), batch)
             })
             .collect();
-        self.held = 0;
+        (self.held, self.gathered) = (0, 0);
         self.flush = self.flush.wrapping_add(1);
         let dropped = self.reset || self.series.len() > SLOT_LIMIT;
         if dropped {
@@ -327,6 +331,29 @@ mod tests {
     }
 
     #[test]
+    fn gathered_observations_weigh_towards_the_threshold_by_their_room() {
+        let mut p = Pending::default();
+        let f = p.family(&"lat".into(), &meta());
+        let a = p.series(f, &LabelSet::default());
+        let observe = Op::Observe {
+            value: 1.0,
+            count: 1,
+        };
+        p.push(a, observe);
+        assert_eq!(p.held(), 1);
+        // Seven gathered observations take as much room as two updates.
+        for _ in 0..7 {
+            p.push(a, observe);
+        }
+        assert_eq!(p.held(), 3);
+        // Any other update counts one, as before.
+        p.push(a, Op::Add(1.0));
+        assert_eq!(p.held(), 4);
+        p.take();
+        assert_eq!(p.held(), 0);
+    }
+
+    #[test]
     fn a_series_observations_gather_into_one_update_in_one_run() {
         let mut p = Pending::default();
         let f = p.family(&"lat".into(), &meta());
@@ -339,8 +366,9 @@ mod tests {
         p.push(b, observe(5.0, 1));
         p.push(a, observe(2.0, 10));
         p.push(a, observe(3.0, 1));
-        // Each observation counts towards the flush threshold.
-        assert_eq!(p.held(), 4);
+        // Two updates, and two observations gathered: each takes 16 bytes, an update 56.
+        assert_eq!((size_of::<Observation>(), size_of::<Update>()), (16, 56));
+        assert_eq!(p.held(), 2);
         let (batches, _) = p.take();
         let updates = &batches[0].1.updates;
         let ops: Vec<_> = updates.list.iter().map(|u| (u.op, u.samples)).collect();

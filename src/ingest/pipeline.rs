@@ -2,8 +2,8 @@
 //! turns lines into per-family batches, its [`Router`], which delivers them, the flush window
 //! that says when, and the scrapes waiting for it (see [`crate::barrier`]). What a task reads
 //! waits in its batcher for the flush window (`statsd.event_flush_interval` after the first
-//! sample, or sooner once `statsd.event_flush_threshold` updates are held), then each touched
-//! family gets one message.
+//! sample, or sooner once `statsd.event_flush_threshold` updates are held, observations
+//! counted by their room: see [`Batcher::held`]), then each touched family gets one message.
 
 use ractor::ActorRef;
 use std::pin::Pin;
