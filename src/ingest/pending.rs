@@ -18,9 +18,11 @@ use crate::update::{Batch, FamilyMeta, LabelSet, Observation, Op, Update, Update
 /// bounded when applications send endless distinct series.
 pub(super) const SLOT_LIMIT: usize = 32_768;
 
-/// The observations a series slot keeps room for between flushes; a series with more
-/// allocates its room at each flush (a cost spread over its many observations), so that idle
-/// slots hold little.
+/// The observations a series slot keeps room for between flushes whatever it gathers. A slot
+/// that gathered more keeps the room they took while it gathers as many in every flush
+/// window, so that a busy series does not allocate it again in each; it lets go of it after a
+/// window without observations, and of most of it after one with far fewer. The room kept
+/// is then at most four times what the last window gathered.
 const KEPT_OBSERVATIONS: usize = 8;
 
 /// A family's slot: its name, what it is born with, and its updates since the last flush.
@@ -59,6 +61,11 @@ pub(super) struct Pending {
     touched: Vec<u32>,
     /// Series that held an update in this flush, to settle at the flush.
     holding: Vec<u32>,
+    /// Series that keep room for more than [`KEPT_OBSERVATIONS`] observations, as of the
+    /// last flush.
+    roomy: Vec<u32>,
+    /// Series that gathered observations into such room in this flush window.
+    filled: Vec<u32>,
     /// Counts flushes, so that `latest` positions of an earlier flush are ignored.
     flush: u64,
     /// Updates held, after combining.
@@ -187,10 +194,13 @@ impl Pending {
                 start: start as u32,
                 len: (updates.observations.len() - start) as u32,
             };
-            if slot.more.capacity() > KEPT_OBSERVATIONS {
-                slot.more = Vec::new();
-            } else {
-                slot.more.clear();
+            let (len, room) = (slot.more.len(), slot.more.capacity());
+            slot.more.clear();
+            if room > KEPT_OBSERVATIONS {
+                if room > 4 * len {
+                    slot.more.shrink_to(2 * len);
+                }
+                self.filled.push(series);
             }
         }
         let update = &mut updates.list[slot.latest.1 as usize];
@@ -231,6 +241,17 @@ impl Pending {
             self.settle(self.holding[i]);
         }
         self.holding.clear();
+        // Room beyond the kept is let go of by the series that gathered nothing into it this
+        // window.
+        self.filled.sort_unstable();
+        self.filled.dedup();
+        for &i in &self.roomy {
+            if self.filled.binary_search(&i).is_err() {
+                self.series[i as usize].more = Vec::new();
+            }
+        }
+        std::mem::swap(&mut self.roomy, &mut self.filled);
+        self.filled.clear();
         let batches = self
             .touched
             .drain(..)
@@ -351,6 +372,49 @@ mod tests {
         assert_eq!(p.held(), 4);
         p.take();
         assert_eq!(p.held(), 0);
+    }
+
+    #[test]
+    fn a_busy_series_keeps_its_room_for_observations_and_an_idle_one_lets_go() {
+        let mut p = Pending::default();
+        let f = p.family(&"lat".into(), &meta());
+        let (a, b) = (
+            p.series(f, &LabelSet::default()),
+            p.series(f, &LabelSet::from_pairs(vec![("k".into(), "v".into())])),
+        );
+        let observe = Op::Observe {
+            value: 1.0,
+            count: 1,
+        };
+        let room = |p: &Pending, s: u32| p.series[s as usize].more.capacity();
+        let window = |p: &mut Pending, counts: [usize; 2]| {
+            for (s, n) in [a, b].into_iter().zip(counts) {
+                for _ in 0..n {
+                    p.push(s, observe);
+                }
+            }
+            let (batches, _) = p.take();
+            let samples: u64 = (batches.iter().flat_map(|(_, batch)| &batch.updates.list))
+                .map(|update| update.samples)
+                .sum();
+            assert_eq!(samples, counts.iter().sum::<usize>() as u64);
+        };
+        window(&mut p, [100, 100]);
+        let (ra, rb) = (room(&p, a), room(&p, b));
+        assert!(ra >= 99 && rb >= 99, "{ra} {rb}");
+        // Busy again: the same room, no allocation.
+        window(&mut p, [100, 1]);
+        assert_eq!(room(&p, a), ra);
+        assert_eq!(
+            room(&p, b),
+            0,
+            "one observation gathers nothing: the room goes"
+        );
+        // Far fewer: most of it goes; none: all of it.
+        window(&mut p, [10, 0]);
+        assert!(room(&p, a) <= 4 * 9, "{}", room(&p, a));
+        window(&mut p, [0, 0]);
+        assert_eq!(room(&p, a), 0);
     }
 
     #[test]
