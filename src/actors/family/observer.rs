@@ -44,7 +44,7 @@ enum State {
 
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The sketch has no Debug; its count and sum say enough.
+        // Brief: the sketch's or the buckets' counts would fill pages; count and sum say enough.
         let (kind, sum, count) = match &*self.0 {
             State::Summary { sum, count, .. } => ("Summary", sum, count),
             State::Histogram { sum, count, .. } => ("Histogram", sum, count),
