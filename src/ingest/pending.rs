@@ -351,11 +351,18 @@ mod tests {
         assert_eq!(p.held(), 0);
     }
 
-    #[test]
-    fn gathered_observations_weigh_towards_the_threshold_by_their_room() {
+    /// Slots for two series of one family: unlabelled, and `k="v"`.
+    fn two_series() -> (Pending, u32, u32) {
         let mut p = Pending::default();
         let f = p.family(&"lat".into(), &meta());
         let a = p.series(f, &LabelSet::default());
+        let b = p.series(f, &LabelSet::from_pairs(vec![("k".into(), "v".into())]));
+        (p, a, b)
+    }
+
+    #[test]
+    fn gathered_observations_weigh_towards_the_threshold_by_their_room() {
+        let (mut p, a, _) = two_series();
         let observe = Op::Observe {
             value: 1.0,
             count: 1,
@@ -367,7 +374,7 @@ mod tests {
             p.push(a, observe);
         }
         assert_eq!(p.held(), 3);
-        // Any other update counts one, as before.
+        // Any other update counts one.
         p.push(a, Op::Add(1.0));
         assert_eq!(p.held(), 4);
         p.take();
@@ -376,12 +383,7 @@ mod tests {
 
     #[test]
     fn a_busy_series_keeps_its_room_for_observations_and_an_idle_one_lets_go() {
-        let mut p = Pending::default();
-        let f = p.family(&"lat".into(), &meta());
-        let (a, b) = (
-            p.series(f, &LabelSet::default()),
-            p.series(f, &LabelSet::from_pairs(vec![("k".into(), "v".into())])),
-        );
+        let (mut p, a, b) = two_series();
         let observe = Op::Observe {
             value: 1.0,
             count: 1,
@@ -419,12 +421,7 @@ mod tests {
 
     #[test]
     fn a_series_observations_gather_into_one_update_in_one_run() {
-        let mut p = Pending::default();
-        let f = p.family(&"lat".into(), &meta());
-        let (a, b) = (
-            p.series(f, &LabelSet::default()),
-            p.series(f, &LabelSet::from_pairs(vec![("k".into(), "v".into())])),
-        );
+        let (mut p, a, b) = two_series();
         let observe = |value, count| Op::Observe { value, count };
         p.push(a, observe(1.0, 1));
         p.push(b, observe(5.0, 1));

@@ -75,21 +75,26 @@ impl Default for Sketch {
     }
 }
 
-impl Sketch {
-    /// The bins of `v`'s sign and its key there, or `None` for a value counted as 0.
-    fn place(&self, v: f64) -> Option<(&Bins, i32)> {
-        if v > MIN_VALUE {
-            Some((&self.positive, key(v)))
-        } else if v < -MIN_VALUE {
-            Some((&self.negative, key(-v)))
-        } else {
-            None
-        }
+/// Whether `v` goes to the negative bins, and its key there; `None` for a value counted as 0.
+fn place(v: f64) -> Option<(bool, i32)> {
+    if v > MIN_VALUE {
+        Some((false, key(v)))
+    } else if v < -MIN_VALUE {
+        Some((true, key(-v)))
+    } else {
+        None
     }
+}
 
+impl Sketch {
     /// Asks for the memory that adding `v` will write, without waiting for it.
     pub(super) fn prefetch(&self, v: f64) {
-        if let Some((bins, key)) = self.place(v) {
+        if let Some((negative, key)) = place(v) {
+            let bins = if negative {
+                &self.negative
+            } else {
+                &self.positive
+            };
             if let Some(i) = bins.index(key) {
                 crate::memory::prefetch_line(&bins.counts[i]);
             }
@@ -101,12 +106,10 @@ impl Sketch {
         if n == 0 {
             return;
         }
-        if v > MIN_VALUE {
-            self.positive.add(key(v), n);
-        } else if v < -MIN_VALUE {
-            self.negative.add(key(-v), n);
-        } else {
-            self.zero = self.zero.saturating_add(n);
+        match place(v) {
+            Some((true, key)) => self.negative.add(key, n),
+            Some((false, key)) => self.positive.add(key, n),
+            None => self.zero = self.zero.saturating_add(n),
         }
         self.min = self.min.min(v);
         self.max = self.max.max(v);

@@ -179,17 +179,19 @@ impl FamilyState {
         } = updates;
         for chunk in list.chunks(AHEAD) {
             // The memory of a chunk's series is asked for before any is applied, in stages,
-            // each reading what the one before asked for: after the idle time between
-            // batches it is seldom in cache, and the misses then overlap rather than come
-            // one after another.
+            // each reading what the one before asked for (an observer's state, then the bins
+            // of its observations): after the idle time between batches it is seldom in
+            // cache, and the misses then overlap rather than come one after another.
             for update in chunk {
                 if let Some(entry) = self.series.get(&update.labels) {
                     entry.value.prefetch_state();
                 }
             }
-            for update in chunk {
-                if let Some(entry) = self.series.get(&update.labels) {
-                    entry.value.prefetch(update.op, observations);
+            if self.kind == Kind::Observer {
+                for update in chunk {
+                    if let Some(entry) = self.series.get(&update.labels) {
+                        entry.value.prefetch(update.op, observations);
+                    }
                 }
             }
             for update in chunk {
