@@ -351,6 +351,12 @@ mod tests {
         assert_eq!(p.held(), 0);
     }
 
+    /// One observation of 1.
+    const OBSERVE: Op = Op::Observe {
+        value: 1.0,
+        count: 1,
+    };
+
     /// Slots for two series of one family: unlabelled, and `k="v"`.
     fn two_series() -> (Pending, u32, u32) {
         let mut p = Pending::default();
@@ -363,15 +369,11 @@ mod tests {
     #[test]
     fn gathered_observations_weigh_towards_the_threshold_by_their_room() {
         let (mut p, a, _) = two_series();
-        let observe = Op::Observe {
-            value: 1.0,
-            count: 1,
-        };
-        p.push(a, observe);
+        p.push(a, OBSERVE);
         assert_eq!(p.held(), 1);
         // Seven gathered observations take as much room as two updates.
         for _ in 0..7 {
-            p.push(a, observe);
+            p.push(a, OBSERVE);
         }
         assert_eq!(p.held(), 3);
         // Any other update counts one.
@@ -384,15 +386,11 @@ mod tests {
     #[test]
     fn a_busy_series_keeps_its_room_for_observations_and_an_idle_one_lets_go() {
         let (mut p, a, b) = two_series();
-        let observe = Op::Observe {
-            value: 1.0,
-            count: 1,
-        };
         let room = |p: &Pending, s: u32| p.series[s as usize].more.capacity();
         let window = |p: &mut Pending, counts: [usize; 2]| {
             for (s, n) in [a, b].into_iter().zip(counts) {
                 for _ in 0..n {
-                    p.push(s, observe);
+                    p.push(s, OBSERVE);
                 }
             }
             let (batches, _) = p.take();
