@@ -139,10 +139,13 @@ pub struct LimitSettings {
     /// Updates waiting in family actors' mailboxes, observations counted one each; a batch
     /// that would go past it is dropped and counted (`tallyd_updates_dropped_total{stage="queue_full"}`). Default 1,000,000.
     pub max_queued_updates: usize,
-    /// Live family actors at once, retiring ones included (each holds about 10 KB): a family
-    /// that needs an actor past it has the least recently updated live families hibernate at
-    /// once (`tallyd_family_evictions_total`), and waits until one has stopped
-    /// (`tallyd_family_lookups_waiting`). Bounds what a burst of new names costs. Default 4,096.
+    /// Live family actors at once, retiring ones included (each holds about 10 KB). Past it,
+    /// a family that needs no actor yet (a new one, or a hibernating one, whose batch does
+    /// not make it steady) is kept hibernating and its batch applied there
+    /// (`tallyd_family_hibernating_updates_total`); one that needs an actor has the least
+    /// recently updated live families hibernate at once (`tallyd_family_evictions_total`),
+    /// and waits until one has stopped (`tallyd_family_lookups_waiting`). Bounds what a burst
+    /// of new names costs. Default 4,096.
     pub max_live_families: usize,
     /// Families listed in the per-family self-metrics (`tallyd_metric_*{metric}`, four series
     /// each); past it, the busiest by update rate are, and `tallyd_metric_families_unlisted`

@@ -181,15 +181,55 @@ impl Router {
         if !unknown.is_empty() {
             self.look_up(unknown).await;
         }
-        let mut later = VecDeque::new();
+        let mut later = Vec::new();
         for (family, batch) in batches {
             if self.waits_for_room(&family) {
-                later.push_back((family, batch));
+                later.push((family, batch));
             } else {
                 self.send(family, batch).await;
             }
         }
+        let later = self.apply_hibernating(later).await;
         self.send_when_room(later).await;
+    }
+
+    /// Hands the registry the batches of families it had no room for: those that need no
+    /// actor yet are applied where they hibernate (see [`RegistryMsg::Adopt`]). Returns the
+    /// others, to wait for room. Batches the registry did not answer for in time are dropped
+    /// and counted.
+    async fn apply_hibernating(
+        &mut self,
+        later: Vec<(Arc<str>, Batch)>,
+    ) -> VecDeque<(Arc<str>, Batch)> {
+        if later.is_empty() {
+            return VecDeque::new();
+        }
+        let mut names = Vec::with_capacity(later.len());
+        let mut batches = Vec::with_capacity(later.len());
+        for (family, batch) in later {
+            names.push((family.clone(), batch.samples()));
+            batches.push((spec(&family, &batch), batch));
+        }
+        let asked = self
+            .registry
+            .call(
+                |reply| RegistryMsg::Adopt(batches, reply),
+                Some(LOOKUP_TIMEOUT),
+            )
+            .await;
+        match asked {
+            Ok(CallResult::Success(back)) => names
+                .into_iter()
+                .zip(back)
+                .filter_map(|((family, _), batch)| Some((family, batch?)))
+                .collect(),
+            _ => {
+                for (family, samples) in names {
+                    self.drop_batch(&family, DropStage::Undeliverable, samples);
+                }
+                VecDeque::new()
+            }
+        }
     }
 
     /// Sends the batches of families for whose actor the registry had no room, as room is

@@ -114,6 +114,9 @@ pub struct Telemetry {
     pub families_hibernating: IntGauge,
     /// `tallyd_family_wakeups_total`: hibernating families brought back by an update.
     pub family_wakeups: IntCounter,
+    /// `tallyd_family_hibernating_updates_total`: batches applied to families kept
+    /// hibernating, for lack of room for an actor they did not need yet.
+    pub hibernating_updates: IntCounter,
     series: IntGaugeVec,
     series_refused: IntCounterVec,
     /// `tallyd_series_expired_total`: series removed after their TTL.

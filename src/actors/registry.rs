@@ -15,8 +15,9 @@
 //!
 //! An idle family asks to hibernate, which goes the same way except that the registry keeps
 //! the stopped actor's state (and the family's names), and the next look-up of the family
-//! spawns its actor again with that state. Its snapshot stays with the aggregator meanwhile,
-//! so its series never leave /metrics.
+//! spawns its actor again with that state, or, past the live limit, the registry applies
+//! what the family was sent where it hibernates (see `room`). Its snapshot stays with the
+//! aggregator meanwhile, so its series never leave /metrics.
 
 mod handlers;
 mod room;
@@ -38,6 +39,7 @@ use crate::actors::family::{
 };
 use crate::barrier::Ticket;
 use crate::limits::shrink;
+use crate::update::Batch;
 
 /// Why a new family was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +68,12 @@ pub enum RegistryMsg {
     /// as many as there was room for, in order (at least one); the asker sends their batches
     /// and asks again for the rest.
     WaitForRoom(Vec<FamilySpec>, RpcReplyPort<Vec<FamilyAnswer>>),
+    /// The batches of families for whose actor there was no room (a look-up answered
+    /// [`Refusal::NoRoom`]): each family that needs no actor yet, a new one or a hibernating
+    /// one not updated steadily, has its batch applied where it hibernates; the reply gives
+    /// back, in order, the batches of the others, to be sent once there is room for their
+    /// actors (`WaitForRoom`).
+    Adopt(Vec<(FamilySpec, Batch)>, RpcReplyPort<Vec<Option<Batch>>>),
     /// Make a family fail on purpose; replies whether the family exists.
     InjectFault(Arc<str>, RpcReplyPort<bool>),
     /// Whether each of these families is hibernating, in order (for `/api/v1/families`).
@@ -481,6 +489,9 @@ impl Actor for RegistryActor {
         match message {
             RegistryMsg::Lookup(specs, reply) => state.lookup(&myself, specs, reply)?,
             RegistryMsg::WaitForRoom(specs, reply) => state.wait_for_room(&myself, specs, reply)?,
+            RegistryMsg::Adopt(batches, reply) => {
+                let _ = reply.send(state.adopt(batches));
+            }
             RegistryMsg::IdleSweep => state.idle_sweep(&myself).await?,
             RegistryMsg::MakeRoom => {
                 state.room_retry = false;

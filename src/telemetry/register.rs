@@ -194,6 +194,7 @@ struct FamilyMetrics {
     metric_actors: IntGauge,
     families_hibernating: IntGauge,
     family_wakeups: IntCounter,
+    hibernating_updates: IntCounter,
     family_retirements: IntCounter,
     family_evictions: IntCounter,
     native_halvings: IntCounter,
@@ -239,6 +240,11 @@ impl FamilyMetrics {
                 registry,
                 "tallyd_family_wakeups_total",
                 "Hibernating families whose actor an update brought back.",
+            ),
+            hibernating_updates: counter(
+                registry,
+                "tallyd_family_hibernating_updates_total",
+                "Batches applied to a family kept hibernating, without an actor: it is new or not updated steadily, and limits.max_live_families left no room for its actor.",
             ),
             family_retirements: counter(
                 registry,
@@ -426,6 +432,7 @@ impl Telemetry {
             metric_actors: families.metric_actors,
             families_hibernating: families.families_hibernating,
             family_wakeups: families.family_wakeups,
+            hibernating_updates: families.hibernating_updates,
             series: families.series,
             series_refused: families.series_refused,
             series_expired: families.series_expired,

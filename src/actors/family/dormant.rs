@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::series::Series;
-use super::state::{release_series, Entry, FamilyState};
+use super::state::{is_steady, release_series, streak_after, Entry, FamilyState};
 use super::{FamilyContext, FamilySpec};
 use crate::exposition::FamilySnapshot;
 use crate::rate::Moment;
@@ -59,6 +59,14 @@ impl Dormant {
     /// The family's name.
     pub fn name(&self) -> &Arc<str> {
         &self.snapshot.name
+    }
+
+    /// True when a batch at `now` (whose window closed on the clock when `clocked`) would make
+    /// the family steady (see `FamilyState::steady`): updated all the time, it is to have its
+    /// actor back rather than be updated where it hibernates.
+    pub fn steady_with(&self, ctx: &FamilyContext, now: Instant, clocked: bool) -> bool {
+        let streak = streak_after(ctx, Some(self.last_batch.instant()), self.streak, now);
+        is_steady(streak, clocked)
     }
 
     /// The family as it was when it hibernated, its actor's state again.

@@ -91,6 +91,28 @@ pub struct FamilyState {
 }
 
 /// `n` series leave the budget and `tallyd_series{type}` (`gauge`).
+/// The streak of a family's batches in step (see `FamilyState::streak`) after one at `now`,
+/// given when the last one came and the streak before it.
+pub(super) fn streak_after(
+    ctx: &FamilyContext,
+    last_batch: Option<Instant>,
+    streak: u8,
+    now: Instant,
+) -> u8 {
+    let in_step = last_batch.is_some_and(|last| ctx.steady(now.saturating_duration_since(last)));
+    if in_step {
+        streak.saturating_add(1)
+    } else {
+        0
+    }
+}
+
+/// True when a family whose batches are in `streak` (the last one's window closed on the
+/// clock when `clocked`) is steady: updated all the time, not by a burst.
+pub(super) fn is_steady(streak: u8, clocked: bool) -> bool {
+    streak >= 2 || clocked
+}
+
 pub(super) fn release_series(ctx: &FamilyContext, gauge: &IntGauge, n: usize) {
     ctx.budget.give_back(n);
     gauge.sub(n as i64);
@@ -156,6 +178,12 @@ impl FamilyState {
             kind: self.kind,
             meta: self.meta.clone(),
         }
+    }
+
+    /// True when a new family's first batch, whose window closed on the clock when
+    /// `clocked`, makes it steady (see `steady`): no batch came before it in step.
+    pub fn first_batch_steady(clocked: bool) -> bool {
+        is_steady(0, clocked)
     }
 
     /// True while the family holds no series.
@@ -249,15 +277,8 @@ impl FamilyState {
             // again. A batch whose window closed on the clock is: its listener holds less
             // than its threshold, and has a batch for a family sent to all the time once a
             // window, no sooner.
-            let in_step = self
-                .last_batch
-                .is_some_and(|last| self.ctx.steady(now.saturating_duration_since(last)));
-            self.streak = if in_step {
-                self.streak.saturating_add(1)
-            } else {
-                0
-            };
-            self.steady = self.streak >= 2 || *clocked;
+            self.streak = streak_after(&self.ctx, self.last_batch, self.streak, now);
+            self.steady = is_steady(self.streak, *clocked);
             self.last_batch = Some(now);
             self.last_update = now;
             self.ctx.telemetry.updates.inc_by(applied);

@@ -20,7 +20,9 @@ pub(super) const REAP_AFTER: std::time::Duration = std::time::Duration::from_mil
 impl RegistryState {
     /// `Lookup`: each family's actor, woken or spawned if there is none; a family that is
     /// retiring is answered when it is back (see [`RegistryState::retired`]), one for which
-    /// there is no room is refused for now, and room is made for it (see `room`).
+    /// there is no room is refused for now: the asker then hands its batch over to be
+    /// applied where it hibernates (`Adopt`), or waits for room (`WaitForRoom`), which is
+    /// made then (see `room`).
     pub(super) fn lookup(
         &mut self,
         myself: &ActorRef<RegistryMsg>,
@@ -28,23 +30,17 @@ impl RegistryState {
         reply: RpcReplyPort<Vec<FamilyAnswer>>,
     ) -> Result<(), ActorProcessingErr> {
         let mut answers = Vec::with_capacity(specs.len());
-        let (mut retiring, mut no_room) = (Vec::new(), 0);
+        let mut retiring = Vec::new();
         for (index, spec) in specs.into_iter().enumerate() {
             match self.answer_now(myself, spec.clone())? {
                 Now::Answer(answer) => answers.push(Some(answer)),
-                Now::AfterRoom => {
-                    no_room += 1;
-                    answers.push(Some(Err(Refusal::NoRoom)));
-                }
+                Now::AfterRoom => answers.push(Some(Err(Refusal::NoRoom))),
                 Now::AfterRetiring => {
                     answers.push(None);
                     retiring.push((index, spec.name));
                 }
             }
         }
-        // The families without room are asked for again, one at a time: room for them is
-        // made now.
-        self.make_room(myself, no_room);
         if retiring.is_empty() {
             let _ = reply.send(answers.into_iter().flatten().collect());
             return Ok(());

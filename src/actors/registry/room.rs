@@ -1,22 +1,25 @@
 //! Room for live family actors: at most `limits.max_live_families` at once, retiring ones
-//! included, whatever arrives and however fast. A look-up that needs one more actor when
-//! there is no room has the live families whose idle time is up soonest (the least recently
-//! updated) hibernate at once, of those that may (no TTL, no set still counting), and waits
-//! until one of them has stopped; when none may and none is on its way out, the families that
-//! wait are refused for now (`NoRoom`), and their samples counted as undeliverable. So a burst of new names costs a
-//! bounded number of actors at any moment, each new family taking the place of an older
-//! one, rather than an actor per name until they all go idle. A look-up of many families
-//! answers those without room [`Refusal::NoRoom`](super::Refusal::NoRoom) at once; the router
-//! then waits for them (`WaitForRoom`), and is answered as soon as the first of them fit,
-//! so that their batches go on while the rest wait, and their actors can in turn make room.
+//! included, whatever arrives and however fast. A look-up of many families answers those
+//! without room [`Refusal::NoRoom`](super::Refusal::NoRoom) at once. The router then hands
+//! their batches over (`Adopt`): a family that needs no actor yet, one whose batch does not
+//! make it steady (a new name in a burst, a hibernating family updated now and then), has its
+//! batch applied where it hibernates, with no actor spawned and none made to hibernate. The
+//! others the router waits for (`WaitForRoom`): the live families whose idle time is up
+//! soonest (the least recently updated) hibernate at once, of those that may (no TTL, no set
+//! still counting), and the wait is answered as soon as the first of the waiting families
+//! fit, so that their batches go on while the rest wait, and their actors can in turn make
+//! room. When none may hibernate and none is on its way out, the families that wait are
+//! refused for now, and their samples counted as undeliverable. So a burst of new names costs
+//! a bounded number of actors at any moment, and a few microseconds a family past them.
 
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{FamilyAnswer, Refusal, RegistryMsg, RegistryState};
-use crate::actors::family::{FamilySpec, StopReason, StopRequest};
-use crate::update::Kind;
+use crate::actors::aggregator::AggregatorMsg;
+use crate::actors::family::{FamilySpec, FamilyState, StopReason, StopRequest};
+use crate::update::{Batch, Kind};
 
 /// Live families hibernated at least at once when room is made, as a share of the limit: one
 /// walk over the live families pays for many look-ups.
@@ -88,6 +91,69 @@ impl RegistryState {
             }
         }
         Ok(answers)
+    }
+
+    /// `Adopt`: applies each batch whose family needs no actor yet where the family
+    /// hibernates (see [`RegistryMsg::Adopt`]); gives back the others, in order.
+    pub(super) fn adopt(&mut self, batches: Vec<(FamilySpec, Batch)>) -> Vec<Option<Batch>> {
+        let now = Instant::now();
+        batches
+            .into_iter()
+            .map(|(spec, batch)| self.adopt_one(spec, batch, now))
+            .collect()
+    }
+
+    /// Applies `batch` to its family, kept hibernating, when the family needs no actor: there
+    /// is no room for one, the family may hibernate (no TTL, not a set), it is neither live
+    /// nor on its way out, and the batch does not make it steady. A new family is born
+    /// hibernating so, unless its names clash or no series is left for it. Gives the batch
+    /// back otherwise.
+    fn adopt_one(&mut self, spec: FamilySpec, mut batch: Batch, now: Instant) -> Option<Batch> {
+        let clocked = batch.updates.clocked;
+        let may_hibernate = spec.meta.ttl.is_none() && spec.kind != Kind::Set;
+        if self.has_room()
+            || !may_hibernate
+            || self.families.contains_key(&spec.name)
+            || self.retiring.contains_key(&spec.name)
+        {
+            return Some(batch);
+        }
+        let mut state = match self.hibernating.take(&spec.name) {
+            Some(dormant) if dormant.steady_with(&self.ctx, now, clocked) => {
+                self.hibernating.insert(dormant);
+                return Some(batch);
+            }
+            Some(dormant) => (*dormant).wake(self.ctx.clone()),
+            None => {
+                if FamilyState::first_batch_steady(clocked)
+                    || self.clash(&spec).is_some()
+                    || !self.ctx.budget.try_take()
+                {
+                    return Some(batch);
+                }
+                for name in spec.reserved_names() {
+                    self.claims.insert(name, spec.name.clone());
+                }
+                FamilyState::with_reserved_series(spec, self.ctx.clone())
+            }
+        };
+        state.apply(&mut batch.updates, now);
+        batch.updates.recycle();
+        self.ctx.telemetry.hibernating_updates.inc();
+        if state.is_empty() {
+            // Every update refused (and counted): nothing to keep, nor to show.
+            let spec = state.spec();
+            drop(state);
+            let _ = self
+                .ctx
+                .aggregator
+                .cast(AggregatorMsg::Remove(spec.name.clone()));
+            self.release(&spec);
+        } else {
+            self.hibernating.insert(state.into_dormant());
+            self.count_actors();
+        }
+        None
     }
 
     /// Makes room for `needed` more actors, beyond the families already on their way out:
