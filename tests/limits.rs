@@ -303,6 +303,55 @@ fn past_the_live_limit_a_burst_is_born_hibernating_and_a_steady_family_gets_its_
 }
 
 #[test]
+fn past_the_live_limit_a_large_hibernating_family_gets_its_actor_back() {
+    // One live actor at most, no family hibernating by itself, flushes at 10 updates. A
+    // family of 100 series is live; a small one is born hibernating, updated there, and on
+    // its third batch in step (steady) takes the live place. The large one's next batch,
+    // not in step, would be applied where it hibernates were it small: with 100 series it
+    // has its actor back instead, so the registry does not render 100 series per batch.
+    let t = Tallyd::start_with_env(
+        &[
+            "--limits.max-live-families=1",
+            "--statsd.event-flush-threshold=10",
+            "--statsd.event-flush-interval=1s",
+        ],
+        &[("TALLYD_ACTORS__HIBERNATE_AFTER", "1h")],
+    );
+    let large: Vec<String> = (0..100).map(|i| format!("large:1|c|#k:v{i}")).collect();
+    t.send_udp(large.join("\n").as_bytes());
+    t.wait_for("the large family", |e| e.sum("large") == 100.0);
+    let small: Vec<String> = (0..10).map(|i| format!("small:1|c|#k:v{i}")).collect();
+    for batch in 1..=3 {
+        t.send_udp(small.join("\n").as_bytes());
+        t.wait_for("the small family's batch", |e| {
+            e.sum("small") == f64::from(10 * batch)
+        });
+    }
+    let e = t.scrape();
+    assert_eq!(
+        e.value("tallyd_family_hibernating_updates_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(e.value("tallyd_family_wakeups_total", &[]), Some(1.0));
+    assert_eq!(e.value("tallyd_family_evictions_total", &[]), Some(1.0));
+    // Out of step with its last batch.
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    t.send_udp(large[..10].join("\n").as_bytes());
+    let e = t.wait_for("the large family's second batch", |e| {
+        e.sum("large") == 110.0
+    });
+    assert_eq!(
+        e.value("tallyd_family_hibernating_updates_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(e.value("tallyd_family_wakeups_total", &[]), Some(2.0));
+    assert_eq!(e.value("tallyd_family_evictions_total", &[]), Some(2.0));
+    assert_eq!(e.value("tallyd_metric_actors", &[]), Some(1.0));
+    assert_eq!(e.sum("small"), 30.0);
+    assert_eq!(e.sum("tallyd_updates_dropped_total"), 0.0);
+}
+
+#[test]
 fn past_the_live_limit_families_that_may_not_hibernate_are_refused_and_counted_at_once() {
     // Every family has a TTL, so none may hibernate to make room: past the limit of 5, the
     // others' samples are refused for now and counted, without holding the listener up.

@@ -61,6 +61,11 @@ impl Dormant {
         &self.snapshot.name
     }
 
+    /// How many series it holds.
+    pub fn series(&self) -> usize {
+        self.series.len()
+    }
+
     /// True when a batch at `now` (whose window closed on the clock when `clocked`) would make
     /// the family steady (see `FamilyState::steady`): updated all the time, it is to have its
     /// actor back rather than be updated where it hibernates.

@@ -24,6 +24,10 @@ use crate::update::{Batch, Kind};
 /// Live families hibernated at least at once when room is made, as a share of the limit: one
 /// walk over the live families pays for many look-ups.
 const EVICT_SHARE: usize = 16;
+/// The most series a hibernating family may hold to be updated where it hibernates: the
+/// registry makes its state and renders all of them again for each batch, where a live actor
+/// renders only the series a batch changed. A family of more has its actor back.
+const IN_PLACE_SERIES: usize = 64;
 /// How soon room is tried for again when no live family could be made to hibernate yet.
 const ROOM_RETRY: Duration = Duration::from_millis(10);
 
@@ -105,9 +109,9 @@ impl RegistryState {
 
     /// Applies `batch` to its family, kept hibernating, when the family needs no actor: there
     /// is no room for one, the family may hibernate (no TTL, not a set), it is neither live
-    /// nor on its way out, and the batch does not make it steady. A new family is born
-    /// hibernating so, unless its names clash or no series is left for it. Gives the batch
-    /// back otherwise.
+    /// nor on its way out, the batch does not make it steady, and a hibernating one holds at
+    /// most [`IN_PLACE_SERIES`]. A new family is born hibernating so, unless its names clash
+    /// or no series is left for it. Gives the batch back otherwise.
     fn adopt_one(&mut self, spec: FamilySpec, mut batch: Batch, now: Instant) -> Option<Batch> {
         let clocked = batch.updates.clocked;
         let may_hibernate = spec.meta.ttl.is_none() && spec.kind != Kind::Set;
@@ -119,7 +123,10 @@ impl RegistryState {
             return Some(batch);
         }
         let mut state = match self.hibernating.take(&spec.name) {
-            Some(dormant) if dormant.steady_with(&self.ctx, now, clocked) => {
+            Some(dormant)
+                if dormant.steady_with(&self.ctx, now, clocked)
+                    || dormant.series() > IN_PLACE_SERIES =>
+            {
                 self.hibernating.insert(dormant);
                 return Some(batch);
             }
