@@ -169,7 +169,7 @@ pub struct RegistryState {
     claims: FxHashMap<Arc<str>, Arc<str>>,
     /// Families being drained before they stop, with the look-ups waiting for them.
     retiring: FxHashMap<Arc<str>, Retiring>,
-    /// Families whose actor stopped while idle, with its state.
+    /// Families hibernating (stopped while idle or to make room, or born so), with their state.
     hibernating: Hibernating,
     /// An idle sweep is due: one is scheduled at a time, and only while families are live,
     /// so that a registry with none (all hibernated, say) wakes for nothing.

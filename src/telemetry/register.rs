@@ -234,7 +234,7 @@ impl FamilyMetrics {
             families_hibernating: gauge(
                 registry,
                 "tallyd_metric_families_hibernating",
-                "Families whose actor stopped while idle; their series stay on /metrics and the next update brings the actor back.",
+                "Families without a live actor: stopped while idle, or to make room, or born so past limits.max_live_families; their series stay on /metrics, and an update brings the actor back.",
             ),
             family_wakeups: counter(
                 registry,
