@@ -62,10 +62,11 @@
 //! family with no series left, or idle for `actors.hibernate_after`, asks the registry to stop
 //! it (`StopRequest`); a hibernating family is then its snapshot, which the aggregator holds,
 //! and a 64-byte record of what else its actor needs to wake, which the registry holds
-//! ([`actors::family::Dormant`]), until an update that makes it steady wakes it. Past
+//! ([`actors::family::Dormant`]), until its next update wakes it. Past
 //! `limits.max_live_families`, a family that needs no actor yet (a new one in a burst, or a
-//! hibernating one updated now and then) is born or updated where it hibernates: the listener
-//! hands its batch to the registry (`Adopt`), which applies it to the record.
+//! small hibernating one updated now and then) is born or updated where it hibernates
+//! instead: the listener hands its batch to the registry (`Adopt`), which applies it to the
+//! record.
 //!
 //! The modules the benchmarks and fuzzers drive directly are public; the HTTP server is not.
 #![warn(missing_docs, unreachable_pub)]

@@ -196,7 +196,7 @@ impl Router {
     /// Hands the registry the batches of families it had no room for: those that need no
     /// actor yet are applied where they hibernate (see [`RegistryMsg::Adopt`]). Returns the
     /// others, to wait for room. Batches the registry did not answer for in time are dropped
-    /// and counted.
+    /// and counted (the registry does not apply what it finds its asker stopped waiting for).
     async fn apply_hibernating(
         &mut self,
         later: Vec<(Arc<str>, Batch)>,

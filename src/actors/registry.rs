@@ -490,7 +490,11 @@ impl Actor for RegistryActor {
             RegistryMsg::Lookup(specs, reply) => state.lookup(&myself, specs, reply)?,
             RegistryMsg::WaitForRoom(specs, reply) => state.wait_for_room(&myself, specs, reply)?,
             RegistryMsg::Adopt(batches, reply) => {
-                let _ = reply.send(state.adopt(batches));
+                // An asker that stopped waiting (timed out) counted these batches as
+                // undeliverable: they are not applied.
+                if !reply.is_closed() {
+                    let _ = reply.send(state.adopt(batches));
+                }
             }
             RegistryMsg::IdleSweep => state.idle_sweep(&myself).await?,
             RegistryMsg::MakeRoom => {

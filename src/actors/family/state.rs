@@ -90,7 +90,6 @@ pub struct FamilyState {
     pub(super) timers: Timers,
 }
 
-/// `n` series leave the budget and `tallyd_series{type}` (`gauge`).
 /// The streak of a family's batches in step (see `FamilyState::streak`) after one at `now`,
 /// given when the last one came and the streak before it.
 pub(super) fn streak_after(
@@ -113,6 +112,7 @@ pub(super) fn is_steady(streak: u8, clocked: bool) -> bool {
     streak >= 2 || clocked
 }
 
+/// `n` series leave the budget and `tallyd_series{type}` (`gauge`).
 pub(super) fn release_series(ctx: &FamilyContext, gauge: &IntGauge, n: usize) {
     ctx.budget.give_back(n);
     gauge.sub(n as i64);
