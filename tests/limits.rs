@@ -334,7 +334,8 @@ fn past_the_live_limit_a_large_hibernating_family_gets_its_actor_back() {
     );
     assert_eq!(e.value("tallyd_family_wakeups_total", &[]), Some(1.0));
     assert_eq!(e.value("tallyd_family_evictions_total", &[]), Some(1.0));
-    // Out of step with its last batch.
+    // Time has to pass, not a condition to wait for: a batch more than a window and a half
+    // (1.5 s) after the family's last is out of step with it.
     std::thread::sleep(std::time::Duration::from_millis(1600));
     t.send_udp(large[..10].join("\n").as_bytes());
     let e = t.wait_for("the large family's second batch", |e| {
