@@ -210,20 +210,13 @@ impl Router {
             names.push((family.clone(), batch.samples()));
             batches.push((spec(&family, &batch), batch));
         }
-        let asked = self
-            .registry
-            .call(
-                |reply| RegistryMsg::Adopt(batches, reply),
-                Some(LOOKUP_TIMEOUT),
-            )
-            .await;
-        match asked {
-            Ok(CallResult::Success(back)) => names
+        match self.ask(|reply| RegistryMsg::Adopt(batches, reply)).await {
+            Some(back) => names
                 .into_iter()
                 .zip(back)
                 .filter_map(|((family, _), batch)| Some((family, batch?)))
                 .collect(),
-            _ => {
+            None => {
                 for (family, samples) in names {
                     self.drop_batch(&family, DropStage::Undeliverable, samples);
                 }
@@ -370,29 +363,27 @@ impl Router {
     /// Waits until the registry has room for the first of these families' actors: the
     /// answers for as many as fit, in order; none when that took too long.
     async fn wait_for_room(&mut self, specs: Vec<FamilySpec>) -> Vec<FamilyAnswer> {
-        let asked = self
-            .registry
-            .call(
-                |reply| RegistryMsg::WaitForRoom(specs, reply),
-                Some(LOOKUP_TIMEOUT),
-            )
-            .await;
-        match asked {
-            Ok(CallResult::Success(answers)) => answers,
-            _ => Vec::new(),
+        self.ask(|reply| RegistryMsg::WaitForRoom(specs, reply))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The registry's answer to the message `message` makes, if it came within
+    /// `LOOKUP_TIMEOUT`.
+    async fn ask<T: Send + 'static>(
+        &self,
+        message: impl FnOnce(ractor::RpcReplyPort<T>) -> RegistryMsg,
+    ) -> Option<T> {
+        match self.registry.call(message, Some(LOOKUP_TIMEOUT)).await {
+            Ok(CallResult::Success(answer)) => Some(answer),
+            _ => None,
         }
     }
 
     /// Asks the registry for the actors of `specs` and caches the answers.
     async fn look_up(&mut self, specs: Vec<FamilySpec>) {
-        let asked = self
-            .registry
-            .call(
-                |reply| RegistryMsg::Lookup(specs.clone(), reply),
-                Some(LOOKUP_TIMEOUT),
-            )
-            .await;
-        let Ok(CallResult::Success(answers)) = asked else {
+        let asked = self.ask(|reply| RegistryMsg::Lookup(specs.clone(), reply));
+        let Some(answers) = asked.await else {
             return;
         };
         if self.actors.len() + answers.len() > CACHE_LIMIT {
